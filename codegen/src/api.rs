@@ -1,0 +1,355 @@
+//! The expansion of `#[attention(...)]`: validate, plan, emit, then the glue users call.
+//!
+//! On any error the user's struct is still emitted unchanged next to the errors (thiserror's
+//! fallback pattern), so one mistake in the attribute does not cascade into "cannot find type".
+
+use crate::cpu::{emit_kernel, lit};
+use crate::parse::{parse_spec, Key, ParsedSpec};
+use crate::plan::{Blame, Plan};
+use crate::spec::*;
+use proc_macro2::{Literal, TokenStream};
+use quote::{format_ident, quote};
+use syn::spanned::Spanned;
+
+/// Expands `#[attention(attr)] item`.
+pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let item_struct = match syn::parse2::<syn::ItemStruct>(item.clone()) {
+        Ok(s) if matches!(s.fields, syn::Fields::Unit) => s,
+        Ok(s) => {
+            let err = syn::Error::new(
+                s.fields.span(),
+                "#[attention] goes on a unit struct, e.g. `pub struct MyAttention;`: \
+                 the struct only names the attention variant and carries no data",
+            );
+            return fallback(item, err);
+        }
+        Err(_) => {
+            let err = syn::Error::new(
+                item.span(),
+                "#[attention] goes on a unit struct, e.g. `pub struct MyAttention;`",
+            );
+            return fallback(item, err);
+        }
+    };
+    let parsed = match parse_spec(attr) {
+        Ok(p) => p,
+        Err(e) => return fallback(item, e),
+    };
+    let plan = match Plan::new(&parsed.spec) {
+        Ok(p) => p,
+        Err(e) => {
+            let key = match e.blame {
+                Blame::Update => Key::Update,
+                Blame::FeatureMap => Key::FeatureMap,
+            };
+            return fallback(item, syn::Error::new(parsed.spans.value(key), e.message));
+        }
+    };
+    expand_valid(&item_struct, &parsed, &plan)
+}
+
+/// Expands an already-validated spec onto a unit struct (for tools that build specs in code).
+pub fn expand_spec(spec: &Spec, item: &syn::ItemStruct) -> Result<TokenStream, crate::plan::PlanError> {
+    let parsed = ParsedSpec {
+        spec: spec.clone(),
+        spans: Default::default(),
+    };
+    Ok(expand_valid(item, &parsed, &Plan::new(spec)?))
+}
+
+/// The item as written plus the errors.
+fn fallback(item: TokenStream, err: syn::Error) -> TokenStream {
+    let errors = err.to_compile_error();
+    quote! { #item #errors }
+}
+
+fn expand_valid(item: &syn::ItemStruct, parsed: &ParsedSpec, plan: &Plan) -> TokenStream {
+    let spec = &parsed.spec;
+    let name = &item.ident;
+    let kernel_ident = format_ident!("__AttncKernel{}", name);
+    let kernel = emit_kernel(plan, &kernel_ident);
+    let methods = emit_methods(spec, plan, &kernel_ident);
+    let consts = emit_consts(spec, plan);
+    quote! {
+        #item
+
+        const _: () = {
+            #kernel
+
+            impl #name {
+                #consts
+                #methods
+            }
+        };
+    }
+}
+
+/// `HEAD_DIM`, `VALUE_DIM`, `FEATURE_DIM`, `CHUNK`, `CUDA_SOURCE` and `spec()`.
+fn emit_consts(spec: &Spec, plan: &Plan) -> TokenStream {
+    let (dk, dv, f, c) = (lit(plan.dk), lit(plan.dv), lit(plan.f), lit(plan.chunk));
+    let spec_value = spec_tokens(spec);
+    let text = Literal::string(&spec.to_string());
+    let cuda = Literal::string(&format!(
+        "// attnc: spec `{spec}`\n// The CUDA emitter is not built yet (attnc issue #4); this \
+         spec runs on the CPU.\n"
+    ));
+    quote! {
+        /// dk, the query/key head dimension.
+        pub const HEAD_DIM: usize = #dk;
+        /// dv, the value head dimension.
+        pub const VALUE_DIM: usize = #dv;
+        /// F, the feature dimension: rows of the state.
+        pub const FEATURE_DIM: usize = #f;
+        /// The chunk length of the chunkwise-parallel kernel.
+        pub const CHUNK: usize = #c;
+        /// The generated CUDA C for this spec.
+        pub const CUDA_SOURCE: &'static str = #cuda;
+        /// The spec, every key explicit, as attribute text.
+        pub const SPEC_TEXT: &'static str = #text;
+
+        /// The parsed spec, for introspection and printing.
+        pub fn spec() -> &'static ::attnc::Spec {
+            static SPEC: ::std::sync::OnceLock<::attnc::Spec> = ::std::sync::OnceLock::new();
+            SPEC.get_or_init(|| #spec_value)
+        }
+    }
+}
+
+/// The public entry points, with argument lists that follow the spec (DESIGN §4).
+fn emit_methods(spec: &Spec, plan: &Plan, kernel: &syn::Ident) -> TokenStream {
+    let p = quote!(::attnc::__private);
+    let (dk, dv, f) = (lit(plan.dk), lit(plan.dv), lit(plan.f));
+    let bnhd = spec.layout == Layout::Bnhd;
+    let (tok, per_tok, layout, destructure) = if bnhd {
+        (
+            quote!((B, N, H, #p::Const<#dk>)),
+            quote!((B, N, H)),
+            quote!(#p::TokenLayout::Bnhd),
+            quote!(let (b, n, h, _) = *#p::HasShape::shape(q);),
+        )
+    } else {
+        (
+            quote!((B, H, N, #p::Const<#dk>)),
+            quote!((B, H, N)),
+            quote!(#p::TokenLayout::Bhnd),
+            quote!(let (b, h, n, _) = *#p::HasShape::shape(q);),
+        )
+    };
+    let tok_v = if bnhd {
+        quote!((B, N, H, #p::Const<#dv>))
+    } else {
+        quote!((B, H, N, #p::Const<#dv>))
+    };
+    let out_shape = if bnhd {
+        quote!((b, n, h, #p::Const::<#dv>))
+    } else {
+        quote!((b, h, n, #p::Const::<#dv>))
+    };
+    let tensor = |shape: TokenStream| quote!(#p::Tensor<#shape, f32, #p::Cpu>);
+    let (q_ty, v_ty, s_ty) = (tensor(tok), tensor(tok_v), tensor(per_tok.clone()));
+    let state_ty = quote!(::attnc::State<B, H, #f, #dv>);
+    let normalized = plan.normalized;
+
+    // Extra per-token arguments, in the contract's order: beta, then g.
+    let mut extra_params = Vec::new();
+    let mut extra_names = Vec::new();
+    let mut extra_args = Vec::new();
+    let mut step_params = Vec::new();
+    let mut step_args = Vec::new();
+    let mut extra_docs = String::new();
+    for (used, name, step_name, doc) in [
+        (plan.uses_beta, "beta", "beta_t", "`beta` (write strengths)"),
+        (plan.uses_gates, "g", "g_t", "`g` (log-decays, <= 0)"),
+    ] {
+        let (id, sid) = (format_ident!("{}", name), format_ident!("{}", step_name));
+        let head_ty = tensor(quote!((B, H)));
+        if used {
+            extra_params.push(quote!(#id: &#s_ty));
+            extra_args.push(quote!(Some(#id)));
+            extra_names.push(quote!(#id));
+            step_params.push(quote!(#sid: &#head_ty));
+            step_args.push(quote!(Some(#sid)));
+            extra_docs.push_str(&format!(" {doc},"));
+        } else {
+            extra_args.push(quote!(None::<&#s_ty>));
+            step_args.push(quote!(None::<&#head_ty>));
+        }
+    }
+    let axes = if bnhd { "(B, N, H, D)" } else { "(B, H, N, D)" };
+    let fwd_doc = Literal::string(&format!(
+        " Whole sequence (prefill/training) with the chunkwise-parallel fused kernel: q, k {axes} \
+         with D = {}, v {axes} with D = {},{extra_docs} returns the output, shaped like v.",
+        plan.dk, plan.dv
+    ));
+    quote! {
+        #[doc = #fwd_doc]
+        pub fn forward<B: #p::Dim, H: #p::Dim, N: #p::Dim>(
+            q: &#q_ty,
+            k: &#q_ty,
+            v: &#v_ty,
+            #(#extra_params,)*
+        ) -> ::core::result::Result<#v_ty, ::attnc::Error> {
+            let (o, _) = Self::forward_with_state(q, k, v, #(#extra_names,)* None)?;
+            Ok(o)
+        }
+
+        /// As `forward`, from an initial state (`None`: zeros), also returning the final state.
+        pub fn forward_with_state<B: #p::Dim, H: #p::Dim, N: #p::Dim>(
+            q: &#q_ty,
+            k: &#q_ty,
+            v: &#v_ty,
+            #(#extra_params,)*
+            initial: Option<&#state_ty>,
+        ) -> ::core::result::Result<(#v_ty, #state_ty), ::attnc::Error> {
+            #destructure
+            let cfg = #p::Config { layout: #layout, dk: #dk, dv: #dv, f: #f, normalized: #normalized };
+            let (out, state) = #p::forward::<#kernel, _, _, _, _, _, #f, #dv>(
+                &cfg, (b, h), q, k, v, #(#extra_args,)* initial,
+            )?;
+            let o = #p::output_tensor(q, out, #out_shape)?;
+            Ok((o, state))
+        }
+
+        /// One token of autoregressive decoding (the recurrent form): q_t, k_t (B, H, DK),
+        /// v_t (B, H, DV), then the per-token scalars as (B, H) tensors; updates `state` and
+        /// returns o_t (B, H, DV).
+        pub fn step<B: #p::Dim, H: #p::Dim>(
+            state: &mut #state_ty,
+            q_t: &#p::Tensor<(B, H, #p::Const<#dk>), f32, #p::Cpu>,
+            k_t: &#p::Tensor<(B, H, #p::Const<#dk>), f32, #p::Cpu>,
+            v_t: &#p::Tensor<(B, H, #p::Const<#dv>), f32, #p::Cpu>,
+            #(#step_params,)*
+        ) -> ::core::result::Result<#p::Tensor<(B, H, #p::Const<#dv>), f32, #p::Cpu>, ::attnc::Error> {
+            let (b, h, _) = *#p::HasShape::shape(q_t);
+            let cfg = #p::Config { layout: #p::TokenLayout::Bhnd, dk: #dk, dv: #dv, f: #f, normalized: #normalized };
+            let out = #p::step::<#kernel, _, _, _, _, _, #f, #dv>(
+                &cfg, state, q_t, k_t, v_t, #(#step_args,)*
+            )?;
+            #p::output_tensor(q_t, out, (b, h, #p::Const::<#dv>))
+        }
+    }
+}
+
+/// The spec as a Rust expression building an `attnc::Spec`.
+fn spec_tokens(spec: &Spec) -> TokenStream {
+    let s = quote!(::attnc::spec);
+    let (dk, dv, chunk) = (lit(spec.head_dim), lit(spec.value_dim), lit(spec.chunk));
+    let fm = match &spec.feature_map {
+        FeatureMap::Identity => quote!(#s::FeatureMap::Identity),
+        FeatureMap::EluPlusOne => quote!(#s::FeatureMap::EluPlusOne),
+        FeatureMap::Relu => quote!(#s::FeatureMap::Relu),
+        FeatureMap::SquaredRelu => quote!(#s::FeatureMap::SquaredRelu),
+        FeatureMap::Sigmoid => quote!(#s::FeatureMap::Sigmoid),
+        FeatureMap::Taylor2 => quote!(#s::FeatureMap::Taylor2),
+        FeatureMap::Softmax => quote!(#s::FeatureMap::Softmax),
+        FeatureMap::Dpfp { nu } => {
+            let nu = lit(*nu);
+            quote!(#s::FeatureMap::Dpfp { nu: #nu })
+        }
+        FeatureMap::Favor { features } => {
+            let m = lit(*features);
+            quote!(#s::FeatureMap::Favor { features: #m })
+        }
+        FeatureMap::Closure(c) => {
+            let param = Literal::string(&c.param);
+            let body = expr_tokens(&c.body);
+            quote!(#s::FeatureMap::Closure(#s::Closure { param: ::std::string::String::from(#param), body: #body }))
+        }
+    };
+    let mask = match spec.mask {
+        Mask::Causal => quote!(#s::Mask::Causal),
+        Mask::None => quote!(#s::Mask::None),
+    };
+    let update = match spec.update {
+        Update::Additive => quote!(#s::Update::Additive),
+        Update::Gated => quote!(#s::Update::Gated),
+        Update::Delta => quote!(#s::Update::Delta),
+        Update::GatedDelta => quote!(#s::Update::GatedDelta),
+    };
+    let normalize = match spec.normalize {
+        Normalize::None => quote!(#s::Normalize::None),
+        Normalize::Sum => quote!(#s::Normalize::Sum),
+    };
+    let qk_norm = match spec.qk_norm {
+        QkNorm::None => quote!(#s::QkNorm::None),
+        QkNorm::L2 => quote!(#s::QkNorm::L2),
+    };
+    let scale = match spec.scale {
+        Scale::Auto => quote!(#s::Scale::Auto),
+        Scale::Value(v) => {
+            let v = Literal::f32_suffixed(v);
+            quote!(#s::Scale::Value(#v))
+        }
+    };
+    let layout = match spec.layout {
+        Layout::Bhnd => quote!(#s::Layout::Bhnd),
+        Layout::Bnhd => quote!(#s::Layout::Bnhd),
+    };
+    quote! {
+        #s::Spec {
+            head_dim: #dk,
+            value_dim: #dv,
+            feature_map: #fm,
+            mask: #mask,
+            update: #update,
+            normalize: #normalize,
+            qk_norm: #qk_norm,
+            scale: #scale,
+            chunk: #chunk,
+            layout: #layout,
+        }
+    }
+}
+
+fn expr_tokens(e: &Expr) -> TokenStream {
+    let s = quote!(::attnc::spec);
+    let boxed = |e: &Expr| {
+        let t = expr_tokens(e);
+        quote!(::std::boxed::Box::new(#t))
+    };
+    match e {
+        Expr::Var => quote!(#s::Expr::Var),
+        Expr::Lit(v) => {
+            let v = Literal::f32_suffixed(*v);
+            quote!(#s::Expr::Lit(#v))
+        }
+        Expr::Neg(a) => {
+            let a = boxed(a);
+            quote!(#s::Expr::Neg(#a))
+        }
+        Expr::Binary(op, a, b) => {
+            let op = format_ident!("{}", format!("{op:?}"));
+            let (a, b) = (boxed(a), boxed(b));
+            quote!(#s::Expr::Binary(#s::BinOp::#op, #a, #b))
+        }
+        Expr::Unary(f, a) => {
+            let f = format_ident!("{}", format!("{f:?}"));
+            let a = boxed(a);
+            quote!(#s::Expr::Unary(#s::UnaryFn::#f, #a))
+        }
+        Expr::Binary2(f, a, b) => {
+            let f = format_ident!("{}", format!("{f:?}"));
+            let (a, b) = (boxed(a), boxed(b));
+            quote!(#s::Expr::Binary2(#s::BinaryFn::#f, #a, #b))
+        }
+        Expr::Powi(a, n) => {
+            let a = boxed(a);
+            let n = Literal::i32_suffixed(*n);
+            quote!(#s::Expr::Powi(#a, #n))
+        }
+        Expr::If {
+            cond,
+            then,
+            otherwise,
+        } => {
+            let op = format_ident!("{}", format!("{:?}", cond.op));
+            let (l, r) = (expr_tokens(&cond.lhs), expr_tokens(&cond.rhs));
+            let (t, o) = (boxed(then), boxed(otherwise));
+            quote!(#s::Expr::If {
+                cond: ::std::boxed::Box::new(#s::Cond { op: #s::CmpOp::#op, lhs: #l, rhs: #r }),
+                then: #t,
+                otherwise: #o,
+            })
+        }
+    }
+}

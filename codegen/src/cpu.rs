@@ -1,0 +1,333 @@
+//! The CPU emitter: lowers a [`Plan`] to Rust. Each tile op becomes one call of a primitive in
+//! `attnc_runtime::tile`, on statically shaped tiles, inside a loop over chunks. The result is an
+//! `impl Kernel` whose two programs are generic over the ISA marker, so the runtime compiles each
+//! under `#[target_feature]` and picks one at run time.
+
+use crate::plan::{Input, Op, Plan, Tile, Tri};
+use crate::spec::{BinOp, BinaryFn, CmpOp, Expr, FeatureMap, UnaryFn};
+use proc_macro2::{Ident, Literal, Span, TokenStream};
+use quote::{format_ident, quote};
+
+/// The kernel type and its `impl Kernel`. `kernel` names the (private) type to emit.
+pub fn emit_kernel(plan: &Plan, kernel: &Ident) -> TokenStream {
+    let phi = emit_feature_map(&plan.feature_map);
+    let forward = emit_program(plan, &plan.passes, plan.chunk);
+    let step = emit_program(plan, std::slice::from_ref(&plan.step), 1);
+    quote! {
+        /// The generated kernel: chunk program and step program of this spec.
+        struct #kernel;
+
+        /// The feature map phi, elementwise.
+        #[inline(always)]
+        #[allow(clippy::excessive_precision, clippy::neg_multiply, unused_parens)]
+        fn __phi(x: f32) -> f32 {
+            #phi
+        }
+
+        impl ::attnc::__private::Kernel for #kernel {
+            #[inline(always)]
+            fn forward<I: ::attnc::__private::Isa>(
+                task: ::attnc::__private::Task<'_>,
+            ) -> ::attnc::__private::Result<()> {
+                #forward
+            }
+
+            #[inline(always)]
+            fn step<I: ::attnc::__private::Isa>(
+                task: ::attnc::__private::Task<'_>,
+            ) -> ::attnc::__private::Result<()> {
+                #step
+            }
+        }
+    }
+}
+
+/// The body of one program: tile declarations, then each pass as a loop over chunks.
+fn emit_program(plan: &Plan, passes: &[Vec<Op>], chunk: usize) -> TokenStream {
+    let c = lit(chunk);
+    let (f, dv) = (lit(plan.f), lit(plan.dv));
+    let mut decls = vec![quote! {
+        use ::attnc::__private::tile;
+        const C: usize = #c;
+        let ::attnc::__private::Task { q, k, v, g, n, out, s, z, .. } = task;
+        let _ = (&q, &k, &v, &g, &out, &z);
+        let s = tile::as_tile_mut::<#f, #dv>(s)?;
+    }];
+    if plan.normalized {
+        decls.push(quote! { let z = tile::as_vec_mut::<#f>(z)?; });
+    }
+    let used = |t: Tile| passes.iter().flatten().any(|op| op.tiles().contains(&t));
+    for t in [Tile::Q, Tile::K, Tile::V, Tile::Kt, Tile::A, Tile::O] {
+        if used(t) {
+            let name = tile_ident(t);
+            let (r, cols) = tile_shape(plan, t);
+            decls.push(quote! { let mut #name = tile::boxed_tile::<#r, #cols>()?; });
+        }
+    }
+    for t in [Tile::G, Tile::Den] {
+        if used(t) {
+            let name = tile_ident(t);
+            decls.push(quote! { let mut #name = [0.0f32; C]; });
+        }
+    }
+    let loops = passes.iter().map(|ops| {
+        let body = ops.iter().map(|op| emit_op(plan, op));
+        quote! {
+            let mut c0 = 0;
+            while c0 < n {
+                let rows = (n - c0).min(C);
+                #(#body)*
+                c0 += C;
+            }
+        }
+    });
+    quote! {
+        #(#decls)*
+        #(#loops)*
+        Ok(())
+    }
+}
+
+/// Rows x columns of a tile, as tokens (`C` is the program's chunk constant).
+fn tile_shape(plan: &Plan, t: Tile) -> (TokenStream, TokenStream) {
+    let (f, dv) = (lit(plan.f), lit(plan.dv));
+    let c = quote!(C);
+    match t {
+        Tile::Q | Tile::K => (c, f),
+        Tile::V | Tile::O => (c, dv),
+        Tile::Kt => (f, c),
+        Tile::A => (c.clone(), c),
+        Tile::S => (f, dv),
+        Tile::Z => (quote!(1), f),
+        Tile::G | Tile::Den => (quote!(1), c),
+    }
+}
+
+/// How many rows of a tile hold data: `rows` for token-indexed tiles, all for the others.
+fn live_rows(plan: &Plan, t: Tile) -> TokenStream {
+    match t {
+        Tile::Q | Tile::K | Tile::V | Tile::O | Tile::A | Tile::G | Tile::Den => quote!(rows),
+        Tile::Kt | Tile::S | Tile::Z => lit(plan.f),
+    }
+}
+
+/// How many columns of a tile hold data.
+fn live_cols(plan: &Plan, t: Tile) -> TokenStream {
+    match t {
+        Tile::Kt | Tile::A => quote!(rows),
+        Tile::Q | Tile::K | Tile::S | Tile::Z => lit(plan.f),
+        Tile::V | Tile::O => lit(plan.dv),
+        Tile::G | Tile::Den => quote!(rows),
+    }
+}
+
+fn tile_ident(t: Tile) -> Ident {
+    match t {
+        Tile::S => format_ident!("s"),
+        Tile::Z => format_ident!("z"),
+        other => format_ident!("t_{}", format!("{other:?}").to_lowercase()),
+    }
+}
+
+/// A tile as a shared or mutable reference argument.
+fn by_ref(t: Tile) -> TokenStream {
+    let name = tile_ident(t);
+    match t {
+        Tile::S | Tile::Z => quote!(&*#name),
+        Tile::G | Tile::Den => quote!(&#name),
+        _ => quote!(&*#name),
+    }
+}
+
+fn by_mut(t: Tile) -> TokenStream {
+    let name = tile_ident(t);
+    match t {
+        Tile::S | Tile::Z => quote!(&mut *#name),
+        Tile::G | Tile::Den => quote!(&mut #name),
+        _ => quote!(&mut *#name),
+    }
+}
+
+/// Lowers one op to one statement.
+fn emit_op(plan: &Plan, op: &Op) -> TokenStream {
+    match op {
+        Op::Load { dst, src } => {
+            let input = match src {
+                Input::Q => quote!(q),
+                Input::K => quote!(k),
+                Input::V => quote!(v),
+                Input::G => quote!(g),
+            };
+            let d = by_mut(*dst);
+            match dst {
+                Tile::G | Tile::Den => quote! { tile::load_vec(#input, c0, rows, #d)?; },
+                _ => quote! { tile::load_rows(#input, c0, rows, #d)?; },
+            }
+        }
+        Op::L2Norm(t) => {
+            let t = by_mut(*t);
+            quote! { tile::l2_normalize_rows::<I, _, _>(#t, rows); }
+        }
+        Op::FeatureMap(t) => {
+            let t = by_mut(*t);
+            quote! { tile::map_rows(#t, rows, __phi); }
+        }
+        Op::Scale(t) => {
+            let t = by_mut(*t);
+            let scale = Literal::f32_suffixed(plan.scale);
+            quote! { tile::scale_rows(#t, rows, #scale); }
+        }
+        Op::CumSum(t) => {
+            let t = by_mut(*t);
+            quote! { tile::cumsum(#t, rows); }
+        }
+        Op::Transpose { src, dst } => {
+            let (s, d) = (by_ref(*src), by_mut(*dst));
+            quote! { tile::transpose(#s, rows, #d); }
+        }
+        Op::MatMul {
+            dst,
+            a,
+            b,
+            tri,
+            accumulate,
+        } => {
+            let rows = live_rows(plan, *a);
+            let depth = live_cols(plan, *a);
+            let tri = match tri {
+                Tri::Full => quote!(tile::Tri::Full),
+                Tri::LowerOut => quote!(tile::Tri::LowerOut),
+                Tri::LowerA => quote!(tile::Tri::LowerA),
+            };
+            let (a, b, d) = (by_ref(*a), by_ref(*b), by_mut(*dst));
+            quote! { tile::gemm::<I, _, _, _>(#a, #b, #d, #rows, #depth, #tri, #accumulate); }
+        }
+        Op::RowSums { dst, src } => {
+            let (s, d) = (by_ref(*src), by_mut(*dst));
+            quote! { tile::row_sums(#s, rows, #d); }
+        }
+        Op::DotRows {
+            dst,
+            rows: r,
+            vec,
+            accumulate,
+        } => {
+            let (r, v, d) = (by_ref(*r), by_ref(*vec), by_mut(*dst));
+            quote! { tile::dot_rows::<I, _, _>(#r, #v, rows, #d, #accumulate); }
+        }
+        Op::AddColSums { dst, src } => {
+            let (s, d) = (by_ref(*src), by_mut(*dst));
+            quote! { tile::add_col_sums(#s, rows, #d); }
+        }
+        Op::DivideRows { dst, den } => {
+            let (den, d) = (by_ref(*den), by_mut(*dst));
+            quote! { tile::divide_rows(#d, #den, rows, 1e-6); }
+        }
+        Op::DecayScores { dst, gates } => {
+            let (g, d) = (by_ref(*gates), by_mut(*dst));
+            quote! { tile::decay_scores(#d, #g, rows); }
+        }
+        Op::DecayRows { dst, gates } => {
+            let (g, d) = (by_ref(*gates), by_mut(*dst));
+            quote! { tile::decay_rows(#d, #g, rows); }
+        }
+        Op::DecayColsToEnd { dst, gates } => {
+            let (g, d) = (by_ref(*gates), by_mut(*dst));
+            quote! { tile::decay_cols_to_end(#d, #g, rows); }
+        }
+        Op::DecayAll { dst, gates } => {
+            let (g, d) = (by_ref(*gates), by_mut(*dst));
+            quote! { tile::decay_tile(#d, #g, rows); }
+        }
+        Op::Store(t) => {
+            let t = by_ref(*t);
+            quote! { tile::store_rows(#t, rows, out, c0)?; }
+        }
+    }
+}
+
+/// The body of `fn __phi(x: f32) -> f32`.
+pub fn emit_feature_map(map: &FeatureMap) -> TokenStream {
+    match map {
+        FeatureMap::EluPlusOne => quote! { if x > 0.0 { x + 1.0 } else { x.exp() } },
+        FeatureMap::Relu => quote! { x.max(0.0) },
+        FeatureMap::SquaredRelu => quote! { let r = x.max(0.0); r * r },
+        FeatureMap::Sigmoid => quote! { 1.0 / (1.0 + (-x).exp()) },
+        FeatureMap::Closure(c) => emit_expr(&c.body),
+        _ => quote! { x },
+    }
+}
+
+/// A closure body as Rust over the variable `x`, fully parenthesised.
+fn emit_expr(e: &Expr) -> TokenStream {
+    match e {
+        Expr::Var => quote!(x),
+        Expr::Lit(v) => {
+            let v = Literal::f32_suffixed(*v);
+            quote!(#v)
+        }
+        Expr::Neg(a) => {
+            let a = emit_expr(a);
+            quote!((-#a))
+        }
+        Expr::Binary(op, a, b) => {
+            let (a, b) = (emit_expr(a), emit_expr(b));
+            match op {
+                BinOp::Add => quote!((#a + #b)),
+                BinOp::Sub => quote!((#a - #b)),
+                BinOp::Mul => quote!((#a * #b)),
+                BinOp::Div => quote!((#a / #b)),
+            }
+        }
+        Expr::Unary(f, a) => {
+            let a = emit_expr(a);
+            let m = match f {
+                UnaryFn::Exp => quote!(exp),
+                UnaryFn::Ln => quote!(ln),
+                UnaryFn::Sqrt => quote!(sqrt),
+                UnaryFn::Abs => quote!(abs),
+                UnaryFn::Tanh => quote!(tanh),
+            };
+            quote!(#a.#m())
+        }
+        Expr::Binary2(f, a, b) => {
+            let (a, b) = (emit_expr(a), emit_expr(b));
+            let m = match f {
+                BinaryFn::Max => quote!(max),
+                BinaryFn::Min => quote!(min),
+                BinaryFn::Powf => quote!(powf),
+            };
+            quote!(#a.#m(#b))
+        }
+        Expr::Powi(a, n) => {
+            let a = emit_expr(a);
+            let n = Literal::i32_suffixed(*n);
+            quote!(#a.powi(#n))
+        }
+        Expr::If {
+            cond,
+            then,
+            otherwise,
+        } => {
+            let (l, r) = (emit_expr(&cond.lhs), emit_expr(&cond.rhs));
+            let op = match cond.op {
+                CmpOp::Lt => quote!(<),
+                CmpOp::Le => quote!(<=),
+                CmpOp::Gt => quote!(>),
+                CmpOp::Ge => quote!(>=),
+                CmpOp::Eq => quote!(==),
+                CmpOp::Ne => quote!(!=),
+            };
+            let (t, o) = (emit_expr(then), emit_expr(otherwise));
+            quote!((if #l #op #r { #t } else { #o }))
+        }
+    }
+}
+
+/// An unsuffixed integer literal.
+pub(crate) fn lit(n: usize) -> TokenStream {
+    let l = Literal::usize_unsuffixed(n);
+    let mut l = l;
+    l.set_span(Span::call_site());
+    quote!(#l)
+}

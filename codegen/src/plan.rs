@@ -1,0 +1,466 @@
+//! The kernel plan: a spec lowered to dims plus straight-line programs of tile operations.
+//!
+//! A *pass* is a list of [`Op`]s run once per chunk, chunks in sequence order, with the state
+//! (`S`, `z`) carried from chunk to chunk. A causal spec has one pass; a non-causal one has two
+//! (first the whole-sequence state, then every output from it). The *step program* is the causal
+//! pass itself run on a chunk of one token: decoding is the same algorithm, not a second one.
+//!
+//! Backends lower each op once (the CPU emitter to calls of `attnc_runtime::tile`); a new update
+//! rule is a new op sequence, not a new backend.
+
+use crate::spec::{FeatureMap, Mask, Normalize, QkNorm, Spec, Update};
+use std::fmt;
+
+/// A tile (or vector) of the chunk program. Shapes for a chunk of `C` tokens:
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tile {
+    /// Queries, `C x F` (raw, then feature-mapped and scaled in place).
+    Q,
+    /// Keys, `C x F`.
+    K,
+    /// Values, `C x DV`.
+    V,
+    /// Keys transposed, `F x C`.
+    Kt,
+    /// Intra-chunk scores, `C x C`.
+    A,
+    /// Outputs, `C x DV`.
+    O,
+    /// The carried state, `F x DV`.
+    S,
+    /// The carried key sum, `F` (normalize = sum).
+    Z,
+    /// Per-token log-decays, `C`, turned into cumulative sums within the chunk.
+    G,
+    /// Per-token normaliser denominators, `C`.
+    Den,
+}
+
+/// A per-token input of the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Input {
+    /// Queries.
+    Q,
+    /// Keys.
+    K,
+    /// Values.
+    V,
+    /// Log-decays g.
+    G,
+}
+
+/// Which part of a product a [`Op::MatMul`] computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tri {
+    /// All of it.
+    Full,
+    /// The lower triangle (diagonal included) of the output; the rest is zero (causal mask).
+    LowerOut,
+    /// The left operand is lower triangular; skip its upper part.
+    LowerA,
+}
+
+/// One tile operation. Ops read and write named tiles; `rows` (the chunk's live token count) is
+/// implicit.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// Copy this chunk's rows of an input into a tile (rows past the end are zero).
+    Load {
+        /// Destination tile.
+        dst: Tile,
+        /// Source input.
+        src: Input,
+    },
+    /// `x <- x / sqrt(|x|^2 + 1e-6)` per row.
+    L2Norm(Tile),
+    /// `x <- phi(x)` elementwise.
+    FeatureMap(Tile),
+    /// `x <- scale * x`.
+    Scale(Tile),
+    /// `G <- cumsum(G)` within the chunk.
+    CumSum(Tile),
+    /// `dst <- src^T`.
+    Transpose {
+        /// Source.
+        src: Tile,
+        /// Destination.
+        dst: Tile,
+    },
+    /// `dst (= or +=) a · b`.
+    MatMul {
+        /// Output.
+        dst: Tile,
+        /// Left operand.
+        a: Tile,
+        /// Right operand.
+        b: Tile,
+        /// Triangular structure.
+        tri: Tri,
+        /// Add to `dst` instead of overwriting it.
+        accumulate: bool,
+    },
+    /// `dst[t] <- sum_s src[t][s]`.
+    RowSums {
+        /// Destination vector.
+        dst: Tile,
+        /// Source tile.
+        src: Tile,
+    },
+    /// `dst[t] (= or +=) rows[t] · vec`.
+    DotRows {
+        /// Destination vector.
+        dst: Tile,
+        /// Tile whose rows are dotted.
+        rows: Tile,
+        /// The vector.
+        vec: Tile,
+        /// Add instead of overwrite.
+        accumulate: bool,
+    },
+    /// `dst += sum_t src[t]`.
+    AddColSums {
+        /// Destination vector.
+        dst: Tile,
+        /// Source tile.
+        src: Tile,
+    },
+    /// `dst[t] /= den[t] + 1e-6`.
+    DivideRows {
+        /// Tile whose rows are divided.
+        dst: Tile,
+        /// The denominators.
+        den: Tile,
+    },
+    /// `A[t][s] *= exp(G_t - G_s)` for s <= t.
+    DecayScores {
+        /// The scores.
+        dst: Tile,
+        /// Cumulative log-decays.
+        gates: Tile,
+    },
+    /// `x[t] *= exp(G_t)`.
+    DecayRows {
+        /// Tile whose rows decay.
+        dst: Tile,
+        /// Cumulative log-decays.
+        gates: Tile,
+    },
+    /// `x[:, s] *= exp(G_last - G_s)`.
+    DecayColsToEnd {
+        /// Tile whose columns decay.
+        dst: Tile,
+        /// Cumulative log-decays.
+        gates: Tile,
+    },
+    /// `x *= exp(G_last)`.
+    DecayAll {
+        /// Tile that decays.
+        dst: Tile,
+        /// Cumulative log-decays.
+        gates: Tile,
+    },
+    /// Write this chunk's rows of a tile to the output.
+    Store(Tile),
+}
+
+/// The kernel plan of one spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Key dim dk.
+    pub dk: usize,
+    /// Value dim dv.
+    pub dv: usize,
+    /// Feature dim F.
+    pub f: usize,
+    /// Chunk length C.
+    pub chunk: usize,
+    /// The query scale.
+    pub scale: f32,
+    /// The elementwise feature map.
+    pub feature_map: FeatureMap,
+    /// Whether the kernel takes `beta`.
+    pub uses_beta: bool,
+    /// Whether the kernel takes `g`.
+    pub uses_gates: bool,
+    /// Whether the state carries `z`.
+    pub normalized: bool,
+    /// The chunk program: passes over the sequence, each a list of ops per chunk.
+    pub passes: Vec<Vec<Op>>,
+    /// The step program: one causal pass over a chunk of one token.
+    pub step: Vec<Op>,
+}
+
+/// Which part of the spec a planning error is about (so the macro can point at it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blame {
+    /// The `update` key.
+    Update,
+    /// The `feature_map` key.
+    FeatureMap,
+}
+
+/// A spec that validates but has no kernel yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanError {
+    /// The key at fault.
+    pub blame: Blame,
+    /// What is missing.
+    pub message: String,
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl Plan {
+    /// Plans a validated spec.
+    pub fn new(spec: &Spec) -> Result<Plan, PlanError> {
+        check_supported(spec)?;
+        let passes = match spec.mask {
+            Mask::Causal => vec![causal_pass(spec)],
+            Mask::None => vec![state_pass(spec), output_pass(spec)],
+        };
+        Ok(Plan {
+            dk: spec.head_dim,
+            dv: spec.value_dim,
+            f: spec.feature_dim(),
+            chunk: spec.chunk,
+            scale: spec.scale_value(),
+            feature_map: spec.feature_map.clone(),
+            uses_beta: spec.has_beta(),
+            uses_gates: spec.has_gate(),
+            normalized: spec.normalize == Normalize::Sum,
+            passes,
+            step: causal_pass(spec),
+        })
+    }
+
+    /// Whether a tile is used anywhere in the plan (the emitter allocates only those).
+    pub fn uses(&self, tile: Tile) -> bool {
+        self.passes
+            .iter()
+            .chain(std::iter::once(&self.step))
+            .flatten()
+            .any(|op| op.tiles().contains(&tile))
+    }
+}
+
+impl Op {
+    /// The tiles this op reads or writes.
+    pub fn tiles(&self) -> Vec<Tile> {
+        match *self {
+            Op::Load { dst, .. } => vec![dst],
+            Op::L2Norm(t) | Op::FeatureMap(t) | Op::Scale(t) | Op::CumSum(t) | Op::Store(t) => {
+                vec![t]
+            }
+            Op::Transpose { src, dst } => vec![src, dst],
+            Op::MatMul { dst, a, b, .. } => vec![dst, a, b],
+            Op::RowSums { dst, src } | Op::AddColSums { dst, src } => vec![dst, src],
+            Op::DotRows { dst, rows, vec, .. } => vec![dst, rows, vec],
+            Op::DivideRows { dst, den } => vec![dst, den],
+            Op::DecayScores { dst, gates }
+            | Op::DecayRows { dst, gates }
+            | Op::DecayColsToEnd { dst, gates }
+            | Op::DecayAll { dst, gates } => vec![dst, gates],
+        }
+    }
+}
+
+fn check_supported(spec: &Spec) -> Result<(), PlanError> {
+    let missing = |blame, what: &str, issue: u32| {
+        Err(PlanError {
+            blame,
+            message: format!(
+                "{what} is a valid spec but its kernel is not built yet (tracked in attnc issue \
+                 #{issue}); supported today: additive and gated updates with elementwise feature \
+                 maps (identity, elu_plus_one, relu, squared_relu, sigmoid, closures)"
+            ),
+        })
+    };
+    match spec.update {
+        Update::Delta => return missing(Blame::Update, "`update = delta`", 3),
+        Update::GatedDelta => return missing(Blame::Update, "`update = gated_delta`", 3),
+        Update::Additive | Update::Gated => {}
+    }
+    match spec.feature_map {
+        FeatureMap::Taylor2 => missing(Blame::FeatureMap, "`feature_map = taylor2`", 6),
+        FeatureMap::Dpfp { .. } => missing(Blame::FeatureMap, "`feature_map = dpfp`", 6),
+        FeatureMap::Favor { .. } => missing(Blame::FeatureMap, "`feature_map = favor`", 6),
+        FeatureMap::Softmax => missing(Blame::FeatureMap, "`feature_map = softmax`", 6),
+        _ => Ok(()),
+    }
+}
+
+/// Load q or k, then normalise and feature-map it in place (and scale queries).
+fn prologue(spec: &Spec, dst: Tile, src: Input) -> Vec<Op> {
+    let mut ops = vec![Op::Load { dst, src }];
+    if spec.qk_norm == QkNorm::L2 {
+        ops.push(Op::L2Norm(dst));
+    }
+    if spec.feature_map != FeatureMap::Identity {
+        ops.push(Op::FeatureMap(dst));
+    }
+    if dst == Tile::Q {
+        ops.push(Op::Scale(dst));
+    }
+    ops
+}
+
+/// The causal chunk program (DESIGN §3, additive and gated), per chunk with incoming state S, z:
+///
+/// ```text
+/// A   = tril(Q K^T)                          scores, token t sees s <= t
+/// den = rowsum(A) + Q z                      normaliser (z and q undecayed, as §3.5 states)
+/// A  *= exp(G_t - G_s)                       gated: decay between tokens inside the chunk
+/// O   = A V + diag(exp G) Q S                intra-chunk + incoming state
+/// O  /= den + 1e-6
+/// z  += sum_t K_t;  S = exp(G_last) S + (K^T diag(exp(G_last - G))) V
+/// ```
+fn causal_pass(spec: &Spec) -> Vec<Op> {
+    let gated = spec.has_gate();
+    let normalized = spec.normalize == Normalize::Sum;
+    let mut ops = prologue(spec, Tile::Q, Input::Q);
+    ops.extend(prologue(spec, Tile::K, Input::K));
+    ops.push(Op::Load {
+        dst: Tile::V,
+        src: Input::V,
+    });
+    if gated {
+        ops.push(Op::Load {
+            dst: Tile::G,
+            src: Input::G,
+        });
+        ops.push(Op::CumSum(Tile::G));
+    }
+    ops.push(Op::Transpose {
+        src: Tile::K,
+        dst: Tile::Kt,
+    });
+    ops.push(Op::MatMul {
+        dst: Tile::A,
+        a: Tile::Q,
+        b: Tile::Kt,
+        tri: Tri::LowerOut,
+        accumulate: false,
+    });
+    if normalized {
+        ops.push(Op::RowSums {
+            dst: Tile::Den,
+            src: Tile::A,
+        });
+        ops.push(Op::DotRows {
+            dst: Tile::Den,
+            rows: Tile::Q,
+            vec: Tile::Z,
+            accumulate: true,
+        });
+        ops.push(Op::AddColSums {
+            dst: Tile::Z,
+            src: Tile::K,
+        });
+    }
+    if gated {
+        ops.push(Op::DecayScores {
+            dst: Tile::A,
+            gates: Tile::G,
+        });
+        ops.push(Op::DecayRows {
+            dst: Tile::Q,
+            gates: Tile::G,
+        });
+    }
+    ops.push(Op::MatMul {
+        dst: Tile::O,
+        a: Tile::A,
+        b: Tile::V,
+        tri: Tri::LowerA,
+        accumulate: false,
+    });
+    ops.push(Op::MatMul {
+        dst: Tile::O,
+        a: Tile::Q,
+        b: Tile::S,
+        tri: Tri::Full,
+        accumulate: true,
+    });
+    if normalized {
+        ops.push(Op::DivideRows {
+            dst: Tile::O,
+            den: Tile::Den,
+        });
+    }
+    if gated {
+        ops.push(Op::DecayAll {
+            dst: Tile::S,
+            gates: Tile::G,
+        });
+        ops.push(Op::DecayColsToEnd {
+            dst: Tile::Kt,
+            gates: Tile::G,
+        });
+    }
+    ops.push(Op::MatMul {
+        dst: Tile::S,
+        a: Tile::Kt,
+        b: Tile::V,
+        tri: Tri::Full,
+        accumulate: true,
+    });
+    ops.push(Op::Store(Tile::O));
+    ops
+}
+
+/// Non-causal, first pass: the whole-sequence state `S += K^T V`, `z += sum K`.
+fn state_pass(spec: &Spec) -> Vec<Op> {
+    let mut ops = prologue(spec, Tile::K, Input::K);
+    ops.push(Op::Load {
+        dst: Tile::V,
+        src: Input::V,
+    });
+    if spec.normalize == Normalize::Sum {
+        ops.push(Op::AddColSums {
+            dst: Tile::Z,
+            src: Tile::K,
+        });
+    }
+    ops.push(Op::Transpose {
+        src: Tile::K,
+        dst: Tile::Kt,
+    });
+    ops.push(Op::MatMul {
+        dst: Tile::S,
+        a: Tile::Kt,
+        b: Tile::V,
+        tri: Tri::Full,
+        accumulate: true,
+    });
+    ops
+}
+
+/// Non-causal, second pass: every output from the final state, `O = Q S / (Q z + 1e-6)`.
+fn output_pass(spec: &Spec) -> Vec<Op> {
+    let mut ops = prologue(spec, Tile::Q, Input::Q);
+    ops.push(Op::MatMul {
+        dst: Tile::O,
+        a: Tile::Q,
+        b: Tile::S,
+        tri: Tri::Full,
+        accumulate: false,
+    });
+    if spec.normalize == Normalize::Sum {
+        ops.push(Op::DotRows {
+            dst: Tile::Den,
+            rows: Tile::Q,
+            vec: Tile::Z,
+            accumulate: false,
+        });
+        ops.push(Op::DivideRows {
+            dst: Tile::O,
+            den: Tile::Den,
+        });
+    }
+    ops.push(Op::Store(Tile::O));
+    ops
+}

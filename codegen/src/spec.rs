@@ -1,0 +1,504 @@
+//! The validated attention spec: plain data, no parser dependencies.
+//!
+//! A [`Spec`] is what `#[attention(...)]` means once parsed and checked. It is built by
+//! [`crate::parse`] (feature `syn`) at macro-expansion time and rebuilt at run time by the
+//! generated `spec()` function, so tools can print and inspect it.
+
+use std::fmt;
+
+/// A fully validated attention spec (DESIGN §2). Every field has its default filled in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spec {
+    /// dk: query/key head dimension.
+    pub head_dim: usize,
+    /// dv: value head dimension.
+    pub value_dim: usize,
+    /// phi, applied to queries and keys.
+    pub feature_map: FeatureMap,
+    /// Which tokens each query sees.
+    pub mask: Mask,
+    /// How the recurrent state is updated.
+    pub update: Update,
+    /// Optional sum normaliser.
+    pub normalize: Normalize,
+    /// Optional per-token L2 normalisation of q and k before the feature map.
+    pub qk_norm: QkNorm,
+    /// The factor applied to the feature-mapped query.
+    pub scale: Scale,
+    /// Chunk length (tile length for softmax).
+    pub chunk: usize,
+    /// Axis order of q, k, v, o (and beta, g).
+    pub layout: Layout,
+}
+
+/// The feature map phi.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FeatureMap {
+    /// phi(x) = x.
+    Identity,
+    /// phi(x) = x + 1 if x > 0 else e^x.
+    EluPlusOne,
+    /// phi(x) = max(x, 0).
+    Relu,
+    /// phi(x) = max(x, 0)^2.
+    SquaredRelu,
+    /// phi(x) = 1 / (1 + e^-x).
+    Sigmoid,
+    /// A user closure `|x| expr`, applied elementwise.
+    Closure(Closure),
+    /// Based's second-order Taylor map, F = 1 + d + d(d+1)/2.
+    Taylor2,
+    /// Deterministic parameter-free projection, F = 2 d nu.
+    Dpfp {
+        /// Number of rolls.
+        nu: usize,
+    },
+    /// Performer's FAVOR+ positive random features, F = features.
+    Favor {
+        /// Number of random features m.
+        features: usize,
+    },
+    /// Exact softmax attention (no feature map; flash-style tiling).
+    Softmax,
+}
+
+/// A user feature map `|x| body`, kept as a small expression tree so every backend can lower it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Closure {
+    /// The parameter's name as written (for printing).
+    pub param: String,
+    /// The body, in terms of [`Expr::Var`].
+    pub body: Expr,
+}
+
+/// A scalar f32 expression over one variable.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    /// The closure's argument.
+    Var,
+    /// A float literal.
+    Lit(f32),
+    /// `-a`.
+    Neg(Box<Expr>),
+    /// `a op b`.
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+    /// A one-argument method call `a.exp()`.
+    Unary(UnaryFn, Box<Expr>),
+    /// `a.max(b)`, `a.min(b)`, `a.powf(b)`.
+    Binary2(BinaryFn, Box<Expr>, Box<Expr>),
+    /// `a.powi(n)`.
+    Powi(Box<Expr>, i32),
+    /// `if cond { then } else { otherwise }`.
+    If {
+        /// The condition.
+        cond: Box<Cond>,
+        /// Value when true.
+        then: Box<Expr>,
+        /// Value when false.
+        otherwise: Box<Expr>,
+    },
+}
+
+/// A comparison, only allowed as an `if` condition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cond {
+    /// The comparison.
+    pub op: CmpOp,
+    /// Left side.
+    pub lhs: Expr,
+    /// Right side.
+    pub rhs: Expr,
+}
+
+/// Arithmetic operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinOp {
+    /// `+`
+    Add,
+    /// `-`
+    Sub,
+    /// `*`
+    Mul,
+    /// `/`
+    Div,
+}
+
+/// One-argument methods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnaryFn {
+    /// `exp`
+    Exp,
+    /// `ln`
+    Ln,
+    /// `sqrt`
+    Sqrt,
+    /// `abs`
+    Abs,
+    /// `tanh`
+    Tanh,
+}
+
+/// Two-argument methods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryFn {
+    /// `max`
+    Max,
+    /// `min`
+    Min,
+    /// `powf`
+    Powf,
+}
+
+/// Comparison operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CmpOp {
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `==`
+    Eq,
+    /// `!=`
+    Ne,
+}
+
+/// Which keys a query attends to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mask {
+    /// Token t sees tokens 1..=t.
+    Causal,
+    /// Every token sees the whole sequence.
+    None,
+}
+
+/// The state update rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Update {
+    /// S += k v^T.
+    Additive,
+    /// S = exp(g) S + k v^T.
+    Gated,
+    /// The delta rule (DeltaNet).
+    Delta,
+    /// The gated delta rule (Gated DeltaNet).
+    GatedDelta,
+}
+
+/// Output normalisation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Normalize {
+    /// Raw output.
+    None,
+    /// Divide by q . z + 1e-6 with z the running sum of keys.
+    Sum,
+}
+
+/// Per-token normalisation of q and k.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QkNorm {
+    /// None.
+    None,
+    /// Divide by the L2 norm (eps 1e-6).
+    L2,
+}
+
+/// The query scale.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scale {
+    /// 1 / sqrt(head_dim).
+    Auto,
+    /// A fixed factor.
+    Value(f32),
+}
+
+/// Axis order of the token tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// (batch, heads, tokens, dim): heads first.
+    Bhnd,
+    /// (batch, tokens, heads, dim): tokens first, as flash-linear-attention.
+    Bnhd,
+}
+
+impl Spec {
+    /// A spec with every key at its default, for the given head dim.
+    pub fn with_head_dim(head_dim: usize) -> Spec {
+        Spec {
+            head_dim,
+            value_dim: head_dim,
+            feature_map: FeatureMap::Identity,
+            mask: Mask::Causal,
+            update: Update::Additive,
+            normalize: Normalize::None,
+            qk_norm: QkNorm::None,
+            scale: Scale::Auto,
+            chunk: 64,
+            layout: Layout::Bhnd,
+        }
+    }
+
+    /// F, the dimension of the feature-mapped queries and keys (rows of the state).
+    pub fn feature_dim(&self) -> usize {
+        let d = self.head_dim;
+        match &self.feature_map {
+            FeatureMap::Taylor2 => 1 + d + d * (d + 1) / 2,
+            FeatureMap::Dpfp { nu } => 2 * d * nu,
+            FeatureMap::Favor { features } => *features,
+            _ => d,
+        }
+    }
+
+    /// The numeric query scale.
+    pub fn scale_value(&self) -> f32 {
+        match self.scale {
+            Scale::Auto => 1.0 / (self.head_dim as f32).sqrt(),
+            Scale::Value(s) => s,
+        }
+    }
+
+    /// Whether the update takes per-token log-decays `g`.
+    pub fn has_gate(&self) -> bool {
+        matches!(self.update, Update::Gated | Update::GatedDelta)
+    }
+
+    /// Whether the update takes per-token write strengths `beta`.
+    pub fn has_beta(&self) -> bool {
+        matches!(self.update, Update::Delta | Update::GatedDelta)
+    }
+}
+
+impl Expr {
+    /// Evaluates the expression at `x` (the reference semantics every backend must match).
+    pub fn eval(&self, x: f32) -> f32 {
+        match self {
+            Expr::Var => x,
+            Expr::Lit(v) => *v,
+            Expr::Neg(a) => -a.eval(x),
+            Expr::Binary(op, a, b) => {
+                let (a, b) = (a.eval(x), b.eval(x));
+                match op {
+                    BinOp::Add => a + b,
+                    BinOp::Sub => a - b,
+                    BinOp::Mul => a * b,
+                    BinOp::Div => a / b,
+                }
+            }
+            Expr::Unary(f, a) => {
+                let a = a.eval(x);
+                match f {
+                    UnaryFn::Exp => a.exp(),
+                    UnaryFn::Ln => a.ln(),
+                    UnaryFn::Sqrt => a.sqrt(),
+                    UnaryFn::Abs => a.abs(),
+                    UnaryFn::Tanh => a.tanh(),
+                }
+            }
+            Expr::Binary2(f, a, b) => {
+                let (a, b) = (a.eval(x), b.eval(x));
+                match f {
+                    BinaryFn::Max => a.max(b),
+                    BinaryFn::Min => a.min(b),
+                    BinaryFn::Powf => a.powf(b),
+                }
+            }
+            Expr::Powi(a, n) => a.eval(x).powi(*n),
+            Expr::If {
+                cond,
+                then,
+                otherwise,
+            } => {
+                if cond.eval(x) {
+                    then.eval(x)
+                } else {
+                    otherwise.eval(x)
+                }
+            }
+        }
+    }
+}
+
+impl Cond {
+    /// Evaluates the comparison at `x`.
+    pub fn eval(&self, x: f32) -> bool {
+        let (a, b) = (self.lhs.eval(x), self.rhs.eval(x));
+        match self.op {
+            CmpOp::Lt => a < b,
+            CmpOp::Le => a <= b,
+            CmpOp::Gt => a > b,
+            CmpOp::Ge => a >= b,
+            CmpOp::Eq => a == b,
+            CmpOp::Ne => a != b,
+        }
+    }
+}
+
+impl FeatureMap {
+    /// Applies an elementwise map to one value; `None` for maps that are not elementwise.
+    pub fn eval_elementwise(&self, x: f32) -> Option<f32> {
+        Some(match self {
+            FeatureMap::Identity => x,
+            FeatureMap::EluPlusOne => {
+                if x > 0.0 {
+                    x + 1.0
+                } else {
+                    x.exp()
+                }
+            }
+            FeatureMap::Relu => x.max(0.0),
+            FeatureMap::SquaredRelu => {
+                let r = x.max(0.0);
+                r * r
+            }
+            FeatureMap::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            FeatureMap::Closure(c) => c.body.eval(x),
+            _ => return None,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Printing: a spec prints as the attribute arguments that produce it (every key explicit).
+
+impl fmt::Display for Spec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "head_dim = {}, value_dim = {}, feature_map = {}, mask = {}, update = {}, \
+             normalize = {}, qk_norm = {}, scale = {}, chunk = {}, layout = {}",
+            self.head_dim,
+            self.value_dim,
+            self.feature_map,
+            self.mask,
+            self.update,
+            self.normalize,
+            self.qk_norm,
+            self.scale,
+            self.chunk,
+            self.layout
+        )
+    }
+}
+
+impl fmt::Display for FeatureMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FeatureMap::Identity => f.write_str("identity"),
+            FeatureMap::EluPlusOne => f.write_str("elu_plus_one"),
+            FeatureMap::Relu => f.write_str("relu"),
+            FeatureMap::SquaredRelu => f.write_str("squared_relu"),
+            FeatureMap::Sigmoid => f.write_str("sigmoid"),
+            FeatureMap::Closure(c) => write!(f, "|{}| {}", c.param, DisplayExpr(&c.body, &c.param)),
+            FeatureMap::Taylor2 => f.write_str("taylor2"),
+            FeatureMap::Dpfp { nu } => write!(f, "dpfp(nu = {nu})"),
+            FeatureMap::Favor { features } => write!(f, "favor(features = {features})"),
+            FeatureMap::Softmax => f.write_str("softmax"),
+        }
+    }
+}
+
+/// Prints an expression with full parentheses, naming the variable as the user did.
+struct DisplayExpr<'a>(&'a Expr, &'a str);
+
+impl<'a> fmt::Display for DisplayExpr<'a> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let var = self.1;
+        let sub = |e: &'a Expr| DisplayExpr(e, var);
+        match self.0 {
+            Expr::Var => f.write_str(var),
+            Expr::Lit(v) => write!(f, "{v:?}"),
+            Expr::Neg(a) => write!(f, "(-{})", sub(a)),
+            Expr::Binary(op, a, b) => {
+                let op = match op {
+                    BinOp::Add => "+",
+                    BinOp::Sub => "-",
+                    BinOp::Mul => "*",
+                    BinOp::Div => "/",
+                };
+                write!(f, "({} {op} {})", sub(a), sub(b))
+            }
+            Expr::Unary(u, a) => write!(f, "{}.{}()", sub(a), u.name()),
+            Expr::Binary2(b, x, y) => write!(f, "{}.{}({})", sub(x), b.name(), sub(y)),
+            Expr::Powi(a, n) => write!(f, "{}.powi({n})", sub(a)),
+            Expr::If {
+                cond,
+                then,
+                otherwise,
+            } => write!(
+                f,
+                "(if {} {} {} {{ {} }} else {{ {} }})",
+                sub(&cond.lhs),
+                cond.op.symbol(),
+                sub(&cond.rhs),
+                sub(then),
+                sub(otherwise)
+            ),
+        }
+    }
+}
+
+impl UnaryFn {
+    /// The method name as written in Rust.
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryFn::Exp => "exp",
+            UnaryFn::Ln => "ln",
+            UnaryFn::Sqrt => "sqrt",
+            UnaryFn::Abs => "abs",
+            UnaryFn::Tanh => "tanh",
+        }
+    }
+}
+
+impl BinaryFn {
+    /// The method name as written in Rust.
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryFn::Max => "max",
+            BinaryFn::Min => "min",
+            BinaryFn::Powf => "powf",
+        }
+    }
+}
+
+impl CmpOp {
+    /// The operator as written in Rust.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+            CmpOp::Eq => "==",
+            CmpOp::Ne => "!=",
+        }
+    }
+}
+
+macro_rules! display_keyword_enum {
+    ($ty:ty { $($variant:ident => $text:literal),* $(,)? }) => {
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self { $(<$ty>::$variant => $text),* })
+            }
+        }
+    };
+}
+
+display_keyword_enum!(Mask { Causal => "causal", None => "none" });
+display_keyword_enum!(Update { Additive => "additive", Gated => "gated", Delta => "delta", GatedDelta => "gated_delta" });
+display_keyword_enum!(Normalize { None => "none", Sum => "sum" });
+display_keyword_enum!(QkNorm { None => "none", L2 => "l2" });
+display_keyword_enum!(Layout { Bhnd => "bhnd", Bnhd => "bnhd" });
+
+impl fmt::Display for Scale {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scale::Auto => f.write_str("auto"),
+            Scale::Value(v) => write!(f, "{v:?}"),
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The generic halves of the generated entry points: the generated `forward`, `forward_with_state`
+//! and `step` only fix the types and call these.
+
+use crate::error::{Error, Result};
+use crate::exec::{run_forward, run_step, Buffers, Kernel, Problem, TokenLayout};
+use crate::state::State;
+use dfdx::shapes::{Dim, HasShape, Shape};
+use dfdx::tensor::{Cpu, Tensor, TensorFromVec};
+
+/// A spec's sizes and flags, as the glue needs them.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Axis order of token tensors.
+    pub layout: TokenLayout,
+    /// dk.
+    pub dk: usize,
+    /// dv.
+    pub dv: usize,
+    /// F.
+    pub f: usize,
+    /// Whether the state carries `z`.
+    pub normalized: bool,
+}
+
+impl Config {
+    fn dims(&self) -> [usize; 3] {
+        [self.dk, self.dv, self.f]
+    }
+
+    /// Initial state buffers: the given state (checked) or zeros.
+    fn initial_state<B: Dim, H: Dim, const F: usize, const DV: usize>(
+        &self,
+        p: &Problem,
+        initial: Option<&State<B, H, F, DV>>,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let bh = p.batch * p.heads;
+        match initial {
+            Some(st) => {
+                let (s, z) = st.to_vecs(p.batch, p.heads, self.normalized)?;
+                Ok((s, z.unwrap_or_default()))
+            }
+            None => Ok((
+                vec![0.0; bh * self.f * self.dv],
+                if self.normalized {
+                    vec![0.0; bh * self.f]
+                } else {
+                    Vec::new()
+                },
+            )),
+        }
+    }
+}
+
+/// `forward_with_state` for any layout: returns the output in the spec's layout and the state.
+#[allow(clippy::too_many_arguments)]
+pub fn forward<K, B, H, Sq, Sv, S3, const F: usize, const DV: usize>(
+    cfg: &Config,
+    (b, h): (B, H),
+    q: &Tensor<Sq, f32, Cpu>,
+    k: &Tensor<Sq, f32, Cpu>,
+    v: &Tensor<Sv, f32, Cpu>,
+    beta: Option<&Tensor<S3, f32, Cpu>>,
+    g: Option<&Tensor<S3, f32, Cpu>>,
+    initial: Option<&State<B, H, F, DV>>,
+) -> Result<(Vec<f32>, State<B, H, F, DV>)>
+where
+    K: Kernel,
+    B: Dim,
+    H: Dim,
+    Sq: Shape<Concrete = [usize; 4]>,
+    Sv: Shape<Concrete = [usize; 4]>,
+    S3: Shape<Concrete = [usize; 3]>,
+{
+    let p = Problem::from_q(cfg.layout, q.shape().concrete())?;
+    let (s, z) = cfg.initial_state(&p, initial)?;
+    let mut bufs = Buffers {
+        q: p.gather_tokens("q", q, cfg.dk)?,
+        k: p.gather_tokens("k", k, cfg.dk)?,
+        v: p.gather_tokens("v", v, cfg.dv)?,
+        beta: beta.map_or(Ok(Vec::new()), |t| p.gather_scalars("beta", t))?,
+        g: g.map_or(Ok(Vec::new()), |t| p.gather_scalars("g", t))?,
+        s,
+        z,
+    };
+    let out = run_forward::<K>(&p, cfg.dims(), &mut bufs)?;
+    let z = cfg.normalized.then_some(bufs.z);
+    let state = State::from_vecs(b, h, bufs.s, z)?;
+    Ok((p.from_heads_first(out, cfg.dv), state))
+}
+
+/// `step` for any spec: updates `state` and returns o_t, (B, H, DV) flat.
+#[allow(clippy::too_many_arguments)]
+pub fn step<K, B, H, Sk, Sv, S2, const F: usize, const DV: usize>(
+    cfg: &Config,
+    state: &mut State<B, H, F, DV>,
+    q_t: &Tensor<Sk, f32, Cpu>,
+    k_t: &Tensor<Sk, f32, Cpu>,
+    v_t: &Tensor<Sv, f32, Cpu>,
+    beta_t: Option<&Tensor<S2, f32, Cpu>>,
+    g_t: Option<&Tensor<S2, f32, Cpu>>,
+) -> Result<Vec<f32>>
+where
+    K: Kernel,
+    B: Dim,
+    H: Dim,
+    Sk: Shape<Concrete = [usize; 3]>,
+    Sv: Shape<Concrete = [usize; 3]>,
+    S2: Shape<Concrete = [usize; 2]>,
+{
+    let [batch, heads, _] = q_t.shape().concrete();
+    let p = Problem::step(batch, heads);
+    let (s, z) = cfg.initial_state(&p, Some(&*state))?;
+    let mut bufs = Buffers {
+        q: p.gather_heads("q_t", q_t, cfg.dk)?,
+        k: p.gather_heads("k_t", k_t, cfg.dk)?,
+        v: p.gather_heads("v_t", v_t, cfg.dv)?,
+        beta: beta_t.map_or(Ok(Vec::new()), |t| p.gather_head_scalars("beta_t", t))?,
+        g: g_t.map_or(Ok(Vec::new()), |t| p.gather_head_scalars("g_t", t))?,
+        s,
+        z,
+    };
+    let out = run_step::<K>(&p, cfg.dims(), &mut bufs)?;
+    let (b, h) = (state.s.shape().0, state.s.shape().1);
+    *state = State::from_vecs(b, h, bufs.s, cfg.normalized.then_some(bufs.z))?;
+    Ok(out)
+}
+
+/// Wraps output data in a tensor on `like`'s device.
+pub fn output_tensor<S: Shape, S2: Shape>(
+    like: &Tensor<S2, f32, Cpu>,
+    data: Vec<f32>,
+    shape: S,
+) -> Result<Tensor<S, f32, Cpu>> {
+    like.device()
+        .try_tensor_from_vec(data, shape)
+        .map_err(|e| Error::Tensor(format!("{e:?}")))
+}

@@ -1,0 +1,390 @@
+//! Running generated kernels: argument checks, layout conversion, the (batch, head) split over
+//! rayon, and the ISA dispatch through `#[target_feature]` trampolines.
+
+use crate::error::{Error, Result};
+use crate::isa::{Avx2, Avx512, CpuIsa, Isa, Portable};
+use dfdx::shapes::Shape;
+use dfdx::shapes::HasShape;
+use dfdx::tensor::{Cpu, Tensor};
+use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+/// One (batch, head) problem, inputs contiguous heads-first: `q, k` are (N, DK), `v` and `out`
+/// (N, DV), `beta`, `g` (N) or empty, `s` (F, DV) and `z` (F) or empty, updated in place.
+pub struct Task<'a> {
+    /// Queries.
+    pub q: &'a [f32],
+    /// Keys.
+    pub k: &'a [f32],
+    /// Values.
+    pub v: &'a [f32],
+    /// Write strengths (delta updates) or empty.
+    pub beta: &'a [f32],
+    /// Log-decays (gated updates) or empty.
+    pub g: &'a [f32],
+    /// Token count.
+    pub n: usize,
+    /// The output.
+    pub out: &'a mut [f32],
+    /// The state: initial on entry, final on return.
+    pub s: &'a mut [f32],
+    /// The normaliser state, or empty.
+    pub z: &'a mut [f32],
+}
+
+/// A generated kernel: the chunk program over a whole sequence and the step program for one token.
+pub trait Kernel {
+    /// Runs the chunk program over `task.n` tokens.
+    fn forward<I: Isa>(task: Task<'_>) -> Result<()>;
+    /// Runs the step program for one token (`task.n == 1`).
+    fn step<I: Isa>(task: Task<'_>) -> Result<()>;
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+fn forward_avx512<K: Kernel>(task: Task<'_>) -> Result<()> {
+    K::forward::<Avx512>(task)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn forward_avx2<K: Kernel>(task: Task<'_>) -> Result<()> {
+    K::forward::<Avx2>(task)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+fn step_avx512<K: Kernel>(task: Task<'_>) -> Result<()> {
+    K::step::<Avx512>(task)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn step_avx2<K: Kernel>(task: Task<'_>) -> Result<()> {
+    K::step::<Avx2>(task)
+}
+
+/// Runs a task's chunk program with the given ISA variant.
+fn dispatch_forward<K: Kernel>(isa: CpuIsa, task: Task<'_>) -> Result<()> {
+    match isa {
+        // SAFETY: `CpuIsa::selected` only yields variants whose features this CPU has.
+        #[cfg(target_arch = "x86_64")]
+        CpuIsa::Avx512 if isa.is_available() => unsafe { forward_avx512::<K>(task) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        CpuIsa::Avx2 if isa.is_available() => unsafe { forward_avx2::<K>(task) },
+        _ => K::forward::<Portable>(task),
+    }
+}
+
+/// Runs a task's step program with the given ISA variant.
+fn dispatch_step<K: Kernel>(isa: CpuIsa, task: Task<'_>) -> Result<()> {
+    match isa {
+        // SAFETY: `CpuIsa::selected` only yields variants whose features this CPU has.
+        #[cfg(target_arch = "x86_64")]
+        CpuIsa::Avx512 if isa.is_available() => unsafe { step_avx512::<K>(task) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        CpuIsa::Avx2 if isa.is_available() => unsafe { step_avx2::<K>(task) },
+        _ => K::step::<Portable>(task),
+    }
+}
+
+fn finite_check_flag() -> &'static AtomicBool {
+    static FLAG: OnceLock<AtomicBool> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let on = std::env::var("ATTNC_CHECK_FINITE").is_ok_and(|v| v == "1" || v == "true");
+        AtomicBool::new(on)
+    })
+}
+
+/// Turns checking of inputs for NaN and infinity on or off for the whole process (default off,
+/// or on when `ATTNC_CHECK_FINITE=1`). With it on, a non-finite input returns
+/// [`Error::NonFinite`] instead of propagating into the outputs.
+pub fn set_finite_check(on: bool) {
+    finite_check_flag().store(on, Ordering::Relaxed);
+}
+
+/// Whether inputs are checked for NaN and infinity.
+pub fn finite_check() -> bool {
+    finite_check_flag().load(Ordering::Relaxed)
+}
+
+/// The axis order of token tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenLayout {
+    /// (B, H, N, D)
+    Bhnd,
+    /// (B, N, H, D)
+    Bnhd,
+}
+
+/// The sizes of one call, taken from `q`, against which every other argument is checked.
+#[derive(Clone, Copy, Debug)]
+pub struct Problem {
+    /// Batch size.
+    pub batch: usize,
+    /// Head count.
+    pub heads: usize,
+    /// Token count.
+    pub tokens: usize,
+    /// Axis order of q, k, v, o, beta, g.
+    pub layout: TokenLayout,
+}
+
+impl Problem {
+    /// Reads the sizes from `q`'s shape, in the given layout.
+    pub fn from_q(layout: TokenLayout, q_dims: [usize; 4]) -> Result<Problem> {
+        let [b, x, y, _] = q_dims;
+        let (heads, tokens) = match layout {
+            TokenLayout::Bhnd => (x, y),
+            TokenLayout::Bnhd => (y, x),
+        };
+        if tokens == 0 {
+            return Err(Error::EmptySequence);
+        }
+        Ok(Problem {
+            batch: b,
+            heads,
+            tokens,
+            layout,
+        })
+    }
+
+    /// A one-token problem (decoding).
+    pub fn step(batch: usize, heads: usize) -> Problem {
+        Problem {
+            batch,
+            heads,
+            tokens: 1,
+            layout: TokenLayout::Bhnd,
+        }
+    }
+
+    fn axes(&self) -> (&'static str, &'static str) {
+        match self.layout {
+            TokenLayout::Bhnd => ("(B, H, N, D)", "(B, H, N)"),
+            TokenLayout::Bnhd => ("(B, N, H, D)", "(B, N, H)"),
+        }
+    }
+
+    fn bhn(&self) -> [usize; 3] {
+        match self.layout {
+            TokenLayout::Bhnd => [self.batch, self.heads, self.tokens],
+            TokenLayout::Bnhd => [self.batch, self.tokens, self.heads],
+        }
+    }
+
+    /// Checks a (B, H, N, D)-or-(B, N, H, D) tensor against the problem and returns its data
+    /// heads first and contiguous.
+    pub fn gather_tokens<S: Shape<Concrete = [usize; 4]>>(
+        &self,
+        arg: &'static str,
+        t: &Tensor<S, f32, Cpu>,
+        d: usize,
+    ) -> Result<Vec<f32>> {
+        let [x, y, z] = self.bhn();
+        let expected = vec![x, y, z, d];
+        let got = t.shape().concrete().to_vec();
+        if got != expected {
+            return Err(Error::ShapeMismatch {
+                arg,
+                expected,
+                got,
+                axes: self.axes().0,
+            });
+        }
+        let data = checked(arg, t.as_vec())?;
+        Ok(self.to_heads_first(data, d))
+    }
+
+    /// Checks a per-token (B, H, N)-or-(B, N, H) tensor and returns it heads first.
+    pub fn gather_scalars<S: Shape<Concrete = [usize; 3]>>(
+        &self,
+        arg: &'static str,
+        t: &Tensor<S, f32, Cpu>,
+    ) -> Result<Vec<f32>> {
+        let expected = self.bhn().to_vec();
+        let got = t.shape().concrete().to_vec();
+        if got != expected {
+            return Err(Error::ShapeMismatch {
+                arg,
+                expected,
+                got,
+                axes: self.axes().1,
+            });
+        }
+        let data = checked(arg, t.as_vec())?;
+        Ok(self.to_heads_first(data, 1))
+    }
+
+    /// Checks a per-head (B, H, D) decoding input.
+    pub fn gather_heads<S: Shape<Concrete = [usize; 3]>>(
+        &self,
+        arg: &'static str,
+        t: &Tensor<S, f32, Cpu>,
+        d: usize,
+    ) -> Result<Vec<f32>> {
+        let expected = vec![self.batch, self.heads, d];
+        let got = t.shape().concrete().to_vec();
+        if got != expected {
+            return Err(Error::ShapeMismatch {
+                arg,
+                expected,
+                got,
+                axes: "(B, H, D)",
+            });
+        }
+        checked(arg, t.as_vec())
+    }
+
+    /// Checks a per-head (B, H) decoding input (beta_t, g_t).
+    pub fn gather_head_scalars<S: Shape<Concrete = [usize; 2]>>(
+        &self,
+        arg: &'static str,
+        t: &Tensor<S, f32, Cpu>,
+    ) -> Result<Vec<f32>> {
+        let expected = vec![self.batch, self.heads];
+        let got = t.shape().concrete().to_vec();
+        if got != expected {
+            return Err(Error::ShapeMismatch {
+                arg,
+                expected,
+                got,
+                axes: "(B, H)",
+            });
+        }
+        checked(arg, t.as_vec())
+    }
+
+    /// (B, N, H, D) -> (B, H, N, D); identity for heads-first layouts.
+    fn to_heads_first(&self, data: Vec<f32>, d: usize) -> Vec<f32> {
+        match self.layout {
+            TokenLayout::Bhnd => data,
+            TokenLayout::Bnhd => permute_middle(&data, self.batch, self.tokens, self.heads, d),
+        }
+    }
+
+    /// (B, H, N, D) -> the problem's layout, for outputs.
+    pub fn from_heads_first(&self, data: Vec<f32>, d: usize) -> Vec<f32> {
+        match self.layout {
+            TokenLayout::Bhnd => data,
+            TokenLayout::Bnhd => permute_middle(&data, self.batch, self.heads, self.tokens, d),
+        }
+    }
+}
+
+/// Swaps the two middle axes of a (A, X, Y, D) buffer, giving (A, Y, X, D).
+fn permute_middle(data: &[f32], a: usize, x: usize, y: usize, d: usize) -> Vec<f32> {
+    let mut out = vec![0.0; data.len()];
+    for ai in 0..a {
+        for xi in 0..x {
+            for yi in 0..y {
+                let src = ((ai * x + xi) * y + yi) * d;
+                let dst = ((ai * y + yi) * x + xi) * d;
+                if let (Some(s), Some(o)) = (data.get(src..src + d), out.get_mut(dst..dst + d)) {
+                    o.copy_from_slice(s);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn checked(arg: &'static str, data: Vec<f32>) -> Result<Vec<f32>> {
+    if finite_check() {
+        if let Some(index) = data.iter().position(|x| !x.is_finite()) {
+            return Err(Error::NonFinite { arg, index });
+        }
+    }
+    Ok(data)
+}
+
+/// Heads-first inputs of one call and the state buffers they update.
+pub struct Buffers {
+    /// Queries, (B, H, N, DK).
+    pub q: Vec<f32>,
+    /// Keys, (B, H, N, DK).
+    pub k: Vec<f32>,
+    /// Values, (B, H, N, DV).
+    pub v: Vec<f32>,
+    /// Write strengths, (B, H, N), or empty.
+    pub beta: Vec<f32>,
+    /// Log-decays, (B, H, N), or empty.
+    pub g: Vec<f32>,
+    /// State S, (B, H, F, DV): initial on entry, final after the run.
+    pub s: Vec<f32>,
+    /// State z, (B, H, F), or empty.
+    pub z: Vec<f32>,
+}
+
+/// Splits the buffers into one [`Task`] per (batch, head).
+fn tasks<'a>(
+    p: &Problem,
+    dims: [usize; 3],
+    bufs: &'a mut Buffers,
+    out: &'a mut [f32],
+) -> Result<Vec<Task<'a>>> {
+    let [dk, dv, f] = dims;
+    let (n, bh) = (p.tokens, p.batch * p.heads);
+    let sizes_ok = bufs.q.len() == bh * n * dk
+        && bufs.k.len() == bh * n * dk
+        && bufs.v.len() == bh * n * dv
+        && out.len() == bh * n * dv
+        && bufs.s.len() == bh * f * dv
+        && [0, bh * n].contains(&bufs.beta.len())
+        && [0, bh * n].contains(&bufs.g.len())
+        && [0, bh * f].contains(&bufs.z.len());
+    if !sizes_ok {
+        return Err(Error::Internal("buffer sizes disagree with the problem"));
+    }
+    let per = |len: usize, total: usize| if total == 0 { 0 } else { len };
+    let (beta_len, g_len, z_len) = (per(n, bufs.beta.len()), per(n, bufs.g.len()), per(f, bufs.z.len()));
+    let mut z_parts = bufs.z.chunks_mut(z_len.max(1));
+    let mut beta_parts = bufs.beta.chunks(beta_len.max(1));
+    let mut g_parts = bufs.g.chunks(g_len.max(1));
+    let list = bufs
+        .q
+        .chunks(n * dk)
+        .zip(bufs.k.chunks(n * dk))
+        .zip(bufs.v.chunks(n * dv))
+        .zip(out.chunks_mut(n * dv))
+        .zip(bufs.s.chunks_mut(f * dv))
+        .map(|((((q, k), v), out), s)| Task {
+            q,
+            k,
+            v,
+            beta: if beta_len == 0 { &[] } else { beta_parts.next().unwrap_or(&[]) },
+            g: if g_len == 0 { &[] } else { g_parts.next().unwrap_or(&[]) },
+            n,
+            out,
+            s,
+            z: if z_len == 0 { &mut [] } else { z_parts.next().unwrap_or(&mut []) },
+        })
+        .collect();
+    Ok(list)
+}
+
+/// Runs kernel `K`'s chunk program on every (batch, head) in parallel; returns the output
+/// heads first, (B, H, N, DV), and leaves the final state in `bufs.s` / `bufs.z`.
+pub fn run_forward<K: Kernel>(p: &Problem, dims: [usize; 3], bufs: &mut Buffers) -> Result<Vec<f32>> {
+    let isa = CpuIsa::selected()?;
+    let mut out = vec![0.0; p.batch * p.heads * p.tokens * dims[1]];
+    let list = tasks(p, dims, bufs, &mut out)?;
+    list.into_par_iter()
+        .with_max_len(1)
+        .try_for_each(|task| dispatch_forward::<K>(isa, task))?;
+    Ok(out)
+}
+
+/// Runs kernel `K`'s step program on every (batch, head): one token each, in sequence (a step's
+/// work per head is far below what a thread hand-off costs).
+pub fn run_step<K: Kernel>(p: &Problem, dims: [usize; 3], bufs: &mut Buffers) -> Result<Vec<f32>> {
+    let isa = CpuIsa::selected()?;
+    let mut out = vec![0.0; p.batch * p.heads * dims[1]];
+    for task in tasks(p, dims, bufs, &mut out)? {
+        dispatch_step::<K>(isa, task)?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,96 @@
+//! The recurrent state shared by every spec.
+
+use crate::error::{Error, Result};
+use dfdx::shapes::{Const, Dim, HasShape};
+use dfdx::tensor::{Cpu, Tensor, TensorFromVec};
+
+/// The state of a linear-attention layer after some tokens: `S` (F x DV per batch and head) and,
+/// for `normalize = sum`, the running key sum `z` (F per batch and head).
+///
+/// `F` is the spec's `FEATURE_DIM` and `DV` its `VALUE_DIM`, so a state of one spec cannot be
+/// passed to another of different dims. `forward_with_state` returns it; `step` updates it.
+///
+/// ```
+/// use attnc::prelude::*;
+/// let state: State<usize, Const<4>, 16, 16> = State::zeros(2, Const, false).unwrap();
+/// assert_eq!(state.s.shape().0, 2);
+/// assert!(state.z.is_none());
+/// ```
+#[derive(Clone, Debug)]
+pub struct State<B: Dim, H: Dim, const F: usize, const DV: usize> {
+    /// `S`, shape (B, H, F, DV): o_t = S_t^T q~_t.
+    pub s: Tensor<(B, H, Const<F>, Const<DV>), f32, Cpu>,
+    /// `z`, shape (B, H, F): the running sum of feature-mapped keys; `Some` only for
+    /// `normalize = sum`.
+    pub z: Option<Tensor<(B, H, Const<F>), f32, Cpu>>,
+}
+
+impl<B: Dim, H: Dim, const F: usize, const DV: usize> State<B, H, F, DV> {
+    /// An all-zero state (what `forward` starts from), with `z` when `normalized`.
+    pub fn zeros(batch: B, heads: H, normalized: bool) -> Result<Self> {
+        let bh = batch.size() * heads.size();
+        let z = normalized.then(|| vec![0.0; bh * F]);
+        Self::from_vecs(batch, heads, vec![0.0; bh * F * DV], z)
+    }
+
+    /// Builds a state from flat row-major buffers (batch, head, F, DV) and (batch, head, F).
+    pub fn from_vecs(batch: B, heads: H, s: Vec<f32>, z: Option<Vec<f32>>) -> Result<Self> {
+        let dev = Cpu::default();
+        let s = dev
+            .try_tensor_from_vec(s, (batch, heads, Const::<F>, Const::<DV>))
+            .map_err(|e| Error::Tensor(format!("{e:?}")))?;
+        let z = match z {
+            Some(z) => Some(
+                dev.try_tensor_from_vec(z, (batch, heads, Const::<F>))
+                    .map_err(|e| Error::Tensor(format!("{e:?}")))?,
+            ),
+            None => None,
+        };
+        Ok(State { s, z })
+    }
+
+    /// Batch size.
+    pub fn batch(&self) -> usize {
+        self.s.shape().0.size()
+    }
+
+    /// Head count.
+    pub fn heads(&self) -> usize {
+        self.s.shape().1.size()
+    }
+
+    /// The state as flat buffers `(S, z)`, checked against the expected batch and head counts and
+    /// normaliser presence.
+    pub fn to_vecs(
+        &self,
+        batch: usize,
+        heads: usize,
+        normalized: bool,
+    ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        if self.batch() != batch || self.heads() != heads {
+            return Err(Error::StateMismatch {
+                batch,
+                heads,
+                got_batch: self.batch(),
+                got_heads: self.heads(),
+            });
+        }
+        let z_batch_heads = self.z.as_ref().map(|z| (z.shape().0.size(), z.shape().1.size()));
+        match (normalized, z_batch_heads) {
+            (true, None) => Err(Error::StateNormalizer(
+                "this spec uses normalize = sum, so the state needs `z`: build it with \
+                 State::zeros(batch, heads, true) or take it from forward_with_state",
+            )),
+            (false, Some(_)) => Err(Error::StateNormalizer(
+                "this spec has no normaliser but the state carries `z`: set `z` to None",
+            )),
+            (_, Some((zb, zh))) if (zb, zh) != (batch, heads) => Err(Error::StateMismatch {
+                batch,
+                heads,
+                got_batch: zb,
+                got_heads: zh,
+            }),
+            _ => Ok((self.s.as_vec(), self.z.as_ref().map(|z| z.as_vec()))),
+        }
+    }
+}

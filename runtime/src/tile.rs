@@ -1,0 +1,429 @@
+//! Tile primitives: the CPU lowering of the kernel plan's tile ops.
+//!
+//! Every function works on statically shaped tiles (`[[f32; COLS]; ROWS]`) with a runtime count of
+//! live rows (`rows <= ROWS`, shorter only in the sequence's last chunk), is `#[inline(always)]`
+//! so it is compiled inside the caller's `#[target_feature]` context, and is written so LLVM
+//! vectorises it: inner loops run over contiguous, compile-time-sized rows, and reductions keep
+//! independent per-lane accumulators (strict IEEE order forbids LLVM from reassociating a plain
+//! sum). Tiles past `rows` are kept at zero by [`load_rows`], so ops may read whole tiles.
+
+use crate::error::{Error, Result};
+use crate::isa::Isa;
+
+/// A row-major tile of `R` rows and `C` columns.
+pub type Tile<const R: usize, const C: usize> = [[f32; C]; R];
+
+/// Allocates a zeroed tile on the heap (tiles of 256 x 256 do not belong on a thread's stack).
+pub fn boxed_tile<const R: usize, const C: usize>() -> Result<Box<Tile<R, C>>> {
+    vec![[0.0f32; C]; R]
+        .into_boxed_slice()
+        .try_into()
+        .map_err(|_| Error::Internal("tile allocation has the wrong length"))
+}
+
+/// Views a flat buffer as a tile of exactly `R x C` values.
+pub fn as_tile_mut<const R: usize, const C: usize>(flat: &mut [f32]) -> Result<&mut Tile<R, C>> {
+    let (rows, rest) = flat.as_chunks_mut::<C>();
+    if !rest.is_empty() {
+        return Err(Error::Internal("state buffer is not a whole number of rows"));
+    }
+    rows.try_into()
+        .map_err(|_| Error::Internal("state buffer has the wrong row count"))
+}
+
+/// Views a flat buffer as a vector of exactly `R` values.
+pub fn as_vec_mut<const R: usize>(flat: &mut [f32]) -> Result<&mut [f32; R]> {
+    flat.try_into()
+        .map_err(|_| Error::Internal("vector buffer has the wrong length"))
+}
+
+/// Copies rows `first..first + rows` of a contiguous `(tokens, C)` buffer into the tile and zeroes
+/// the rest of it.
+#[inline(always)]
+pub fn load_rows<const R: usize, const C: usize>(
+    src: &[f32],
+    first: usize,
+    rows: usize,
+    dst: &mut Tile<R, C>,
+) -> Result<()> {
+    let src = src
+        .get(first * C..(first + rows) * C)
+        .ok_or(Error::Internal("chunk reads past the end of an input"))?;
+    let (src_rows, _) = src.as_chunks::<C>();
+    for (d, s) in dst.iter_mut().zip(src_rows) {
+        *d = *s;
+    }
+    for d in dst.iter_mut().skip(rows) {
+        *d = [0.0; C];
+    }
+    Ok(())
+}
+
+/// Copies `first..first + rows` of a contiguous per-token buffer into a vector, zeroing the rest.
+#[inline(always)]
+pub fn load_vec<const R: usize>(
+    src: &[f32],
+    first: usize,
+    rows: usize,
+    dst: &mut [f32; R],
+) -> Result<()> {
+    let src = src
+        .get(first..first + rows)
+        .ok_or(Error::Internal("chunk reads past the end of a per-token input"))?;
+    *dst = [0.0; R];
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = *s;
+    }
+    Ok(())
+}
+
+/// Writes the first `rows` rows of the tile to rows `first..` of a contiguous `(tokens, C)` buffer.
+#[inline(always)]
+pub fn store_rows<const R: usize, const C: usize>(
+    src: &Tile<R, C>,
+    rows: usize,
+    dst: &mut [f32],
+    first: usize,
+) -> Result<()> {
+    let dst = dst
+        .get_mut(first * C..(first + rows) * C)
+        .ok_or(Error::Internal("chunk writes past the end of the output"))?;
+    let (dst_rows, _) = dst.as_chunks_mut::<C>();
+    for (d, s) in dst_rows.iter_mut().zip(src) {
+        *d = *s;
+    }
+    Ok(())
+}
+
+/// Dot product of two equal-length rows with eight independent lane accumulators.
+#[inline(always)]
+pub fn dot<I: Isa, const C: usize>(a: &[f32; C], b: &[f32; C]) -> f32 {
+    let (a8, a_rest) = a.as_chunks::<8>();
+    let (b8, b_rest) = b.as_chunks::<8>();
+    let mut lanes = [0.0f32; 8];
+    for (x, y) in a8.iter().zip(b8) {
+        for l in 0..8 {
+            lanes[l] = I::fma(x[l], y[l], lanes[l]);
+        }
+    }
+    let mut sum = lanes.iter().sum::<f32>();
+    for (x, y) in a_rest.iter().zip(b_rest) {
+        sum = I::fma(*x, *y, sum);
+    }
+    sum
+}
+
+/// Sum of a row with eight independent lane accumulators.
+#[inline(always)]
+fn row_sum<const C: usize>(a: &[f32; C]) -> f32 {
+    let (a8, rest) = a.as_chunks::<8>();
+    let mut lanes = [0.0f32; 8];
+    for x in a8 {
+        for l in 0..8 {
+            lanes[l] += x[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// Divides each live row by its L2 norm: `x / sqrt(|x|^2 + 1e-6)` (flash-linear-attention's form).
+#[inline(always)]
+pub fn l2_normalize_rows<I: Isa, const R: usize, const C: usize>(t: &mut Tile<R, C>, rows: usize) {
+    for row in t.iter_mut().take(rows) {
+        let inv = 1.0 / (dot::<I, C>(row, row) + 1e-6).sqrt();
+        for x in row.iter_mut() {
+            *x *= inv;
+        }
+    }
+}
+
+/// Applies an elementwise map to the live rows.
+#[inline(always)]
+pub fn map_rows<const R: usize, const C: usize>(
+    t: &mut Tile<R, C>,
+    rows: usize,
+    phi: impl Fn(f32) -> f32,
+) {
+    for row in t.iter_mut().take(rows) {
+        for x in row.iter_mut() {
+            *x = phi(*x);
+        }
+    }
+}
+
+/// Multiplies the live rows by a constant.
+#[inline(always)]
+pub fn scale_rows<const R: usize, const C: usize>(t: &mut Tile<R, C>, rows: usize, s: f32) {
+    for row in t.iter_mut().take(rows) {
+        for x in row.iter_mut() {
+            *x *= s;
+        }
+    }
+}
+
+/// `dst = src^T` (dst column t = src row t); columns past `rows` become zero.
+#[inline(always)]
+pub fn transpose<const R: usize, const C: usize>(
+    src: &Tile<R, C>,
+    rows: usize,
+    dst: &mut Tile<C, R>,
+) {
+    for (k, drow) in dst.iter_mut().enumerate() {
+        for (t, d) in drow.iter_mut().enumerate() {
+            *d = if t < rows { src[t][k] } else { 0.0 };
+        }
+    }
+}
+
+/// Which part of a product is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tri {
+    /// The whole product.
+    Full,
+    /// Only the lower triangle (with diagonal) of the output; the rest is set to zero
+    /// (causal scores: token t sees s <= t).
+    LowerOut,
+    /// `a` is lower triangular: row t only reads `a[t][..=t]` (causal scores times values).
+    LowerA,
+}
+
+/// `c[..rows] (= or +=) a[..rows, ..depth] · b[..depth]`, register blocked: 4 rows x 32 columns
+/// of accumulators (8 AVX-512 registers) per block, then 8-column and single-column tails.
+#[inline(always)]
+pub fn gemm<I: Isa, const M: usize, const K: usize, const N: usize>(
+    a: &Tile<M, K>,
+    b: &Tile<K, N>,
+    c: &mut Tile<M, N>,
+    rows: usize,
+    depth: usize,
+    tri: Tri,
+    accumulate: bool,
+) {
+    let rows = rows.min(M);
+    let depth = depth.min(K);
+    let mut r0 = 0;
+    while r0 < rows {
+        if r0 + 4 <= rows {
+            gemm_rows::<I, 4, M, K, N>(a, b, c, r0, depth, tri, accumulate);
+            r0 += 4;
+        } else {
+            gemm_rows::<I, 1, M, K, N>(a, b, c, r0, depth, tri, accumulate);
+            r0 += 1;
+        }
+    }
+}
+
+/// One block of `RB` output rows across all columns.
+#[inline(always)]
+fn gemm_rows<I: Isa, const RB: usize, const M: usize, const K: usize, const N: usize>(
+    a: &Tile<M, K>,
+    b: &Tile<K, N>,
+    c: &mut Tile<M, N>,
+    r0: usize,
+    depth: usize,
+    tri: Tri,
+    accumulate: bool,
+) {
+    let last_row = r0 + RB - 1;
+    let kmax = match tri {
+        Tri::LowerA => depth.min(last_row + 1),
+        _ => depth,
+    };
+    let col_end = match tri {
+        Tri::LowerOut => N.min(last_row + 1),
+        _ => N,
+    };
+    let mut c0 = 0;
+    while c0 + 32 <= col_end {
+        gemm_block::<I, RB, 32, M, K, N>(a, b, c, r0, c0, kmax, accumulate);
+        c0 += 32;
+    }
+    while c0 + 8 <= col_end {
+        gemm_block::<I, RB, 8, M, K, N>(a, b, c, r0, c0, kmax, accumulate);
+        c0 += 8;
+    }
+    while c0 < col_end {
+        gemm_block::<I, RB, 1, M, K, N>(a, b, c, r0, c0, kmax, accumulate);
+        c0 += 1;
+    }
+    if tri == Tri::LowerOut {
+        // Zero what lies above the diagonal (computed in the diagonal block, or skipped).
+        for (i, row) in c[r0..r0 + RB].iter_mut().enumerate() {
+            for x in row.iter_mut().skip(r0 + i + 1) {
+                *x = 0.0;
+            }
+        }
+    }
+}
+
+/// The micro-kernel: an `RB x NB` accumulator block kept in registers over the whole depth.
+#[inline(always)]
+fn gemm_block<
+    I: Isa,
+    const RB: usize,
+    const NB: usize,
+    const M: usize,
+    const K: usize,
+    const N: usize,
+>(
+    a: &Tile<M, K>,
+    b: &Tile<K, N>,
+    c: &mut Tile<M, N>,
+    r0: usize,
+    c0: usize,
+    kmax: usize,
+    accumulate: bool,
+) {
+    let mut acc = [[0.0f32; NB]; RB];
+    if accumulate {
+        for (i, acc_row) in acc.iter_mut().enumerate() {
+            if let Some(src) = c[r0 + i].get(c0..c0 + NB) {
+                acc_row.copy_from_slice(src);
+            }
+        }
+    }
+    let a_rows: &[[f32; K]] = &a[r0..r0 + RB];
+    for (k, b_row) in b.iter().enumerate().take(kmax) {
+        let Some(b_blk) = b_row.get(c0..c0 + NB) else {
+            return;
+        };
+        let Ok(b_blk) = <&[f32; NB]>::try_from(b_blk) else {
+            return;
+        };
+        for (acc_row, a_row) in acc.iter_mut().zip(a_rows) {
+            let a_ik = a_row[k];
+            for j in 0..NB {
+                acc_row[j] = I::fma(a_ik, b_blk[j], acc_row[j]);
+            }
+        }
+    }
+    for (i, acc_row) in acc.iter().enumerate() {
+        if let Some(dst) = c[r0 + i].get_mut(c0..c0 + NB) {
+            dst.copy_from_slice(acc_row);
+        }
+    }
+}
+
+/// `out[t] = sum_s a[t][s]` for live rows (the lower-triangular scores give q_t · sum_{s<=t} k_s).
+#[inline(always)]
+pub fn row_sums<const R: usize, const C: usize>(
+    a: &Tile<R, C>,
+    rows: usize,
+    out: &mut [f32; R],
+) {
+    for (o, row) in out.iter_mut().zip(a).take(rows) {
+        *o = row_sum(row);
+    }
+}
+
+/// `out[t] (= or +=) q_t · z` for live rows.
+#[inline(always)]
+pub fn dot_rows<I: Isa, const R: usize, const C: usize>(
+    q: &Tile<R, C>,
+    z: &[f32; C],
+    rows: usize,
+    out: &mut [f32; R],
+    accumulate: bool,
+) {
+    for (o, row) in out.iter_mut().zip(q).take(rows) {
+        let d = dot::<I, C>(row, z);
+        *o = if accumulate { *o + d } else { d };
+    }
+}
+
+/// `z += sum_t k_t` over live rows.
+#[inline(always)]
+pub fn add_col_sums<const R: usize, const C: usize>(k: &Tile<R, C>, rows: usize, z: &mut [f32; C]) {
+    for row in k.iter().take(rows) {
+        for (zi, x) in z.iter_mut().zip(row) {
+            *zi += *x;
+        }
+    }
+}
+
+/// `o_t /= den_t + eps` for live rows.
+#[inline(always)]
+pub fn divide_rows<const R: usize, const C: usize>(
+    o: &mut Tile<R, C>,
+    den: &[f32; R],
+    rows: usize,
+    eps: f32,
+) {
+    for (row, d) in o.iter_mut().zip(den).take(rows) {
+        let inv = 1.0 / (*d + eps);
+        for x in row.iter_mut() {
+            *x *= inv;
+        }
+    }
+}
+
+/// In place: `g[t] = g[0] + ... + g[t]` over live rows (cumulative log-decay inside the chunk).
+#[inline(always)]
+pub fn cumsum<const R: usize>(g: &mut [f32; R], rows: usize) {
+    let mut acc = 0.0f32;
+    for x in g.iter_mut().take(rows) {
+        acc += *x;
+        *x = acc;
+    }
+}
+
+/// `a[t][s] *= exp(G_t - G_s)` for s <= t (each factor <= 1 for g <= 0: no overflow).
+#[inline(always)]
+pub fn decay_scores<const R: usize>(a: &mut Tile<R, R>, g: &[f32; R], rows: usize) {
+    for (t, row) in a.iter_mut().enumerate().take(rows) {
+        let gt = g[t];
+        for (x, gs) in row.iter_mut().zip(g).take(t + 1) {
+            *x *= (gt - *gs).exp();
+        }
+    }
+}
+
+/// `q_t *= exp(G_t)`: the decay from the chunk start to token t.
+#[inline(always)]
+pub fn decay_rows<const R: usize, const C: usize>(q: &mut Tile<R, C>, g: &[f32; R], rows: usize) {
+    for (row, gt) in q.iter_mut().zip(g).take(rows) {
+        let f = gt.exp();
+        for x in row.iter_mut() {
+            *x *= f;
+        }
+    }
+}
+
+/// `kt[:, s] *= exp(G_last - G_s)`: the decay from token s to the chunk end.
+#[inline(always)]
+pub fn decay_cols_to_end<const C: usize, const R: usize>(
+    kt: &mut Tile<C, R>,
+    g: &[f32; R],
+    rows: usize,
+) {
+    let Some(last) = rows.checked_sub(1).map(|i| g[i.min(R - 1)]) else {
+        return;
+    };
+    let mut w = [0.0f32; R];
+    for (wi, gs) in w.iter_mut().zip(g).take(rows) {
+        *wi = (last - *gs).exp();
+    }
+    for row in kt.iter_mut() {
+        for (x, wi) in row.iter_mut().zip(&w) {
+            *x *= *wi;
+        }
+    }
+}
+
+/// `s *= exp(G_last)`: the state decays over the whole chunk.
+#[inline(always)]
+pub fn decay_tile<const R: usize, const F: usize, const C: usize>(
+    s: &mut Tile<F, C>,
+    g: &[f32; R],
+    rows: usize,
+) {
+    let Some(last) = rows.checked_sub(1).map(|i| g[i.min(R - 1)]) else {
+        return;
+    };
+    let f = last.exp();
+    for row in s.iter_mut() {
+        for x in row.iter_mut() {
+            *x *= f;
+        }
+    }
+}

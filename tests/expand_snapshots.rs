@@ -1,0 +1,50 @@
+//! Snapshots of the macro's expansion (prettyplease-formatted) for each example spec, so every
+//! change to the generated code is reviewed as a diff.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+
+fn expand(attr: &str) -> String {
+    let attr: TokenStream = attr.parse().expect("test attribute tokenizes");
+    let item = quote!(
+        /// An example spec.
+        pub struct Example;
+    );
+    let tokens = attnc_codegen::expand(attr, item);
+    let file: syn::File = syn::parse2(tokens).expect("expansion is a valid Rust file");
+    prettyplease::unparse(&file)
+}
+
+#[test]
+fn linear_attention_elu_sum() {
+    insta::assert_snapshot!(expand(
+        "head_dim = 64, feature_map = elu_plus_one, normalize = sum, chunk = 64"
+    ));
+}
+
+#[test]
+fn retention_gated_l2() {
+    insta::assert_snapshot!(expand("head_dim = 64, update = gated, qk_norm = l2, chunk = 64"));
+}
+
+#[test]
+fn closure_feature_map() {
+    insta::assert_snapshot!(expand(
+        "head_dim = 64, feature_map = |x| if x > 0.0 { x + 1.0 } else { (0.5 * x).exp() }, normalize = sum"
+    ));
+}
+
+#[test]
+fn bidirectional_bnhd() {
+    insta::assert_snapshot!(expand(
+        "head_dim = 64, value_dim = 32, feature_map = relu, mask = none, layout = bnhd"
+    ));
+}
+
+#[test]
+fn spec_error_keeps_the_struct() {
+    // An invalid spec expands to the struct as written plus a compile_error! (no cascade).
+    let out = expand("head_dim = 64, update = sideways");
+    assert!(out.contains("pub struct Example;"), "{out}");
+    assert!(out.contains("compile_error!"), "{out}");
+}
