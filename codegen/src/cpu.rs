@@ -49,22 +49,22 @@ fn emit_program(plan: &Plan, passes: &[Vec<Op>], chunk: usize) -> TokenStream {
     let mut decls = vec![quote! {
         use ::attnc::__private::tile;
         const C: usize = #c;
-        let ::attnc::__private::Task { q, k, v, g, n, out, s, z, .. } = task;
-        let _ = (&q, &k, &v, &g, &out, &z);
+        let ::attnc::__private::Task { q, k, v, beta, g, n, out, s, z } = task;
+        let _ = (&q, &k, &v, &beta, &g, &out, &z);
         let s = tile::as_tile_mut::<#f, #dv>(s)?;
     }];
     if plan.normalized {
         decls.push(quote! { let z = tile::as_vec_mut::<#f>(z)?; });
     }
     let used = |t: Tile| passes.iter().flatten().any(|op| op.tiles().contains(&t));
-    for t in [Tile::Q, Tile::K, Tile::V, Tile::Kt, Tile::A, Tile::O] {
+    for t in [Tile::Q, Tile::K, Tile::V, Tile::Kt, Tile::A, Tile::Kk, Tile::U, Tile::O] {
         if used(t) {
             let name = tile_ident(t);
             let (r, cols) = tile_shape(plan, t);
             decls.push(quote! { let mut #name = tile::boxed_tile::<#r, #cols>()?; });
         }
     }
-    for t in [Tile::G, Tile::Den] {
+    for t in [Tile::G, Tile::Den, Tile::Beta] {
         if used(t) {
             let name = tile_ident(t);
             decls.push(quote! { let mut #name = [0.0f32; C]; });
@@ -94,19 +94,28 @@ fn tile_shape(plan: &Plan, t: Tile) -> (TokenStream, TokenStream) {
     let c = quote!(C);
     match t {
         Tile::Q | Tile::K => (c, f),
-        Tile::V | Tile::O => (c, dv),
+        Tile::V | Tile::O | Tile::U => (c, dv),
         Tile::Kt => (f, c),
-        Tile::A => (c.clone(), c),
+        Tile::A | Tile::Kk => (c.clone(), c),
         Tile::S => (f, dv),
         Tile::Z => (quote!(1), f),
-        Tile::G | Tile::Den => (quote!(1), c),
+        Tile::G | Tile::Den | Tile::Beta => (quote!(1), c),
     }
 }
 
 /// How many rows of a tile hold data: `rows` for token-indexed tiles, all for the others.
 fn live_rows(plan: &Plan, t: Tile) -> TokenStream {
     match t {
-        Tile::Q | Tile::K | Tile::V | Tile::O | Tile::A | Tile::G | Tile::Den => quote!(rows),
+        Tile::Q
+        | Tile::K
+        | Tile::V
+        | Tile::O
+        | Tile::A
+        | Tile::Kk
+        | Tile::U
+        | Tile::G
+        | Tile::Den
+        | Tile::Beta => quote!(rows),
         Tile::Kt | Tile::S | Tile::Z => lit(plan.f),
     }
 }
@@ -114,10 +123,10 @@ fn live_rows(plan: &Plan, t: Tile) -> TokenStream {
 /// How many columns of a tile hold data.
 fn live_cols(plan: &Plan, t: Tile) -> TokenStream {
     match t {
-        Tile::Kt | Tile::A => quote!(rows),
+        Tile::Kt | Tile::A | Tile::Kk => quote!(rows),
         Tile::Q | Tile::K | Tile::S | Tile::Z => lit(plan.f),
-        Tile::V | Tile::O => lit(plan.dv),
-        Tile::G | Tile::Den => quote!(rows),
+        Tile::V | Tile::O | Tile::U => lit(plan.dv),
+        Tile::G | Tile::Den | Tile::Beta => quote!(rows),
     }
 }
 
@@ -134,7 +143,7 @@ fn by_ref(t: Tile) -> TokenStream {
     let name = tile_ident(t);
     match t {
         Tile::S | Tile::Z => quote!(&*#name),
-        Tile::G | Tile::Den => quote!(&#name),
+        Tile::G | Tile::Den | Tile::Beta => quote!(&#name),
         _ => quote!(&*#name),
     }
 }
@@ -143,7 +152,7 @@ fn by_mut(t: Tile) -> TokenStream {
     let name = tile_ident(t);
     match t {
         Tile::S | Tile::Z => quote!(&mut *#name),
-        Tile::G | Tile::Den => quote!(&mut #name),
+        Tile::G | Tile::Den | Tile::Beta => quote!(&mut #name),
         _ => quote!(&mut *#name),
     }
 }
@@ -157,10 +166,11 @@ fn emit_op(plan: &Plan, op: &Op) -> TokenStream {
                 Input::K => quote!(k),
                 Input::V => quote!(v),
                 Input::G => quote!(g),
+                Input::Beta => quote!(beta),
             };
             let d = by_mut(*dst);
             match dst {
-                Tile::G | Tile::Den => quote! { tile::load_vec(#input, c0, rows, #d)?; },
+                Tile::G | Tile::Den | Tile::Beta => quote! { tile::load_vec(#input, c0, rows, #d)?; },
                 _ => quote! { tile::load_rows(#input, c0, rows, #d)?; },
             }
         }
@@ -238,6 +248,14 @@ fn emit_op(plan: &Plan, op: &Op) -> TokenStream {
         Op::DecayAll { dst, gates } => {
             let (g, d) = (by_ref(*gates), by_mut(*dst));
             quote! { tile::decay_tile(#d, #g, rows); }
+        }
+        Op::SubFrom { dst, src } => {
+            let (s, d) = (by_ref(*src), by_mut(*dst));
+            quote! { tile::sub_from(#d, #s, rows); }
+        }
+        Op::Solve { dst, lower, beta } => {
+            let (l, b, d) = (by_ref(*lower), by_ref(*beta), by_mut(*dst));
+            quote! { tile::forward_substitute::<I, _, _>(#d, #l, #b, rows); }
         }
         Op::Store(t) => {
             let t = by_ref(*t);

@@ -34,6 +34,12 @@ pub enum Tile {
     G,
     /// Per-token normaliser denominators, `C`.
     Den,
+    /// Per-token write strengths beta, `C` (delta updates).
+    Beta,
+    /// Key-key products `K K^T`, `C x C` (delta updates).
+    Kk,
+    /// The delta rule's new values `U`, `C x DV` (delta updates).
+    U,
 }
 
 /// A per-token input of the kernel.
@@ -47,6 +53,8 @@ pub enum Input {
     V,
     /// Log-decays g.
     G,
+    /// Write strengths beta.
+    Beta,
 }
 
 /// Which part of a product a [`Op::MatMul`] computes.
@@ -159,6 +167,24 @@ pub enum Op {
         /// Cumulative log-decays.
         gates: Tile,
     },
+    /// `dst <- src - dst`.
+    SubFrom {
+        /// Tile overwritten with the difference.
+        dst: Tile,
+        /// The minuend.
+        src: Tile,
+    },
+    /// Forward substitution for the delta rule's `(I + strict_lower(diag(beta) L)) X = diag(beta) R`,
+    /// in place: on entry `dst` holds `R`, on exit `X`; row t is
+    /// `X_t = beta_t (R_t - sum_{s<t} L_ts X_s)`.
+    Solve {
+        /// Right-hand side in, solution out.
+        dst: Tile,
+        /// The (decayed) key-key products; only the strict lower triangle is read.
+        lower: Tile,
+        /// The write strengths.
+        beta: Tile,
+    },
     /// Write this chunk's rows of a tile to the output.
     Store(Tile),
 }
@@ -218,8 +244,12 @@ impl Plan {
     /// Plans a validated spec.
     pub fn new(spec: &Spec) -> Result<Plan, PlanError> {
         check_supported(spec)?;
+        let causal = match spec.update {
+            Update::Additive | Update::Gated => causal_pass(spec),
+            Update::Delta | Update::GatedDelta => delta_pass(spec),
+        };
         let passes = match spec.mask {
-            Mask::Causal => vec![causal_pass(spec)],
+            Mask::Causal => vec![causal.clone()],
             Mask::None => vec![state_pass(spec), output_pass(spec)],
         };
         Ok(Plan {
@@ -233,7 +263,7 @@ impl Plan {
             uses_gates: spec.has_gate(),
             normalized: spec.normalize == Normalize::Sum,
             passes,
-            step: causal_pass(spec),
+            step: causal,
         })
     }
 
@@ -260,6 +290,8 @@ impl Op {
             Op::RowSums { dst, src } | Op::AddColSums { dst, src } => vec![dst, src],
             Op::DotRows { dst, rows, vec, .. } => vec![dst, rows, vec],
             Op::DivideRows { dst, den } => vec![dst, den],
+            Op::SubFrom { dst, src } => vec![dst, src],
+            Op::Solve { dst, lower, beta } => vec![dst, lower, beta],
             Op::DecayScores { dst, gates }
             | Op::DecayRows { dst, gates }
             | Op::DecayColsToEnd { dst, gates }
@@ -274,16 +306,11 @@ fn check_supported(spec: &Spec) -> Result<(), PlanError> {
             blame,
             message: format!(
                 "{what} is a valid spec but its kernel is not built yet (tracked in attnc issue \
-                 #{issue}); supported today: additive and gated updates with elementwise feature \
-                 maps (identity, elu_plus_one, relu, squared_relu, sigmoid, closures)"
+                 #{issue}); supported today: every update with the elementwise feature maps \
+                 (identity, elu_plus_one, relu, squared_relu, sigmoid, closures)"
             ),
         })
     };
-    match spec.update {
-        Update::Delta => return missing(Blame::Update, "`update = delta`", 3),
-        Update::GatedDelta => return missing(Blame::Update, "`update = gated_delta`", 3),
-        Update::Additive | Update::Gated => {}
-    }
     match spec.feature_map {
         FeatureMap::Taylor2 => missing(Blame::FeatureMap, "`feature_map = taylor2`", 6),
         FeatureMap::Dpfp { .. } => missing(Blame::FeatureMap, "`feature_map = dpfp`", 6),
@@ -461,6 +488,122 @@ fn output_pass(spec: &Spec) -> Vec<Op> {
             den: Tile::Den,
         });
     }
+    ops.push(Op::Store(Tile::O));
+    ops
+}
+
+/// The delta rule's chunk program (the WY/UT form of Yang et al. 2024, solved by substitution),
+/// per chunk with incoming state S; Γ_ts = exp(G_t - G_s) and exp(G) are 1 without gates:
+///
+/// ```text
+/// A  = tril(Q K^T) ⊙ Γ                       causal scores
+/// L  = (K K^T) ⊙ Γ                           only its strict lower triangle is used
+/// R  = V - diag(exp G) K S                   what the incoming state fails to predict
+/// U  : (I + strict_lower(diag(beta) L)) U = diag(beta) R     forward substitution
+/// O  = A U + diag(exp G) Q S
+/// S  = exp(G_last) S + (K^T diag(exp(G_last - G))) U
+/// ```
+///
+/// No inverse is formed: substitution on the unit lower-triangular system is backward stable,
+/// where forming `T = (I + ...)^-1` first can amplify rounding at large chunks.
+fn delta_pass(spec: &Spec) -> Vec<Op> {
+    let gated = spec.has_gate();
+    let mut ops = prologue(spec, Tile::Q, Input::Q);
+    ops.extend(prologue(spec, Tile::K, Input::K));
+    ops.push(Op::Load {
+        dst: Tile::V,
+        src: Input::V,
+    });
+    ops.push(Op::Load {
+        dst: Tile::Beta,
+        src: Input::Beta,
+    });
+    if gated {
+        ops.push(Op::Load {
+            dst: Tile::G,
+            src: Input::G,
+        });
+        ops.push(Op::CumSum(Tile::G));
+    }
+    ops.push(Op::Transpose {
+        src: Tile::K,
+        dst: Tile::Kt,
+    });
+    ops.push(Op::MatMul {
+        dst: Tile::A,
+        a: Tile::Q,
+        b: Tile::Kt,
+        tri: Tri::LowerOut,
+        accumulate: false,
+    });
+    ops.push(Op::MatMul {
+        dst: Tile::Kk,
+        a: Tile::K,
+        b: Tile::Kt,
+        tri: Tri::LowerOut,
+        accumulate: false,
+    });
+    ops.push(Op::MatMul {
+        dst: Tile::U,
+        a: Tile::K,
+        b: Tile::S,
+        tri: Tri::Full,
+        accumulate: false,
+    });
+    if gated {
+        for dst in [Tile::A, Tile::Kk] {
+            ops.push(Op::DecayScores {
+                dst,
+                gates: Tile::G,
+            });
+        }
+        for dst in [Tile::U, Tile::Q] {
+            ops.push(Op::DecayRows {
+                dst,
+                gates: Tile::G,
+            });
+        }
+    }
+    ops.push(Op::SubFrom {
+        dst: Tile::U,
+        src: Tile::V,
+    });
+    ops.push(Op::Solve {
+        dst: Tile::U,
+        lower: Tile::Kk,
+        beta: Tile::Beta,
+    });
+    ops.push(Op::MatMul {
+        dst: Tile::O,
+        a: Tile::A,
+        b: Tile::U,
+        tri: Tri::LowerA,
+        accumulate: false,
+    });
+    ops.push(Op::MatMul {
+        dst: Tile::O,
+        a: Tile::Q,
+        b: Tile::S,
+        tri: Tri::Full,
+        accumulate: true,
+    });
+    if gated {
+        ops.push(Op::DecayAll {
+            dst: Tile::S,
+            gates: Tile::G,
+        });
+        ops.push(Op::DecayColsToEnd {
+            dst: Tile::Kt,
+            gates: Tile::G,
+        });
+    }
+    ops.push(Op::MatMul {
+        dst: Tile::S,
+        a: Tile::Kt,
+        b: Tile::U,
+        tri: Tri::Full,
+        accumulate: true,
+    });
     ops.push(Op::Store(Tile::O));
     ops
 }

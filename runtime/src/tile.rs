@@ -427,3 +427,41 @@ pub fn decay_tile<const R: usize, const F: usize, const C: usize>(
         }
     }
 }
+
+/// `dst[t] = src[t] - dst[t]` for live rows.
+#[inline(always)]
+pub fn sub_from<const R: usize, const C: usize>(dst: &mut Tile<R, C>, src: &Tile<R, C>, rows: usize) {
+    for (d, s) in dst.iter_mut().zip(src).take(rows) {
+        for (x, y) in d.iter_mut().zip(s) {
+            *x = *y - *x;
+        }
+    }
+}
+
+/// Forward substitution, in place: on entry `x` holds R, on exit the solution of
+/// `(I + strict_lower(diag(beta) L)) X = diag(beta) R`, i.e. `X_t = beta_t (R_t - sum_{s<t} L_ts X_s)`.
+/// Row by row, each row an FMA chain over the (contiguous) value columns.
+#[inline(always)]
+pub fn forward_substitute<I: Isa, const R: usize, const C: usize>(
+    x: &mut Tile<R, C>,
+    lower: &Tile<R, R>,
+    beta: &[f32; R],
+    rows: usize,
+) {
+    for t in 0..rows.min(R) {
+        let (done, rest) = x.split_at_mut(t);
+        let Some(row) = rest.first_mut() else {
+            return;
+        };
+        for (l_ts, x_s) in lower[t].iter().zip(done.iter()) {
+            let m = -*l_ts;
+            for (r, xs) in row.iter_mut().zip(x_s) {
+                *r = I::fma(m, *xs, *r);
+            }
+        }
+        let b = beta[t];
+        for r in row.iter_mut() {
+            *r *= b;
+        }
+    }
+}
