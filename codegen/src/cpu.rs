@@ -27,6 +27,7 @@ pub fn emit_kernel(plan: &Plan, kernel: &Ident) -> TokenStream {
         impl ::attnc::__private::Kernel for #kernel {
             #[inline(always)]
             fn forward<I: ::attnc::__private::Isa>(
+                isa: I,
                 task: ::attnc::__private::Task<'_>,
             ) -> ::attnc::__private::Result<()> {
                 #forward
@@ -34,6 +35,7 @@ pub fn emit_kernel(plan: &Plan, kernel: &Ident) -> TokenStream {
 
             #[inline(always)]
             fn step<I: ::attnc::__private::Isa>(
+                isa: I,
                 task: ::attnc::__private::Task<'_>,
             ) -> ::attnc::__private::Result<()> {
                 #step
@@ -176,7 +178,7 @@ fn emit_op(plan: &Plan, op: &Op) -> TokenStream {
         }
         Op::L2Norm(t) => {
             let t = by_mut(*t);
-            quote! { tile::l2_normalize_rows::<I, _, _>(#t, rows); }
+            quote! { tile::l2_normalize_rows(isa, #t, rows); }
         }
         Op::FeatureMap(t) => {
             let t = by_mut(*t);
@@ -210,7 +212,7 @@ fn emit_op(plan: &Plan, op: &Op) -> TokenStream {
                 Tri::LowerA => quote!(tile::Tri::LowerA),
             };
             let (a, b, d) = (by_ref(*a), by_ref(*b), by_mut(*dst));
-            quote! { tile::gemm::<I, _, _, _>(#a, #b, #d, #rows, #depth, #tri, #accumulate); }
+            quote! { tile::gemm(isa, #a, #b, #d, #rows, #depth, #tri, #accumulate); }
         }
         Op::RowSums { dst, src } => {
             let (s, d) = (by_ref(*src), by_mut(*dst));
@@ -223,7 +225,7 @@ fn emit_op(plan: &Plan, op: &Op) -> TokenStream {
             accumulate,
         } => {
             let (r, v, d) = (by_ref(*r), by_ref(*vec), by_mut(*dst));
-            quote! { tile::dot_rows::<I, _, _>(#r, #v, rows, #d, #accumulate); }
+            quote! { tile::dot_rows(isa, #r, #v, rows, #d, #accumulate); }
         }
         Op::AddColSums { dst, src } => {
             let (s, d) = (by_ref(*src), by_mut(*dst));
@@ -255,7 +257,7 @@ fn emit_op(plan: &Plan, op: &Op) -> TokenStream {
         }
         Op::Solve { dst, lower, beta } => {
             let (l, b, d) = (by_ref(*lower), by_ref(*beta), by_mut(*dst));
-            quote! { tile::forward_substitute::<I, _, _>(#d, #l, #b, rows); }
+            quote! { tile::forward_substitute(isa, #d, #l, #b, rows); }
         }
         Op::Store(t) => {
             let t = by_ref(*t);

@@ -36,58 +36,70 @@ pub struct Task<'a> {
 /// A generated kernel: the chunk program over a whole sequence and the step program for one token.
 pub trait Kernel {
     /// Runs the chunk program over `task.n` tokens.
-    fn forward<I: Isa>(task: Task<'_>) -> Result<()>;
+    fn forward<I: Isa>(isa: I, task: Task<'_>) -> Result<()>;
     /// Runs the step program for one token (`task.n == 1`).
-    fn step<I: Isa>(task: Task<'_>) -> Result<()>;
+    fn step<I: Isa>(isa: I, task: Task<'_>) -> Result<()>;
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-fn forward_avx512<K: Kernel>(task: Task<'_>) -> Result<()> {
-    K::forward::<Avx512>(task)
+fn forward_avx512<K: Kernel>(isa: Avx512, task: Task<'_>) -> Result<()> {
+    K::forward(isa, task)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn forward_avx2<K: Kernel>(task: Task<'_>) -> Result<()> {
-    K::forward::<Avx2>(task)
+fn forward_avx2<K: Kernel>(isa: Avx2, task: Task<'_>) -> Result<()> {
+    K::forward(isa, task)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-fn step_avx512<K: Kernel>(task: Task<'_>) -> Result<()> {
-    K::step::<Avx512>(task)
+fn step_avx512<K: Kernel>(isa: Avx512, task: Task<'_>) -> Result<()> {
+    K::step(isa, task)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn step_avx2<K: Kernel>(task: Task<'_>) -> Result<()> {
-    K::step::<Avx2>(task)
+fn step_avx2<K: Kernel>(isa: Avx2, task: Task<'_>) -> Result<()> {
+    K::step(isa, task)
 }
 
 /// Runs a task's chunk program with the given ISA variant.
 fn dispatch_forward<K: Kernel>(isa: CpuIsa, task: Task<'_>) -> Result<()> {
     match isa {
-        // SAFETY: `CpuIsa::selected` only yields variants whose features this CPU has.
+        // SAFETY: the marker exists only if the CPU has the features the trampoline enables.
         #[cfg(target_arch = "x86_64")]
-        CpuIsa::Avx512 if isa.is_available() => unsafe { forward_avx512::<K>(task) },
+        CpuIsa::Avx512 => match Avx512::detect() {
+            Some(m) => unsafe { forward_avx512::<K>(m, task) },
+            None => K::forward(Portable, task),
+        },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        CpuIsa::Avx2 if isa.is_available() => unsafe { forward_avx2::<K>(task) },
-        _ => K::forward::<Portable>(task),
+        CpuIsa::Avx2 => match Avx2::detect() {
+            Some(m) => unsafe { forward_avx2::<K>(m, task) },
+            None => K::forward(Portable, task),
+        },
+        _ => K::forward(Portable, task),
     }
 }
 
 /// Runs a task's step program with the given ISA variant.
 fn dispatch_step<K: Kernel>(isa: CpuIsa, task: Task<'_>) -> Result<()> {
     match isa {
-        // SAFETY: `CpuIsa::selected` only yields variants whose features this CPU has.
+        // SAFETY: the marker exists only if the CPU has the features the trampoline enables.
         #[cfg(target_arch = "x86_64")]
-        CpuIsa::Avx512 if isa.is_available() => unsafe { step_avx512::<K>(task) },
+        CpuIsa::Avx512 => match Avx512::detect() {
+            Some(m) => unsafe { step_avx512::<K>(m, task) },
+            None => K::step(Portable, task),
+        },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        CpuIsa::Avx2 if isa.is_available() => unsafe { step_avx2::<K>(task) },
-        _ => K::step::<Portable>(task),
+        CpuIsa::Avx2 => match Avx2::detect() {
+            Some(m) => unsafe { step_avx2::<K>(m, task) },
+            None => K::step(Portable, task),
+        },
+        _ => K::step(Portable, task),
     }
 }
 

@@ -132,39 +132,184 @@ thread_local! {
     static OVERRIDE: std::cell::Cell<Option<CpuIsa>> = const { std::cell::Cell::new(None) };
 }
 
-/// Compile-time marker for the instruction set a kernel instance is built for.
+/// An instruction set a kernel instance is compiled for, as a value: holding one proves the CPU
+/// has the features (only the runtime's dispatch, after detection, can make the SIMD ones), so
+/// the safe methods below may execute those instructions.
+///
+/// Vectors are 16 f32 lanes whatever the ISA (one AVX-512 register, two AVX2 registers, or an
+/// array the compiler vectorises as it can), so kernels are written once.
 pub trait Isa: Copy + Send + Sync + 'static {
-    /// `a * b + c`, fused where the ISA has FMA (so it vectorises to vfmadd).
-    fn fma(a: f32, b: f32, c: f32) -> f32;
+    /// 16 f32 lanes.
+    type V: Copy;
+    /// Whether the ISA has 32 wide registers (AVX-512): micro-kernels then keep more
+    /// accumulators live.
+    const WIDE: bool;
+    /// `a * b + c`, fused where the ISA has FMA.
+    fn fma(self, a: f32, b: f32, c: f32) -> f32;
+    /// All lanes zero.
+    fn zero(self) -> Self::V;
+    /// All lanes `x`.
+    fn splat(self, x: f32) -> Self::V;
+    /// Loads 16 values.
+    fn load(self, src: &[f32; 16]) -> Self::V;
+    /// Stores 16 values.
+    fn store(self, v: Self::V, dst: &mut [f32; 16]);
+    /// Lane-wise `a * b + c`.
+    fn vfma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
 }
 
-/// Marker: no FMA assumed.
-#[derive(Clone, Copy, Debug)]
+/// No SIMD assumed beyond what the compiler does with plain loops.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Portable;
-/// Marker: AVX2 + FMA.
+
+/// AVX2 + FMA. Constructed only by [`Avx2::detect`].
 #[derive(Clone, Copy, Debug)]
-pub struct Avx2;
-/// Marker: AVX-512.
+pub struct Avx2 {
+    _proof: (),
+}
+
+/// AVX-512 (F, VL, BW, DQ) + FMA. Constructed only by [`Avx512::detect`].
 #[derive(Clone, Copy, Debug)]
-pub struct Avx512;
+pub struct Avx512 {
+    _proof: (),
+}
+
+impl Avx2 {
+    /// `Some` when this CPU has AVX2 and FMA.
+    pub fn detect() -> Option<Avx2> {
+        CpuIsa::Avx2.is_available().then_some(Avx2 { _proof: () })
+    }
+}
+
+impl Avx512 {
+    /// `Some` when this CPU has the AVX-512 subsets attnc uses.
+    pub fn detect() -> Option<Avx512> {
+        CpuIsa::Avx512.is_available().then_some(Avx512 { _proof: () })
+    }
+}
 
 impl Isa for Portable {
+    type V = [f32; 16];
+    const WIDE: bool = false;
     #[inline(always)]
-    fn fma(a: f32, b: f32, c: f32) -> f32 {
+    fn fma(self, a: f32, b: f32, c: f32) -> f32 {
         a * b + c
     }
-}
-
-impl Isa for Avx2 {
     #[inline(always)]
-    fn fma(a: f32, b: f32, c: f32) -> f32 {
-        a.mul_add(b, c)
+    fn zero(self) -> Self::V {
+        [0.0; 16]
+    }
+    #[inline(always)]
+    fn splat(self, x: f32) -> Self::V {
+        [x; 16]
+    }
+    #[inline(always)]
+    fn load(self, src: &[f32; 16]) -> Self::V {
+        *src
+    }
+    #[inline(always)]
+    fn store(self, v: Self::V, dst: &mut [f32; 16]) {
+        *dst = v;
+    }
+    #[inline(always)]
+    fn vfma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        let mut out = c;
+        for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+            *o += x * y;
+        }
+        out
     }
 }
 
-impl Isa for Avx512 {
-    #[inline(always)]
-    fn fma(a: f32, b: f32, c: f32) -> f32 {
-        a.mul_add(b, c)
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Avx2, Avx512, Isa};
+    use std::arch::x86_64::*;
+
+    // SAFETY (every `unsafe` below): an `Avx2` / `Avx512` value exists only after
+    // `is_x86_feature_detected!` confirmed the features, and the loads/stores go through
+    // references to exactly 16 f32s.
+
+    impl Isa for Avx2 {
+        type V = (__m256, __m256);
+        const WIDE: bool = false;
+        #[inline(always)]
+        fn fma(self, a: f32, b: f32, c: f32) -> f32 {
+            a.mul_add(b, c)
+        }
+        #[inline(always)]
+        fn zero(self) -> Self::V {
+            unsafe { (_mm256_setzero_ps(), _mm256_setzero_ps()) }
+        }
+        #[inline(always)]
+        fn splat(self, x: f32) -> Self::V {
+            unsafe { (_mm256_set1_ps(x), _mm256_set1_ps(x)) }
+        }
+        #[inline(always)]
+        fn load(self, src: &[f32; 16]) -> Self::V {
+            unsafe { (_mm256_loadu_ps(src.as_ptr()), _mm256_loadu_ps(src.as_ptr().add(8))) }
+        }
+        #[inline(always)]
+        fn store(self, v: Self::V, dst: &mut [f32; 16]) {
+            unsafe {
+                _mm256_storeu_ps(dst.as_mut_ptr(), v.0);
+                _mm256_storeu_ps(dst.as_mut_ptr().add(8), v.1);
+            }
+        }
+        #[inline(always)]
+        fn vfma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+            unsafe { (_mm256_fmadd_ps(a.0, b.0, c.0), _mm256_fmadd_ps(a.1, b.1, c.1)) }
+        }
     }
+
+    impl Isa for Avx512 {
+        type V = __m512;
+        const WIDE: bool = true;
+        #[inline(always)]
+        fn fma(self, a: f32, b: f32, c: f32) -> f32 {
+            a.mul_add(b, c)
+        }
+        #[inline(always)]
+        fn zero(self) -> Self::V {
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        fn splat(self, x: f32) -> Self::V {
+            unsafe { _mm512_set1_ps(x) }
+        }
+        #[inline(always)]
+        fn load(self, src: &[f32; 16]) -> Self::V {
+            unsafe { _mm512_loadu_ps(src.as_ptr()) }
+        }
+        #[inline(always)]
+        fn store(self, v: Self::V, dst: &mut [f32; 16]) {
+            unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), v) }
+        }
+        #[inline(always)]
+        fn vfma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod other {
+    use super::{Avx2, Avx512, Isa, Portable};
+    // Never constructed off x86-64 (`detect` returns None); delegate to the portable code.
+    macro_rules! delegate {
+        ($t:ty) => {
+            impl Isa for $t {
+                type V = [f32; 16];
+                const WIDE: bool = false;
+                fn fma(self, a: f32, b: f32, c: f32) -> f32 { Portable.fma(a, b, c) }
+                fn zero(self) -> Self::V { Portable.zero() }
+                fn splat(self, x: f32) -> Self::V { Portable.splat(x) }
+                fn load(self, s: &[f32; 16]) -> Self::V { Portable.load(s) }
+                fn store(self, v: Self::V, d: &mut [f32; 16]) { Portable.store(v, d) }
+                fn vfma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V { Portable.vfma(a, b, c) }
+            }
+        };
+    }
+    delegate!(Avx2);
+    delegate!(Avx512);
 }

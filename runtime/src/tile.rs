@@ -97,18 +97,18 @@ pub fn store_rows<const R: usize, const C: usize>(
 
 /// Dot product of two equal-length rows with eight independent lane accumulators.
 #[inline(always)]
-pub fn dot<I: Isa, const C: usize>(a: &[f32; C], b: &[f32; C]) -> f32 {
+pub fn dot<I: Isa, const C: usize>(isa: I, a: &[f32; C], b: &[f32; C]) -> f32 {
     let (a8, a_rest) = a.as_chunks::<8>();
     let (b8, b_rest) = b.as_chunks::<8>();
     let mut lanes = [0.0f32; 8];
     for (x, y) in a8.iter().zip(b8) {
         for l in 0..8 {
-            lanes[l] = I::fma(x[l], y[l], lanes[l]);
+            lanes[l] = isa.fma(x[l], y[l], lanes[l]);
         }
     }
     let mut sum = lanes.iter().sum::<f32>();
     for (x, y) in a_rest.iter().zip(b_rest) {
-        sum = I::fma(*x, *y, sum);
+        sum = isa.fma(*x, *y, sum);
     }
     sum
 }
@@ -128,9 +128,13 @@ fn row_sum<const C: usize>(a: &[f32; C]) -> f32 {
 
 /// Divides each live row by its L2 norm: `x / sqrt(|x|^2 + 1e-6)` (flash-linear-attention's form).
 #[inline(always)]
-pub fn l2_normalize_rows<I: Isa, const R: usize, const C: usize>(t: &mut Tile<R, C>, rows: usize) {
+pub fn l2_normalize_rows<I: Isa, const R: usize, const C: usize>(
+    isa: I,
+    t: &mut Tile<R, C>,
+    rows: usize,
+) {
     for row in t.iter_mut().take(rows) {
-        let inv = 1.0 / (dot::<I, C>(row, row) + 1e-6).sqrt();
+        let inv = 1.0 / (dot(isa, row, row) + 1e-6).sqrt();
         for x in row.iter_mut() {
             *x *= inv;
         }
@@ -187,10 +191,13 @@ pub enum Tri {
     LowerA,
 }
 
-/// `c[..rows] (= or +=) a[..rows, ..depth] · b[..depth]`, register blocked: 4 rows x 32 columns
-/// of accumulators (8 AVX-512 registers) per block, then 8-column and single-column tails.
+/// `c[..rows] (= or +=) a[..rows, ..depth] · b[..depth]`, register blocked: a block of 4 rows
+/// x 16 columns (2 x 16 on AVX-512) of vector accumulators stays in registers over the whole
+/// depth; column tails use 8-wide and single-column scalar blocks.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn gemm<I: Isa, const M: usize, const K: usize, const N: usize>(
+    isa: I,
     a: &Tile<M, K>,
     b: &Tile<K, N>,
     c: &mut Tile<M, N>,
@@ -204,10 +211,10 @@ pub fn gemm<I: Isa, const M: usize, const K: usize, const N: usize>(
     let mut r0 = 0;
     while r0 < rows {
         if r0 + 4 <= rows {
-            gemm_rows::<I, 4, M, K, N>(a, b, c, r0, depth, tri, accumulate);
+            gemm_rows::<I, 4, M, K, N>(isa, a, b, c, r0, depth, tri, accumulate);
             r0 += 4;
         } else {
-            gemm_rows::<I, 1, M, K, N>(a, b, c, r0, depth, tri, accumulate);
+            gemm_rows::<I, 1, M, K, N>(isa, a, b, c, r0, depth, tri, accumulate);
             r0 += 1;
         }
     }
@@ -215,7 +222,9 @@ pub fn gemm<I: Isa, const M: usize, const K: usize, const N: usize>(
 
 /// One block of `RB` output rows across all columns.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn gemm_rows<I: Isa, const RB: usize, const M: usize, const K: usize, const N: usize>(
+    isa: I,
     a: &Tile<M, K>,
     b: &Tile<K, N>,
     c: &mut Tile<M, N>,
@@ -234,16 +243,22 @@ fn gemm_rows<I: Isa, const RB: usize, const M: usize, const K: usize, const N: u
         _ => N,
     };
     let mut c0 = 0;
-    while c0 + 32 <= col_end {
-        gemm_block::<I, RB, 32, M, K, N>(a, b, c, r0, c0, kmax, accumulate);
-        c0 += 32;
+    if I::WIDE {
+        while c0 + 32 <= col_end {
+            gemm_vblock::<I, RB, 2, M, K, N>(isa, a, b, c, r0, c0, kmax, accumulate);
+            c0 += 32;
+        }
+    }
+    while c0 + 16 <= col_end {
+        gemm_vblock::<I, RB, 1, M, K, N>(isa, a, b, c, r0, c0, kmax, accumulate);
+        c0 += 16;
     }
     while c0 + 8 <= col_end {
-        gemm_block::<I, RB, 8, M, K, N>(a, b, c, r0, c0, kmax, accumulate);
+        gemm_block::<I, RB, 8, M, K, N>(isa, a, b, c, r0, c0, kmax, accumulate);
         c0 += 8;
     }
     while c0 < col_end {
-        gemm_block::<I, RB, 1, M, K, N>(a, b, c, r0, c0, kmax, accumulate);
+        gemm_block::<I, RB, 1, M, K, N>(isa, a, b, c, r0, c0, kmax, accumulate);
         c0 += 1;
     }
     if tri == Tri::LowerOut {
@@ -256,8 +271,75 @@ fn gemm_rows<I: Isa, const RB: usize, const M: usize, const K: usize, const N: u
     }
 }
 
-/// The micro-kernel: an `RB x NB` accumulator block kept in registers over the whole depth.
+/// The vector micro-kernel: `RB x NV` 16-lane accumulators kept in registers over the depth.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gemm_vblock<
+    I: Isa,
+    const RB: usize,
+    const NV: usize,
+    const M: usize,
+    const K: usize,
+    const N: usize,
+>(
+    isa: I,
+    a: &Tile<M, K>,
+    b: &Tile<K, N>,
+    c: &mut Tile<M, N>,
+    r0: usize,
+    c0: usize,
+    kmax: usize,
+    accumulate: bool,
+) {
+    let Some(a_rows) = a.get(r0..r0 + RB) else {
+        return;
+    };
+    let mut acc = [[isa.zero(); NV]; RB];
+    if accumulate {
+        for (acc_row, c_row) in acc.iter_mut().zip(&c[r0..r0 + RB]) {
+            for (v, acc_v) in acc_row.iter_mut().enumerate() {
+                if let Some(src) = lanes16(c_row, c0 + 16 * v) {
+                    *acc_v = isa.load(src);
+                }
+            }
+        }
+    }
+    for (k, b_row) in b.iter().enumerate().take(kmax) {
+        let mut b_v = [isa.zero(); NV];
+        for (v, bv) in b_v.iter_mut().enumerate() {
+            if let Some(src) = lanes16(b_row, c0 + 16 * v) {
+                *bv = isa.load(src);
+            }
+        }
+        for (acc_row, a_row) in acc.iter_mut().zip(a_rows) {
+            let a_ik = isa.splat(a_row[k]);
+            for (acc_v, bv) in acc_row.iter_mut().zip(&b_v) {
+                *acc_v = isa.vfma(a_ik, *bv, *acc_v);
+            }
+        }
+    }
+    for (acc_row, c_row) in acc.iter().zip(&mut c[r0..r0 + RB]) {
+        for (v, acc_v) in acc_row.iter().enumerate() {
+            if let Some(dst) = lanes16_mut(c_row, c0 + 16 * v) {
+                isa.store(*acc_v, dst);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn lanes16<const N: usize>(row: &[f32; N], at: usize) -> Option<&[f32; 16]> {
+    row.get(at..at + 16).and_then(|s| s.try_into().ok())
+}
+
+#[inline(always)]
+fn lanes16_mut<const N: usize>(row: &mut [f32; N], at: usize) -> Option<&mut [f32; 16]> {
+    row.get_mut(at..at + 16).and_then(|s| s.try_into().ok())
+}
+
+/// The scalar micro-kernel for column tails: an `RB x NB` block of accumulators.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn gemm_block<
     I: Isa,
     const RB: usize,
@@ -266,6 +348,7 @@ fn gemm_block<
     const K: usize,
     const N: usize,
 >(
+    isa: I,
     a: &Tile<M, K>,
     b: &Tile<K, N>,
     c: &mut Tile<M, N>,
@@ -293,7 +376,7 @@ fn gemm_block<
         for (acc_row, a_row) in acc.iter_mut().zip(a_rows) {
             let a_ik = a_row[k];
             for j in 0..NB {
-                acc_row[j] = I::fma(a_ik, b_blk[j], acc_row[j]);
+                acc_row[j] = isa.fma(a_ik, b_blk[j], acc_row[j]);
             }
         }
     }
@@ -319,6 +402,7 @@ pub fn row_sums<const R: usize, const C: usize>(
 /// `out[t] (= or +=) q_t · z` for live rows.
 #[inline(always)]
 pub fn dot_rows<I: Isa, const R: usize, const C: usize>(
+    isa: I,
     q: &Tile<R, C>,
     z: &[f32; C],
     rows: usize,
@@ -326,7 +410,7 @@ pub fn dot_rows<I: Isa, const R: usize, const C: usize>(
     accumulate: bool,
 ) {
     for (o, row) in out.iter_mut().zip(q).take(rows) {
-        let d = dot::<I, C>(row, z);
+        let d = dot(isa, row, z);
         *o = if accumulate { *o + d } else { d };
     }
 }
@@ -443,6 +527,7 @@ pub fn sub_from<const R: usize, const C: usize>(dst: &mut Tile<R, C>, src: &Tile
 /// Row by row, each row an FMA chain over the (contiguous) value columns.
 #[inline(always)]
 pub fn forward_substitute<I: Isa, const R: usize, const C: usize>(
+    isa: I,
     x: &mut Tile<R, C>,
     lower: &Tile<R, R>,
     beta: &[f32; R],
@@ -456,7 +541,7 @@ pub fn forward_substitute<I: Isa, const R: usize, const C: usize>(
         for (l_ts, x_s) in lower[t].iter().zip(done.iter()) {
             let m = -*l_ts;
             for (r, xs) in row.iter_mut().zip(x_s) {
-                *r = I::fma(m, *xs, *r);
+                *r = isa.fma(m, *xs, *r);
             }
         }
         let b = beta[t];
