@@ -148,9 +148,13 @@ macro_rules! check_spec {
                 let (a, b) = split_tokens(&x, split);
                 let (o1, st1) = forward_with_state(&a, None).unwrap();
                 let (o2, st2) = forward_with_state(&b, Some(&st1)).unwrap();
-                let o = join_tokens(&o1, &o2, &x, split, DV);
-                let err = max_rel_err(&o, &want.o);
-                assert!(err <= TOL, "chained output error {err:.2e}");
+                // Non-causal outputs depend on the whole sequence given to one call, so only
+                // the state chains for them; causal outputs chain too.
+                if Attn::spec().mask == attnc::spec::Mask::Causal {
+                    let o = join_tokens(&o1, &o2, &x, split, DV);
+                    let err = max_rel_err(&o, &want.o);
+                    assert!(err <= TOL, "chained output error {err:.2e}");
+                }
                 let err_s = max_rel_err(&st2.s.as_vec(), &want.s);
                 assert!(err_s <= TOL, "chained state error {err_s:.2e}");
             }

@@ -62,8 +62,21 @@ fn emit_program(plan: &Plan, passes: &[Vec<Op>], chunk: usize) -> TokenStream {
     for t in [Tile::Q, Tile::K, Tile::V, Tile::Kt, Tile::A, Tile::Kk, Tile::U, Tile::O] {
         if used(t) {
             let name = tile_ident(t);
+            let store = format_ident!("{}_store", name);
             let (r, cols) = tile_shape(plan, t);
-            decls.push(quote! { let mut #name = tile::boxed_tile::<#r, #cols>()?; });
+            // Small tiles (the step program's) live on the stack; chunk tiles on the heap, once
+            // per call, so no thread stack overflows at chunk 256.
+            if tile_len(plan, t, chunk) <= STACK_TILE_MAX {
+                decls.push(quote! {
+                    let mut #store = [[0.0f32; #cols]; #r];
+                    let #name = &mut #store;
+                });
+            } else {
+                decls.push(quote! {
+                    let mut #store = tile::boxed_tile::<#r, #cols>()?;
+                    let #name = &mut *#store;
+                });
+            }
         }
     }
     for t in [Tile::G, Tile::Den, Tile::Beta] {
@@ -87,6 +100,21 @@ fn emit_program(plan: &Plan, passes: &[Vec<Op>], chunk: usize) -> TokenStream {
         #(#decls)*
         #(#loops)*
         Ok(())
+    }
+}
+
+/// Tiles of at most this many floats are stack arrays.
+const STACK_TILE_MAX: usize = 2048;
+
+/// Number of floats in a tile for a chunk length.
+fn tile_len(plan: &Plan, t: Tile, chunk: usize) -> usize {
+    match t {
+        Tile::Q | Tile::K | Tile::Kt => chunk * plan.f,
+        Tile::V | Tile::O | Tile::U => chunk * plan.dv,
+        Tile::A | Tile::Kk => chunk * chunk,
+        Tile::S => plan.f * plan.dv,
+        Tile::Z => plan.f,
+        Tile::G | Tile::Den | Tile::Beta => chunk,
     }
 }
 
@@ -141,21 +169,26 @@ fn tile_ident(t: Tile) -> Ident {
 }
 
 /// A tile as a shared or mutable reference argument.
+/// Per-token vectors are local arrays; every other tile is bound to a `&mut` tile.
+fn is_local_vector(t: Tile) -> bool {
+    matches!(t, Tile::G | Tile::Den | Tile::Beta)
+}
+
 fn by_ref(t: Tile) -> TokenStream {
     let name = tile_ident(t);
-    match t {
-        Tile::S | Tile::Z => quote!(&*#name),
-        Tile::G | Tile::Den | Tile::Beta => quote!(&#name),
-        _ => quote!(&*#name),
+    if is_local_vector(t) {
+        quote!(&#name)
+    } else {
+        quote!(&*#name)
     }
 }
 
 fn by_mut(t: Tile) -> TokenStream {
     let name = tile_ident(t);
-    match t {
-        Tile::S | Tile::Z => quote!(&mut *#name),
-        Tile::G | Tile::Den | Tile::Beta => quote!(&mut #name),
-        _ => quote!(&mut *#name),
+    if is_local_vector(t) {
+        quote!(&mut #name)
+    } else {
+        quote!(&mut *#name)
     }
 }
 
