@@ -38,13 +38,22 @@ fn main() -> Result<(), Error> {
     let v: Tokens<64> = dev.sample_normal_like(&(Const, Const, N, Const));
     // Log-decays g = log(sigmoid(x)) in about (-1, 0), as GLA's gates.
     let g: Tensor<(Const<B>, Const<H>, usize), f32, Cpu> = {
-        let x: Tensor<(Const<B>, Const<H>, usize), f32, Cpu> = dev.sample_normal_like(&(Const, Const, N));
-        let data = x.as_vec().iter().map(|x| -(1.0 + (-(x + 3.0)).exp()).ln()).collect();
+        let x: Tensor<(Const<B>, Const<H>, usize), f32, Cpu> =
+            dev.sample_normal_like(&(Const, Const, N));
+        let data = x
+            .as_vec()
+            .iter()
+            .map(|x| -(1.0 + (-(x + 3.0)).exp()).ln())
+            .collect();
         dev.tensor_from_vec(data, (Const, Const, N))
     };
 
     let ms = timed(|| LinearAttention::forward(&q, &k, &v))?;
-    report("LinearAttention (elu+1, causal, normalised)", LinearAttention::spec(), ms);
+    report(
+        "LinearAttention (elu+1, causal, normalised)",
+        LinearAttention::spec(),
+        ms,
+    );
     let ms = timed(|| Retention::forward(&q, &k, &v, &g))?;
     report("Retention (gated, l2 q/k)", Retention::spec(), ms);
     let ms = timed(|| CustomMap::forward(&q, &k, &v))?;
@@ -57,7 +66,11 @@ fn main() -> Result<(), Error> {
     let vt: Tensor<(Const<B>, usize, Const<H>, Const<32>), f32, Cpu> =
         dev.sample_normal_like(&(Const, N, Const, Const));
     let ms = timed(|| Bidirectional::forward(&qt, &kt, &vt))?;
-    report("Bidirectional (relu, non-causal, bnhd)", Bidirectional::spec(), ms);
+    report(
+        "Bidirectional (relu, non-causal, bnhd)",
+        Bidirectional::spec(),
+        ms,
+    );
 
     // The recurrent view: decoding token by token with `step` gives what `forward` gives.
     let n = 300;
@@ -66,7 +79,9 @@ fn main() -> Result<(), Error> {
     let mut state = State::zeros(Const::<B>, Const::<H>, true)?;
     let mut worst = 0.0f32;
     let scale = full.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    let tokens: Vec<_> = (0..n).map(|t| (token(&qs, t), token(&ks, t), token(&vs, t))).collect();
+    let tokens: Vec<_> = (0..n)
+        .map(|t| (token(&qs, t), token(&ks, t), token(&vs, t)))
+        .collect();
     let t0 = Instant::now();
     let outs = tokens
         .iter()
@@ -119,7 +134,10 @@ fn prefix<const D: usize>(x: &Tokens<D>, n: usize) -> Tokens<D> {
 }
 
 /// Token `t` of every head, as (B, H, D).
-fn token<const D: usize>(x: &Tokens<D>, t: usize) -> Tensor<(Const<B>, Const<H>, Const<D>), f32, Cpu> {
+fn token<const D: usize>(
+    x: &Tokens<D>,
+    t: usize,
+) -> Tensor<(Const<B>, Const<H>, Const<D>), f32, Cpu> {
     let data = x.as_vec();
     let len = x.shape().2;
     let mut out = Vec::with_capacity(B * H * D);

@@ -2,6 +2,8 @@
 //! infinity, and agreement with the step-by-step oracle (max |diff| / max |ref|):
 //! <= 1e-4 on well-conditioned inputs up to N = 8192, <= 1e-3 on adversarial ones.
 
+#![allow(clippy::needless_range_loop)] // index loops mirror the math in test code
+
 mod common;
 
 use attnc::prelude::*;
@@ -30,8 +32,8 @@ macro_rules! delta_specs {
             let mut out = Vec::new();
             $(
                 let (q, k, v) = (tok(&x.q, x.n), tok(&x.k, x.n), tok(&x.v, x.n));
-                let (beta, g) = (per(&x.beta, x.n), per(&x.g, x.n));
-                let o = delta_specs!(@call $name, $update, q, k, v, beta, g).as_vec();
+                let (beta, _g) = (per(&x.beta, x.n), per(&x.g, x.n));
+                let o = delta_specs!(@call $name, $update, q, k, v, beta, _g).as_vec();
                 let want = reference($name::spec(), x, None, None);
                 let finite = o.iter().all(|v| v.is_finite());
                 out.push((stringify!($name), $chunk, max_rel_err(&o, &want.o), finite));
@@ -39,7 +41,7 @@ macro_rules! delta_specs {
             out
         }
     };
-    (@call $name:ident, delta, $q:ident, $k:ident, $v:ident, $beta:ident, $g:ident) => {
+    (@call $name:ident, delta, $q:ident, $k:ident, $v:ident, $beta:ident, $_g:ident) => {
         $name::forward(&$q, &$k, &$v, &$beta).unwrap()
     };
     (@call $name:ident, gated_delta, $q:ident, $k:ident, $v:ident, $beta:ident, $g:ident) => {

@@ -24,7 +24,9 @@ fn linear_attention_elu_sum() {
 
 #[test]
 fn retention_gated_l2() {
-    insta::assert_snapshot!(expand("head_dim = 64, update = gated, qk_norm = l2, chunk = 64"));
+    insta::assert_snapshot!(expand(
+        "head_dim = 64, update = gated, qk_norm = l2, chunk = 64"
+    ));
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //!
 //! Tolerance: max |attnc - oracle| / max |oracle| <= 1e-4 (DESIGN §3).
 
+#![allow(clippy::needless_range_loop)] // index loops mirror the math in test code
+
 mod common;
 
 use attnc::prelude::*;
@@ -19,7 +21,9 @@ fn tokens<const D: usize>(data: &[f32], x: &Inputs, layout: Layout) -> Tok<D> {
     let dev = Cpu::default();
     match layout {
         Layout::Bhnd => dev.tensor_from_vec(data.to_vec(), (x.b, x.h, x.n, Const)),
-        Layout::Bnhd => dev.tensor_from_vec(to_bnhd(data, x.b, x.h, x.n, D), (x.b, x.n, x.h, Const)),
+        Layout::Bnhd => {
+            dev.tensor_from_vec(to_bnhd(data, x.b, x.h, x.n, D), (x.b, x.n, x.h, Const))
+        }
     }
 }
 
@@ -33,7 +37,11 @@ fn scalars(data: &[f32], x: &Inputs, layout: Layout) -> Tensor<(usize, usize, us
 }
 
 /// Token t of every (batch, head), as a (B, H, D) tensor.
-fn at_token<const D: usize>(data: &[f32], x: &Inputs, t: usize) -> Tensor<(usize, usize, Const<D>), f32, Cpu> {
+fn at_token<const D: usize>(
+    data: &[f32],
+    x: &Inputs,
+    t: usize,
+) -> Tensor<(usize, usize, Const<D>), f32, Cpu> {
     let mut out = Vec::with_capacity(x.b * x.h * D);
     for bh in 0..x.b * x.h {
         out.extend_from_slice(&data[(bh * x.n + t) * D..(bh * x.n + t + 1) * D]);
@@ -233,30 +241,186 @@ check_spec!(plain_c16, extra = [], head_dim = 16, chunk = 16);
 check_spec!(plain_c64, extra = [], head_dim = 16, chunk = 64);
 check_spec!(plain_c256, extra = [], head_dim = 16, chunk = 256);
 check_spec!(plain_d64_c64, extra = [], head_dim = 64, chunk = 64);
-check_spec!(elu_sum_c16, extra = [], head_dim = 16, feature_map = elu_plus_one, normalize = sum, chunk = 16);
-check_spec!(elu_sum_c64, extra = [], head_dim = 32, feature_map = elu_plus_one, normalize = sum, chunk = 64);
-check_spec!(elu_sum_c256, extra = [], head_dim = 16, feature_map = elu_plus_one, normalize = sum, chunk = 256);
-check_spec!(relu_l2_c32, extra = [], head_dim = 32, value_dim = 48, feature_map = relu, qk_norm = l2, scale = 0.5, chunk = 32);
-check_spec!(sqrelu_sum_c16, extra = [], head_dim = 16, feature_map = squared_relu, normalize = sum, chunk = 16);
-check_spec!(sigmoid_sum_c128, extra = [], head_dim = 8, value_dim = 24, feature_map = sigmoid, normalize = sum, chunk = 128);
-check_spec!(closure_c16, extra = [], head_dim = 16, feature_map = |x| if x > 0.0 { x * x + 1.0 } else { (0.5 * x).exp() }, chunk = 16);
-check_spec!(closure_sum_c64, extra = [], head_dim = 16, feature_map = |x| x.tanh().abs() + x.min(0.0).powi(2), normalize = sum, chunk = 64);
+check_spec!(
+    elu_sum_c16,
+    extra = [],
+    head_dim = 16,
+    feature_map = elu_plus_one,
+    normalize = sum,
+    chunk = 16
+);
+check_spec!(
+    elu_sum_c64,
+    extra = [],
+    head_dim = 32,
+    feature_map = elu_plus_one,
+    normalize = sum,
+    chunk = 64
+);
+check_spec!(
+    elu_sum_c256,
+    extra = [],
+    head_dim = 16,
+    feature_map = elu_plus_one,
+    normalize = sum,
+    chunk = 256
+);
+check_spec!(
+    relu_l2_c32,
+    extra = [],
+    head_dim = 32,
+    value_dim = 48,
+    feature_map = relu,
+    qk_norm = l2,
+    scale = 0.5,
+    chunk = 32
+);
+check_spec!(
+    sqrelu_sum_c16,
+    extra = [],
+    head_dim = 16,
+    feature_map = squared_relu,
+    normalize = sum,
+    chunk = 16
+);
+check_spec!(
+    sigmoid_sum_c128,
+    extra = [],
+    head_dim = 8,
+    value_dim = 24,
+    feature_map = sigmoid,
+    normalize = sum,
+    chunk = 128
+);
+check_spec!(
+    closure_c16,
+    extra = [],
+    head_dim = 16,
+    feature_map = |x| if x > 0.0 {
+        x * x + 1.0
+    } else {
+        (0.5 * x).exp()
+    },
+    chunk = 16
+);
+check_spec!(
+    closure_sum_c64,
+    extra = [],
+    head_dim = 16,
+    feature_map = |x| x.tanh().abs() + x.min(0.0).powi(2),
+    normalize = sum,
+    chunk = 64
+);
 
 // Gated (RetNet / simple GLA).
-check_spec!(gated_c16, extra = [g], head_dim = 16, update = gated, chunk = 16);
-check_spec!(gated_c64, extra = [g], head_dim = 32, value_dim = 16, update = gated, chunk = 64);
-check_spec!(gated_c256, extra = [g], head_dim = 16, update = gated, chunk = 256);
-check_spec!(gated_elu_sum_l2_c32, extra = [g], head_dim = 16, update = gated, feature_map = elu_plus_one, normalize = sum, qk_norm = l2, chunk = 32);
+check_spec!(
+    gated_c16,
+    extra = [g],
+    head_dim = 16,
+    update = gated,
+    chunk = 16
+);
+check_spec!(
+    gated_c64,
+    extra = [g],
+    head_dim = 32,
+    value_dim = 16,
+    update = gated,
+    chunk = 64
+);
+check_spec!(
+    gated_c256,
+    extra = [g],
+    head_dim = 16,
+    update = gated,
+    chunk = 256
+);
+check_spec!(
+    gated_elu_sum_l2_c32,
+    extra = [g],
+    head_dim = 16,
+    update = gated,
+    feature_map = elu_plus_one,
+    normalize = sum,
+    qk_norm = l2,
+    chunk = 32
+);
 
 // Non-causal.
-check_spec!(noncausal_c16, extra = [], head_dim = 16, mask = none, chunk = 16);
-check_spec!(noncausal_elu_sum_c64, extra = [], head_dim = 16, mask = none, feature_map = elu_plus_one, normalize = sum, chunk = 64);
-check_spec!(noncausal_c256, extra = [], head_dim = 8, mask = none, feature_map = relu, chunk = 256);
+check_spec!(
+    noncausal_c16,
+    extra = [],
+    head_dim = 16,
+    mask = none,
+    chunk = 16
+);
+check_spec!(
+    noncausal_elu_sum_c64,
+    extra = [],
+    head_dim = 16,
+    mask = none,
+    feature_map = elu_plus_one,
+    normalize = sum,
+    chunk = 64
+);
+check_spec!(
+    noncausal_c256,
+    extra = [],
+    head_dim = 8,
+    mask = none,
+    feature_map = relu,
+    chunk = 256
+);
 
 // Tokens-first layout (flash-linear-attention's), across the same variants.
-check_spec!(bnhd_plain_c16, extra = [], head_dim = 16, layout = bnhd, chunk = 16);
-check_spec!(bnhd_plain_c256, extra = [], head_dim = 16, layout = bnhd, chunk = 256);
-check_spec!(bnhd_elu_sum_c64, extra = [], head_dim = 16, value_dim = 32, feature_map = elu_plus_one, normalize = sum, layout = bnhd, chunk = 64);
-check_spec!(bnhd_gated_c16, extra = [g], head_dim = 16, update = gated, layout = bnhd, chunk = 16);
-check_spec!(bnhd_gated_l2_c64, extra = [g], head_dim = 32, update = gated, qk_norm = l2, layout = bnhd, chunk = 64);
-check_spec!(bnhd_noncausal_c16, extra = [], head_dim = 16, mask = none, feature_map = sigmoid, normalize = sum, layout = bnhd, chunk = 16);
+check_spec!(
+    bnhd_plain_c16,
+    extra = [],
+    head_dim = 16,
+    layout = bnhd,
+    chunk = 16
+);
+check_spec!(
+    bnhd_plain_c256,
+    extra = [],
+    head_dim = 16,
+    layout = bnhd,
+    chunk = 256
+);
+check_spec!(
+    bnhd_elu_sum_c64,
+    extra = [],
+    head_dim = 16,
+    value_dim = 32,
+    feature_map = elu_plus_one,
+    normalize = sum,
+    layout = bnhd,
+    chunk = 64
+);
+check_spec!(
+    bnhd_gated_c16,
+    extra = [g],
+    head_dim = 16,
+    update = gated,
+    layout = bnhd,
+    chunk = 16
+);
+check_spec!(
+    bnhd_gated_l2_c64,
+    extra = [g],
+    head_dim = 32,
+    update = gated,
+    qk_norm = l2,
+    layout = bnhd,
+    chunk = 64
+);
+check_spec!(
+    bnhd_noncausal_c16,
+    extra = [],
+    head_dim = 16,
+    mask = none,
+    feature_map = sigmoid,
+    normalize = sum,
+    layout = bnhd,
+    chunk = 16
+);

@@ -49,7 +49,10 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 /// Expands an already-validated spec onto a unit struct (for tools that build specs in code).
-pub fn expand_spec(spec: &Spec, item: &syn::ItemStruct) -> Result<TokenStream, crate::plan::PlanError> {
+pub fn expand_spec(
+    spec: &Spec,
+    item: &syn::ItemStruct,
+) -> Result<TokenStream, crate::plan::PlanError> {
     let parsed = ParsedSpec {
         spec: spec.clone(),
         spans: Default::default(),

@@ -59,7 +59,16 @@ fn emit_program(plan: &Plan, passes: &[Vec<Op>], chunk: usize) -> TokenStream {
         decls.push(quote! { let z = tile::as_vec_mut::<#f>(z)?; });
     }
     let used = |t: Tile| passes.iter().flatten().any(|op| op.tiles().contains(&t));
-    for t in [Tile::Q, Tile::K, Tile::V, Tile::Kt, Tile::A, Tile::Kk, Tile::U, Tile::O] {
+    for t in [
+        Tile::Q,
+        Tile::K,
+        Tile::V,
+        Tile::Kt,
+        Tile::A,
+        Tile::Kk,
+        Tile::U,
+        Tile::O,
+    ] {
         if used(t) {
             let name = tile_ident(t);
             let store = format_ident!("{}_store", name);
@@ -205,7 +214,9 @@ fn emit_op(plan: &Plan, op: &Op) -> TokenStream {
             };
             let d = by_mut(*dst);
             match dst {
-                Tile::G | Tile::Den | Tile::Beta => quote! { tile::load_vec(#input, c0, rows, #d)?; },
+                Tile::G | Tile::Den | Tile::Beta => {
+                    quote! { tile::load_vec(#input, c0, rows, #d)?; }
+                }
                 _ => quote! { tile::load_rows(#input, c0, rows, #d)?; },
             }
         }

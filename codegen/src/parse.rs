@@ -206,7 +206,11 @@ pub fn parse_spec(attr: TokenStream) -> syn::Result<ParsedSpec> {
             Key::Normalize => set(
                 &mut errors,
                 &mut spec.normalize,
-                keyword(v, "normalize", &[("none", Normalize::None), ("sum", Normalize::Sum)]),
+                keyword(
+                    v,
+                    "normalize",
+                    &[("none", Normalize::None), ("sum", Normalize::Sum)],
+                ),
             ),
             Key::QkNorm => set(
                 &mut errors,
@@ -218,7 +222,11 @@ pub fn parse_spec(attr: TokenStream) -> syn::Result<ParsedSpec> {
             Key::Layout => set(
                 &mut errors,
                 &mut spec.layout,
-                keyword(v, "layout", &[("bhnd", Layout::Bhnd), ("bnhd", Layout::Bnhd)]),
+                keyword(
+                    v,
+                    "layout",
+                    &[("bhnd", Layout::Bhnd), ("bnhd", Layout::Bnhd)],
+                ),
             ),
         }
     }
@@ -298,7 +306,10 @@ fn unknown_key(key: &syn::Ident) -> syn::Error {
     let hint = near.map_or(String::new(), |k| format!("; did you mean `{k}`?"));
     syn::Error::new(
         key.span(),
-        format!("unknown key `{name}`: the keys are {}{hint}", all.join(", ")),
+        format!(
+            "unknown key `{name}`: the keys are {}{hint}",
+            all.join(", ")
+        ),
     )
 }
 
@@ -317,9 +328,17 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// Looks through the invisible groups `macro_rules!` puts around `$x:literal` / `$x:expr`.
+fn peel(v: &syn::Expr) -> &syn::Expr {
+    match v {
+        syn::Expr::Group(g) => peel(&g.expr),
+        other => other,
+    }
+}
+
 /// A bare identifier value, e.g. `causal`.
 fn ident_of(v: &syn::Expr) -> Option<String> {
-    match v {
+    match peel(v) {
         syn::Expr::Path(p) if p.qself.is_none() && p.attrs.is_empty() => {
             p.path.get_ident().map(|i| i.to_string())
         }
@@ -337,7 +356,7 @@ fn keyword<T: Copy>(v: &syn::Expr, key: &str, allowed: &[(&str, T)]) -> syn::Res
 }
 
 fn int_literal(v: &syn::Expr) -> Option<syn::Result<usize>> {
-    match v {
+    match peel(v) {
         syn::Expr::Lit(syn::ExprLit {
             lit: syn::Lit::Int(i),
             ..
@@ -357,7 +376,10 @@ fn parse_dim(v: &syn::Expr, key: &str) -> syn::Result<usize> {
 fn parse_chunk(v: &syn::Expr) -> syn::Result<usize> {
     match int_literal(v) {
         Some(Ok(c)) if (16..=256).contains(&c) && c.is_power_of_two() => Ok(c),
-        _ => err(v, "`chunk` must be a power of two in 16..=256: 16, 32, 64, 128 or 256"),
+        _ => err(
+            v,
+            "`chunk` must be a power of two in 16..=256: 16, 32, 64, 128 or 256",
+        ),
     }
 }
 
@@ -365,7 +387,7 @@ fn parse_scale(v: &syn::Expr) -> syn::Result<Scale> {
     if ident_of(v).as_deref() == Some("auto") {
         return Ok(Scale::Auto);
     }
-    let value = match v {
+    let value = match peel(v) {
         syn::Expr::Lit(syn::ExprLit {
             lit: syn::Lit::Float(f),
             ..
@@ -403,7 +425,7 @@ fn parse_feature_map(v: &syn::Expr) -> syn::Result<FeatureMap> {
             _ => return err(v, ALLOWED),
         });
     }
-    match v {
+    match peel(v) {
         syn::Expr::Closure(c) => parse_closure(c).map(FeatureMap::Closure),
         syn::Expr::Call(call) => {
             let name = ident_of(&call.func);
@@ -473,16 +495,24 @@ fn parse_closure(c: &syn::ExprClosure) -> syn::Result<Closure> {
         syn::Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => p.ident.to_string(),
         syn::Pat::Type(t) => {
             if !is_f32(&t.ty) {
-                return err(&t.ty, "the closure's argument is an f32: write `|x: f32|` or `|x|`");
+                return err(
+                    &t.ty,
+                    "the closure's argument is an f32: write `|x: f32|` or `|x|`",
+                );
             }
             match &*t.pat {
                 syn::Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => {
                     p.ident.to_string()
                 }
-                other => return err(&other, "the closure's argument must be a plain name"),
+                other => return err(other, "the closure's argument must be a plain name"),
             }
         }
-        other => return err(&other, "the closure's argument must be a plain name, e.g. `x`"),
+        other => {
+            return err(
+                other,
+                "the closure's argument must be a plain name, e.g. `x`",
+            )
+        }
     };
     let body = lower_expr(&c.body, &param)?;
     Ok(Closure { param, body })
@@ -576,7 +606,10 @@ fn lower_method(m: &syn::ExprMethodCall, param: &str) -> syn::Result<Expr> {
         };
         return match n {
             Some(n) => Ok(Expr::Powi(recv, n)),
-            None => err(&m.method, "`powi` takes one integer literal, e.g. `x.powi(2)`"),
+            None => err(
+                &m.method,
+                "`powi` takes one integer literal, e.g. `x.powi(2)`",
+            ),
         };
     }
     err(
@@ -587,7 +620,7 @@ fn lower_method(m: &syn::ExprMethodCall, param: &str) -> syn::Result<Expr> {
 
 /// An integer literal, possibly negated, for `powi`.
 fn int_exponent(e: &syn::Expr) -> Option<i32> {
-    match e {
+    match peel(e) {
         syn::Expr::Lit(syn::ExprLit {
             lit: syn::Lit::Int(i),
             ..
@@ -622,9 +655,19 @@ fn lower_if(i: &syn::ExprIf, param: &str) -> syn::Result<Expr> {
                 lhs: lower_expr(&b.left, param)?,
                 rhs: lower_expr(&b.right, param)?,
             },
-            None => return err(&i.cond, "the condition must be one comparison, e.g. `x > 0.0`"),
+            None => {
+                return err(
+                    &i.cond,
+                    "the condition must be one comparison, e.g. `x > 0.0`",
+                )
+            }
         },
-        other => return err(&other, "the condition must be one comparison, e.g. `x > 0.0`"),
+        other => {
+            return err(
+                other,
+                "the condition must be one comparison, e.g. `x > 0.0`",
+            )
+        }
     };
     let then = lower_block(&i.then_branch, param)?;
     let Some((_, otherwise)) = &i.else_branch else {
@@ -643,7 +686,10 @@ fn lower_if(i: &syn::ExprIf, param: &str) -> syn::Result<Expr> {
 fn lower_block(b: &syn::Block, param: &str) -> syn::Result<Expr> {
     match b.stmts.as_slice() {
         [syn::Stmt::Expr(e, None)] => lower_expr(e, param),
-        _ => err(b.brace_token.span.join(), "a block here holds exactly one expression"),
+        _ => err(
+            b.brace_token.span.join(),
+            "a block here holds exactly one expression",
+        ),
     }
 }
 

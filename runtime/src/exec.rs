@@ -3,8 +3,8 @@
 
 use crate::error::{Error, Result};
 use crate::isa::{Avx2, Avx512, CpuIsa, Isa, Portable};
-use dfdx::shapes::Shape;
 use dfdx::shapes::HasShape;
+use dfdx::shapes::Shape;
 use dfdx::tensor::{Cpu, Tensor};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -208,7 +208,7 @@ impl Problem {
             });
         }
         let data = checked(arg, t.as_vec())?;
-        Ok(self.to_heads_first(data, d))
+        Ok(self.heads_first(data, d))
     }
 
     /// Checks a per-token (B, H, N)-or-(B, N, H) tensor and returns it heads first.
@@ -228,7 +228,7 @@ impl Problem {
             });
         }
         let data = checked(arg, t.as_vec())?;
-        Ok(self.to_heads_first(data, 1))
+        Ok(self.heads_first(data, 1))
     }
 
     /// Checks a per-head (B, H, D) decoding input.
@@ -271,7 +271,7 @@ impl Problem {
     }
 
     /// (B, N, H, D) -> (B, H, N, D); identity for heads-first layouts.
-    fn to_heads_first(&self, data: Vec<f32>, d: usize) -> Vec<f32> {
+    fn heads_first(&self, data: Vec<f32>, d: usize) -> Vec<f32> {
         match self.layout {
             TokenLayout::Bhnd => data,
             TokenLayout::Bnhd => permute_middle(&data, self.batch, self.tokens, self.heads, d),
@@ -352,7 +352,11 @@ fn tasks<'a>(
         return Err(Error::Internal("buffer sizes disagree with the problem"));
     }
     let per = |len: usize, total: usize| if total == 0 { 0 } else { len };
-    let (beta_len, g_len, z_len) = (per(n, bufs.beta.len()), per(n, bufs.g.len()), per(f, bufs.z.len()));
+    let (beta_len, g_len, z_len) = (
+        per(n, bufs.beta.len()),
+        per(n, bufs.g.len()),
+        per(f, bufs.z.len()),
+    );
     let mut z_parts = bufs.z.chunks_mut(z_len.max(1));
     let mut beta_parts = bufs.beta.chunks(beta_len.max(1));
     let mut g_parts = bufs.g.chunks(g_len.max(1));
@@ -367,12 +371,24 @@ fn tasks<'a>(
             q,
             k,
             v,
-            beta: if beta_len == 0 { &[] } else { beta_parts.next().unwrap_or(&[]) },
-            g: if g_len == 0 { &[] } else { g_parts.next().unwrap_or(&[]) },
+            beta: if beta_len == 0 {
+                &[]
+            } else {
+                beta_parts.next().unwrap_or(&[])
+            },
+            g: if g_len == 0 {
+                &[]
+            } else {
+                g_parts.next().unwrap_or(&[])
+            },
             n,
             out,
             s,
-            z: if z_len == 0 { &mut [] } else { z_parts.next().unwrap_or(&mut []) },
+            z: if z_len == 0 {
+                &mut []
+            } else {
+                z_parts.next().unwrap_or(&mut [])
+            },
         })
         .collect();
     Ok(list)
@@ -380,7 +396,11 @@ fn tasks<'a>(
 
 /// Runs kernel `K`'s chunk program on every (batch, head) in parallel; returns the output
 /// heads first, (B, H, N, DV), and leaves the final state in `bufs.s` / `bufs.z`.
-pub fn run_forward<K: Kernel>(p: &Problem, dims: [usize; 3], bufs: &mut Buffers) -> Result<Vec<f32>> {
+pub fn run_forward<K: Kernel>(
+    p: &Problem,
+    dims: [usize; 3],
+    bufs: &mut Buffers,
+) -> Result<Vec<f32>> {
     let isa = CpuIsa::selected()?;
     let mut out = vec![0.0; p.batch * p.heads * p.tokens * dims[1]];
     let list = tasks(p, dims, bufs, &mut out)?;

@@ -52,7 +52,10 @@ impl CpuIsa {
 
     /// The variants this CPU can run.
     pub fn available() -> Vec<CpuIsa> {
-        CpuIsa::ALL.into_iter().filter(|i| i.is_available()).collect()
+        CpuIsa::ALL
+            .into_iter()
+            .filter(|i| i.is_available())
+            .collect()
     }
 
     /// The fastest variant this CPU can run.
@@ -184,7 +187,9 @@ impl Avx2 {
 impl Avx512 {
     /// `Some` when this CPU has the AVX-512 subsets attnc uses.
     pub fn detect() -> Option<Avx512> {
-        CpuIsa::Avx512.is_available().then_some(Avx512 { _proof: () })
+        CpuIsa::Avx512
+            .is_available()
+            .then_some(Avx512 { _proof: () })
     }
 }
 
@@ -247,7 +252,12 @@ mod x86 {
         }
         #[inline(always)]
         fn load(self, src: &[f32; 16]) -> Self::V {
-            unsafe { (_mm256_loadu_ps(src.as_ptr()), _mm256_loadu_ps(src.as_ptr().add(8))) }
+            unsafe {
+                (
+                    _mm256_loadu_ps(src.as_ptr()),
+                    _mm256_loadu_ps(src.as_ptr().add(8)),
+                )
+            }
         }
         #[inline(always)]
         fn store(self, v: Self::V, dst: &mut [f32; 16]) {
@@ -258,7 +268,12 @@ mod x86 {
         }
         #[inline(always)]
         fn vfma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-            unsafe { (_mm256_fmadd_ps(a.0, b.0, c.0), _mm256_fmadd_ps(a.1, b.1, c.1)) }
+            unsafe {
+                (
+                    _mm256_fmadd_ps(a.0, b.0, c.0),
+                    _mm256_fmadd_ps(a.1, b.1, c.1),
+                )
+            }
         }
     }
 
@@ -301,12 +316,24 @@ mod other {
             impl Isa for $t {
                 type V = [f32; 16];
                 const WIDE: bool = false;
-                fn fma(self, a: f32, b: f32, c: f32) -> f32 { Portable.fma(a, b, c) }
-                fn zero(self) -> Self::V { Portable.zero() }
-                fn splat(self, x: f32) -> Self::V { Portable.splat(x) }
-                fn load(self, s: &[f32; 16]) -> Self::V { Portable.load(s) }
-                fn store(self, v: Self::V, d: &mut [f32; 16]) { Portable.store(v, d) }
-                fn vfma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V { Portable.vfma(a, b, c) }
+                fn fma(self, a: f32, b: f32, c: f32) -> f32 {
+                    Portable.fma(a, b, c)
+                }
+                fn zero(self) -> Self::V {
+                    Portable.zero()
+                }
+                fn splat(self, x: f32) -> Self::V {
+                    Portable.splat(x)
+                }
+                fn load(self, s: &[f32; 16]) -> Self::V {
+                    Portable.load(s)
+                }
+                fn store(self, v: Self::V, d: &mut [f32; 16]) {
+                    Portable.store(v, d)
+                }
+                fn vfma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+                    Portable.vfma(a, b, c)
+                }
             }
         };
     }

@@ -75,7 +75,10 @@ impl<B: Dim, H: Dim, const F: usize, const DV: usize> State<B, H, F, DV> {
                 got_heads: self.heads(),
             });
         }
-        let z_batch_heads = self.z.as_ref().map(|z| (z.shape().0.size(), z.shape().1.size()));
+        let z_batch_heads = self
+            .z
+            .as_ref()
+            .map(|z| (z.shape().0.size(), z.shape().1.size()));
         match (normalized, z_batch_heads) {
             (true, None) => Err(Error::StateNormalizer(
                 "this spec uses normalize = sum, so the state needs `z`: build it with \

@@ -25,7 +25,9 @@ pub fn boxed_tile<const R: usize, const C: usize>() -> Result<Box<Tile<R, C>>> {
 pub fn as_tile_mut<const R: usize, const C: usize>(flat: &mut [f32]) -> Result<&mut Tile<R, C>> {
     let (rows, rest) = flat.as_chunks_mut::<C>();
     if !rest.is_empty() {
-        return Err(Error::Internal("state buffer is not a whole number of rows"));
+        return Err(Error::Internal(
+            "state buffer is not a whole number of rows",
+        ));
     }
     rows.try_into()
         .map_err(|_| Error::Internal("state buffer has the wrong row count"))
@@ -67,9 +69,9 @@ pub fn load_vec<const R: usize>(
     rows: usize,
     dst: &mut [f32; R],
 ) -> Result<()> {
-    let src = src
-        .get(first..first + rows)
-        .ok_or(Error::Internal("chunk reads past the end of a per-token input"))?;
+    let src = src.get(first..first + rows).ok_or(Error::Internal(
+        "chunk reads past the end of a per-token input",
+    ))?;
     *dst = [0.0; R];
     for (d, s) in dst.iter_mut().zip(src) {
         *d = *s;
@@ -389,11 +391,7 @@ fn gemm_block<
 
 /// `out[t] = sum_s a[t][s]` for live rows (the lower-triangular scores give q_t · sum_{s<=t} k_s).
 #[inline(always)]
-pub fn row_sums<const R: usize, const C: usize>(
-    a: &Tile<R, C>,
-    rows: usize,
-    out: &mut [f32; R],
-) {
+pub fn row_sums<const R: usize, const C: usize>(a: &Tile<R, C>, rows: usize, out: &mut [f32; R]) {
     for (o, row) in out.iter_mut().zip(a).take(rows) {
         *o = row_sum(row);
     }
@@ -514,7 +512,11 @@ pub fn decay_tile<const R: usize, const F: usize, const C: usize>(
 
 /// `dst[t] = src[t] - dst[t]` for live rows.
 #[inline(always)]
-pub fn sub_from<const R: usize, const C: usize>(dst: &mut Tile<R, C>, src: &Tile<R, C>, rows: usize) {
+pub fn sub_from<const R: usize, const C: usize>(
+    dst: &mut Tile<R, C>,
+    src: &Tile<R, C>,
+    rows: usize,
+) {
     for (d, s) in dst.iter_mut().zip(src).take(rows) {
         for (x, y) in d.iter_mut().zip(s) {
             *x = *y - *x;

@@ -55,14 +55,27 @@ impl Inputs {
         let q = rng.normals(b * h * n * dk);
         let k = rng.normals(b * h * n * dk);
         let v = rng.normals(b * h * n * dv);
-        let beta = (0..b * h * n).map(|_| 0.05 + 0.95 * rng.uniform()).collect();
+        let beta = (0..b * h * n)
+            .map(|_| 0.05 + 0.95 * rng.uniform())
+            .collect();
         let g = (0..b * h * n)
             .map(|_| {
                 let x = 2.0 * rng.normal() + 2.0;
                 -(1.0 + (-x).exp()).ln()
             })
             .collect();
-        Inputs { b, h, n, dk, dv, q, k, v, beta, g }
+        Inputs {
+            b,
+            h,
+            n,
+            dk,
+            dv,
+            q,
+            k,
+            v,
+            beta,
+            g,
+        }
     }
 }
 
@@ -105,7 +118,10 @@ pub fn reference(spec: &Spec, x: &Inputs, s0: Option<&[f32]>, z0: Option<&[f32]>
     let mut z_all = vec![0.0f64; b * h * f];
     for bh in 0..b * h {
         let mut s: Vec<f64> = match s0 {
-            Some(s0) => s0[bh * f * dv..(bh + 1) * f * dv].iter().map(|&v| v as f64).collect(),
+            Some(s0) => s0[bh * f * dv..(bh + 1) * f * dv]
+                .iter()
+                .map(|&v| v as f64)
+                .collect(),
             None => vec![0.0; f * dv],
         };
         let mut z: Vec<f64> = match z0 {
@@ -114,7 +130,11 @@ pub fn reference(spec: &Spec, x: &Inputs, s0: Option<&[f32]>, z0: Option<&[f32]>
         };
         let feat = |src: &[f32], t: usize| {
             let row = &src[(bh * n + t) * dk..(bh * n + t + 1) * dk];
-            let row = if spec.qk_norm == QkNorm::L2 { l2(row) } else { row.to_vec() };
+            let row = if spec.qk_norm == QkNorm::L2 {
+                l2(row)
+            } else {
+                row.to_vec()
+            };
             phi(spec, &row)
         };
         let mut qs = Vec::with_capacity(n);
@@ -124,8 +144,16 @@ pub fn reference(spec: &Spec, x: &Inputs, s0: Option<&[f32]>, z0: Option<&[f32]>
                 .iter()
                 .map(|&v| v as f64)
                 .collect();
-            let g = if spec.has_gate() { x.g[bh * n + t] as f64 } else { 0.0 };
-            let beta = if spec.has_beta() { x.beta[bh * n + t] as f64 } else { 1.0 };
+            let g = if spec.has_gate() {
+                x.g[bh * n + t] as f64
+            } else {
+                0.0
+            };
+            let beta = if spec.has_beta() {
+                x.beta[bh * n + t] as f64
+            } else {
+                1.0
+            };
             let decay = g.exp();
             match spec.update {
                 Update::Additive | Update::Gated => {
@@ -156,18 +184,34 @@ pub fn reference(spec: &Spec, x: &Inputs, s0: Option<&[f32]>, z0: Option<&[f32]>
             }
             let qt: Vec<f64> = feat(&x.q, t).iter().map(|v| v * scale).collect();
             if spec.mask == Mask::Causal {
-                write_output(spec, &qt, &s, &z, &mut o[(bh * n + t) * dv..(bh * n + t + 1) * dv]);
+                write_output(
+                    spec,
+                    &qt,
+                    &s,
+                    &z,
+                    &mut o[(bh * n + t) * dv..(bh * n + t + 1) * dv],
+                );
             } else {
                 qs.push(qt);
             }
         }
         for (t, qt) in qs.iter().enumerate() {
-            write_output(spec, qt, &s, &z, &mut o[(bh * n + t) * dv..(bh * n + t + 1) * dv]);
+            write_output(
+                spec,
+                qt,
+                &s,
+                &z,
+                &mut o[(bh * n + t) * dv..(bh * n + t + 1) * dv],
+            );
         }
         s_all[bh * f * dv..(bh + 1) * f * dv].copy_from_slice(&s);
         z_all[bh * f..(bh + 1) * f].copy_from_slice(&z);
     }
-    Reference { o, s: s_all, z: z_all }
+    Reference {
+        o,
+        s: s_all,
+        z: z_all,
+    }
 }
 
 fn write_output(spec: &Spec, q: &[f64], s: &[f64], z: &[f64], out: &mut [f64]) {
