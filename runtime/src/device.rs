@@ -23,7 +23,7 @@ impl Device {
     /// `ATTNC_DEVICE=cuda` returns an error rather than silently running on the CPU.
     ///
     /// ```
-    /// let dev = attnc::Device::auto().unwrap();
+    /// let dev = attnc_runtime::Device::auto().unwrap();
     /// println!("{}", dev.describe());
     /// ```
     pub fn auto() -> Result<Device> {

@@ -95,7 +95,7 @@ impl CpuIsa {
     /// comparisons of variants in one process, e.g. tests and benchmarks).
     ///
     /// ```
-    /// use attnc::CpuIsa;
+    /// use attnc_runtime::CpuIsa;
     /// let used = CpuIsa::Portable.run_with(|| CpuIsa::selected()).unwrap().unwrap();
     /// assert_eq!(used, CpuIsa::Portable);
     /// ```

@@ -11,9 +11,10 @@ use dfdx::tensor::{Cpu, Tensor, TensorFromVec};
 /// passed to another of different dims. `forward_with_state` returns it; `step` updates it.
 ///
 /// ```
-/// use attnc::prelude::*;
+/// use attnc_runtime::State;
+/// use dfdx::shapes::Const;
 /// let state: State<usize, Const<4>, 16, 16> = State::zeros(2, Const, false).unwrap();
-/// assert_eq!(state.s.shape().0, 2);
+/// assert_eq!((state.batch(), state.heads()), (2, 4));
 /// assert!(state.z.is_none());
 /// ```
 #[derive(Clone, Debug)]

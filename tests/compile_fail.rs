@@ -1,0 +1,8 @@
+//! Compile-fail tests: one per rule of the spec language (DESIGN §2), each with its reviewed
+//! message and span in `tests/ui/*.stderr`.
+
+#[test]
+fn spec_errors_are_spanned_compile_errors() {
+    let t = trybuild::TestCases::new();
+    t.compile_fail("tests/ui/*.rs");
+}

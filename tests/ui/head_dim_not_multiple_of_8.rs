@@ -1,0 +1,6 @@
+use attnc::prelude::*;
+
+#[attention(head_dim = 60)]
+pub struct Attn;
+
+fn main() {}
