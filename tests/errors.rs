@@ -17,15 +17,24 @@ fn tok(b: usize, h: usize, n: usize) -> Tok {
 #[test]
 fn mismatched_token_counts_are_an_error() {
     let err = Attn::forward(&tok(1, 2, 10), &tok(1, 2, 11), &tok(1, 2, 10)).unwrap_err();
-    assert!(matches!(err, Error::ShapeMismatch { arg: "k", .. }), "{err}");
+    assert!(
+        matches!(err, Error::ShapeMismatch { arg: "k", .. }),
+        "{err}"
+    );
     let msg = err.to_string();
-    assert!(msg.contains("`k` has shape [1, 2, 11, 16] but [1, 2, 10, 16] was expected"), "{msg}");
+    assert!(
+        msg.contains("`k` has shape [1, 2, 11, 16] but [1, 2, 10, 16] was expected"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn mismatched_heads_are_an_error() {
     let err = Attn::forward(&tok(1, 2, 10), &tok(1, 2, 10), &tok(1, 3, 10)).unwrap_err();
-    assert!(matches!(err, Error::ShapeMismatch { arg: "v", .. }), "{err}");
+    assert!(
+        matches!(err, Error::ShapeMismatch { arg: "v", .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -43,21 +52,37 @@ fn gate_shape_follows_the_layout() {
     assert!(GatedTokensFirst::forward(&q, &q, &q, &good).is_ok());
     let bad: Tensor<(usize, usize, usize), f32, Cpu> = Cpu::default().zeros_like(&(1, 2, 10));
     let err = GatedTokensFirst::forward(&q, &q, &q, &bad).unwrap_err();
-    assert!(err.to_string().contains("`g` has shape [1, 2, 10]"), "{err}");
+    assert!(
+        err.to_string().contains("`g` has shape [1, 2, 10]"),
+        "{err}"
+    );
     assert!(err.to_string().contains("(B, N, H)"), "{err}");
 }
 
 #[test]
 fn state_of_the_wrong_batch_is_an_error() {
-    let (_, state) = Attn::forward_with_state(&tok(2, 2, 5), &tok(2, 2, 5), &tok(2, 2, 5), None).unwrap();
-    let err = Attn::forward_with_state(&tok(1, 2, 5), &tok(1, 2, 5), &tok(1, 2, 5), Some(&state)).unwrap_err();
-    assert!(matches!(err, Error::StateMismatch { batch: 1, got_batch: 2, .. }), "{err}");
+    let (_, state) =
+        Attn::forward_with_state(&tok(2, 2, 5), &tok(2, 2, 5), &tok(2, 2, 5), None).unwrap();
+    let err = Attn::forward_with_state(&tok(1, 2, 5), &tok(1, 2, 5), &tok(1, 2, 5), Some(&state))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::StateMismatch {
+                batch: 1,
+                got_batch: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn state_without_normaliser_is_an_error_for_a_normalised_spec() {
     let state = State::zeros(1usize, 2usize, false).unwrap();
-    let err = Attn::forward_with_state(&tok(1, 2, 5), &tok(1, 2, 5), &tok(1, 2, 5), Some(&state)).unwrap_err();
+    let err = Attn::forward_with_state(&tok(1, 2, 5), &tok(1, 2, 5), &tok(1, 2, 5), Some(&state))
+        .unwrap_err();
     assert!(err.to_string().contains("needs `z`"), "{err}");
 }
 
@@ -69,7 +94,10 @@ fn step_with_mismatched_heads_is_an_error() {
     let y: Tensor<(usize, usize, Const<16>), f32, Cpu> = dev.sample_normal_like(&(1, 3, Const));
     assert!(Attn::step(&mut state, &x, &x, &x).is_ok());
     let err = Attn::step(&mut state, &x, &y, &x).unwrap_err();
-    assert!(matches!(err, Error::ShapeMismatch { arg: "k_t", .. }), "{err}");
+    assert!(
+        matches!(err, Error::ShapeMismatch { arg: "k_t", .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -86,7 +114,10 @@ fn non_finite_inputs_are_rejected_when_checking_is_on() {
 #[test]
 fn unknown_isa_names_are_an_error() {
     let err = attnc::CpuIsa::from_name("sse9").unwrap_err();
-    assert!(err.to_string().contains("use portable, avx2 or avx512"), "{err}");
+    assert!(
+        err.to_string().contains("use portable, avx2 or avx512"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -96,7 +127,12 @@ fn forced_isa_is_used_by_a_child_process() {
     let exe = std::env::current_exe().unwrap();
     for isa in attnc::CpuIsa::available() {
         let out = std::process::Command::new(&exe)
-            .args(["describe_device_child", "--exact", "--nocapture", "--include-ignored"])
+            .args([
+                "describe_device_child",
+                "--exact",
+                "--nocapture",
+                "--include-ignored",
+            ])
             .env("ATTNC_CPU_ISA", isa.name())
             .env("ATTNC_CHILD", "1")
             .output()

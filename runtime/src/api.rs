@@ -2,9 +2,9 @@
 //! and `step` only fix the types and call these.
 
 use crate::error::{Error, Result};
-use crate::exec::{run_forward, run_step, Buffers, Kernel, Problem, TokenLayout};
+use crate::exec::{run_forward, run_step, Buffers, Kernel, Probe4, Problem, TokenLayout};
 use crate::state::State;
-use dfdx::shapes::{Dim, HasShape, Shape};
+use dfdx::shapes::{Dim, HasShape, Shape, SliceShape};
 use dfdx::tensor::{Cpu, Tensor, TensorFromVec};
 
 /// A spec's sizes and flags, as the glue needs them.
@@ -67,8 +67,8 @@ where
     K: Kernel,
     B: Dim,
     H: Dim,
-    Sq: Shape<Concrete = [usize; 4]>,
-    Sv: Shape<Concrete = [usize; 4]>,
+    Sq: Shape<Concrete = [usize; 4]> + SliceShape<Probe4>,
+    Sv: Shape<Concrete = [usize; 4]> + SliceShape<Probe4>,
     S3: Shape<Concrete = [usize; 3]>,
 {
     let p = Problem::from_q(cfg.layout, q.shape().concrete())?;

@@ -3,10 +3,10 @@
 
 use crate::error::{Error, Result};
 use crate::isa::{Avx2, Avx512, CpuIsa, Isa, Portable};
-use dfdx::shapes::HasShape;
-use dfdx::shapes::Shape;
-use dfdx::tensor::{Cpu, Tensor};
+use dfdx::shapes::{HasShape, Shape, SliceShape};
+use dfdx::tensor::{Cpu, Gradients, Tensor};
 use rayon::prelude::*;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
@@ -190,7 +190,7 @@ impl Problem {
 
     /// Checks a (B, H, N, D)-or-(B, N, H, D) tensor against the problem and returns its data
     /// heads first and contiguous.
-    pub fn gather_tokens<S: Shape<Concrete = [usize; 4]>>(
+    pub fn gather_tokens<S: Shape<Concrete = [usize; 4]> + SliceShape<Probe4>>(
         &self,
         arg: &'static str,
         t: &Tensor<S, f32, Cpu>,
@@ -207,7 +207,7 @@ impl Problem {
                 axes: self.axes().0,
             });
         }
-        let data = checked(arg, t.as_vec())?;
+        let data = checked(arg, read_4d(t))?;
         Ok(self.heads_first(data, d))
     }
 
@@ -285,6 +285,58 @@ impl Problem {
             TokenLayout::Bnhd => permute_middle(&data, self.batch, self.heads, self.tokens, d),
         }
     }
+}
+
+/// The index ranges of one element of a rank-4 tensor.
+pub type Probe4 = (Range<usize>, Range<usize>, Range<usize>, Range<usize>);
+
+/// A rank-4 tensor's data in logical order: one `memcpy` when its memory layout is the standard
+/// (contiguous, row-major) one, else dfdx's strided iteration (permuted or broadcast views).
+///
+/// dfdx 0.13 exposes neither strides nor storage, so the layout is probed through public API:
+/// a gradient buffer has the tensor's physical length (shorter than the logical one for
+/// broadcasts), and a view of that buffer with the tensor's strides, marked at the standard
+/// offset of each axis, tells whether every axis has its standard stride.
+fn read_4d<S: Shape<Concrete = [usize; 4]> + SliceShape<Probe4>>(
+    t: &Tensor<S, f32, Cpu>,
+) -> Vec<f32> {
+    if has_standard_layout(t) {
+        let mut out = vec![0.0; t.shape().num_elements()];
+        t.copy_into(&mut out);
+        out
+    } else {
+        t.as_vec()
+    }
+}
+
+fn has_standard_layout<S: Shape<Concrete = [usize; 4]> + SliceShape<Probe4>>(
+    t: &Tensor<S, f32, Cpu>,
+) -> bool {
+    let dims = t.shape().concrete();
+    let n: usize = dims.iter().product();
+    // Marks are f32 and must stay exact.
+    if n == 0 || n > 1 << 24 {
+        return false;
+    }
+    let std_strides = [dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1];
+    let mut grads = Gradients::<f32, Cpu>::leaky();
+    let Ok(buf) = grads.get_or_alloc_mut(t) else {
+        return false;
+    };
+    if buf.len() != n {
+        return false;
+    }
+    for axis in 0..4 {
+        if dims[axis] > 1 {
+            buf[std_strides[axis]] = (axis + 1) as f32;
+        }
+    }
+    let probe = grads.get(t);
+    (0..4).filter(|&axis| dims[axis] > 1).all(|axis| {
+        let at = |i: usize| if i == axis { 1..2 } else { 0..1 };
+        let one = probe.clone().try_slice((at(0), at(1), at(2), at(3)));
+        one.is_ok_and(|v| v.as_vec().first() == Some(&((axis + 1) as f32)))
+    })
 }
 
 /// Swaps the two middle axes of a (A, X, Y, D) buffer, giving (A, Y, X, D).
