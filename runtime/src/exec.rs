@@ -297,7 +297,7 @@ pub type Probe4 = (Range<usize>, Range<usize>, Range<usize>, Range<usize>);
 /// a gradient buffer has the tensor's physical length (shorter than the logical one for
 /// broadcasts), and a view of that buffer with the tensor's strides, marked at the standard
 /// offset of each axis, tells whether every axis has its standard stride.
-fn read_4d<S: Shape<Concrete = [usize; 4]> + SliceShape<Probe4>>(
+pub(crate) fn read_4d<S: Shape<Concrete = [usize; 4]> + SliceShape<Probe4>>(
     t: &Tensor<S, f32, Cpu>,
 ) -> Vec<f32> {
     if has_standard_layout(t) {

@@ -1,6 +1,7 @@
 //! The recurrent state shared by every spec.
 
 use crate::error::{Error, Result};
+use crate::exec::read_4d;
 use dfdx::shapes::{Const, Dim, HasShape};
 use dfdx::tensor::{Cpu, Tensor, TensorFromVec};
 
@@ -94,7 +95,7 @@ impl<B: Dim, H: Dim, const F: usize, const DV: usize> State<B, H, F, DV> {
                 got_batch: zb,
                 got_heads: zh,
             }),
-            _ => Ok((self.s.as_vec(), self.z.as_ref().map(|z| z.as_vec()))),
+            _ => Ok((read_4d(&self.s), self.z.as_ref().map(|z| z.as_vec()))),
         }
     }
 }
