@@ -21,7 +21,10 @@ type Head<const D: usize> = Tensor<(Const<1>, Const<H>, Const<D>), f32, Cpu>;
 type HeadScalar = Tensor<(Const<1>, Const<H>), f32, Cpu>;
 
 fn main() -> Result<(), Error> {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(4096);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(4096);
     println!("{}", Device::auto()?.describe());
     println!("B = 1, H = {H}, N = {n}, dk = dv = 64, chunk = 64\n");
     let dev = Cpu::seed_from_u64(7);
@@ -77,11 +80,22 @@ fn decode(
     let inputs: Vec<_> = (0..n)
         .map(|t| {
             let pick = |d: usize, src: &[f32]| -> Vec<f32> {
-                (0..H).flat_map(|h| src[(h * n + t) * d..(h * n + t + 1) * d].to_vec()).collect()
+                (0..H)
+                    .flat_map(|h| src[(h * n + t) * d..(h * n + t + 1) * d].to_vec())
+                    .collect()
             };
-            let head = |src: &[f32]| -> Head<64> { dev.tensor_from_vec(pick(64, src), (Const, Const, Const)) };
-            let scalar = |src: &[f32]| -> HeadScalar { dev.tensor_from_vec(pick(1, src), (Const, Const)) };
-            (head(&qd), head(&kd), head(&vd), scalar(&bd), gd.as_deref().map(scalar))
+            let head = |src: &[f32]| -> Head<64> {
+                dev.tensor_from_vec(pick(64, src), (Const, Const, Const))
+            };
+            let scalar =
+                |src: &[f32]| -> HeadScalar { dev.tensor_from_vec(pick(1, src), (Const, Const)) };
+            (
+                head(&qd),
+                head(&kd),
+                head(&vd),
+                scalar(&bd),
+                gd.as_deref().map(scalar),
+            )
         })
         .collect();
     let mut out = vec![0.0f32; H * n * 64];
@@ -109,5 +123,8 @@ fn map(x: &PerToken, n: usize, f: impl Fn(f32) -> f32) -> PerToken {
 
 fn max_rel(a: &[f32], b: &[f32], _n: usize) -> f32 {
     let scale = b.iter().fold(1e-30f32, |m, x| m.max(x.abs()));
-    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    a.iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
 }
