@@ -424,3 +424,146 @@ check_spec!(
     layout = bnhd,
     chunk = 16
 );
+
+// Expanding feature maps: Based's taylor2 (F = 1 + d + d(d+1)/2) and DPFP (F = 2 d nu).
+check_spec!(
+    taylor2_sum_c16,
+    extra = [],
+    head_dim = 8,
+    feature_map = taylor2,
+    normalize = sum,
+    chunk = 16
+);
+check_spec!(
+    taylor2_c64,
+    extra = [],
+    head_dim = 16,
+    value_dim = 8,
+    feature_map = taylor2,
+    qk_norm = l2,
+    chunk = 64
+);
+check_spec!(
+    taylor2_gated_bnhd_c32,
+    extra = [g],
+    head_dim = 8,
+    feature_map = taylor2,
+    update = gated,
+    layout = bnhd,
+    chunk = 32
+);
+check_spec!(
+    dpfp_sum_c16,
+    extra = [],
+    head_dim = 8,
+    feature_map = dpfp(nu = 2),
+    normalize = sum,
+    chunk = 16
+);
+check_spec!(
+    dpfp_c256,
+    extra = [],
+    head_dim = 8,
+    value_dim = 16,
+    feature_map = dpfp(nu = 3),
+    chunk = 256
+);
+check_spec!(
+    dpfp_delta_c16,
+    extra = [beta],
+    head_dim = 8,
+    feature_map = dpfp(nu = 1),
+    update = delta,
+    qk_norm = l2,
+    chunk = 16
+);
+check_spec!(
+    noncausal_taylor2_sum_c16,
+    extra = [],
+    head_dim = 8,
+    feature_map = taylor2,
+    mask = none,
+    normalize = sum,
+    chunk = 16
+);
+
+// The delta rule and the gated delta rule (DeltaNet, Gated DeltaNet).
+check_spec!(
+    delta_c16,
+    extra = [beta],
+    head_dim = 16,
+    update = delta,
+    qk_norm = l2,
+    chunk = 16
+);
+check_spec!(
+    delta_c64,
+    extra = [beta],
+    head_dim = 32,
+    value_dim = 16,
+    update = delta,
+    qk_norm = l2,
+    chunk = 64
+);
+check_spec!(
+    delta_c256,
+    extra = [beta],
+    head_dim = 16,
+    update = delta,
+    qk_norm = l2,
+    chunk = 256
+);
+// (relu after L2 keeps |phi(k)| <= 1, where the delta rule is a contraction.)
+check_spec!(
+    delta_relu_c32,
+    extra = [beta],
+    head_dim = 16,
+    update = delta,
+    feature_map = relu,
+    qk_norm = l2,
+    scale = 1.0,
+    chunk = 32
+);
+check_spec!(
+    gated_delta_c16,
+    extra = [beta, g],
+    head_dim = 16,
+    update = gated_delta,
+    qk_norm = l2,
+    chunk = 16
+);
+check_spec!(
+    gated_delta_c64,
+    extra = [beta, g],
+    head_dim = 16,
+    value_dim = 32,
+    update = gated_delta,
+    qk_norm = l2,
+    chunk = 64
+);
+check_spec!(
+    gated_delta_c256,
+    extra = [beta, g],
+    head_dim = 16,
+    update = gated_delta,
+    qk_norm = l2,
+    chunk = 256
+);
+check_spec!(
+    bnhd_delta_c16,
+    extra = [beta],
+    head_dim = 16,
+    update = delta,
+    qk_norm = l2,
+    layout = bnhd,
+    chunk = 16
+);
+check_spec!(
+    bnhd_gated_delta_c64,
+    extra = [beta, g],
+    head_dim = 16,
+    update = gated_delta,
+    qk_norm = l2,
+    layout = bnhd,
+    chunk = 64
+);

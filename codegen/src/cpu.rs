@@ -60,6 +60,8 @@ fn emit_program(plan: &Plan, passes: &[Vec<Op>], chunk: usize) -> TokenStream {
     }
     let used = |t: Tile| passes.iter().flatten().any(|op| op.tiles().contains(&t));
     for t in [
+        Tile::Qx,
+        Tile::Kx,
         Tile::Q,
         Tile::K,
         Tile::V,
@@ -119,6 +121,7 @@ const STACK_TILE_MAX: usize = 2048;
 fn tile_len(plan: &Plan, t: Tile, chunk: usize) -> usize {
     match t {
         Tile::Q | Tile::K | Tile::Kt => chunk * plan.f,
+        Tile::Qx | Tile::Kx => chunk * plan.dk,
         Tile::V | Tile::O | Tile::U => chunk * plan.dv,
         Tile::A | Tile::Kk => chunk * chunk,
         Tile::S => plan.f * plan.dv,
@@ -133,6 +136,7 @@ fn tile_shape(plan: &Plan, t: Tile) -> (TokenStream, TokenStream) {
     let c = quote!(C);
     match t {
         Tile::Q | Tile::K => (c, f),
+        Tile::Qx | Tile::Kx => (c, lit(plan.dk)),
         Tile::V | Tile::O | Tile::U => (c, dv),
         Tile::Kt => (f, c),
         Tile::A | Tile::Kk => (c.clone(), c),
@@ -147,6 +151,8 @@ fn live_rows(plan: &Plan, t: Tile) -> TokenStream {
     match t {
         Tile::Q
         | Tile::K
+        | Tile::Qx
+        | Tile::Kx
         | Tile::V
         | Tile::O
         | Tile::A
@@ -164,6 +170,7 @@ fn live_cols(plan: &Plan, t: Tile) -> TokenStream {
     match t {
         Tile::Kt | Tile::A | Tile::Kk => quote!(rows),
         Tile::Q | Tile::K | Tile::S | Tile::Z => lit(plan.f),
+        Tile::Qx | Tile::Kx => lit(plan.dk),
         Tile::V | Tile::O | Tile::U => lit(plan.dv),
         Tile::G | Tile::Den | Tile::Beta => quote!(rows),
     }
@@ -227,6 +234,16 @@ fn emit_op(plan: &Plan, op: &Op) -> TokenStream {
         Op::FeatureMap(t) => {
             let t = by_mut(*t);
             quote! { tile::map_rows(#t, rows, __phi); }
+        }
+        Op::Expand { src, dst } => {
+            let (s, d) = (by_ref(*src), by_mut(*dst));
+            match &plan.feature_map {
+                FeatureMap::Dpfp { nu } => {
+                    let nu = lit(*nu);
+                    quote! { tile::dpfp_rows(#s, rows, #d, #nu); }
+                }
+                _ => quote! { tile::taylor2_rows(#s, rows, #d); },
+            }
         }
         Op::Scale(t) => {
             let t = by_mut(*t);

@@ -16,6 +16,10 @@ use std::fmt;
 pub enum Tile {
     /// Queries, `C x F` (raw, then feature-mapped and scaled in place).
     Q,
+    /// Raw queries `C x DK`, for feature maps that expand dk to F.
+    Qx,
+    /// Raw keys `C x DK`, for feature maps that expand dk to F.
+    Kx,
     /// Keys, `C x F`.
     K,
     /// Values, `C x DV`.
@@ -83,6 +87,13 @@ pub enum Op {
     L2Norm(Tile),
     /// `x <- phi(x)` elementwise.
     FeatureMap(Tile),
+    /// `dst <- phi(src)` for feature maps that expand each row from dk to F values.
+    Expand {
+        /// Raw rows, `C x DK`.
+        src: Tile,
+        /// Features, `C x F`.
+        dst: Tile,
+    },
     /// `x <- scale * x`.
     Scale(Tile),
     /// `G <- cumsum(G)` within the chunk.
@@ -285,7 +296,7 @@ impl Op {
             Op::L2Norm(t) | Op::FeatureMap(t) | Op::Scale(t) | Op::CumSum(t) | Op::Store(t) => {
                 vec![t]
             }
-            Op::Transpose { src, dst } => vec![src, dst],
+            Op::Transpose { src, dst } | Op::Expand { src, dst } => vec![src, dst],
             Op::MatMul { dst, a, b, .. } => vec![dst, a, b],
             Op::RowSums { dst, src } | Op::AddColSums { dst, src } => vec![dst, src],
             Op::DotRows { dst, rows, vec, .. } => vec![dst, rows, vec],
@@ -306,27 +317,40 @@ fn check_supported(spec: &Spec) -> Result<(), PlanError> {
             blame,
             message: format!(
                 "{what} is a valid spec but its kernel is not built yet (tracked in attnc issue \
-                 #{issue}); supported today: every update with the elementwise feature maps \
-                 (identity, elu_plus_one, relu, squared_relu, sigmoid, closures)"
+                 #{issue}); supported today: every update with the feature maps identity, \
+                 elu_plus_one, relu, squared_relu, sigmoid, closures, taylor2 and dpfp"
             ),
         })
     };
     match spec.feature_map {
-        FeatureMap::Taylor2 => missing(Blame::FeatureMap, "`feature_map = taylor2`", 6),
-        FeatureMap::Dpfp { .. } => missing(Blame::FeatureMap, "`feature_map = dpfp`", 6),
         FeatureMap::Favor { .. } => missing(Blame::FeatureMap, "`feature_map = favor`", 6),
         FeatureMap::Softmax => missing(Blame::FeatureMap, "`feature_map = softmax`", 6),
         _ => Ok(()),
     }
 }
 
-/// Load q or k, then normalise and feature-map it in place (and scale queries).
+/// Whether the feature map turns dk values into F != dk features (computed row by row).
+pub fn expands(map: &FeatureMap) -> bool {
+    matches!(
+        map,
+        FeatureMap::Taylor2 | FeatureMap::Dpfp { .. } | FeatureMap::Favor { .. }
+    )
+}
+
+/// Load q or k, then normalise and feature-map it (and scale queries).
 fn prologue(spec: &Spec, dst: Tile, src: Input) -> Vec<Op> {
-    let mut ops = vec![Op::Load { dst, src }];
+    let raw = match (expands(&spec.feature_map), dst) {
+        (true, Tile::Q) => Tile::Qx,
+        (true, _) => Tile::Kx,
+        (false, _) => dst,
+    };
+    let mut ops = vec![Op::Load { dst: raw, src }];
     if spec.qk_norm == QkNorm::L2 {
-        ops.push(Op::L2Norm(dst));
+        ops.push(Op::L2Norm(raw));
     }
-    if spec.feature_map != FeatureMap::Identity {
+    if raw != dst {
+        ops.push(Op::Expand { src: raw, dst });
+    } else if spec.feature_map != FeatureMap::Identity {
         ops.push(Op::FeatureMap(dst));
     }
     if dst == Tile::Q {

@@ -552,3 +552,57 @@ pub fn forward_substitute<I: Isa, const R: usize, const C: usize>(
         }
     }
 }
+
+/// Based's second-order Taylor feature map, row by row (DESIGN §3), F = 1 + D + D(D+1)/2:
+/// `[1, x / D^(1/4), x_i^2 / (sqrt(D) sqrt(2)) for i, x_i x_j / sqrt(D) for i < j]`
+/// (pairs in row-major order, as `torch.triu_indices(D, D, 1)`).
+#[inline(always)]
+pub fn taylor2_rows<const R: usize, const D: usize, const F: usize>(
+    x: &Tile<R, D>,
+    rows: usize,
+    out: &mut Tile<R, F>,
+) {
+    let rd = (D as f32).sqrt();
+    let (inv_rrd, inv_diag, inv_rd) = (1.0 / rd.sqrt(), 1.0 / (rd * 2f32.sqrt()), 1.0 / rd);
+    for (xr, o) in x.iter().zip(out.iter_mut()).take(rows) {
+        let mut slots = o.iter_mut();
+        let mut put = |v: f32| {
+            if let Some(slot) = slots.next() {
+                *slot = v;
+            }
+        };
+        put(1.0);
+        xr.iter().for_each(|&xi| put(xi * inv_rrd));
+        xr.iter().for_each(|&xi| put(xi * xi * inv_diag));
+        for (i, &xi) in xr.iter().enumerate() {
+            for &xj in &xr[i + 1..] {
+                put(xi * xj * inv_rd);
+            }
+        }
+    }
+}
+
+/// DPFP (Schlag et al., 2021), row by row, F = 2 D nu: with `r = [relu(x), relu(-x)]`,
+/// `phi = concat_{j=1..nu} r * roll(r, j)`, where `roll(r, j)[i] = r[(i - j) mod 2D]`.
+#[inline(always)]
+pub fn dpfp_rows<const R: usize, const D: usize, const F: usize>(
+    x: &Tile<R, D>,
+    rows: usize,
+    out: &mut Tile<R, F>,
+    nu: usize,
+) {
+    let two_d = 2 * D;
+    for (xr, o) in x.iter().zip(out.iter_mut()).take(rows) {
+        let r = |i: usize| {
+            if i < D {
+                xr[i].max(0.0)
+            } else {
+                (-xr[i - D]).max(0.0)
+            }
+        };
+        for (idx, slot) in o.iter_mut().enumerate().take(two_d * nu) {
+            let (j, i) = (idx / two_d + 1, idx % two_d);
+            *slot = r(i) * r((i + two_d - j % two_d) % two_d);
+        }
+    }
+}

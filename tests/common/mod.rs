@@ -98,6 +98,34 @@ fn phi(spec: &Spec, x: &[f32]) -> Vec<f64> {
             .iter()
             .map(|&v| spec.feature_map.eval_elementwise(v).unwrap() as f64)
             .collect(),
+        FeatureMap::Taylor2 => {
+            let d = x.len() as f64;
+            let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            let mut out = vec![1.0];
+            out.extend(x.iter().map(|v| v / d.powf(0.25)));
+            out.extend(x.iter().map(|v| v * v / (d.sqrt() * 2f64.sqrt())));
+            for i in 0..x.len() {
+                for j in i + 1..x.len() {
+                    out.push(x[i] * x[j] / d.sqrt());
+                }
+            }
+            out
+        }
+        FeatureMap::Dpfp { nu } => {
+            let r: Vec<f64> = x
+                .iter()
+                .map(|&v| (v as f64).max(0.0))
+                .chain(x.iter().map(|&v| (-v as f64).max(0.0)))
+                .collect();
+            let n = r.len();
+            let mut out = Vec::with_capacity(n * nu);
+            for j in 1..=*nu {
+                for i in 0..n {
+                    out.push(r[i] * r[(i + n - j % n) % n]);
+                }
+            }
+            out
+        }
         other => panic!("the reference does not know {other} yet"),
     }
 }

@@ -1,6 +1,6 @@
 use attnc::prelude::*;
 
-#[attention(head_dim = 64, feature_map = taylor2)]
+#[attention(head_dim = 64, feature_map = favor(features = 64))]
 pub struct Attn;
 
 fn main() {}
