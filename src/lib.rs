@@ -46,7 +46,7 @@ pub mod __private {
     pub use attnc_runtime::exec::{Kernel, Task, TokenLayout};
     pub use attnc_runtime::isa::Isa;
     pub use attnc_runtime::tile;
-    pub use attnc_runtime::Result;
+    pub use attnc_runtime::{Error, Result};
     pub use dfdx::shapes::{Const, Dim, HasShape};
     pub use dfdx::tensor::{Cpu, Tensor};
 }

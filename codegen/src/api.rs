@@ -184,35 +184,18 @@ fn emit_methods(spec: &Spec, plan: &Plan, kernel: &syn::Ident) -> TokenStream {
          with D = {}, v {axes} with D = {},{extra_docs} returns the output, shaped like v.",
         plan.dk, plan.dv
     ));
-    quote! {
-        #[doc = #fwd_doc]
-        pub fn forward<B: #p::Dim, H: #p::Dim, N: #p::Dim>(
-            q: &#q_ty,
-            k: &#q_ty,
-            v: &#v_ty,
-            #(#extra_params,)*
-        ) -> ::core::result::Result<#v_ty, ::attnc::Error> {
-            let (o, _) = Self::forward_with_state(q, k, v, #(#extra_names,)* None)?;
-            Ok(o)
-        }
-
-        /// As `forward`, from an initial state (`None`: zeros), also returning the final state.
-        pub fn forward_with_state<B: #p::Dim, H: #p::Dim, N: #p::Dim>(
-            q: &#q_ty,
-            k: &#q_ty,
-            v: &#v_ty,
-            #(#extra_params,)*
-            initial: Option<&#state_ty>,
-        ) -> ::core::result::Result<(#v_ty, #state_ty), ::attnc::Error> {
-            #destructure
-            let cfg = #p::Config { layout: #layout, dk: #dk, dv: #dv, f: #f, normalized: #normalized };
-            let (out, state) = #p::forward::<#kernel, _, _, _, _, _, #f, #dv>(
-                &cfg, (b, h), q, k, v, #(#extra_args,)* initial,
-            )?;
-            let o = #p::output_tensor(q, out, #out_shape)?;
-            Ok((o, state))
-        }
-
+    // Softmax attention has no recurrent state: `forward` only (DESIGN §4).
+    let softmax = plan.softmax.is_some();
+    let fws_vis = if softmax { quote!() } else { quote!(pub) };
+    let fws_doc = if softmax {
+        quote!(#[doc = " The tiled softmax kernel (the state it returns is unused)."])
+    } else {
+        quote!(#[doc = " As `forward`, from an initial state (`None`: zeros), also returning the final state."])
+    };
+    let step = if softmax {
+        quote!()
+    } else {
+        quote! {
         /// One token of autoregressive decoding (the recurrent form): q_t, k_t (B, H, DK),
         /// v_t (B, H, DV), then the per-token scalars as (B, H) tensors; updates `state` and
         /// returns o_t (B, H, DV).
@@ -230,6 +213,38 @@ fn emit_methods(spec: &Spec, plan: &Plan, kernel: &syn::Ident) -> TokenStream {
             )?;
             #p::output_tensor(q_t, out, (b, h, #p::Const::<#dv>))
         }
+        }
+    };
+    quote! {
+        #[doc = #fwd_doc]
+        pub fn forward<B: #p::Dim, H: #p::Dim, N: #p::Dim>(
+            q: &#q_ty,
+            k: &#q_ty,
+            v: &#v_ty,
+            #(#extra_params,)*
+        ) -> ::core::result::Result<#v_ty, ::attnc::Error> {
+            let (o, _) = Self::forward_with_state(q, k, v, #(#extra_names,)* None)?;
+            Ok(o)
+        }
+
+        #fws_doc
+        #fws_vis fn forward_with_state<B: #p::Dim, H: #p::Dim, N: #p::Dim>(
+            q: &#q_ty,
+            k: &#q_ty,
+            v: &#v_ty,
+            #(#extra_params,)*
+            initial: Option<&#state_ty>,
+        ) -> ::core::result::Result<(#v_ty, #state_ty), ::attnc::Error> {
+            #destructure
+            let cfg = #p::Config { layout: #layout, dk: #dk, dv: #dv, f: #f, normalized: #normalized };
+            let (out, state) = #p::forward::<#kernel, _, _, _, _, _, #f, #dv>(
+                &cfg, (b, h), q, k, v, #(#extra_args,)* initial,
+            )?;
+            let o = #p::output_tensor(q, out, #out_shape)?;
+            Ok((o, state))
+        }
+
+        #step
     }
 }
 

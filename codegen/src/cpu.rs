@@ -3,7 +3,7 @@
 //! `impl Kernel` whose two programs are generic over the ISA marker, so the runtime compiles each
 //! under `#[target_feature]` and picks one at run time.
 
-use crate::plan::{Input, Op, Plan, Tile, Tri};
+use crate::plan::{Input, Op, Plan, Tile, Tiled, Tri};
 use crate::spec::{BinOp, BinaryFn, CmpOp, Expr, FeatureMap, UnaryFn};
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{format_ident, quote};
@@ -11,8 +11,19 @@ use quote::{format_ident, quote};
 /// The kernel type and its `impl Kernel`. `kernel` names the (private) type to emit.
 pub fn emit_kernel(plan: &Plan, kernel: &Ident) -> TokenStream {
     let phi = emit_feature_map(&plan.feature_map);
-    let forward = emit_program(plan, &plan.passes, plan.chunk);
-    let step = emit_program(plan, std::slice::from_ref(&plan.step), 1);
+    let (forward, step) = match &plan.softmax {
+        Some(tiled) => (
+            emit_tiled(plan, tiled),
+            quote! {
+                let _ = (isa, task);
+                Err(::attnc::__private::Error::Internal("softmax attention has no step program"))
+            },
+        ),
+        None => (
+            emit_program(plan, &plan.passes, plan.chunk),
+            emit_program(plan, std::slice::from_ref(&plan.step), 1),
+        ),
+    };
     quote! {
         /// The generated kernel: chunk program and step program of this spec.
         struct #kernel;
@@ -46,6 +57,70 @@ pub fn emit_kernel(plan: &Plan, kernel: &Ident) -> TokenStream {
 
 /// The body of one program: tile declarations, then each pass as a loop over chunks.
 fn emit_program(plan: &Plan, passes: &[Vec<Op>], chunk: usize) -> TokenStream {
+    let decls = declarations(plan, passes.iter().flatten(), chunk);
+    let loops = passes.iter().map(|ops| {
+        let body = ops.iter().map(|op| emit_op(plan, op));
+        quote! {
+            let mut c0 = 0;
+            while c0 < n {
+                let rows = (n - c0).min(C);
+                #(#body)*
+                c0 += C;
+            }
+        }
+    });
+    quote! {
+        #(#decls)*
+        #(#loops)*
+        Ok(())
+    }
+}
+
+/// The tiled softmax program: query tiles (`c0`, `rows`) x key tiles (`k0`, `krows`).
+fn emit_tiled(plan: &Plan, t: &Tiled) -> TokenStream {
+    let all = [&t.prologue, &t.body, &t.diagonal, &t.update, &t.epilogue];
+    let decls = declarations(plan, all.into_iter().flatten(), plan.chunk);
+    let lower = |ops: &[Op]| ops.iter().map(|op| emit_op(plan, op)).collect::<Vec<_>>();
+    let (prologue, body, diagonal) = (lower(&t.prologue), lower(&t.body), lower(&t.diagonal));
+    let (update, epilogue) = (lower(&t.update), lower(&t.epilogue));
+    let key_end = if t.causal {
+        quote!((c0 + rows).min(n))
+    } else {
+        quote!(n)
+    };
+    let on_diagonal = if t.causal {
+        quote! { if k0 == c0 { #(#diagonal)* } }
+    } else {
+        quote! {}
+    };
+    quote! {
+        #(#decls)*
+        let mut c0 = 0;
+        while c0 < n {
+            let rows = (n - c0).min(C);
+            #(#prologue)*
+            let key_end = #key_end;
+            let mut k0 = 0;
+            while k0 < key_end {
+                let krows = (key_end - k0).min(C);
+                #(#body)*
+                #on_diagonal
+                #(#update)*
+                k0 += C;
+            }
+            #(#epilogue)*
+            c0 += C;
+        }
+        Ok(())
+    }
+}
+
+/// `let` bindings for the task's buffers and every tile the ops use.
+fn declarations<'a>(
+    plan: &Plan,
+    ops: impl Iterator<Item = &'a Op> + Clone,
+    chunk: usize,
+) -> Vec<TokenStream> {
     let c = lit(chunk);
     let (f, dv) = (lit(plan.f), lit(plan.dv));
     let mut decls = vec![quote! {
@@ -58,7 +133,7 @@ fn emit_program(plan: &Plan, passes: &[Vec<Op>], chunk: usize) -> TokenStream {
     if plan.normalized {
         decls.push(quote! { let z = tile::as_vec_mut::<#f>(z)?; });
     }
-    let used = |t: Tile| passes.iter().flatten().any(|op| op.tiles().contains(&t));
+    let used = |t: Tile| ops.clone().any(|op| op.tiles().contains(&t));
     for t in [
         Tile::Qx,
         Tile::Kx,
@@ -90,28 +165,13 @@ fn emit_program(plan: &Plan, passes: &[Vec<Op>], chunk: usize) -> TokenStream {
             }
         }
     }
-    for t in [Tile::G, Tile::Den, Tile::Beta] {
+    for t in [Tile::G, Tile::Den, Tile::Beta, Tile::Max] {
         if used(t) {
             let name = tile_ident(t);
             decls.push(quote! { let mut #name = [0.0f32; C]; });
         }
     }
-    let loops = passes.iter().map(|ops| {
-        let body = ops.iter().map(|op| emit_op(plan, op));
-        quote! {
-            let mut c0 = 0;
-            while c0 < n {
-                let rows = (n - c0).min(C);
-                #(#body)*
-                c0 += C;
-            }
-        }
-    });
-    quote! {
-        #(#decls)*
-        #(#loops)*
-        Ok(())
-    }
+    decls
 }
 
 /// Tiles of at most this many floats are stack arrays.
@@ -126,7 +186,7 @@ fn tile_len(plan: &Plan, t: Tile, chunk: usize) -> usize {
         Tile::A | Tile::Kk => chunk * chunk,
         Tile::S => plan.f * plan.dv,
         Tile::Z => plan.f,
-        Tile::G | Tile::Den | Tile::Beta => chunk,
+        Tile::G | Tile::Den | Tile::Beta | Tile::Max => chunk,
     }
 }
 
@@ -142,12 +202,15 @@ fn tile_shape(plan: &Plan, t: Tile) -> (TokenStream, TokenStream) {
         Tile::A | Tile::Kk => (c.clone(), c),
         Tile::S => (f, dv),
         Tile::Z => (quote!(1), f),
-        Tile::G | Tile::Den | Tile::Beta => (quote!(1), c),
+        Tile::G | Tile::Den | Tile::Beta | Tile::Max => (quote!(1), c),
     }
 }
 
 /// How many rows of a tile hold data: `rows` for token-indexed tiles, all for the others.
 fn live_rows(plan: &Plan, t: Tile) -> TokenStream {
+    if is_key_tile(plan, t) {
+        return quote!(krows);
+    }
     match t {
         Tile::Q
         | Tile::K
@@ -160,20 +223,29 @@ fn live_rows(plan: &Plan, t: Tile) -> TokenStream {
         | Tile::U
         | Tile::G
         | Tile::Den
-        | Tile::Beta => quote!(rows),
+        | Tile::Beta
+        | Tile::Max => quote!(rows),
         Tile::Kt | Tile::S | Tile::Z => lit(plan.f),
     }
 }
 
 /// How many columns of a tile hold data.
 fn live_cols(plan: &Plan, t: Tile) -> TokenStream {
+    if plan.softmax.is_some() && matches!(t, Tile::Kt | Tile::A) {
+        return quote!(krows);
+    }
     match t {
         Tile::Kt | Tile::A | Tile::Kk => quote!(rows),
         Tile::Q | Tile::K | Tile::S | Tile::Z => lit(plan.f),
         Tile::Qx | Tile::Kx => lit(plan.dk),
         Tile::V | Tile::O | Tile::U => lit(plan.dv),
-        Tile::G | Tile::Den | Tile::Beta => quote!(rows),
+        Tile::G | Tile::Den | Tile::Beta | Tile::Max => quote!(rows),
     }
+}
+
+/// In the tiled softmax program, key and value tiles hold `krows` rows of key tile `k0`.
+fn is_key_tile(plan: &Plan, t: Tile) -> bool {
+    plan.softmax.is_some() && matches!(t, Tile::K | Tile::V)
 }
 
 fn tile_ident(t: Tile) -> Ident {
@@ -187,7 +259,7 @@ fn tile_ident(t: Tile) -> Ident {
 /// A tile as a shared or mutable reference argument.
 /// Per-token vectors are local arrays; every other tile is bound to a `&mut` tile.
 fn is_local_vector(t: Tile) -> bool {
-    matches!(t, Tile::G | Tile::Den | Tile::Beta)
+    matches!(t, Tile::G | Tile::Den | Tile::Beta | Tile::Max)
 }
 
 fn by_ref(t: Tile) -> TokenStream {
@@ -220,16 +292,22 @@ fn emit_op(plan: &Plan, op: &Op) -> TokenStream {
                 Input::Beta => quote!(beta),
             };
             let d = by_mut(*dst);
+            let (at, rows) = if is_key_tile(plan, *dst) {
+                (quote!(k0), quote!(krows))
+            } else {
+                (quote!(c0), quote!(rows))
+            };
             match dst {
                 Tile::G | Tile::Den | Tile::Beta => {
-                    quote! { tile::load_vec(#input, c0, rows, #d)?; }
+                    quote! { tile::load_vec(#input, #at, #rows, #d)?; }
                 }
-                _ => quote! { tile::load_rows(#input, c0, rows, #d)?; },
+                _ => quote! { tile::load_rows(#input, #at, #rows, #d)?; },
             }
         }
         Op::L2Norm(t) => {
+            let rows = live_rows(plan, *t);
             let t = by_mut(*t);
-            quote! { tile::l2_normalize_rows(isa, #t, rows); }
+            quote! { tile::l2_normalize_rows(isa, #t, #rows); }
         }
         Op::FeatureMap(t) => {
             let t = by_mut(*t);
@@ -255,8 +333,9 @@ fn emit_op(plan: &Plan, op: &Op) -> TokenStream {
             quote! { tile::cumsum(#t, rows); }
         }
         Op::Transpose { src, dst } => {
+            let rows = live_rows(plan, *src);
             let (s, d) = (by_ref(*src), by_mut(*dst));
-            quote! { tile::transpose(#s, rows, #d); }
+            quote! { tile::transpose(#s, #rows, #d); }
         }
         Op::MatMul {
             dst,
@@ -294,7 +373,13 @@ fn emit_op(plan: &Plan, op: &Op) -> TokenStream {
         }
         Op::DivideRows { dst, den } => {
             let (den, d) = (by_ref(*den), by_mut(*dst));
-            quote! { tile::divide_rows(#d, #den, rows, 1e-6); }
+            // Linear attention adds DESIGN §3.5's 1e-6; softmax's sum is >= 1, no epsilon.
+            let eps = if plan.softmax.is_some() {
+                quote!(0.0)
+            } else {
+                quote!(1e-6)
+            };
+            quote! { tile::divide_rows(#d, #den, rows, #eps); }
         }
         Op::DecayScores { dst, gates } => {
             let (g, d) = (by_ref(*gates), by_mut(*dst));
@@ -319,6 +404,23 @@ fn emit_op(plan: &Plan, op: &Op) -> TokenStream {
         Op::Solve { dst, lower, beta } => {
             let (l, b, d) = (by_ref(*lower), by_ref(*beta), by_mut(*dst));
             quote! { tile::forward_substitute(isa, #d, #l, #b, rows); }
+        }
+        Op::SoftmaxInit { max, sum, acc } => {
+            let (m, l, o) = (by_mut(*max), by_mut(*sum), by_mut(*acc));
+            quote! { tile::softmax_init(#m, #l, #o); }
+        }
+        Op::MaskAboveDiagonal(t) => {
+            let t = by_mut(*t);
+            quote! { tile::mask_above_diagonal(#t, rows); }
+        }
+        Op::OnlineSoftmax {
+            scores,
+            max,
+            sum,
+            acc,
+        } => {
+            let (a, m, l, o) = (by_mut(*scores), by_mut(*max), by_mut(*sum), by_mut(*acc));
+            quote! { tile::online_softmax(#a, rows, krows, #m, #l, #o); }
         }
         Op::Store(t) => {
             let t = by_ref(*t);

@@ -313,7 +313,10 @@ fn parse_arg(segment: Vec<TokenTree>) -> Result<Arg, (Option<Key>, syn::Error)> 
     };
     let name = key.to_string();
     let Some(which) = Key::from_name(&name) else {
-        return Err((None, unknown_key(&key)));
+        // The key it most likely meant counts as written (so `head_dimm = 64` is one error,
+        // not also "`head_dim` is required").
+        let meant = suggest_key(&name).and_then(Key::from_name);
+        return Err((meant, unknown_key(&key)));
     };
     let fail = |e: syn::Error| (Some(which), e);
     let eq = match it.next() {
@@ -420,19 +423,32 @@ fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Opt
     prefix_of.or(nearest).or(extended).copied()
 }
 
-/// Levenshtein distance, for "did you mean" hints.
+/// Edit distance with adjacent transpositions (optimal string alignment), for "did you mean"
+/// hints: `bhdn` is one edit from `bhnd`.
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
+    // d[i][j]: distance between a[..i] and b[..j].
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -937,7 +953,7 @@ fn lower_expr(e: &syn::Expr, param: &str) -> syn::Result<Expr> {
         syn::Expr::Unary(u) => match u.op {
             syn::UnOp::Neg(_) => Ok(Expr::Neg(sub(&u.expr)?)),
             _ => Err(on(
-                &u.op,
+                u.op,
                 format!("only unary `-` is allowed; {CLOSURE_GRAMMAR}"),
             )),
         },
@@ -949,7 +965,7 @@ fn lower_expr(e: &syn::Expr, param: &str) -> syn::Result<Expr> {
                 syn::BinOp::Div(_) => BinOp::Div,
                 _ if cmp_op(&b.op).is_some() => {
                     return Err(on(
-                        &b.op,
+                        b.op,
                         "comparisons are allowed only as the condition of \
                          `if .. { .. } else { .. }`",
                     ))
@@ -957,7 +973,7 @@ fn lower_expr(e: &syn::Expr, param: &str) -> syn::Result<Expr> {
                 _ => {
                     let op = b.op.to_token_stream().to_string().replace(' ', "");
                     return Err(on(
-                        &b.op,
+                        b.op,
                         format!("operator `{op}` is not allowed; {CLOSURE_GRAMMAR}"),
                     ));
                 }
@@ -977,11 +993,11 @@ fn lower_expr(e: &syn::Expr, param: &str) -> syn::Result<Expr> {
             ),
         )),
         syn::Expr::Cast(c) => Err(on(
-            &c.as_token,
+            c.as_token,
             format!("casts are not allowed: the closure computes in f32; {CLOSURE_GRAMMAR}"),
         )),
         syn::Expr::Assign(a) => Err(on(
-            &a.eq_token,
+            a.eq_token,
             format!("assignment is not allowed; {CLOSURE_GRAMMAR}"),
         )),
         syn::Expr::Field(f) => Err(on(
@@ -1109,9 +1125,9 @@ fn lower_if(i: &syn::ExprIf, param: &str) -> syn::Result<Expr> {
                 lhs: lower_expr(&b.left, param)?,
                 rhs: lower_expr(&b.right, param)?,
             },
-            None => return Err(on(&b.op, ONE_COMPARISON)),
+            None => return Err(on(b.op, ONE_COMPARISON)),
         },
-        syn::Expr::Let(l) => return Err(on(&l.let_token, ONE_COMPARISON)),
+        syn::Expr::Let(l) => return Err(on(l.let_token, ONE_COMPARISON)),
         other => return Err(on(other, ONE_COMPARISON)),
     };
     let then = lower_block(&i.then_branch, param)?;

@@ -36,8 +36,10 @@ pub enum Tile {
     Z,
     /// Per-token log-decays, `C`, turned into cumulative sums within the chunk.
     G,
-    /// Per-token normaliser denominators, `C`.
+    /// Per-token normaliser denominators, `C` (softmax: the running sums l).
     Den,
+    /// Softmax: the running row maxima m, `C`.
+    Max,
     /// Per-token write strengths beta, `C` (delta updates).
     Beta,
     /// Key-key products `K K^T`, `C x C` (delta updates).
@@ -196,8 +198,51 @@ pub enum Op {
         /// The write strengths.
         beta: Tile,
     },
+    /// Softmax: `m = -inf`, `l = 0`, `O = 0` before the first key tile.
+    SoftmaxInit {
+        /// Running maxima.
+        max: Tile,
+        /// Running sums.
+        sum: Tile,
+        /// Output accumulator.
+        acc: Tile,
+    },
+    /// Softmax, on the diagonal key tile of a causal spec: scores above the diagonal become -inf.
+    MaskAboveDiagonal(Tile),
+    /// Softmax, one key tile of the online (FlashAttention) update, per query row t:
+    /// `m' = max(m, max_s A_ts)`, `P_ts = exp(A_ts - m')`, `l = l exp(m - m') + sum_s P_ts`,
+    /// `O_t *= exp(m - m')`, `m = m'`; the scores are replaced by P.
+    OnlineSoftmax {
+        /// Scores in, probabilities out.
+        scores: Tile,
+        /// Running maxima.
+        max: Tile,
+        /// Running sums.
+        sum: Tile,
+        /// Output accumulator.
+        acc: Tile,
+    },
     /// Write this chunk's rows of a tile to the output.
     Store(Tile),
+}
+
+/// Exact softmax attention as a tiled program (FlashAttention's method): for each query tile,
+/// `prologue`; for each key tile (up to the diagonal when causal), `body`; then `epilogue`.
+/// Nothing N x N is ever materialised: the scores of one query tile x key tile at a time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tiled {
+    /// Whether query tile i sees key tiles 0..=i only (with the diagonal tile masked).
+    pub causal: bool,
+    /// Per query tile, before its key tiles.
+    pub prologue: Vec<Op>,
+    /// Per key tile.
+    pub body: Vec<Op>,
+    /// Ops applied on the diagonal key tile only, after `body`'s scores (causal masking).
+    pub diagonal: Vec<Op>,
+    /// Per key tile, after the diagonal ops.
+    pub update: Vec<Op>,
+    /// Per query tile, after its key tiles.
+    pub epilogue: Vec<Op>,
 }
 
 /// The kernel plan of one spec.
@@ -225,6 +270,8 @@ pub struct Plan {
     pub passes: Vec<Vec<Op>>,
     /// The step program: one causal pass over a chunk of one token.
     pub step: Vec<Op>,
+    /// For `feature_map = softmax`: the tiled program (then `passes` and `step` are empty).
+    pub softmax: Option<Tiled>,
 }
 
 /// Which part of the spec a planning error is about (so the macro can point at it).
@@ -255,6 +302,22 @@ impl Plan {
     /// Plans a validated spec.
     pub fn new(spec: &Spec) -> Result<Plan, PlanError> {
         check_supported(spec)?;
+        if spec.feature_map == FeatureMap::Softmax {
+            return Ok(Plan {
+                dk: spec.head_dim,
+                dv: spec.value_dim,
+                f: spec.head_dim,
+                chunk: spec.chunk,
+                scale: spec.scale_value(),
+                feature_map: FeatureMap::Softmax,
+                uses_beta: false,
+                uses_gates: false,
+                normalized: false,
+                passes: Vec::new(),
+                step: Vec::new(),
+                softmax: Some(softmax_program(spec)),
+            });
+        }
         let causal = match spec.update {
             Update::Additive | Update::Gated => causal_pass(spec),
             Update::Delta | Update::GatedDelta => delta_pass(spec),
@@ -275,6 +338,7 @@ impl Plan {
             normalized: spec.normalize == Normalize::Sum,
             passes,
             step: causal,
+            softmax: None,
         })
     }
 
@@ -283,6 +347,11 @@ impl Plan {
         self.passes
             .iter()
             .chain(std::iter::once(&self.step))
+            .chain(
+                self.softmax
+                    .iter()
+                    .flat_map(|t| [&t.prologue, &t.body, &t.diagonal, &t.update, &t.epilogue]),
+            )
             .flatten()
             .any(|op| op.tiles().contains(&tile))
     }
@@ -293,9 +362,19 @@ impl Op {
     pub fn tiles(&self) -> Vec<Tile> {
         match *self {
             Op::Load { dst, .. } => vec![dst],
-            Op::L2Norm(t) | Op::FeatureMap(t) | Op::Scale(t) | Op::CumSum(t) | Op::Store(t) => {
-                vec![t]
-            }
+            Op::L2Norm(t)
+            | Op::FeatureMap(t)
+            | Op::Scale(t)
+            | Op::CumSum(t)
+            | Op::Store(t)
+            | Op::MaskAboveDiagonal(t) => vec![t],
+            Op::SoftmaxInit { max, sum, acc } => vec![max, sum, acc],
+            Op::OnlineSoftmax {
+                scores,
+                max,
+                sum,
+                acc,
+            } => vec![scores, max, sum, acc],
             Op::Transpose { src, dst } | Op::Expand { src, dst } => vec![src, dst],
             Op::MatMul { dst, a, b, .. } => vec![dst, a, b],
             Op::RowSums { dst, src } | Op::AddColSums { dst, src } => vec![dst, src],
@@ -318,13 +397,12 @@ fn check_supported(spec: &Spec) -> Result<(), PlanError> {
             message: format!(
                 "{what} is a valid spec but its kernel is not built yet (tracked in attnc issue \
                  #{issue}); supported today: every update with the feature maps identity, \
-                 elu_plus_one, relu, squared_relu, sigmoid, closures, taylor2 and dpfp"
+                 elu_plus_one, relu, squared_relu, sigmoid, closures, taylor2, dpfp and softmax"
             ),
         })
     };
     match spec.feature_map {
         FeatureMap::Favor { .. } => missing(Blame::FeatureMap, "`feature_map = favor`", 6),
-        FeatureMap::Softmax => missing(Blame::FeatureMap, "`feature_map = softmax`", 6),
         _ => Ok(()),
     }
 }
@@ -630,4 +708,75 @@ fn delta_pass(spec: &Spec) -> Vec<Op> {
     });
     ops.push(Op::Store(Tile::O));
     ops
+}
+
+/// Exact softmax attention, `o_t = sum_s softmax_s(scale q_t . k_s) v_s`, tiled by `chunk`.
+fn softmax_program(spec: &Spec) -> Tiled {
+    let mut prologue = vec![Op::Load {
+        dst: Tile::Q,
+        src: Input::Q,
+    }];
+    if spec.qk_norm == QkNorm::L2 {
+        prologue.push(Op::L2Norm(Tile::Q));
+    }
+    prologue.push(Op::Scale(Tile::Q));
+    prologue.push(Op::SoftmaxInit {
+        max: Tile::Max,
+        sum: Tile::Den,
+        acc: Tile::O,
+    });
+    let mut body = vec![Op::Load {
+        dst: Tile::K,
+        src: Input::K,
+    }];
+    if spec.qk_norm == QkNorm::L2 {
+        body.push(Op::L2Norm(Tile::K));
+    }
+    body.extend([
+        Op::Load {
+            dst: Tile::V,
+            src: Input::V,
+        },
+        Op::Transpose {
+            src: Tile::K,
+            dst: Tile::Kt,
+        },
+        Op::MatMul {
+            dst: Tile::A,
+            a: Tile::Q,
+            b: Tile::Kt,
+            tri: Tri::Full,
+            accumulate: false,
+        },
+    ]);
+    let update = vec![
+        Op::OnlineSoftmax {
+            scores: Tile::A,
+            max: Tile::Max,
+            sum: Tile::Den,
+            acc: Tile::O,
+        },
+        Op::MatMul {
+            dst: Tile::O,
+            a: Tile::A,
+            b: Tile::V,
+            tri: Tri::Full,
+            accumulate: true,
+        },
+    ];
+    let epilogue = vec![
+        Op::DivideRows {
+            dst: Tile::O,
+            den: Tile::Den,
+        },
+        Op::Store(Tile::O),
+    ];
+    Tiled {
+        causal: spec.mask == Mask::Causal,
+        prologue,
+        body,
+        diagonal: vec![Op::MaskAboveDiagonal(Tile::A)],
+        update,
+        epilogue,
+    }
 }

@@ -592,7 +592,14 @@ fn syntax_errors() {
         "head_dim =",
         &["`head_dim =` needs a value: write `head_dim = <value>`"],
     );
-    err1("64", &["expected a key such as `head_dim`, found `64`"]);
+    err1(
+        "head_dim = 64, 64",
+        &["expected a key such as `head_dim`, found `64`"],
+    );
+    err1(
+        "head_dim = 64, \"chunk\" = 32",
+        &["expected a key such as `head_dim`, found `\"chunk\"`"],
+    );
     err1(", head_dim = 64", &["unexpected `,`"]);
     err1("head_dim = 64,, chunk = 32", &["unexpected `,`"]);
     err1("head_dim = 64 64", &["unexpected token"]);
@@ -611,7 +618,7 @@ fn syntax_errors_do_not_hide_other_errors() {
     // The commas between a closure's parameters do not split the argument.
     let all = errs("head_dim = 64, feature_map = |x, y, z| x, chunk = 7");
     assert_eq!(all.len(), 2, "{all:#?}");
-    assert!(all[0].contains("exactly one f32 argument; remove the others"));
+    assert!(all[0].contains("exactly one f32 argument, e.g. `|x| x.max(0.0)`; remove the others"));
     assert!(all[1].contains("`chunk` must be"));
 }
 
@@ -619,11 +626,6 @@ fn syntax_errors_do_not_hide_other_errors() {
 // Closures.
 
 fn closure_of(text: &str) -> Closure {
-    // `stringify!((|x| ..))` keeps the parentheses around the closure.
-    let text = match text.strip_prefix('(').and_then(|t| t.strip_suffix(')')) {
-        Some(inner) if text.trim_start_matches('(').starts_with('|') => inner,
-        _ => text,
-    };
     match ok64(&format!("feature_map = {text}")).feature_map {
         FeatureMap::Closure(c) => c,
         other => panic!("{text}: not a closure: {other:?}"),
@@ -640,7 +642,7 @@ fn same(a: f32, b: f32) -> bool {
 
 /// Each closure's expression tree evaluates as the Rust closure it spells.
 macro_rules! closures_match_rust {
-    ($($body:tt)*) => {{
+    ($($body:expr);* $(;)?) => {{
         let mut checked = 0;
         $(
             {
@@ -663,48 +665,40 @@ macro_rules! closures_match_rust {
     unused_braces,
     unused_parens,
     clippy::collapsible_else_if,
-    clippy::double_neg
+    clippy::manual_clamp
 )]
 fn closures_evaluate_as_rust_does() {
-    let n = closures_match_rust!((|x: f32| x)(|x: f32| x.max(0.0))(|x: f32| x
-        .min(1.0)
-        .max(-1.0))(|x: f32| x * x + 1.0)(|x: f32| 1.0
-        + 2.0 * x
-        - x / 4.0)(|x: f32| x - 1.0 - 2.0)(|x: f32| x
-        / 2.0
-        / 4.0)(|x: f32| (x - 1.0) * (x + 1.0))(
-        |x: f32| -x * 3.0
-    )(|x: f32| -x.exp())(|x: f32| (-x).exp())(|x: f32| --x)(
-        |x: f32| x.exp().ln()
-    )(|x: f32| x.abs().sqrt())(|x: f32| x.tanh() * 0.5 + 0.5)(
-        |x: f32| 1.0 / (1.0 + (-x).exp())
-    )(|x: f32| x.powi(3))(|x: f32| x.powi(-2))(|x: f32| x
-        .abs()
-        .powf(1.5))(|x: f32| 2.0_f32.powf(x))(|x: f32| x
-        .max(0.0)
-        .powi(2))(|x: f32| if x > 0.0 {
-        x + 1.0
-    } else {
-        x.exp()
-    })(|x: f32| if x >= 0.5 {
-        1.0
-    } else if x <= -0.5 {
-        -1.0
-    } else {
-        x * 2.0
-    })(|x: f32| if x < 0.0 {
-        0.0
-    } else {
-        if x == 1.0 {
-            7.0
-        } else {
-            x
-        }
-    })(|x: f32| if x != 0.0 { x.abs() } else { 1.0 })(
-        |x: f32| if (x * 2.0 > 1.0) { x } else { 0.0 }
-    )(|x: f32| { x * 0.5 })(|x: f32| -> f32 { x.max(0.0) })(
-        |x: f32| x * 2f32 + 1e-3
-    ));
+    let n = closures_match_rust! {
+        |x: f32| x;
+        |x: f32| x.max(0.0);
+        |x: f32| x.min(1.0).max(-1.0);
+        |x: f32| x * x + 1.0;
+        |x: f32| 1.0 + 2.0 * x - x / 4.0;
+        |x: f32| x - 1.0 - 2.0;
+        |x: f32| x / 2.0 / 4.0;
+        |x: f32| (x - 1.0) * (x + 1.0);
+        |x: f32| -x * 3.0;
+        |x: f32| -x.exp();
+        |x: f32| (-x).exp();
+        |x: f32| -(-x);
+        |x: f32| x.exp().ln();
+        |x: f32| x.abs().sqrt();
+        |x: f32| x.tanh() * 0.5 + 0.5;
+        |x: f32| 1.0 / (1.0 + (-x).exp());
+        |x: f32| x.powi(3);
+        |x: f32| x.powi(-2);
+        |x: f32| x.abs().powf(1.5);
+        |x: f32| 2.0_f32.powf(x);
+        |x: f32| x.max(0.0).powi(2);
+        |x: f32| if x > 0.0 { x + 1.0 } else { x.exp() };
+        |x: f32| if x >= 0.5 { 1.0 } else if x <= -0.5 { -1.0 } else { x * 2.0 };
+        |x: f32| if x < 0.0 { 0.0 } else { if x == 1.0 { 7.0 } else { x } };
+        |x: f32| if x != 0.0 { x.abs() } else { 1.0 };
+        |x: f32| if (x * 2.0 > 1.0) { x } else { 0.0 };
+        |x: f32| { x * 0.5 };
+        |x: f32| -> f32 { x.max(0.0) };
+        |x: f32| x * 2f32 + 1e-3;
+    };
     assert_eq!(n, 29);
 }
 
@@ -762,7 +756,7 @@ fn closure_errors_say_what_is_allowed() {
             "|x, y| x + y",
             &["a feature-map closure takes exactly one f32 argument, e.g. `|x| x.max(0.0)`; remove the others"],
         ),
-        ("|| 1.0", &["exactly one f32 argument; this one takes none"]),
+        ("|| 1.0", &["exactly one f32 argument, e.g. `|x| x.max(0.0)`; this one takes none"]),
         ("|x: f64| x", &["the closure's argument is an f32: write `|x: f32|` or `|x|`"]),
         ("|x: &f32| x", &["the closure's argument is an f32"]),
         ("|(a, b)| a", &["the closure's argument must be a plain name, e.g. `x`"]),
