@@ -25,8 +25,9 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         }
         Err(_) => {
             let err = syn::Error::new(
-                item.span(),
-                "#[attention] goes on a unit struct, e.g. `pub struct MyAttention;`",
+                item_name_span(&item),
+                "#[attention] goes on a unit struct, e.g. `pub struct MyAttention;`: \
+                 the struct only names the attention variant and carries no data",
             );
             return fallback(item, err);
         }
@@ -58,6 +59,19 @@ pub fn expand_spec(
         spans: Default::default(),
     };
     Ok(expand_valid(item, &parsed, &Plan::new(spec)?))
+}
+
+/// The span of an item's name (enum, fn, ...), or of its first token.
+fn item_name_span(item: &TokenStream) -> proc_macro2::Span {
+    let ident = match syn::parse2::<syn::Item>(item.clone()) {
+        Ok(syn::Item::Enum(e)) => Some(e.ident),
+        Ok(syn::Item::Fn(f)) => Some(f.sig.ident),
+        Ok(syn::Item::Union(u)) => Some(u.ident),
+        Ok(syn::Item::Trait(t)) => Some(t.ident),
+        Ok(syn::Item::Type(t)) => Some(t.ident),
+        _ => None,
+    };
+    ident.map_or_else(|| item.span(), |i| i.span())
 }
 
 /// The item as written plus the errors.

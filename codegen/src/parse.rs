@@ -397,7 +397,9 @@ fn suggest_key(name: &str) -> Option<&'static str> {
 }
 
 /// The candidate `name` most likely meant: one it begins (`elu` → `elu_plus_one`), else the
-/// nearest within a small edit distance, else one it extends (`masking` → `mask`).
+/// nearest within a small edit distance that starts the same way (`bhdn` → `bhnd`, `hbnd` →
+/// `bhnd`), else one it extends (`masking` → `mask`). Names of one or two letters get no hint
+/// (`l1` is a different norm, not a typo of `l2`).
 fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let name = name.to_ascii_lowercase();
     let n = name.chars().count();
@@ -410,8 +412,15 @@ fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Opt
         .iter()
         .filter(|c| n >= 3 && c.starts_with(name.as_str()))
         .min_by_key(|c| c.len());
+    // Typos keep the first letter (or swap the first two): `gelu` is not a typo of `relu`.
+    let first_two = |s: &str| -> Vec<char> { s.chars().take(2).collect() };
+    let same_start = |c: &str| {
+        let (a, b) = (first_two(c), first_two(&name));
+        a.first() == b.first() || (a.len() == 2 && b.len() == 2 && a[0] == b[1] && a[1] == b[0])
+    };
     let nearest = candidates
         .iter()
+        .filter(|c| n >= 3 && same_start(c))
         .map(|c| (edit_distance(c, &name), c))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)

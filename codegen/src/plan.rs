@@ -437,26 +437,22 @@ fn prologue(spec: &Spec, dst: Tile, src: Input) -> Vec<Op> {
     ops
 }
 
-/// The causal chunk program (DESIGN §3, additive and gated), per chunk with incoming state S, z:
-///
-/// ```text
-/// A   = tril(Q K^T)                          scores, token t sees s <= t
-/// den = rowsum(A) + Q z                      normaliser (z and q undecayed, as §3.5 states)
-/// A  *= exp(G_t - G_s)                       gated: decay between tokens inside the chunk
-/// O   = A V + diag(exp G) Q S                intra-chunk + incoming state
-/// O  /= den + 1e-6
-/// z  += sum_t K_t;  S = exp(G_last) S + (K^T diag(exp(G_last - G))) V
-/// ```
-fn causal_pass(spec: &Spec) -> Vec<Op> {
-    let gated = spec.has_gate();
-    let normalized = spec.normalize == Normalize::Sum;
+/// What every causal chunk program starts with: load and feature-map q, k; load v (and beta,
+/// and the cumulative gates), `Kt = K^T`, causal scores `A = tril(Q K^T)`.
+fn causal_scores(spec: &Spec) -> Vec<Op> {
     let mut ops = prologue(spec, Tile::Q, Input::Q);
     ops.extend(prologue(spec, Tile::K, Input::K));
     ops.push(Op::Load {
         dst: Tile::V,
         src: Input::V,
     });
-    if gated {
+    if spec.has_beta() {
+        ops.push(Op::Load {
+            dst: Tile::Beta,
+            src: Input::Beta,
+        });
+    }
+    if spec.has_gate() {
         ops.push(Op::Load {
             dst: Tile::G,
             src: Input::G,
@@ -474,6 +470,23 @@ fn causal_pass(spec: &Spec) -> Vec<Op> {
         tri: Tri::LowerOut,
         accumulate: false,
     });
+    ops
+}
+
+/// The causal chunk program (DESIGN §3, additive and gated), per chunk with incoming state S, z:
+///
+/// ```text
+/// A   = tril(Q K^T)                          scores, token t sees s <= t
+/// den = rowsum(A) + Q z                      normaliser (z and q undecayed, as §3.5 states)
+/// A  *= exp(G_t - G_s)                       gated: decay between tokens inside the chunk
+/// O   = A V + diag(exp G) Q S                intra-chunk + incoming state
+/// O  /= den + 1e-6
+/// z  += sum_t K_t;  S = exp(G_last) S + (K^T diag(exp(G_last - G))) V
+/// ```
+fn causal_pass(spec: &Spec) -> Vec<Op> {
+    let gated = spec.has_gate();
+    let normalized = spec.normalize == Normalize::Sum;
+    let mut ops = causal_scores(spec);
     if normalized {
         ops.push(Op::RowSums {
             dst: Tile::Den,
@@ -610,34 +623,7 @@ fn output_pass(spec: &Spec) -> Vec<Op> {
 /// where forming `T = (I + ...)^-1` first can amplify rounding at large chunks.
 fn delta_pass(spec: &Spec) -> Vec<Op> {
     let gated = spec.has_gate();
-    let mut ops = prologue(spec, Tile::Q, Input::Q);
-    ops.extend(prologue(spec, Tile::K, Input::K));
-    ops.push(Op::Load {
-        dst: Tile::V,
-        src: Input::V,
-    });
-    ops.push(Op::Load {
-        dst: Tile::Beta,
-        src: Input::Beta,
-    });
-    if gated {
-        ops.push(Op::Load {
-            dst: Tile::G,
-            src: Input::G,
-        });
-        ops.push(Op::CumSum(Tile::G));
-    }
-    ops.push(Op::Transpose {
-        src: Tile::K,
-        dst: Tile::Kt,
-    });
-    ops.push(Op::MatMul {
-        dst: Tile::A,
-        a: Tile::Q,
-        b: Tile::Kt,
-        tri: Tri::LowerOut,
-        accumulate: false,
-    });
+    let mut ops = causal_scores(spec);
     ops.push(Op::MatMul {
         dst: Tile::Kk,
         a: Tile::K,

@@ -351,11 +351,20 @@ fn bad_keyword_values_say_what_is_allowed() {
     err64("update = gatd", &["did you mean `gated`?"]);
     err64("update = gated_dleta", &["did you mean `gated_delta`?"]);
     err64("layout = bhdn", &["did you mean `bhnd`?"]);
-    err64("qk_norm = l1", &["did you mean `l2`?"]);
+    for far in [
+        "qk_norm = l1",
+        "feature_map = gelu",
+        "layout = nhd",
+        "mask = sliding",
+    ] {
+        let e = err64(far, &["must be"]);
+        assert!(!e.contains("did you mean"), "{far}: {e}");
+    }
+    err64("layout = hbnd", &["did you mean `bhnd`?"]);
+    err64("mask = casual", &["did you mean `causal`?"]);
+    err64("mask = nonee", &["did you mean `none`?"]);
     err64("mask = \"none\"", &["write `none` without quotes"]);
     err64("update = \"gated\"", &["write `gated` without quotes"]);
-    let e = err64("mask = sliding", &[]);
-    assert!(!e.contains("did you mean"), "{e}");
     // Not a name at all.
     err64("mask = 1", &["`mask` must be"]);
     err64("update = gated::x", &["`update` must be"]);

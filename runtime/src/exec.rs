@@ -41,65 +41,50 @@ pub trait Kernel {
     fn step<I: Isa>(isa: I, task: Task<'_>) -> Result<()>;
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-fn forward_avx512<K: Kernel>(isa: Avx512, task: Task<'_>) -> Result<()> {
-    K::forward(isa, task)
+/// Which of a kernel's two programs to run.
+#[derive(Clone, Copy)]
+enum Program {
+    Forward,
+    Step,
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn forward_avx2<K: Kernel>(isa: Avx2, task: Task<'_>) -> Result<()> {
-    K::forward(isa, task)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-fn step_avx512<K: Kernel>(isa: Avx512, task: Task<'_>) -> Result<()> {
-    K::step(isa, task)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn step_avx2<K: Kernel>(isa: Avx2, task: Task<'_>) -> Result<()> {
-    K::step(isa, task)
-}
-
-/// Runs a task's chunk program with the given ISA variant.
-fn dispatch_forward<K: Kernel>(isa: CpuIsa, task: Task<'_>) -> Result<()> {
-    match isa {
-        // SAFETY: the marker exists only if the CPU has the features the trampoline enables.
-        #[cfg(target_arch = "x86_64")]
-        CpuIsa::Avx512 => match Avx512::detect() {
-            Some(m) => unsafe { forward_avx512::<K>(m, task) },
-            None => K::forward(Portable, task),
-        },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        CpuIsa::Avx2 => match Avx2::detect() {
-            Some(m) => unsafe { forward_avx2::<K>(m, task) },
-            None => K::forward(Portable, task),
-        },
-        _ => K::forward(Portable, task),
+fn run_program<K: Kernel, I: Isa>(program: Program, isa: I, task: Task<'_>) -> Result<()> {
+    match program {
+        Program::Forward => K::forward(isa, task),
+        Program::Step => K::step(isa, task),
     }
 }
 
-/// Runs a task's step program with the given ISA variant.
-fn dispatch_step<K: Kernel>(isa: CpuIsa, task: Task<'_>) -> Result<()> {
+// The trampolines: the generic kernels are `#[inline(always)]`, so they are compiled here with
+// these target features.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+fn run_avx512<K: Kernel>(program: Program, isa: Avx512, task: Task<'_>) -> Result<()> {
+    run_program::<K, _>(program, isa, task)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn run_avx2<K: Kernel>(program: Program, isa: Avx2, task: Task<'_>) -> Result<()> {
+    run_program::<K, _>(program, isa, task)
+}
+
+/// Runs one of a task's programs with the given ISA variant.
+fn dispatch<K: Kernel>(isa: CpuIsa, program: Program, task: Task<'_>) -> Result<()> {
     match isa {
         // SAFETY: the marker exists only if the CPU has the features the trampoline enables.
         #[cfg(target_arch = "x86_64")]
         CpuIsa::Avx512 => match Avx512::detect() {
-            Some(m) => unsafe { step_avx512::<K>(m, task) },
-            None => K::step(Portable, task),
+            Some(m) => unsafe { run_avx512::<K>(program, m, task) },
+            None => run_program::<K, _>(program, Portable, task),
         },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         CpuIsa::Avx2 => match Avx2::detect() {
-            Some(m) => unsafe { step_avx2::<K>(m, task) },
-            None => K::step(Portable, task),
+            Some(m) => unsafe { run_avx2::<K>(program, m, task) },
+            None => run_program::<K, _>(program, Portable, task),
         },
-        _ => K::step(Portable, task),
+        _ => run_program::<K, _>(program, Portable, task),
     }
 }
 
@@ -458,7 +443,7 @@ pub fn run_forward<K: Kernel>(
     let list = tasks(p, dims, bufs, &mut out)?;
     list.into_par_iter()
         .with_max_len(1)
-        .try_for_each(|task| dispatch_forward::<K>(isa, task))?;
+        .try_for_each(|task| dispatch::<K>(isa, Program::Forward, task))?;
     Ok(out)
 }
 
@@ -468,7 +453,7 @@ pub fn run_step<K: Kernel>(p: &Problem, dims: [usize; 3], bufs: &mut Buffers) ->
     let isa = CpuIsa::selected()?;
     let mut out = vec![0.0; p.batch * p.heads * dims[1]];
     for task in tasks(p, dims, bufs, &mut out)? {
-        dispatch_step::<K>(isa, task)?;
+        dispatch::<K>(isa, Program::Step, task)?;
     }
     Ok(out)
 }
