@@ -50,3 +50,15 @@ fn spec_error_keeps_the_struct() {
     assert!(out.contains("pub struct Example;"), "{out}");
     assert!(out.contains("compile_error!"), "{out}");
 }
+
+#[test]
+fn gated_deltanet() {
+    insta::assert_snapshot!(expand(
+        "head_dim = 64, update = gated_delta, qk_norm = l2, chunk = 64"
+    ));
+}
+
+#[test]
+fn softmax_attention() {
+    insta::assert_snapshot!(expand("head_dim = 64, feature_map = softmax, chunk = 64"));
+}
