@@ -432,10 +432,12 @@ fn emit_op(plan: &Plan, op: &Op) -> TokenStream {
 /// The body of `fn __phi(x: f32) -> f32`.
 pub fn emit_feature_map(map: &FeatureMap) -> TokenStream {
     match map {
-        FeatureMap::EluPlusOne => quote! { if x > 0.0 { x + 1.0 } else { x.exp() } },
+        FeatureMap::EluPlusOne => {
+            quote! { if x > 0.0 { x + 1.0 } else { ::attnc::__private::tile::exp(x) } }
+        }
         FeatureMap::Relu => quote! { x.max(0.0) },
         FeatureMap::SquaredRelu => quote! { let r = x.max(0.0); r * r },
-        FeatureMap::Sigmoid => quote! { 1.0 / (1.0 + (-x).exp()) },
+        FeatureMap::Sigmoid => quote! { 1.0 / (1.0 + ::attnc::__private::tile::exp(-x)) },
         FeatureMap::Closure(c) => emit_expr(&c.body),
         _ => quote! { x },
     }
@@ -464,6 +466,10 @@ fn emit_expr(e: &Expr) -> TokenStream {
         }
         Expr::Unary(f, a) => {
             let a = emit_expr(a);
+            if *f == UnaryFn::Exp {
+                // Inlined arithmetic exp: vectorises, where libm's call does not.
+                return quote!(::attnc::__private::tile::exp(#a));
+            }
             let m = match f {
                 UnaryFn::Exp => quote!(exp),
                 UnaryFn::Ln => quote!(ln),

@@ -48,6 +48,9 @@ enum Program {
     Step,
 }
 
+/// `inline(always)`: it must be compiled inside the trampolines' target features, like the
+/// kernels it calls (else every intrinsic becomes a call).
+#[inline(always)]
 fn run_program<K: Kernel, I: Isa>(program: Program, isa: I, task: Task<'_>) -> Result<()> {
     match program {
         Program::Forward => K::forward(isa, task),
