@@ -12,6 +12,7 @@ pub mod device;
 pub mod error;
 pub mod exec;
 pub mod isa;
+pub mod launch;
 pub mod state;
 pub mod tile;
 
