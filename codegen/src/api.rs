@@ -4,6 +4,7 @@
 //! fallback pattern), so one mistake in the attribute does not cascade into "cannot find type".
 
 use crate::cpu::{emit_kernel, lit};
+use crate::cuda::{CudaProgram, GridKind, KernelDesc};
 use crate::parse::{parse_spec, Key, ParsedSpec};
 use crate::plan::{Blame, Plan};
 use crate::spec::*;
@@ -85,8 +86,10 @@ fn expand_valid(item: &syn::ItemStruct, parsed: &ParsedSpec, plan: &Plan) -> Tok
     let name = &item.ident;
     let kernel_ident = format_ident!("__AttncKernel{}", name);
     let kernel = emit_kernel(plan, &kernel_ident);
+    let cuda = crate::cuda::emit(plan, spec.layout == Layout::Bnhd, &spec.to_string());
     let methods = emit_methods(spec, plan, &kernel_ident);
-    let consts = emit_consts(spec, plan);
+    let cuda_methods = emit_cuda_methods(spec, plan);
+    let consts = emit_consts(spec, plan, &cuda);
     quote! {
         #item
 
@@ -96,20 +99,19 @@ fn expand_valid(item: &syn::ItemStruct, parsed: &ParsedSpec, plan: &Plan) -> Tok
             impl #name {
                 #consts
                 #methods
+                #cuda_methods
             }
         };
     }
 }
 
-/// `HEAD_DIM`, `VALUE_DIM`, `FEATURE_DIM`, `CHUNK`, `CUDA_SOURCE` and `spec()`.
-fn emit_consts(spec: &Spec, plan: &Plan) -> TokenStream {
+/// `HEAD_DIM`, `VALUE_DIM`, `FEATURE_DIM`, `CHUNK`, `CUDA_SOURCE`, `CUDA_LAUNCH` and `spec()`.
+fn emit_consts(spec: &Spec, plan: &Plan, cuda: &CudaProgram) -> TokenStream {
     let (dk, dv, f, c) = (lit(plan.dk), lit(plan.dv), lit(plan.f), lit(plan.chunk));
     let spec_value = spec_tokens(spec);
     let text = Literal::string(&spec.to_string());
-    let cuda = Literal::string(&format!(
-        "// attnc: spec `{spec}`\n// The CUDA emitter is not built yet (attnc issue #4); this \
-         spec runs on the CPU.\n"
-    ));
+    let launch = launch_tokens(spec, plan, cuda);
+    let cuda = Literal::string(&cuda.source);
     quote! {
         /// dk, the query/key head dimension.
         pub const HEAD_DIM: usize = #dk;
@@ -119,8 +121,10 @@ fn emit_consts(spec: &Spec, plan: &Plan) -> TokenStream {
         pub const FEATURE_DIM: usize = #f;
         /// The chunk length of the chunkwise-parallel kernel.
         pub const CHUNK: usize = #c;
-        /// The generated CUDA C for this spec.
+        /// The generated CUDA C for this spec (compiled with NVRTC on first use on a GPU).
         pub const CUDA_SOURCE: &'static str = #cuda;
+        /// How `CUDA_SOURCE`'s kernels are launched (computed at build time).
+        pub const CUDA_LAUNCH: ::attnc::__private::CudaLaunch = #launch;
         /// The spec, every key explicit, as attribute text.
         pub const SPEC_TEXT: &'static str = #text;
 
@@ -383,5 +387,155 @@ fn expr_tokens(e: &Expr) -> TokenStream {
                 otherwise: #o,
             })
         }
+    }
+}
+
+/// `CUDA_LAUNCH`: the emitter's launch configuration as a runtime `CudaLaunch`.
+fn launch_tokens(spec: &Spec, plan: &Plan, cuda: &CudaProgram) -> TokenStream {
+    let p = quote!(::attnc::__private);
+    let kernels = |list: &[KernelDesc]| {
+        let items = list.iter().map(|k| {
+            let name = Literal::string(k.name);
+            let grid = match k.grid {
+                GridKind::Chunks => quote!(#p::Grid::Chunks),
+                GridKind::Columns(n) => {
+                    let n = Literal::u32_unsuffixed(n);
+                    quote!(#p::Grid::Columns(#n))
+                }
+                GridKind::Heads => quote!(#p::Grid::Heads),
+            };
+            let smem = Literal::u32_unsuffixed(k.smem_bytes);
+            quote!(#p::KernelInfo { name: #name, grid: #grid, smem_bytes: #smem })
+        });
+        quote!(&[#(#items),*])
+    };
+    let (forward, step) = (kernels(&cuda.forward), kernels(&cuda.step));
+    let threads = Literal::u32_unsuffixed(crate::cuda::THREADS);
+    let (dk, dv, f, c) = (lit(plan.dk), lit(plan.dv), lit(plan.f), lit(plan.chunk));
+    let (work, scratch) = (lit(cuda.work_per_chunk), lit(cuda.scratch_per_block()));
+    let (normalized, beta, gates, states) = (
+        plan.normalized,
+        plan.uses_beta,
+        plan.uses_gates,
+        cuda.chunk_states,
+    );
+    let layout = match spec.layout {
+        Layout::Bhnd => quote!(#p::TokenLayout::Bhnd),
+        Layout::Bnhd => quote!(#p::TokenLayout::Bnhd),
+    };
+    quote! {
+        #p::CudaLaunch {
+            threads: #threads,
+            chunk: #c,
+            dk: #dk,
+            dv: #dv,
+            f: #f,
+            normalized: #normalized,
+            uses_beta: #beta,
+            uses_gates: #gates,
+            layout: #layout,
+            forward: #forward,
+            step: #step,
+            work_per_chunk: #work,
+            scratch_per_block: #scratch,
+            chunk_states: #states,
+        }
+    }
+}
+
+/// `forward_cuda`, `forward_with_state_cuda` and `step_cuda`: the CPU entry points' siblings on
+/// attnc's device tensors, same argument order.
+fn emit_cuda_methods(spec: &Spec, plan: &Plan) -> TokenStream {
+    let p = quote!(::attnc::__private);
+    let (dk, dv, f) = (lit(plan.dk), lit(plan.dv), lit(plan.f));
+    let bnhd = spec.layout == Layout::Bnhd;
+    let (tok_k, tok_v, per_tok, destructure) = if bnhd {
+        (
+            quote!((B, N, H, #p::Const<#dk>)),
+            quote!((B, N, H, #p::Const<#dv>)),
+            quote!((B, N, H)),
+            quote!(let (b, _, h, _) = *q.shape();),
+        )
+    } else {
+        (
+            quote!((B, H, N, #p::Const<#dk>)),
+            quote!((B, H, N, #p::Const<#dv>)),
+            quote!((B, H, N)),
+            quote!(let (b, h, _, _) = *q.shape();),
+        )
+    };
+    let dev = |shape: TokenStream| quote!(#p::CudaTensor<#shape>);
+    let (q_ty, v_ty, s_ty) = (dev(tok_k), dev(tok_v), dev(per_tok.clone()));
+    let head_ty = dev(quote!((B, H)));
+    let state_ty = quote!(::attnc::CudaState<B, H, #f, #dv>);
+    let mut params = Vec::new();
+    let mut names = Vec::new();
+    let mut args = Vec::new();
+    let mut step_params = Vec::new();
+    let mut step_args = Vec::new();
+    for (used, name, step_name) in [
+        (plan.uses_beta, "beta", "beta_t"),
+        (plan.uses_gates, "g", "g_t"),
+    ] {
+        let (id, sid) = (format_ident!("{}", name), format_ident!("{}", step_name));
+        if used {
+            params.push(quote!(#id: &#s_ty));
+            names.push(quote!(#id));
+            args.push(quote!(Some(#id)));
+            step_params.push(quote!(#sid: &#head_ty));
+            step_args.push(quote!(Some(#sid)));
+        } else {
+            args.push(quote!(None::<&#s_ty>));
+            step_args.push(quote!(None::<&#head_ty>));
+        }
+    }
+    let softmax = plan.softmax.is_some();
+    let fws_vis = if softmax { quote!() } else { quote!(pub) };
+    let step = if softmax {
+        quote!()
+    } else {
+        quote! {
+            /// `step` on the GPU: one token of decoding, `state` updated on the device.
+            pub fn step_cuda<B: #p::Dim, H: #p::Dim>(
+                state: &mut #state_ty,
+                q_t: &#p::CudaTensor<(B, H, #p::Const<#dk>)>,
+                k_t: &#p::CudaTensor<(B, H, #p::Const<#dk>)>,
+                v_t: &#p::CudaTensor<(B, H, #p::Const<#dv>)>,
+                #(#step_params,)*
+            ) -> ::core::result::Result<#p::CudaTensor<(B, H, #p::Const<#dv>)>, ::attnc::Error> {
+                #p::step_cuda::<_, _, _, _, _, #f, #dv>(
+                    &Self::CUDA_LAUNCH, Self::CUDA_SOURCE, state, q_t, k_t, v_t, #(#step_args,)*
+                )
+            }
+        }
+    };
+    quote! {
+        /// `forward` on the GPU: the same computation on attnc's device tensors
+        /// (`CudaDevice::upload` / `CudaTensor::download` convert from and to dfdx).
+        pub fn forward_cuda<B: #p::Dim, H: #p::Dim, N: #p::Dim>(
+            q: &#q_ty,
+            k: &#q_ty,
+            v: &#v_ty,
+            #(#params,)*
+        ) -> ::core::result::Result<#v_ty, ::attnc::Error> {
+            let (o, _) = Self::forward_with_state_cuda(q, k, v, #(#names,)* None)?;
+            Ok(o)
+        }
+
+        /// `forward_with_state` on the GPU.
+        #fws_vis fn forward_with_state_cuda<B: #p::Dim, H: #p::Dim, N: #p::Dim>(
+            q: &#q_ty,
+            k: &#q_ty,
+            v: &#v_ty,
+            #(#params,)*
+            initial: Option<&#state_ty>,
+        ) -> ::core::result::Result<(#v_ty, #state_ty), ::attnc::Error> {
+            #destructure
+            #p::forward_cuda::<_, _, _, _, _, #f, #dv>(
+                &Self::CUDA_LAUNCH, Self::CUDA_SOURCE, (b, h), q, k, v, #(#args,)* initial,
+            )
+        }
+
+        #step
     }
 }

@@ -182,10 +182,11 @@ fn tile_len(plan: &Plan, t: Tile, chunk: usize) -> usize {
     match t {
         Tile::Q | Tile::K | Tile::Kt => chunk * plan.f,
         Tile::Qx | Tile::Kx => chunk * plan.dk,
-        Tile::V | Tile::O | Tile::U => chunk * plan.dv,
+        Tile::V | Tile::O | Tile::U | Tile::X => chunk * plan.dv,
+        Tile::W => chunk * plan.f,
         Tile::A | Tile::Kk => chunk * chunk,
-        Tile::S => plan.f * plan.dv,
-        Tile::Z => plan.f,
+        Tile::S | Tile::Ds => plan.f * plan.dv,
+        Tile::Z | Tile::Dz => plan.f,
         Tile::G | Tile::Den | Tile::Beta | Tile::Max => chunk,
     }
 }
@@ -195,13 +196,13 @@ fn tile_shape(plan: &Plan, t: Tile) -> (TokenStream, TokenStream) {
     let (f, dv) = (lit(plan.f), lit(plan.dv));
     let c = quote!(C);
     match t {
-        Tile::Q | Tile::K => (c, f),
+        Tile::Q | Tile::K | Tile::W => (c, f),
         Tile::Qx | Tile::Kx => (c, lit(plan.dk)),
-        Tile::V | Tile::O | Tile::U => (c, dv),
+        Tile::V | Tile::O | Tile::U | Tile::X => (c, dv),
         Tile::Kt => (f, c),
         Tile::A | Tile::Kk => (c.clone(), c),
-        Tile::S => (f, dv),
-        Tile::Z => (quote!(1), f),
+        Tile::S | Tile::Ds => (f, dv),
+        Tile::Z | Tile::Dz => (quote!(1), f),
         Tile::G | Tile::Den | Tile::Beta | Tile::Max => (quote!(1), c),
     }
 }
@@ -221,11 +222,13 @@ fn live_rows(plan: &Plan, t: Tile) -> TokenStream {
         | Tile::A
         | Tile::Kk
         | Tile::U
+        | Tile::W
+        | Tile::X
         | Tile::G
         | Tile::Den
         | Tile::Beta
         | Tile::Max => quote!(rows),
-        Tile::Kt | Tile::S | Tile::Z => lit(plan.f),
+        Tile::Kt | Tile::S | Tile::Z | Tile::Ds | Tile::Dz => lit(plan.f),
     }
 }
 
@@ -236,9 +239,9 @@ fn live_cols(plan: &Plan, t: Tile) -> TokenStream {
     }
     match t {
         Tile::Kt | Tile::A | Tile::Kk => quote!(rows),
-        Tile::Q | Tile::K | Tile::S | Tile::Z => lit(plan.f),
+        Tile::Q | Tile::K | Tile::S | Tile::Z | Tile::W | Tile::Ds | Tile::Dz => lit(plan.f),
         Tile::Qx | Tile::Kx => lit(plan.dk),
-        Tile::V | Tile::O | Tile::U => lit(plan.dv),
+        Tile::V | Tile::O | Tile::U | Tile::X => lit(plan.dv),
         Tile::G | Tile::Den | Tile::Beta | Tile::Max => quote!(rows),
     }
 }
@@ -425,6 +428,18 @@ fn emit_op(plan: &Plan, op: &Op) -> TokenStream {
         Op::Store(t) => {
             let t = by_ref(*t);
             quote! { tile::store_rows(#t, rows, out, c0)?; }
+        }
+        // The phased ops belong to backends that run chunks in parallel; the CPU runs the
+        // sequential passes, which never contain them.
+        Op::Copy { .. }
+        | Op::Zero(_)
+        | Op::AddTo { .. }
+        | Op::Spill(_)
+        | Op::Fill(_)
+        | Op::SaveChunkState { .. }
+        | Op::LoadChunkState { .. }
+        | Op::ReadState { .. } => {
+            quote! { compile_error!("attnc internal error: a phased op reached the CPU emitter"); }
         }
     }
 }

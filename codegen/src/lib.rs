@@ -2,13 +2,14 @@
 //!
 //! `syn` tokens → [`parse`] (a validated [`Spec`], spanned errors, accumulated) → [`plan`] (the
 //! kernel plan: dims plus a straight-line chunk program and step program of tile ops) → one
-//! emitter per backend ([`cpu`]: Rust tokens) → [`api`] (the glue users call).
+//! emitter per backend ([`cpu`]: Rust tokens; [`cuda`]: CUDA C) → [`api`] (the glue users call).
 //!
 //! Without the default `syn` feature only the plain data types ([`Spec`], [`plan::Plan`]) are built;
 //! that is what the runtime side needs.
 
 #![warn(missing_docs)]
 
+pub mod cuda;
 pub mod plan;
 pub mod spec;
 

@@ -46,6 +46,14 @@ pub enum Tile {
     Kk,
     /// The delta rule's new values `U`, `C x DV` (delta updates).
     U,
+    /// Phased programs: one chunk's own contribution to the state, `F x DV`.
+    Ds,
+    /// Phased programs: one chunk's own contribution to `z`, `F`.
+    Dz,
+    /// Phased delta programs: the WY factor `W = T diag(beta) diag(exp G) K`, `C x F`.
+    W,
+    /// Phased delta programs: the corrected values `U - W S` ("v_new"), `C x DV`.
+    X,
 }
 
 /// A per-token input of the kernel.
@@ -224,6 +232,70 @@ pub enum Op {
     },
     /// Write this chunk's rows of a tile to the output.
     Store(Tile),
+    /// `dst <- src`, the whole tile.
+    Copy {
+        /// Destination.
+        dst: Tile,
+        /// Source.
+        src: Tile,
+    },
+    /// `x <- 0`, the whole tile.
+    Zero(Tile),
+    /// `dst += src`, the whole tile.
+    AddTo {
+        /// Accumulator.
+        dst: Tile,
+        /// Addend.
+        src: Tile,
+    },
+    /// Phased programs: write a tile to this chunk's slot of the workspace, for a later phase.
+    Spill(Tile),
+    /// Phased programs: read a tile back from this chunk's slot of the workspace.
+    Fill(Tile),
+    /// Phased programs: write `s` (and `z`) to this chunk's slot of the per-chunk states.
+    SaveChunkState {
+        /// The `F x DV` tile.
+        s: Tile,
+        /// The `F` vector, for `normalize = sum`.
+        z: Option<Tile>,
+    },
+    /// Phased programs: read this chunk's slot of the per-chunk states into `s` (and `z`).
+    LoadChunkState {
+        /// The `F x DV` tile.
+        s: Tile,
+        /// The `F` vector, for `normalize = sum`.
+        z: Option<Tile>,
+    },
+    /// Phased programs: read the (final) state of the call into `s` (and `z`).
+    ReadState {
+        /// The `F x DV` tile.
+        s: Tile,
+        /// The `F` vector, for `normalize = sum`.
+        z: Option<Tile>,
+    },
+}
+
+/// The chunk program split into three phases (flash-linear-attention's strategy), so chunks run
+/// in parallel and only a short scan is sequential:
+///
+/// - `intra`: per (batch, head, chunk), in parallel: feature maps, the chunk's own contribution
+///   to the state (and for delta rules the WY factors), spilled to the workspace;
+/// - `scan`: per (batch, head) and column block of the state, chunks in order: the incoming
+///   state of every chunk (saved), then the state after it. `S` and `z` start from the initial
+///   state and end as the final state;
+/// - `output`: per (batch, head, chunk), in parallel: the outputs from the chunk's incoming
+///   state (or, for `mask = none`, from the final state).
+///
+/// Tiles whose columns are value columns (`S`, `Ds`, `V`, `U`, `X`, `O`) are column blocks of
+/// the state in `scan`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Phased {
+    /// Phase (a), per chunk.
+    pub intra: Vec<Op>,
+    /// Phase (b), per chunk in sequence order.
+    pub scan: Vec<Op>,
+    /// Phase (c), per chunk.
+    pub output: Vec<Op>,
 }
 
 /// Exact softmax attention as a tiled program (FlashAttention's method): for each query tile,
@@ -272,6 +344,9 @@ pub struct Plan {
     pub step: Vec<Op>,
     /// For `feature_map = softmax`: the tiled program (then `passes` and `step` are empty).
     pub softmax: Option<Tiled>,
+    /// The chunk program in three phases, for backends that run chunks in parallel (CUDA).
+    /// `None` for softmax.
+    pub phased: Option<Phased>,
 }
 
 /// Which part of the spec a planning error is about (so the macro can point at it).
@@ -316,6 +391,7 @@ impl Plan {
                 passes: Vec::new(),
                 step: Vec::new(),
                 softmax: Some(softmax_program(spec)),
+                phased: None,
             });
         }
         let causal = match spec.update {
@@ -339,6 +415,7 @@ impl Plan {
             passes,
             step: causal,
             softmax: None,
+            phased: Some(phased_program(spec)),
         })
     }
 
@@ -367,7 +444,14 @@ impl Op {
             | Op::Scale(t)
             | Op::CumSum(t)
             | Op::Store(t)
+            | Op::Zero(t)
+            | Op::Spill(t)
+            | Op::Fill(t)
             | Op::MaskAboveDiagonal(t) => vec![t],
+            Op::Copy { dst, src } | Op::AddTo { dst, src } => vec![dst, src],
+            Op::SaveChunkState { s, z } | Op::LoadChunkState { s, z } | Op::ReadState { s, z } => {
+                std::iter::once(s).chain(z).collect()
+            }
             Op::SoftmaxInit { max, sum, acc } => vec![max, sum, acc],
             Op::OnlineSoftmax {
                 scores,
@@ -764,5 +848,326 @@ fn softmax_program(spec: &Spec) -> Tiled {
         diagonal: vec![Op::MaskAboveDiagonal(Tile::A)],
         update,
         epilogue,
+    }
+}
+
+/// The three-phase form of the chunk program (see [`Phased`]).
+fn phased_program(spec: &Spec) -> Phased {
+    match (spec.update, spec.mask) {
+        (Update::Delta | Update::GatedDelta, _) => delta_phases(spec),
+        (_, Mask::None) => bidirectional_phases(spec),
+        _ => causal_phases(spec),
+    }
+}
+
+/// `z` of the state, when the spec normalises.
+fn z_of(spec: &Spec, z: Tile) -> Option<Tile> {
+    (spec.normalize == Normalize::Sum).then_some(z)
+}
+
+/// Load `g` and turn it into cumulative sums within the chunk.
+fn gates() -> [Op; 2] {
+    [
+        Op::Load {
+            dst: Tile::G,
+            src: Input::G,
+        },
+        Op::CumSum(Tile::G),
+    ]
+}
+
+/// Phase (a) of additive and gated updates, causal or not: the chunk's own state contribution
+/// `Ds = K^T diag(exp(G_last - G)) V` and `Dz = sum_t K_t`, saved as the chunk's state slot.
+fn contribution(spec: &Spec) -> Vec<Op> {
+    let mut ops = prologue(spec, Tile::K, Input::K);
+    ops.push(Op::Load {
+        dst: Tile::V,
+        src: Input::V,
+    });
+    ops.push(Op::Transpose {
+        src: Tile::K,
+        dst: Tile::Kt,
+    });
+    if spec.has_gate() {
+        ops.extend(gates());
+        ops.push(Op::Spill(Tile::G));
+        ops.push(Op::DecayColsToEnd {
+            dst: Tile::Kt,
+            gates: Tile::G,
+        });
+    }
+    ops.push(Op::MatMul {
+        dst: Tile::Ds,
+        a: Tile::Kt,
+        b: Tile::V,
+        tri: Tri::Full,
+        accumulate: false,
+    });
+    if spec.normalize == Normalize::Sum {
+        ops.push(Op::Zero(Tile::Dz));
+        ops.push(Op::AddColSums {
+            dst: Tile::Dz,
+            src: Tile::K,
+        });
+    }
+    ops.push(Op::SaveChunkState {
+        s: Tile::Ds,
+        z: z_of(spec, Tile::Dz),
+    });
+    ops
+}
+
+/// Causal additive and gated updates:
+///
+/// ```text
+/// (a) Ds = K^T diag(exp(G_last - G)) V,  Dz = sum_t K_t             -> chunk slot
+/// (b) slot <- (S, z);  S = exp(G_last) S + Ds;  z += Dz               chunks in order
+/// (c) (S, z) <- slot;  the causal pass's outputs from them
+/// ```
+fn causal_phases(spec: &Spec) -> Phased {
+    let gated = spec.has_gate();
+    let mut scan = vec![
+        Op::LoadChunkState {
+            s: Tile::Ds,
+            z: z_of(spec, Tile::Dz),
+        },
+        Op::SaveChunkState {
+            s: Tile::S,
+            z: z_of(spec, Tile::Z),
+        },
+    ];
+    if gated {
+        scan.push(Op::Fill(Tile::G));
+        scan.push(Op::DecayAll {
+            dst: Tile::S,
+            gates: Tile::G,
+        });
+    }
+    scan.push(Op::AddTo {
+        dst: Tile::S,
+        src: Tile::Ds,
+    });
+    if spec.normalize == Normalize::Sum {
+        scan.push(Op::AddTo {
+            dst: Tile::Z,
+            src: Tile::Dz,
+        });
+    }
+    // (c): the causal pass up to its outputs, from the chunk's incoming state.
+    let mut output = causal_scores(spec);
+    output.push(Op::LoadChunkState {
+        s: Tile::S,
+        z: z_of(spec, Tile::Z),
+    });
+    output.extend(
+        causal_pass(spec)
+            .into_iter()
+            .skip_while(|op| !matches!(op, Op::MatMul { dst: Tile::A, .. }))
+            .skip(1)
+            .filter(|op| !writes_state(op)),
+    );
+    Phased {
+        intra: contribution(spec),
+        scan,
+        output,
+    }
+}
+
+/// Whether an op of a sequential pass updates the carried state (phase (b)'s job).
+fn writes_state(op: &Op) -> bool {
+    match op {
+        Op::AddColSums { dst, .. } => *dst == Tile::Z,
+        Op::DecayAll { dst, .. } => *dst == Tile::S,
+        Op::DecayColsToEnd { .. } => true,
+        Op::MatMul { dst, .. } => *dst == Tile::S,
+        _ => false,
+    }
+}
+
+/// `mask = none`: (a) each chunk's `K^T V`; (b) their sum, the final state; (c) every output
+/// from the final state.
+fn bidirectional_phases(spec: &Spec) -> Phased {
+    let mut scan = vec![
+        Op::LoadChunkState {
+            s: Tile::Ds,
+            z: z_of(spec, Tile::Dz),
+        },
+        Op::AddTo {
+            dst: Tile::S,
+            src: Tile::Ds,
+        },
+    ];
+    if spec.normalize == Normalize::Sum {
+        scan.push(Op::AddTo {
+            dst: Tile::Z,
+            src: Tile::Dz,
+        });
+    }
+    let mut output = vec![Op::ReadState {
+        s: Tile::S,
+        z: z_of(spec, Tile::Z),
+    }];
+    output.extend(output_pass(spec));
+    Phased {
+        intra: contribution(spec),
+        scan,
+        output,
+    }
+}
+
+/// Delta and gated delta rules, in the WY form flash-linear-attention uses; `U = T diag(beta) V`
+/// and `W = T diag(beta) diag(exp G) K` with `T = (I + strict_lower(diag(beta) L))^-1`, both by
+/// forward substitution (no inverse is formed):
+///
+/// ```text
+/// (a) L = (K K^T) ⊙ Γ;  W, U by substitution;  Kt = K^T diag(exp(G_last - G))   -> spilled
+/// (b) X = U - W S   (the corrected values);  slot <- S;  S = exp(G_last) S + Kt X
+/// (c) S <- slot;  O = (tril(Q K^T) ⊙ Γ) X + diag(exp G) Q S
+/// ```
+fn delta_phases(spec: &Spec) -> Phased {
+    let gated = spec.has_gate();
+    let mut intra = prologue(spec, Tile::K, Input::K);
+    intra.push(Op::Load {
+        dst: Tile::V,
+        src: Input::V,
+    });
+    intra.push(Op::Load {
+        dst: Tile::Beta,
+        src: Input::Beta,
+    });
+    if gated {
+        intra.extend(gates());
+        intra.push(Op::Spill(Tile::G));
+    }
+    intra.push(Op::Transpose {
+        src: Tile::K,
+        dst: Tile::Kt,
+    });
+    intra.push(Op::MatMul {
+        dst: Tile::Kk,
+        a: Tile::K,
+        b: Tile::Kt,
+        tri: Tri::LowerOut,
+        accumulate: false,
+    });
+    intra.push(Op::Copy {
+        dst: Tile::W,
+        src: Tile::K,
+    });
+    if gated {
+        intra.push(Op::DecayScores {
+            dst: Tile::Kk,
+            gates: Tile::G,
+        });
+        intra.push(Op::DecayRows {
+            dst: Tile::W,
+            gates: Tile::G,
+        });
+        intra.push(Op::DecayColsToEnd {
+            dst: Tile::Kt,
+            gates: Tile::G,
+        });
+    }
+    intra.push(Op::Copy {
+        dst: Tile::U,
+        src: Tile::V,
+    });
+    for dst in [Tile::W, Tile::U] {
+        intra.push(Op::Solve {
+            dst,
+            lower: Tile::Kk,
+            beta: Tile::Beta,
+        });
+    }
+    intra.extend([Tile::W, Tile::U, Tile::Kt].map(Op::Spill));
+
+    let mut scan = [Tile::W, Tile::U, Tile::Kt].map(Op::Fill).to_vec();
+    scan.extend([
+        Op::MatMul {
+            dst: Tile::X,
+            a: Tile::W,
+            b: Tile::S,
+            tri: Tri::Full,
+            accumulate: false,
+        },
+        Op::SubFrom {
+            dst: Tile::X,
+            src: Tile::U,
+        },
+        Op::Spill(Tile::X),
+        Op::SaveChunkState {
+            s: Tile::S,
+            z: None,
+        },
+    ]);
+    if gated {
+        scan.push(Op::Fill(Tile::G));
+        scan.push(Op::DecayAll {
+            dst: Tile::S,
+            gates: Tile::G,
+        });
+    }
+    scan.push(Op::MatMul {
+        dst: Tile::S,
+        a: Tile::Kt,
+        b: Tile::X,
+        tri: Tri::Full,
+        accumulate: true,
+    });
+
+    let mut output = prologue(spec, Tile::Q, Input::Q);
+    output.extend(prologue(spec, Tile::K, Input::K));
+    if gated {
+        output.extend(gates());
+    }
+    output.extend([
+        Op::Transpose {
+            src: Tile::K,
+            dst: Tile::Kt,
+        },
+        Op::MatMul {
+            dst: Tile::A,
+            a: Tile::Q,
+            b: Tile::Kt,
+            tri: Tri::LowerOut,
+            accumulate: false,
+        },
+    ]);
+    if gated {
+        output.push(Op::DecayScores {
+            dst: Tile::A,
+            gates: Tile::G,
+        });
+        output.push(Op::DecayRows {
+            dst: Tile::Q,
+            gates: Tile::G,
+        });
+    }
+    output.extend([
+        Op::Fill(Tile::X),
+        Op::LoadChunkState {
+            s: Tile::S,
+            z: None,
+        },
+        Op::MatMul {
+            dst: Tile::O,
+            a: Tile::A,
+            b: Tile::X,
+            tri: Tri::LowerA,
+            accumulate: false,
+        },
+        Op::MatMul {
+            dst: Tile::O,
+            a: Tile::Q,
+            b: Tile::S,
+            tri: Tri::Full,
+            accumulate: true,
+        },
+        Op::Store(Tile::O),
+    ]);
+    Phased {
+        intra,
+        scan,
+        output,
     }
 }

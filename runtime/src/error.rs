@@ -57,6 +57,20 @@ pub enum Error {
     /// `ATTNC_DEVICE` names an unknown or unavailable device.
     #[error("{0}")]
     Device(String),
+    /// A CUDA driver call failed (allocation, copy, module load, launch, synchronisation).
+    #[error("CUDA error: {0}")]
+    Cuda(String),
+    /// NVRTC could not compile a spec's CUDA C.
+    #[error(
+        "NVRTC could not compile attnc's CUDA kernels for {arch}; this is a bug in attnc's CUDA \
+         emitter or an NVRTC too old for {arch} (update NVRTC, or report it with this log):\n{log}"
+    )]
+    Nvrtc {
+        /// The GPU architecture compiled for (`sm_80`, ...).
+        arch: String,
+        /// NVRTC's log (or what went wrong before NVRTC ran).
+        log: String,
+    },
     /// The dfdx CPU device refused to build a tensor.
     #[error("dfdx could not build the output tensor: {0}")]
     Tensor(String),

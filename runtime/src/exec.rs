@@ -176,6 +176,27 @@ impl Problem {
         }
     }
 
+    /// Checks the shape of a (B, H, N, D)-or-(B, N, H, D) token tensor against the problem.
+    pub fn check_tokens(&self, arg: &'static str, got: [usize; 4], d: usize) -> Result<()> {
+        let [x, y, z] = self.bhn();
+        mismatch(arg, vec![x, y, z, d], &got, self.axes().0)
+    }
+
+    /// Checks the shape of a per-token (B, H, N)-or-(B, N, H) tensor against the problem.
+    pub fn check_scalars(&self, arg: &'static str, got: [usize; 3]) -> Result<()> {
+        mismatch(arg, self.bhn().to_vec(), &got, self.axes().1)
+    }
+
+    /// Checks the shape of a per-head (B, H, D) decoding input against the problem.
+    pub fn check_heads(&self, arg: &'static str, got: [usize; 3], d: usize) -> Result<()> {
+        mismatch(arg, vec![self.batch, self.heads, d], &got, "(B, H, D)")
+    }
+
+    /// Checks the shape of a per-head (B, H) decoding input (beta_t, g_t) against the problem.
+    pub fn check_head_scalars(&self, arg: &'static str, got: [usize; 2]) -> Result<()> {
+        mismatch(arg, vec![self.batch, self.heads], &got, "(B, H)")
+    }
+
     /// Checks a (B, H, N, D)-or-(B, N, H, D) tensor against the problem and returns its data
     /// heads first and contiguous.
     pub fn gather_tokens<S: Shape<Concrete = [usize; 4]> + SliceShape<Probe4>>(
@@ -184,17 +205,7 @@ impl Problem {
         t: &Tensor<S, f32, Cpu>,
         d: usize,
     ) -> Result<Vec<f32>> {
-        let [x, y, z] = self.bhn();
-        let expected = vec![x, y, z, d];
-        let got = t.shape().concrete().to_vec();
-        if got != expected {
-            return Err(Error::ShapeMismatch {
-                arg,
-                expected,
-                got,
-                axes: self.axes().0,
-            });
-        }
+        self.check_tokens(arg, t.shape().concrete(), d)?;
         let data = checked(arg, read_4d(t))?;
         Ok(self.heads_first(data, d))
     }
@@ -205,16 +216,7 @@ impl Problem {
         arg: &'static str,
         t: &Tensor<S, f32, Cpu>,
     ) -> Result<Vec<f32>> {
-        let expected = self.bhn().to_vec();
-        let got = t.shape().concrete().to_vec();
-        if got != expected {
-            return Err(Error::ShapeMismatch {
-                arg,
-                expected,
-                got,
-                axes: self.axes().1,
-            });
-        }
+        self.check_scalars(arg, t.shape().concrete())?;
         let data = checked(arg, t.as_vec())?;
         Ok(self.heads_first(data, 1))
     }
@@ -226,16 +228,7 @@ impl Problem {
         t: &Tensor<S, f32, Cpu>,
         d: usize,
     ) -> Result<Vec<f32>> {
-        let expected = vec![self.batch, self.heads, d];
-        let got = t.shape().concrete().to_vec();
-        if got != expected {
-            return Err(Error::ShapeMismatch {
-                arg,
-                expected,
-                got,
-                axes: "(B, H, D)",
-            });
-        }
+        self.check_heads(arg, t.shape().concrete(), d)?;
         checked(arg, t.as_vec())
     }
 
@@ -245,16 +238,7 @@ impl Problem {
         arg: &'static str,
         t: &Tensor<S, f32, Cpu>,
     ) -> Result<Vec<f32>> {
-        let expected = vec![self.batch, self.heads];
-        let got = t.shape().concrete().to_vec();
-        if got != expected {
-            return Err(Error::ShapeMismatch {
-                arg,
-                expected,
-                got,
-                axes: "(B, H)",
-            });
-        }
+        self.check_head_scalars(arg, t.shape().concrete())?;
         checked(arg, t.as_vec())
     }
 
@@ -272,6 +256,25 @@ impl Problem {
             TokenLayout::Bhnd => data,
             TokenLayout::Bnhd => permute_middle(&data, self.batch, self.heads, self.tokens, d),
         }
+    }
+}
+
+/// `Err(ShapeMismatch)` unless `got == expected`.
+fn mismatch(
+    arg: &'static str,
+    expected: Vec<usize>,
+    got: &[usize],
+    axes: &'static str,
+) -> Result<()> {
+    if got == expected.as_slice() {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatch {
+            arg,
+            expected,
+            got: got.to_vec(),
+            axes,
+        })
     }
 }
 

@@ -4,10 +4,12 @@
 //! - [`Error`]: every failure, never a panic on user input;
 //! - [`Device`] and [`CpuIsa`]: where kernels run and which instruction-set variant;
 //! - [`tile`]: the tile primitives the CPU emitter lowers the kernel plan to;
-//! - [`exec`]: argument checks, layout conversion, (batch, head) parallelism, ISA dispatch.
+//! - [`exec`]: argument checks, layout conversion, (batch, head) parallelism, ISA dispatch;
+//! - [`cuda`]: GPU tensors and state, NVRTC compilation with an on-disk PTX cache, launches.
 
 #![warn(missing_docs)]
 
+pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod exec;

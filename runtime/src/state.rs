@@ -69,33 +69,50 @@ impl<B: Dim, H: Dim, const F: usize, const DV: usize> State<B, H, F, DV> {
         heads: usize,
         normalized: bool,
     ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
-        if self.batch() != batch || self.heads() != heads {
-            return Err(Error::StateMismatch {
-                batch,
-                heads,
-                got_batch: self.batch(),
-                got_heads: self.heads(),
-            });
-        }
         let z_batch_heads = self
             .z
             .as_ref()
             .map(|z| (z.shape().0.size(), z.shape().1.size()));
-        match (normalized, z_batch_heads) {
-            (true, None) => Err(Error::StateNormalizer(
-                "this spec uses normalize = sum, so the state needs `z`: build it with \
-                 State::zeros(batch, heads, true) or take it from forward_with_state",
-            )),
-            (false, Some(_)) => Err(Error::StateNormalizer(
-                "this spec has no normaliser but the state carries `z`: set `z` to None",
-            )),
-            (_, Some((zb, zh))) if (zb, zh) != (batch, heads) => Err(Error::StateMismatch {
-                batch,
-                heads,
-                got_batch: zb,
-                got_heads: zh,
-            }),
-            _ => Ok((read_4d(&self.s), self.z.as_ref().map(|z| z.as_vec()))),
-        }
+        check_state(
+            (batch, heads, normalized),
+            (self.batch(), self.heads()),
+            z_batch_heads,
+        )?;
+        Ok((read_4d(&self.s), self.z.as_ref().map(|z| z.as_vec())))
+    }
+}
+
+/// Checks a state against the inputs: the first tuple is (batch, heads) of the inputs and whether
+/// the spec normalises, the second the state's (batch, heads), `z` the normaliser's
+/// (batch, heads) when the state has one.
+/// Shared by the CPU and CUDA paths so both give the same errors.
+pub(crate) fn check_state(
+    (batch, heads, normalized): (usize, usize, bool),
+    (got_batch, got_heads): (usize, usize),
+    z: Option<(usize, usize)>,
+) -> Result<()> {
+    if (got_batch, got_heads) != (batch, heads) {
+        return Err(Error::StateMismatch {
+            batch,
+            heads,
+            got_batch,
+            got_heads,
+        });
+    }
+    match (normalized, z) {
+        (true, None) => Err(Error::StateNormalizer(
+            "this spec uses normalize = sum, so the state needs `z`: build it with \
+             State::zeros(batch, heads, true) or take it from forward_with_state",
+        )),
+        (false, Some(_)) => Err(Error::StateNormalizer(
+            "this spec has no normaliser but the state carries `z`: set `z` to None",
+        )),
+        (_, Some((zb, zh))) if (zb, zh) != (batch, heads) => Err(Error::StateMismatch {
+            batch,
+            heads,
+            got_batch: zb,
+            got_heads: zh,
+        }),
+        _ => Ok(()),
     }
 }

@@ -298,3 +298,4 @@ pub fn from_bnhd(x: &[f32], b: usize, h: usize, n: usize, d: usize) -> Vec<f32> 
     }
     out
 }
+pub mod cuda_emu;

@@ -1,0 +1,333 @@
+// ---- attnc CUDA tile library (the same tile ops the CPU emitter lowers to attnc_runtime::tile) --
+// Every op is called by all threads of the block and is followed by __syncthreads() in the
+// kernel. Tiles are row-major float arrays in shared memory (or, when too large, in a per-block
+// global scratch area); R, W, ... are compile-time tile sizes, `rows` the live token rows.
+#ifndef ATTNC_HOST_EMULATION
+#define ATTNC_SHARED __shared__
+#define ATTNC_DYN_SMEM(name) extern __shared__ float name[]
+#endif
+
+namespace attnc {
+
+// NVRTC has no <math.h> macros: -infinity spelled from its bits.
+__device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000); }
+
+__device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
+
+// x^n for an integer n (closures' powi), by repeated squaring.
+__device__ __forceinline__ float powi(float x, int n) {
+  float base = n < 0 ? 1.0f / x : x;
+  unsigned int e = n < 0 ? (unsigned int)(-(long)n) : (unsigned int)n;
+  float acc = 1.0f;
+  while (e) {
+    if (e & 1u) acc *= base;
+    base *= base;
+    e >>= 1u;
+  }
+  return acc;
+}
+
+// Rows of a token tensor of one (batch, head): row t at base[t * stride].
+template <typename T>
+struct Tok {
+  T* base;
+  long stride;
+};
+
+// Token rows of a (B, H, N, D) or (B, N, H, D) tensor for batch x head `bh`.
+template <bool BNHD, typename T>
+__device__ __forceinline__ Tok<T> tok(T* p, int d, int bh, int n, int heads) {
+  Tok<T> t;
+  if (BNHD) {
+    const int b = bh / heads, h = bh - b * heads;
+    t.base = p + ((long)b * n * heads + h) * d;
+    t.stride = (long)heads * d;
+  } else {
+    t.base = p + (long)bh * n * d;
+    t.stride = d;
+  }
+  return t;
+}
+
+// dst (R x W) <- rows t0.. of src (columns col0..col0+W); rows past `rows` become zero.
+template <int R, int W, typename T>
+__device__ void load_rows(float* dst, Tok<T> src, int col0, int t0, int rows) {
+  for (int i = threadIdx.x; i < R * W; i += blockDim.x) {
+    const int r = i / W, c = i - r * W;
+    dst[i] = r < rows ? src.base[(long)(t0 + r) * src.stride + col0 + c] : 0.0f;
+  }
+}
+
+// dst (R) <- entries t0.. of a per-token scalar input; past `rows`, zero.
+template <int R>
+__device__ void load_vec(float* dst, Tok<const float> src, int t0, int rows) {
+  for (int r = threadIdx.x; r < R; r += blockDim.x)
+    dst[r] = r < rows ? src.base[(long)(t0 + r) * src.stride] : 0.0f;
+}
+
+// The first `rows` rows of src (R x W) -> rows t0.. of the output.
+template <int R, int W>
+__device__ void store_rows(const float* src, Tok<float> dst, int col0, int t0, int rows) {
+  for (int i = threadIdx.x; i < R * W; i += blockDim.x) {
+    const int r = i / W, c = i - r * W;
+    if (r < rows) dst.base[(long)(t0 + r) * dst.stride + col0 + c] = src[i];
+  }
+}
+
+// dst (R x W, leading dim dld) <- src (R x W, leading dim sld): tiles to and from workspaces.
+template <int R, int W>
+__device__ void copy_2d(float* dst, long dld, const float* src, long sld) {
+  for (int i = threadIdx.x; i < R * W; i += blockDim.x) {
+    const int r = i / W, c = i - r * W;
+    dst[r * dld + c] = src[r * sld + c];
+  }
+}
+
+template <int N>
+__device__ void copy(float* dst, const float* src) {
+  for (int i = threadIdx.x; i < N; i += blockDim.x) dst[i] = src[i];
+}
+
+template <int N>
+__device__ void zero(float* dst) {
+  for (int i = threadIdx.x; i < N; i += blockDim.x) dst[i] = 0.0f;
+}
+
+template <int N>
+__device__ void add_to(float* dst, const float* src) {
+  for (int i = threadIdx.x; i < N; i += blockDim.x) dst[i] += src[i];
+}
+
+// x / sqrt(|x|^2 + 1e-6) per live row (flash-linear-attention's form).
+template <int R, int W>
+__device__ void l2norm_rows(float* x, int rows) {
+  for (int r = threadIdx.x; r < rows; r += blockDim.x) {
+    float s = 0.0f;
+    for (int c = 0; c < W; ++c) s = fmaf(x[r * W + c], x[r * W + c], s);
+    const float inv = 1.0f / sqrtf(s + 1e-6f);
+    for (int c = 0; c < W; ++c) x[r * W + c] *= inv;
+  }
+}
+
+// x <- phi(x) on live rows.
+template <int R, int W, typename Phi>
+__device__ void map_rows(float* x, int rows, Phi phi) {
+  for (int i = threadIdx.x; i < rows * W; i += blockDim.x) x[i] = phi(x[i]);
+}
+
+template <int R, int W>
+__device__ void scale_rows(float* x, int rows, float s) {
+  for (int i = threadIdx.x; i < rows * W; i += blockDim.x) x[i] *= s;
+}
+
+// Based's Taylor map: [1, x / D^(1/4), x_i^2 / (sqrt(D) sqrt(2)), x_i x_j / sqrt(D) for i < j]
+// (pairs in row-major order, as torch.triu_indices(D, D, 1)); rows past `rows` become zero.
+template <int R, int D, int F>
+__device__ void taylor2_rows(const float* x, int rows, float* out) {
+  const float rd = sqrtf((float)D);
+  const float inv_rrd = 1.0f / sqrtf(rd), inv_diag = 1.0f / (rd * sqrtf(2.0f)), inv_rd = 1.0f / rd;
+  for (int i = threadIdx.x; i < R * F; i += blockDim.x) {
+    const int r = i / F, j = i - r * F;
+    const float* xr = x + r * D;
+    float v;
+    if (r >= rows) v = 0.0f;
+    else if (j == 0) v = 1.0f;
+    else if (j <= D) v = xr[j - 1] * inv_rrd;
+    else if (j <= 2 * D) v = xr[j - 1 - D] * xr[j - 1 - D] * inv_diag;
+    else {
+      int p = j - 1 - 2 * D, a = 0;
+      while (p >= D - 1 - a) { p -= D - 1 - a; ++a; }
+      v = xr[a] * xr[a + 1 + p] * inv_rd;
+    }
+    out[i] = v;
+  }
+}
+
+// DPFP: r = [relu(x), relu(-x)], phi = concat_{j=1..NU} r * roll(r, j); rows past `rows`, zero.
+template <int R, int D, int F, int NU>
+__device__ void dpfp_rows(const float* x, int rows, float* out) {
+  for (int i = threadIdx.x; i < R * F; i += blockDim.x) {
+    const int r = i / F, idx = i - r * F;
+    float v = 0.0f;
+    if (r < rows) {
+      const float* xr = x + r * D;
+      const int j = idx / (2 * D) + 1, a = idx % (2 * D);
+      const int b = (a + 2 * D - j % (2 * D)) % (2 * D);
+      const float ra = a < D ? fmaxf(xr[a], 0.0f) : fmaxf(-xr[a - D], 0.0f);
+      const float rb = b < D ? fmaxf(xr[b], 0.0f) : fmaxf(-xr[b - D], 0.0f);
+      v = ra * rb;
+    }
+    out[i] = v;
+  }
+}
+
+// g[t] <- g[0] + ... + g[t] over live rows.
+template <int R>
+__device__ void cumsum(float* g, int rows) {
+  if (threadIdx.x == 0) {
+    float acc = 0.0f;
+    for (int t = 0; t < rows; ++t) { acc += g[t]; g[t] = acc; }
+  }
+}
+
+// dst (W x R) <- src (R x W)^T; columns past `rows` become zero.
+template <int R, int W>
+__device__ void transpose(const float* src, int rows, float* dst) {
+  for (int i = threadIdx.x; i < R * W; i += blockDim.x) {
+    const int k = i / R, t = i - k * R;
+    dst[i] = t < rows ? src[t * W + k] : 0.0f;
+  }
+}
+
+enum { FULL = 0, LOWER_OUT = 1, LOWER_A = 2 };
+
+// dst (M x N) (= or +=) a (M x K) . b (K x N) over the first `rows` rows and `depth` of K.
+// LOWER_OUT: only j <= i is computed, the rest set to zero; LOWER_A: a is lower triangular.
+// Rows past `rows` are zeroed (or left, when accumulating).
+template <int M, int K, int N, int TRI, bool ACC>
+__device__ void gemm(const float* a, const float* b, float* dst, int rows, int depth) {
+  for (int i = threadIdx.x; i < M * N; i += blockDim.x) {
+    const int r = i / N, j = i - r * N;
+    if (r >= rows) {
+      if (!ACC) dst[i] = 0.0f;
+      continue;
+    }
+    if (TRI == LOWER_OUT && j > r) {
+      if (!ACC) dst[i] = 0.0f;
+      continue;
+    }
+    const int kend = TRI == LOWER_A ? imin(depth, r + 1) : depth;
+    float acc = 0.0f;
+    for (int k = 0; k < kend; ++k) acc = fmaf(a[r * K + k], b[k * N + j], acc);
+    dst[i] = ACC ? dst[i] + acc : acc;
+  }
+}
+
+template <int R, int W>
+__device__ void row_sums(const float* a, int rows, float* out) {
+  for (int r = threadIdx.x; r < rows; r += blockDim.x) {
+    float s = 0.0f;
+    for (int c = 0; c < W; ++c) s += a[r * W + c];
+    out[r] = s;
+  }
+}
+
+template <int R, int W, bool ACC>
+__device__ void dot_rows(const float* x, const float* z, int rows, float* out) {
+  for (int r = threadIdx.x; r < rows; r += blockDim.x) {
+    float s = 0.0f;
+    for (int c = 0; c < W; ++c) s = fmaf(x[r * W + c], z[c], s);
+    out[r] = ACC ? out[r] + s : s;
+  }
+}
+
+template <int R, int W>
+__device__ void add_col_sums(const float* k, int rows, float* z) {
+  for (int c = threadIdx.x; c < W; c += blockDim.x) {
+    float s = z[c];
+    for (int r = 0; r < rows; ++r) s += k[r * W + c];
+    z[c] = s;
+  }
+}
+
+template <int R, int W>
+__device__ void divide_rows(float* o, const float* den, int rows, float eps) {
+  for (int i = threadIdx.x; i < rows * W; i += blockDim.x) o[i] *= 1.0f / (den[i / W] + eps);
+}
+
+// a[t][s] *= exp(G_t - G_s) for s <= t.
+template <int R>
+__device__ void decay_scores(float* a, const float* g, int rows) {
+  for (int i = threadIdx.x; i < rows * R; i += blockDim.x) {
+    const int t = i / R, s = i - t * R;
+    if (s <= t) a[i] *= expf(g[t] - g[s]);
+  }
+}
+
+// x[t] *= exp(G_t).
+template <int R, int W>
+__device__ void decay_rows(float* x, const float* g, int rows) {
+  for (int i = threadIdx.x; i < rows * W; i += blockDim.x) x[i] *= expf(g[i / W]);
+}
+
+// kt (F x R): column s *= exp(G_last - G_s); columns past `rows` become zero.
+template <int F, int R>
+__device__ void decay_cols_to_end(float* kt, const float* g, int rows) {
+  if (rows <= 0) return;
+  const float last = g[rows - 1];
+  for (int i = threadIdx.x; i < F * R; i += blockDim.x) {
+    const int s = i % R;
+    kt[i] = s < rows ? kt[i] * expf(last - g[s]) : 0.0f;
+  }
+}
+
+// x *= exp(G_last), the whole tile.
+template <int N>
+__device__ void decay_all(float* x, const float* g, int rows) {
+  if (rows <= 0) return;
+  const float f = expf(g[rows - 1]);
+  for (int i = threadIdx.x; i < N; i += blockDim.x) x[i] *= f;
+}
+
+// dst <- src - dst on live rows.
+template <int R, int W>
+__device__ void sub_from(float* dst, const float* src, int rows) {
+  for (int i = threadIdx.x; i < rows * W; i += blockDim.x) dst[i] = src[i] - dst[i];
+}
+
+// Forward substitution, in place, one thread per column (columns are independent):
+// X_t = beta_t (R_t - sum_{s<t} L_ts X_s).
+template <int R, int W>
+__device__ void solve(float* x, const float* lower, const float* beta, int rows) {
+  for (int c = threadIdx.x; c < W; c += blockDim.x) {
+    for (int t = 0; t < rows; ++t) {
+      float acc = x[t * W + c];
+      for (int s = 0; s < t; ++s) acc = fmaf(-lower[t * R + s], x[s * W + c], acc);
+      x[t * W + c] = beta[t] * acc;
+    }
+  }
+}
+
+// Softmax: running maxima -inf, running sums and the accumulator zero.
+template <int R, int W>
+__device__ void softmax_init(float* m, float* l, float* o) {
+  for (int i = threadIdx.x; i < R * W; i += blockDim.x) o[i] = 0.0f;
+  for (int r = threadIdx.x; r < R; r += blockDim.x) { m[r] = neg_inf(); l[r] = 0.0f; }
+}
+
+template <int R>
+__device__ void mask_above_diagonal(float* a, int rows) {
+  for (int i = threadIdx.x; i < rows * R; i += blockDim.x) {
+    const int t = i / R, s = i - t * R;
+    if (s > t) a[i] = neg_inf();
+  }
+}
+
+// One key tile of the online softmax, one thread per query row: rescale what was accumulated
+// to the new running maximum and turn the scores into exp(a - max) (zero past `cols`).
+template <int R, int W>
+__device__ void online_softmax(float* a, int rows, int cols, float* m, float* l, float* o) {
+  for (int r = threadIdx.x; r < rows; r += blockDim.x) {
+    float* row = a + r * R;
+    float tile_max = neg_inf();
+    for (int s = 0; s < cols; ++s) tile_max = fmaxf(tile_max, row[s]);
+    const float new_max = fmaxf(m[r], tile_max);
+    if (new_max == neg_inf()) {
+      for (int s = 0; s < R; ++s) row[s] = 0.0f;
+      continue;
+    }
+    const float alpha = expf(m[r] - new_max);
+    float sum = 0.0f;
+    for (int s = 0; s < R; ++s) {
+      const float p = s < cols ? expf(row[s] - new_max) : 0.0f;
+      row[s] = p;
+      sum += p;
+    }
+    l[r] = l[r] * alpha + sum;
+    for (int c = 0; c < W; ++c) o[r * W + c] *= alpha;
+    m[r] = new_max;
+  }
+}
+
+}  // namespace attnc
+// ---- end of the tile library ------------------------------------------------------------------

@@ -1,0 +1,358 @@
+//! What generated code calls on the GPU: the CUDA halves of `forward_with_state` and `step`.
+//!
+//! Arguments are checked exactly as on the CPU (same errors), then the spec's kernels
+//! ([`CudaLaunch::forward`] or [`CudaLaunch::step`]) are launched in order on the device's stream
+//! with the one parameter list every attnc kernel has (see [`crate::launch`]).
+
+use super::backend::Buf;
+use super::{CudaDevice, CudaState, CudaTensor};
+use crate::error::{Error, Result};
+use crate::exec::Problem;
+use crate::launch::{CudaLaunch, KernelInfo};
+use crate::state::check_state;
+use dfdx::shapes::{Const, Dim, Shape};
+
+/// The buffers of one launch, in the kernels' parameter order. `None`: a parameter the spec
+/// does not use (a one-float dummy is passed).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct Params<'a> {
+    pub(crate) q: &'a Buf,
+    pub(crate) k: &'a Buf,
+    pub(crate) v: &'a Buf,
+    pub(crate) beta: Option<&'a Buf>,
+    pub(crate) g: Option<&'a Buf>,
+    pub(crate) out: &'a mut Buf,
+    pub(crate) s: &'a mut Buf,
+    pub(crate) z: Option<&'a mut Buf>,
+    pub(crate) chunk_s: &'a mut Buf,
+    pub(crate) chunk_z: &'a mut Buf,
+    pub(crate) work: &'a mut Buf,
+    pub(crate) scratch: &'a mut Buf,
+}
+
+/// A state's (batch, heads) and its normaliser's (batch, heads) when it has one.
+pub(crate) type StateDims = ((usize, usize), Option<(usize, usize)>);
+
+fn state_dims<B: Dim, H: Dim, const F: usize, const DV: usize>(
+    st: &CudaState<B, H, F, DV>,
+) -> StateDims {
+    let z =
+        st.z.as_ref()
+            .map(|z| (z.shape().0.size(), z.shape().1.size()));
+    ((st.batch(), st.heads()), z)
+}
+
+/// The shapes of a `forward` call (all checks that need no GPU), in the CPU path's order.
+pub(crate) struct ForwardShapes {
+    pub(crate) q: [usize; 4],
+    pub(crate) k: [usize; 4],
+    pub(crate) v: [usize; 4],
+    pub(crate) beta: Option<[usize; 3]>,
+    pub(crate) g: Option<[usize; 3]>,
+    pub(crate) state: Option<StateDims>,
+    /// The (batch, heads) the returned state will have.
+    pub(crate) out_bh: (usize, usize),
+    /// The state's (F, DV) type parameters.
+    pub(crate) f_dv: (usize, usize),
+}
+
+/// Checks the spec's constants against the state's type parameters and that the spec's
+/// per-token inputs are there: both are the generated code's job, so a failure is internal.
+fn check_spec(
+    launch: &CudaLaunch,
+    f_dv: (usize, usize),
+    beta: bool,
+    g: bool,
+    kernels: &[KernelInfo],
+) -> Result<()> {
+    if f_dv != (launch.f, launch.dv) {
+        return Err(Error::Internal(
+            "the state's F and DV disagree with the spec's launch description",
+        ));
+    }
+    if launch.uses_beta && !beta {
+        return Err(Error::Internal("the spec reads beta but none was passed"));
+    }
+    if launch.uses_gates && !g {
+        return Err(Error::Internal("the spec reads g but none was passed"));
+    }
+    if kernels.is_empty() {
+        return Err(Error::Internal(
+            "this spec has no CUDA kernels for this call",
+        ));
+    }
+    Ok(())
+}
+
+/// Every shape check of [`forward_cuda`]: the same errors, in the same order, as the CPU path.
+pub(crate) fn check_forward(launch: &CudaLaunch, x: &ForwardShapes) -> Result<Problem> {
+    check_spec(
+        launch,
+        x.f_dv,
+        x.beta.is_some(),
+        x.g.is_some(),
+        launch.forward,
+    )?;
+    let p = Problem::from_q(launch.layout, x.q)?;
+    if x.out_bh != (p.batch, p.heads) {
+        return Err(Error::Internal(
+            "the batch and head dims passed for the state disagree with q",
+        ));
+    }
+    if let Some((bh, z)) = x.state {
+        check_state((p.batch, p.heads, launch.normalized), bh, z)?;
+    }
+    p.check_tokens("q", x.q, launch.dk)?;
+    p.check_tokens("k", x.k, launch.dk)?;
+    p.check_tokens("v", x.v, launch.dv)?;
+    if let Some(beta) = x.beta {
+        p.check_scalars("beta", beta)?;
+    }
+    if let Some(g) = x.g {
+        p.check_scalars("g", g)?;
+    }
+    Ok(p)
+}
+
+/// The shapes of a `step` call.
+pub(crate) struct StepShapes {
+    pub(crate) q: [usize; 3],
+    pub(crate) k: [usize; 3],
+    pub(crate) v: [usize; 3],
+    pub(crate) beta: Option<[usize; 2]>,
+    pub(crate) g: Option<[usize; 2]>,
+    pub(crate) state: StateDims,
+    pub(crate) f_dv: (usize, usize),
+}
+
+/// Every shape check of [`step_cuda`]: the same errors, in the same order, as the CPU path.
+pub(crate) fn check_step(launch: &CudaLaunch, x: &StepShapes) -> Result<Problem> {
+    check_spec(launch, x.f_dv, x.beta.is_some(), x.g.is_some(), launch.step)?;
+    let [batch, heads, _] = x.q;
+    let p = Problem::step(batch, heads);
+    check_state((batch, heads, launch.normalized), x.state.0, x.state.1)?;
+    p.check_heads("q_t", x.q, launch.dk)?;
+    p.check_heads("k_t", x.k, launch.dk)?;
+    p.check_heads("v_t", x.v, launch.dv)?;
+    if let Some(beta) = x.beta {
+        p.check_head_scalars("beta_t", beta)?;
+    }
+    if let Some(g) = x.g {
+        p.check_head_scalars("g_t", g)?;
+    }
+    Ok(p)
+}
+
+/// `Err` unless `other` is the GPU `q` is on.
+fn same_device(q: &CudaDevice, arg: &str, other: &CudaDevice) -> Result<()> {
+    if other.ordinal() == q.ordinal() {
+        Ok(())
+    } else {
+        Err(Error::Device(format!(
+            "`{arg}` is on CUDA device {} but `q` is on CUDA device {}; upload every input \
+             (and the state) to the same device",
+            other.ordinal(),
+            q.ordinal()
+        )))
+    }
+}
+
+/// Fresh workspaces for `kernels` on `bh` (batch x heads) and `n` tokens, zeroed; an empty one
+/// is still a valid (one-float) allocation.
+fn workspaces(
+    dev: &CudaDevice,
+    launch: &CudaLaunch,
+    kernels: &[KernelInfo],
+    bh: usize,
+    n: usize,
+) -> Result<[Buf; 4]> {
+    let w = launch.workspace(kernels, bh, n);
+    let ctx = dev.ctx();
+    Ok([
+        ctx.zeros(w.chunk_s)?,
+        ctx.zeros(w.chunk_z)?,
+        ctx.zeros(w.work)?,
+        ctx.zeros(w.scratch)?,
+    ])
+}
+
+/// `forward_with_state` on the GPU: runs the spec's chunk kernels over the whole sequence and
+/// returns the output (in v's shape and the spec's layout) and the final state.
+///
+/// `launch` and `source` are the spec's, embedded by the generated code; `(b, h)` are the batch
+/// and head dims of the returned state. The module is compiled (NVRTC, through the PTX cache)
+/// and loaded once per process and device. `initial` is copied, never modified.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_cuda<B: Dim, H: Dim, Sq, Sv, S3, const F: usize, const DV: usize>(
+    launch: &CudaLaunch,
+    source: &'static str,
+    (b, h): (B, H),
+    q: &CudaTensor<Sq>,
+    k: &CudaTensor<Sq>,
+    v: &CudaTensor<Sv>,
+    beta: Option<&CudaTensor<S3>>,
+    g: Option<&CudaTensor<S3>>,
+    initial: Option<&CudaState<B, H, F, DV>>,
+) -> Result<(CudaTensor<Sv>, CudaState<B, H, F, DV>)>
+where
+    Sq: Shape<Concrete = [usize; 4]>,
+    Sv: Shape<Concrete = [usize; 4]>,
+    S3: Shape<Concrete = [usize; 3]>,
+{
+    let p = check_forward(
+        launch,
+        &ForwardShapes {
+            q: q.shape().concrete(),
+            k: k.shape().concrete(),
+            v: v.shape().concrete(),
+            beta: beta.map(|t| t.shape().concrete()),
+            g: g.map(|t| t.shape().concrete()),
+            state: initial.map(state_dims),
+            out_bh: (b.size(), h.size()),
+            f_dv: (F, DV),
+        },
+    )?;
+    let dev = q.device();
+    same_device(dev, "k", k.device())?;
+    same_device(dev, "v", v.device())?;
+    if let Some(t) = beta {
+        same_device(dev, "beta", t.device())?;
+    }
+    if let Some(t) = g {
+        same_device(dev, "g", t.device())?;
+    }
+    if let Some(st) = initial {
+        same_device(dev, "the state", st.device())?;
+    }
+
+    let ctx = dev.ctx();
+    let (bh, n) = (p.batch * p.heads, p.tokens);
+    let (mut s, mut z) = match initial {
+        Some(st) => (
+            ctx.copy(st.s.buf())?,
+            match &st.z {
+                Some(z) => Some(ctx.copy(z.buf())?),
+                None => None,
+            },
+        ),
+        None => (
+            ctx.zeros(bh * F * DV)?,
+            match launch.normalized {
+                true => Some(ctx.zeros(bh * F)?),
+                false => None,
+            },
+        ),
+    };
+    let mut out = ctx.zeros(v.len())?;
+    let [mut chunk_s, mut chunk_z, mut work, mut scratch] =
+        workspaces(dev, launch, launch.forward, bh, n)?;
+    ctx.run(
+        dev,
+        source,
+        launch,
+        launch.forward,
+        (bh, n, p.heads),
+        Params {
+            q: q.buf(),
+            k: k.buf(),
+            v: v.buf(),
+            beta: beta.map(CudaTensor::buf),
+            g: g.map(CudaTensor::buf),
+            out: &mut out,
+            s: &mut s,
+            z: z.as_mut(),
+            chunk_s: &mut chunk_s,
+            chunk_z: &mut chunk_z,
+            work: &mut work,
+            scratch: &mut scratch,
+        },
+    )?;
+    let state = CudaState {
+        s: CudaTensor::wrap(s, (b, h, Const::<F>, Const::<DV>), dev),
+        z: z.map(|z| CudaTensor::wrap(z, (b, h, Const::<F>), dev)),
+    };
+    Ok((CudaTensor::wrap(out, *v.shape(), dev), state))
+}
+
+/// `step` on the GPU: one token per (batch, head); updates `state` and returns o_t in v_t's
+/// shape, (B, H, DV).
+///
+/// `q_t`, `k_t` (B, H, DK), `v_t` (B, H, DV), `beta_t`, `g_t` (B, H). The kernels run on a copy
+/// of the state, which replaces `state` only when every launch was accepted, so an error leaves
+/// `state` as it was.
+#[allow(clippy::too_many_arguments)]
+pub fn step_cuda<B: Dim, H: Dim, Sk, Sv, S2, const F: usize, const DV: usize>(
+    launch: &CudaLaunch,
+    source: &'static str,
+    state: &mut CudaState<B, H, F, DV>,
+    q_t: &CudaTensor<Sk>,
+    k_t: &CudaTensor<Sk>,
+    v_t: &CudaTensor<Sv>,
+    beta_t: Option<&CudaTensor<S2>>,
+    g_t: Option<&CudaTensor<S2>>,
+) -> Result<CudaTensor<Sv>>
+where
+    Sk: Shape<Concrete = [usize; 3]>,
+    Sv: Shape<Concrete = [usize; 3]>,
+    S2: Shape<Concrete = [usize; 2]>,
+{
+    let p = check_step(
+        launch,
+        &StepShapes {
+            q: q_t.shape().concrete(),
+            k: k_t.shape().concrete(),
+            v: v_t.shape().concrete(),
+            beta: beta_t.map(|t| t.shape().concrete()),
+            g: g_t.map(|t| t.shape().concrete()),
+            state: state_dims(state),
+            f_dv: (F, DV),
+        },
+    )?;
+    let dev = q_t.device();
+    same_device(dev, "k_t", k_t.device())?;
+    same_device(dev, "v_t", v_t.device())?;
+    if let Some(t) = beta_t {
+        same_device(dev, "beta_t", t.device())?;
+    }
+    if let Some(t) = g_t {
+        same_device(dev, "g_t", t.device())?;
+    }
+    same_device(dev, "the state", state.device())?;
+
+    let ctx = dev.ctx();
+    let bh = p.batch * p.heads;
+    let mut s = ctx.copy(state.s.buf())?;
+    let mut z = match &state.z {
+        Some(z) => Some(ctx.copy(z.buf())?),
+        None => None,
+    };
+    let mut out = ctx.zeros(v_t.len())?;
+    let [mut chunk_s, mut chunk_z, mut work, mut scratch] =
+        workspaces(dev, launch, launch.step, bh, 1)?;
+    ctx.run(
+        dev,
+        source,
+        launch,
+        launch.step,
+        (bh, 1, p.heads),
+        Params {
+            q: q_t.buf(),
+            k: k_t.buf(),
+            v: v_t.buf(),
+            beta: beta_t.map(CudaTensor::buf),
+            g: g_t.map(CudaTensor::buf),
+            out: &mut out,
+            s: &mut s,
+            z: z.as_mut(),
+            chunk_s: &mut chunk_s,
+            chunk_z: &mut chunk_z,
+            work: &mut work,
+            scratch: &mut scratch,
+        },
+    )?;
+    state.s.buf = s;
+    if let (Some(old), Some(new)) = (state.z.as_mut(), z) {
+        old.buf = new;
+    }
+    Ok(CudaTensor::wrap(out, *v_t.shape(), dev))
+}

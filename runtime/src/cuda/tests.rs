@@ -1,0 +1,748 @@
+//! Tests of the CUDA module that run without a GPU: device selection and its errors, NVRTC
+//! (skipped, with `SKIP:`, when libnvrtc cannot be loaded unless `ATTNC_REQUIRE_NVRTC=1`), the
+//! PTX cache, and the argument checks of the entry points.
+//!
+//! Tests that need environment variables run in a child process (this test binary, asked for
+//! one test), so they never race the others.
+
+use super::api::{check_forward, check_step, ForwardShapes, StepShapes};
+use super::cache::{cache_dir_from, cached, compile_in, key};
+use super::*;
+use crate::exec::TokenLayout;
+use crate::launch::{CudaLaunch, Grid, KernelInfo};
+use crate::Device;
+use dfdx::shapes::Rank3;
+use dfdx::tensor::{Cpu, TensorFrom};
+use dfdx::tensor_ops::{BroadcastTo, PermuteTo};
+use std::cell::Cell;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Set in the child processes [`run_child`] starts.
+const CHILD: &str = "ATTNC_RUNTIME_TEST_CHILD";
+
+/// Runs test `name` (its path under `cuda::tests`) of this binary alone in a child process with
+/// `env` applied (`None`: removed); panics with the child's output if it fails.
+fn run_child(name: &str, env: &[(&str, Option<&str>)]) {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        &format!("cuda::tests::{name}"),
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CHILD, "1");
+    for (k, v) in env {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let out = cmd.output().expect("run the test binary");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "child test {name} with {env:?} failed:\n{text}"
+    );
+    assert!(
+        text.contains("1 passed"),
+        "child test {name} did not run:\n{text}"
+    );
+    print!("{text}");
+}
+
+fn in_child() -> bool {
+    std::env::var_os(CHILD).is_some()
+}
+
+/// Whether NVRTC tests can run: prints `SKIP: ...` and returns false when libnvrtc cannot be
+/// loaded, unless `ATTNC_REQUIRE_NVRTC=1`, which makes that a failure.
+fn nvrtc_or_skip(test: &str) -> bool {
+    if nvrtc_available() {
+        return true;
+    }
+    if std::env::var("ATTNC_REQUIRE_NVRTC").is_ok_and(|v| v.trim() == "1") {
+        panic!(
+            "{test}: ATTNC_REQUIRE_NVRTC=1 but NVRTC cannot be loaded (cuda feature on: {}); \
+             put libnvrtc's directory on LD_LIBRARY_PATH",
+            cfg!(feature = "cuda")
+        );
+    }
+    println!("SKIP: {test}: NVRTC (libnvrtc) cannot be loaded");
+    false
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir =
+            std::env::temp_dir().join(format!("attnc-test-{name}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create a temp dir");
+        TempDir(dir)
+    }
+
+    fn files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.0)
+            .expect("read the temp dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A kernel with the parameter list every attnc kernel has (launch.rs).
+const TINY: &str = r#"
+extern "C" __global__ void attnc_tiny(
+    const float* q, const float* k, const float* v, const float* beta, const float* g,
+    float* out, float* s, float* z, float* chunk_s, float* chunk_z, float* work,
+    float* scratch, int n, int heads)
+{
+    extern __shared__ float tile[];
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        tile[threadIdx.x] = q[i] * k[i] + expf(v[i]);
+        __syncthreads();
+        out[i] = tile[threadIdx.x] / (float)heads;
+    }
+}
+"#;
+
+const BROKEN: &str = r#"
+extern "C" __global__ void attnc_broken(float* out) { out[0] = attnc_undefined_name; }
+"#;
+
+// ---------------------------------------------------------------------------------------------
+// Devices
+
+#[test]
+fn attnc_device_variable_in_child_processes() {
+    for value in [
+        None,
+        Some(""),
+        Some("cpu"),
+        Some("cuda"),
+        Some("cuda:7"),
+        Some("cuda:x"),
+        Some("tpu"),
+    ] {
+        run_child("device_choice_child", &[("ATTNC_DEVICE", value)]);
+    }
+}
+
+/// Runs only in a child of [`attnc_device_variable_in_child_processes`]: checks `Device::auto`
+/// against the `ATTNC_DEVICE` it was given.
+#[test]
+fn device_choice_child() {
+    if !in_child() {
+        return;
+    }
+    let value = std::env::var("ATTNC_DEVICE").unwrap_or_default();
+    let gpu_usable = CudaDevice::new(0).is_ok() && nvrtc_available();
+    let result = Device::auto();
+    println!("ATTNC_DEVICE={value:?}: {result:?}");
+    match value.trim() {
+        "" => match result.expect("auto never fails without ATTNC_DEVICE") {
+            Device::Cpu { reason, .. } => {
+                assert!(!gpu_usable, "a usable GPU was passed over: {reason}");
+                assert!(reason.contains("CUDA"), "{reason}");
+                assert!(reason.contains("(CPU chosen)"), "{reason}");
+                if !driver_available() {
+                    let why = match cfg!(feature = "cuda") {
+                        true => "no CUDA driver library (libcuda) found (CPU chosen)",
+                        false => "the `cuda` feature is off",
+                    };
+                    assert!(reason.contains(why), "{reason}");
+                }
+            }
+            Device::Cuda { device, .. } => {
+                assert!(gpu_usable);
+                assert_eq!(device.ordinal(), 0);
+            }
+        },
+        "cpu" => {
+            let dev = result.expect("ATTNC_DEVICE=cpu");
+            assert!(matches!(dev, Device::Cpu { .. }));
+            assert!(dev.describe().contains("ATTNC_DEVICE=cpu"));
+        }
+        "cuda" => match result {
+            Ok(dev) => {
+                assert!(gpu_usable);
+                assert!(dev.describe().starts_with("CUDA device 0 ("));
+            }
+            Err(Error::Device(msg)) => {
+                assert!(!gpu_usable);
+                assert!(msg.contains("ATTNC_DEVICE=cuda was asked for but"), "{msg}");
+                if !driver_available() && cfg!(feature = "cuda") {
+                    assert!(msg.contains("libcuda"), "{msg}");
+                }
+            }
+            Err(e) => panic!("expected Error::Device, got {e:?}"),
+        },
+        "cuda:7" => {
+            if let Err(e) = result {
+                assert!(matches!(e, Error::Device(_)), "{e:?}");
+            }
+        }
+        "cuda:x" | "tpu" => {
+            let e = result.expect_err("not a device");
+            assert!(
+                matches!(&e, Error::Device(m) if m.contains("is not a device")),
+                "{e:?}"
+            );
+        }
+        other => panic!("unexpected ATTNC_DEVICE={other:?}"),
+    }
+}
+
+#[test]
+fn opening_a_gpu_errs_cleanly_without_one() {
+    let opened = CudaDevice::new(0);
+    println!("CudaDevice::new(0): {opened:?}");
+    match opened {
+        Ok(dev) => {
+            assert!(dev.arch().starts_with("sm_"));
+            assert!(driver_available());
+        }
+        Err(Error::Device(msg)) => {
+            if !cfg!(feature = "cuda") {
+                assert!(msg.contains("the `cuda` feature is off"), "{msg}");
+            } else if !driver_available() {
+                assert!(
+                    msg.contains("no CUDA driver library (libcuda) found"),
+                    "{msg}"
+                );
+                assert!(msg.contains("install the NVIDIA driver"), "{msg}");
+            }
+        }
+        Err(e) => panic!("expected Error::Device, got {e:?}"),
+    }
+    // A huge ordinal never panics either.
+    let far = CudaDevice::new(usize::MAX);
+    assert!(matches!(far, Err(Error::Device(_))), "{far:?}");
+    match Device::cuda(0) {
+        Ok(dev) => assert!(dev.cuda_device().is_some()),
+        Err(e) => assert!(matches!(e, Error::Device(_)), "{e:?}"),
+    }
+}
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<CudaDevice>();
+    check::<CudaTensor<(usize, Const<3>)>>();
+    check::<CudaState<usize, Const<2>, 4, 4>>();
+    check::<Device>();
+}
+
+#[test]
+fn uploads_read_any_layout_in_logical_order() {
+    let dev = Cpu::default();
+    let t = dev.tensor([[1.0f32, 2.0, 3.0], [4.0, 5.0, 6.0]]);
+    assert_eq!(host_data(&t).unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let p = t.clone().permute::<_, dfdx::shapes::Axes2<1, 0>>();
+    assert_eq!(host_data(&p).unwrap(), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+    let b: dfdx::tensor::Tensor<Rank3<2, 2, 3>, f32, Cpu> =
+        t.broadcast::<_, dfdx::shapes::Axis<0>>();
+    assert_eq!(
+        host_data(&b).unwrap(),
+        [[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; 2].concat()
+    );
+    let empty = dev.tensor_from_vec(Vec::<f32>::new(), (0usize, Const::<3>));
+    assert!(host_data(&empty).unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// NVRTC
+
+#[test]
+fn nvrtc_compiles_the_kernel_signature() {
+    if !nvrtc_or_skip("nvrtc_compiles_the_kernel_signature") {
+        return;
+    }
+    let (major, minor) = nvrtc_version().unwrap();
+    assert!(major >= 11, "NVRTC {major}.{minor}");
+    let ptx = compile_ptx_uncached(TINY, "sm_80").unwrap();
+    assert!(ptx.contains(".target sm_80"), "{ptx}");
+    assert!(ptx.contains(".entry attnc_tiny"), "{ptx}");
+    assert!(!ptx.contains('\0'));
+}
+
+#[test]
+fn nvrtc_errors_carry_the_log() {
+    if !nvrtc_or_skip("nvrtc_errors_carry_the_log") {
+        return;
+    }
+    match compile_ptx_uncached(BROKEN, "sm_80") {
+        Err(Error::Nvrtc { arch, log }) => {
+            assert_eq!(arch, "sm_80");
+            assert!(log.contains("attnc_undefined_name"), "{log}");
+            let msg = Error::Nvrtc { arch, log }.to_string();
+            println!("{msg}");
+            assert!(
+                msg.contains("sm_80") && msg.contains("attnc_undefined_name"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected Error::Nvrtc, got {other:?}"),
+    }
+    // A NUL byte is an error, not a panic.
+    assert!(matches!(
+        compile_ptx_uncached("__global__ void f() {}\0", "sm_80"),
+        Err(Error::Nvrtc { .. })
+    ));
+}
+
+#[test]
+fn without_nvrtc_compiling_is_an_error() {
+    if nvrtc_available() {
+        println!("SKIP: without_nvrtc_compiling_is_an_error: NVRTC is loadable here");
+        return;
+    }
+    for result in [
+        compile_ptx_uncached(TINY, "sm_80"),
+        compile_ptx(TINY, "sm_80"),
+    ] {
+        let e = result.expect_err("no NVRTC");
+        assert!(
+            matches!(&e, Error::Device(m) if m.contains("NVRTC") || m.contains("`cuda` feature")),
+            "{e:?}"
+        );
+    }
+    assert!(nvrtc_version().is_err());
+}
+
+#[test]
+fn architectures_are_checked_before_nvrtc() {
+    for good in [
+        "sm_80",
+        "sm_90",
+        "sm_90a",
+        "compute_89",
+        "sm_100",
+        "sm_120a",
+    ] {
+        assert!(check_arch(good).is_ok(), "{good}");
+    }
+    for bad in [
+        "", "sm80", "sm_", "sm_8", "sm_8x0", "sm_90ab", "gfx90a", "sm_1000", "-sm_80",
+    ] {
+        assert!(
+            matches!(check_arch(bad), Err(Error::Nvrtc { ref arch, .. }) if arch == bad),
+            "{bad}"
+        );
+        assert!(matches!(
+            compile_ptx_uncached(TINY, bad),
+            Err(Error::Nvrtc { .. })
+        ));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The PTX cache
+
+const FAKE_PTX: &str = ".version 8.0\n.target sm_80\n.address_size 64\n";
+
+#[test]
+fn cache_writes_one_file_then_reads_it() {
+    let dir = TempDir::new("cache-fake");
+    let compiles = Cell::new(0);
+    let compile = || {
+        compiles.set(compiles.get() + 1);
+        Ok(FAKE_PTX.to_string())
+    };
+    let k = key("src", "sm_80", (12, 4), &nvrtc_options("sm_80"));
+    assert_eq!(cached(Some(&dir.0), &k, compile).unwrap(), FAKE_PTX);
+    assert_eq!(compiles.get(), 1);
+    assert_eq!(dir.files(), vec![format!("{k}.ptx")]);
+    assert_eq!(cached(Some(&dir.0), &k, compile).unwrap(), FAKE_PTX);
+    assert_eq!(compiles.get(), 1, "the second call reads the file");
+    // A truncated file is recompiled and replaced.
+    std::fs::write(dir.0.join(format!("{k}.ptx")), ".vers").unwrap();
+    assert_eq!(cached(Some(&dir.0), &k, compile).unwrap(), FAKE_PTX);
+    assert_eq!(compiles.get(), 2);
+    assert_eq!(dir.files(), vec![format!("{k}.ptx")]);
+    // No directory: always compiles.
+    assert_eq!(cached(None, &k, compile).unwrap(), FAKE_PTX);
+    assert_eq!(compiles.get(), 3);
+    // Compile errors are passed on and nothing is written.
+    let other = key("src2", "sm_80", (12, 4), &[]);
+    assert_eq!(
+        cached(Some(&dir.0), &other, || Err(Error::Internal("boom"))),
+        Err(Error::Internal("boom"))
+    );
+    assert_eq!(dir.files(), vec![format!("{k}.ptx")]);
+}
+
+#[test]
+fn an_unwritable_cache_is_not_an_error() {
+    let dir = TempDir::new("cache-unwritable");
+    let file = dir.0.join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let below_a_file = file.join("cache");
+    let compiles = Cell::new(0);
+    for _ in 0..2 {
+        let ptx = cached(Some(&below_a_file), "k", || {
+            compiles.set(compiles.get() + 1);
+            Ok(FAKE_PTX.to_string())
+        });
+        assert_eq!(ptx.unwrap(), FAKE_PTX);
+    }
+    assert_eq!(compiles.get(), 2);
+    assert_eq!(dir.files(), vec!["a-file".to_string()]);
+}
+
+#[test]
+fn cache_keys_cover_source_arch_version_and_options() {
+    let base = key("src", "sm_80", (12, 4), &["-std=c++17".into()]);
+    assert_eq!(base.len(), 64);
+    assert!(base.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(base, key("src", "sm_80", (12, 4), &["-std=c++17".into()]));
+    for other in [
+        key("src ", "sm_80", (12, 4), &["-std=c++17".into()]),
+        key("src", "sm_90", (12, 4), &["-std=c++17".into()]),
+        key("src", "sm_80", (12, 9), &["-std=c++17".into()]),
+        key("src", "sm_80", (12, 4), &[]),
+        key("srcsm_80", "", (12, 4), &["-std=c++17".into()]),
+    ] {
+        assert_ne!(base, other);
+    }
+}
+
+#[test]
+fn cache_dir_follows_the_environment() {
+    let env = |pairs: &'static [(&'static str, &'static str)]| {
+        move |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| OsString::from(v))
+        }
+    };
+    let all = env(&[
+        ("ATTNC_CACHE_DIR", "/tmp/explicit"),
+        ("XDG_CACHE_HOME", "/xdg"),
+        ("HOME", "/home/u"),
+    ]);
+    assert_eq!(cache_dir_from(all), Some(PathBuf::from("/tmp/explicit")));
+    let xdg = env(&[
+        ("ATTNC_CACHE_DIR", ""),
+        ("XDG_CACHE_HOME", "/xdg"),
+        ("HOME", "/home/u"),
+    ]);
+    assert_eq!(cache_dir_from(xdg), Some(PathBuf::from("/xdg/attnc")));
+    let relative_xdg = env(&[("XDG_CACHE_HOME", "rel"), ("HOME", "/home/u")]);
+    assert_eq!(
+        cache_dir_from(relative_xdg),
+        Some(PathBuf::from("/home/u/.cache/attnc"))
+    );
+    assert_eq!(cache_dir_from(env(&[])), None);
+}
+
+#[test]
+fn compile_ptx_caches_real_ptx() {
+    if !nvrtc_or_skip("compile_ptx_caches_real_ptx") {
+        return;
+    }
+    let dir = TempDir::new("cache-nvrtc");
+    let first = compile_in(Some(&dir.0), TINY, "sm_80").unwrap();
+    assert!(first.contains(".entry attnc_tiny"));
+    let files = dir.files();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(
+        files[0].ends_with(".ptx") && files[0].len() == 64 + 4,
+        "{files:?}"
+    );
+    // Mark the cached file: the second call must return it as is, without compiling.
+    let path = dir.0.join(&files[0]);
+    let marked = format!("{first}\n// read from the cache\n");
+    std::fs::write(&path, &marked).unwrap();
+    assert_eq!(compile_in(Some(&dir.0), TINY, "sm_80").unwrap(), marked);
+    // Another architecture is another file.
+    let sm90 = compile_in(Some(&dir.0), TINY, "sm_90").unwrap();
+    assert!(sm90.contains(".target sm_90"));
+    assert_eq!(dir.files().len(), 2);
+}
+
+#[test]
+fn compile_ptx_uses_attnc_cache_dir() {
+    if !nvrtc_or_skip("compile_ptx_uses_attnc_cache_dir") {
+        return;
+    }
+    let dir = TempDir::new("cache-env");
+    let dir_text = dir.0.to_string_lossy().into_owned();
+    run_child(
+        "compile_ptx_cache_child",
+        &[("ATTNC_CACHE_DIR", Some(dir_text.as_str()))],
+    );
+    let files = dir.files();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].ends_with(".ptx"));
+}
+
+/// Runs only in a child of [`compile_ptx_uses_attnc_cache_dir`].
+#[test]
+fn compile_ptx_cache_child() {
+    if !in_child() {
+        return;
+    }
+    let dir = cache_dir().expect("ATTNC_CACHE_DIR is set");
+    let first = compile_ptx(TINY, "sm_80").unwrap();
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert_eq!(files.len(), 1);
+    assert_eq!(compile_ptx(TINY, "sm_80").unwrap(), first);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Argument checks of the entry points
+
+const KERNELS: &[KernelInfo] = &[KernelInfo {
+    name: "attnc_chunk",
+    grid: Grid::Chunks,
+    smem_bytes: 0,
+}];
+
+const fn launch(layout: TokenLayout, normalized: bool, uses_beta: bool) -> CudaLaunch {
+    CudaLaunch {
+        threads: 128,
+        chunk: 16,
+        dk: 8,
+        dv: 4,
+        f: 8,
+        normalized,
+        uses_beta,
+        uses_gates: false,
+        layout,
+        forward: KERNELS,
+        step: KERNELS,
+        work_per_chunk: 0,
+        scratch_per_block: 0,
+        chunk_states: false,
+    }
+}
+
+fn forward_shapes(b: usize, h: usize, n: usize) -> ForwardShapes {
+    ForwardShapes {
+        q: [b, h, n, 8],
+        k: [b, h, n, 8],
+        v: [b, h, n, 4],
+        beta: None,
+        g: None,
+        state: None,
+        out_bh: (b, h),
+        f_dv: (8, 4),
+    }
+}
+
+#[test]
+fn forward_checks_match_the_cpu_errors() {
+    let l = launch(TokenLayout::Bhnd, false, false);
+    let p = check_forward(&l, &forward_shapes(2, 3, 5)).unwrap();
+    assert_eq!((p.batch, p.heads, p.tokens), (2, 3, 5));
+
+    assert_eq!(
+        check_forward(&l, &forward_shapes(2, 3, 0)).unwrap_err(),
+        Error::EmptySequence
+    );
+    let mut x = forward_shapes(2, 3, 5);
+    x.k = [2, 3, 6, 8];
+    assert_eq!(
+        check_forward(&l, &x).unwrap_err(),
+        Error::ShapeMismatch {
+            arg: "k",
+            expected: vec![2, 3, 5, 8],
+            got: vec![2, 3, 6, 8],
+            axes: "(B, H, N, D)",
+        }
+    );
+    let mut x = forward_shapes(2, 3, 5);
+    x.v = [2, 3, 5, 8];
+    assert!(matches!(
+        check_forward(&l, &x),
+        Err(Error::ShapeMismatch { arg: "v", .. })
+    ));
+    let mut x = forward_shapes(2, 3, 5);
+    x.q = [2, 3, 5, 7];
+    x.k = [2, 3, 5, 7];
+    assert!(matches!(
+        check_forward(&l, &x),
+        Err(Error::ShapeMismatch { arg: "q", .. })
+    ));
+
+    // The state: batch and heads, then the normaliser.
+    let mut x = forward_shapes(2, 3, 5);
+    x.state = Some(((2, 4), None));
+    assert_eq!(
+        check_forward(&l, &x).unwrap_err(),
+        Error::StateMismatch {
+            batch: 2,
+            heads: 3,
+            got_batch: 2,
+            got_heads: 4
+        }
+    );
+    x.state = Some(((2, 3), Some((2, 3))));
+    assert!(matches!(
+        check_forward(&l, &x),
+        Err(Error::StateNormalizer(m)) if m.contains("no normaliser")
+    ));
+    let normalized = launch(TokenLayout::Bhnd, true, false);
+    x.state = Some(((2, 3), None));
+    assert!(matches!(
+        check_forward(&normalized, &x),
+        Err(Error::StateNormalizer(m)) if m.contains("normalize = sum")
+    ));
+    x.state = Some(((2, 3), Some((1, 3))));
+    assert!(matches!(
+        check_forward(&normalized, &x),
+        Err(Error::StateMismatch { got_batch: 1, .. })
+    ));
+    x.state = Some(((2, 3), Some((2, 3))));
+    assert!(check_forward(&normalized, &x).is_ok());
+}
+
+#[test]
+fn forward_checks_follow_the_layout_and_scalars() {
+    let l = launch(TokenLayout::Bnhd, false, true);
+    let mut x = forward_shapes(2, 5, 3); // (B, N, H, D): N = 5, H = 3
+    x.beta = Some([2, 5, 3]);
+    let p = check_forward(
+        &CudaLaunch { ..l },
+        &ForwardShapes {
+            out_bh: (2, 3),
+            ..x
+        },
+    )
+    .unwrap();
+    assert_eq!((p.batch, p.heads, p.tokens), (2, 3, 5));
+    let mut x = forward_shapes(2, 5, 3);
+    x.out_bh = (2, 3);
+    x.beta = Some([2, 3, 5]);
+    assert_eq!(
+        check_forward(&l, &x).unwrap_err(),
+        Error::ShapeMismatch {
+            arg: "beta",
+            expected: vec![2, 5, 3],
+            got: vec![2, 3, 5],
+            axes: "(B, N, H)",
+        }
+    );
+    // Missing beta, wrong F/DV and state dims are the generated code's bugs.
+    x.beta = None;
+    assert!(matches!(check_forward(&l, &x), Err(Error::Internal(_))));
+    let mut x = forward_shapes(2, 3, 5);
+    x.f_dv = (8, 8);
+    assert!(matches!(
+        check_forward(&launch(TokenLayout::Bhnd, false, false), &x),
+        Err(Error::Internal(_))
+    ));
+}
+
+#[test]
+fn step_checks_match_the_cpu_errors() {
+    let l = launch(TokenLayout::Bnhd, true, false);
+    let ok = StepShapes {
+        q: [2, 3, 8],
+        k: [2, 3, 8],
+        v: [2, 3, 4],
+        beta: None,
+        g: Some([2, 3]),
+        state: ((2, 3), Some((2, 3))),
+        f_dv: (8, 4),
+    };
+    let p = check_step(&l, &ok).unwrap();
+    assert_eq!((p.batch, p.heads, p.tokens), (2, 3, 1));
+    assert_eq!(
+        check_step(&l, &StepShapes { v: [2, 3, 5], ..ok }).unwrap_err(),
+        Error::ShapeMismatch {
+            arg: "v_t",
+            expected: vec![2, 3, 4],
+            got: vec![2, 3, 5],
+            axes: "(B, H, D)",
+        }
+    );
+    assert_eq!(
+        check_step(
+            &l,
+            &StepShapes {
+                g: Some([3, 2]),
+                ..ok
+            }
+        )
+        .unwrap_err(),
+        Error::ShapeMismatch {
+            arg: "g_t",
+            expected: vec![2, 3],
+            got: vec![3, 2],
+            axes: "(B, H)",
+        }
+    );
+    assert!(matches!(
+        check_step(
+            &l,
+            &StepShapes {
+                state: ((2, 3), None),
+                ..ok
+            }
+        ),
+        Err(Error::StateNormalizer(_))
+    ));
+    assert!(matches!(
+        check_step(
+            &l,
+            &StepShapes {
+                state: ((1, 3), Some((1, 3))),
+                ..ok
+            }
+        ),
+        Err(Error::StateMismatch { got_batch: 1, .. })
+    ));
+    let no_step = CudaLaunch { step: &[], ..l };
+    assert!(matches!(check_step(&no_step, &ok), Err(Error::Internal(_))));
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn grids_respect_cuda_limits() {
+    let l = launch(TokenLayout::Bhnd, false, false);
+    let heads_grid = KernelInfo {
+        name: "h",
+        grid: Grid::Heads,
+        smem_bytes: 0,
+    };
+    assert_eq!(backend::grid(&l, &KERNELS[0], 6, 33).unwrap(), (3, 6, 1));
+    assert_eq!(
+        backend::grid(&l, &heads_grid, 70_000, 1).unwrap(),
+        (70_000, 1, 1)
+    );
+    let too_many = backend::grid(&l, &KERNELS[0], 70_000, 33).unwrap_err();
+    assert!(
+        matches!(&too_many, Error::Cuda(m) if m.contains("split the batch")),
+        "{too_many:?}"
+    );
+    let empty = KernelInfo {
+        grid: Grid::Columns(0),
+        ..KERNELS[0]
+    };
+    assert!(matches!(
+        backend::grid(&l, &empty, 1, 1),
+        Err(Error::Internal(_))
+    ));
+}

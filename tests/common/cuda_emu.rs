@@ -1,0 +1,358 @@
+//! Host emulation of the generated CUDA kernels: compiles a CUDA C source with the host C++
+//! compiler against tests/cuda_emu/attnc_emu.h and runs its kernels on CPU threads
+//! (tests/cuda_emu/harness.cpp), so the tests check the CUDA kernels' numbers without a GPU.
+//!
+//! The kernels run as a GPU would schedule them (every block of each grid, the threads of a
+//! block in parallel with `__syncthreads()` as a real barrier), on the launch configuration the
+//! runtime uses ([`CudaLaunch`]). Memory a kernel should never read before writing (workspaces,
+//! `out`, dynamic shared memory) starts as NaN, and writes outside a buffer, beyond the declared
+//! dynamic shared memory or a `__syncthreads()` reached by only some threads are errors.
+#![allow(dead_code)]
+
+use attnc_runtime::launch::{CudaLaunch, KernelInfo};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Inputs in the kernels' layouts (q, k, v in the spec's layout; beta/g empty when unused; s
+/// (B,H,F,DV) and z (B,H,F) the initial state, z empty when not normalised).
+#[derive(Clone, Debug, Default)]
+pub struct EmuInputs {
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub beta: Vec<f32>,
+    pub g: Vec<f32>,
+    pub s: Vec<f32>,
+    pub z: Vec<f32>,
+}
+
+/// What the kernels left in `out` (v's length), `s` and `z` (the inputs' lengths; empty when the
+/// input was empty).
+#[derive(Clone, Debug)]
+pub struct EmuOutputs {
+    pub out: Vec<f32>,
+    pub s: Vec<f32>,
+    pub z: Vec<f32>,
+}
+
+const SHIM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cuda_emu/attnc_emu.h");
+const HARNESS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cuda_emu/harness.cpp");
+/// Parameter indices (runtime/src/launch.rs's order) the harness writes back.
+const OUT: u32 = 5;
+const S: u32 = 6;
+const Z: u32 = 7;
+/// The compiler's flags before the sources (then `-x c++ SRC -x c++ HARNESS -ldl -o BIN`).
+const FLAGS: [&str; 6] = [
+    "-std=c++20",
+    "-O2",
+    "-pthread",
+    "-rdynamic",
+    "-include",
+    SHIM,
+];
+
+/// Whether a C++20 compiler is available (`c++`/`g++`); tests print a SKIP line when not, unless
+/// ATTNC_REQUIRE_EMULATION=1.
+pub fn compiler_available() -> bool {
+    compiler().is_some()
+}
+
+/// For tests: true when the emulation can run; otherwise prints `SKIP: <test> ...` and returns
+/// false, or panics when ATTNC_REQUIRE_EMULATION=1 (CI that must not skip silently).
+pub fn available_or_skip(test: &str) -> bool {
+    if compiler_available() {
+        return true;
+    }
+    let msg = format!("{test}: no C++20 compiler (c++/g++) for the CUDA host emulation");
+    if std::env::var("ATTNC_REQUIRE_EMULATION").as_deref() == Ok("1") {
+        panic!("{msg}, and ATTNC_REQUIRE_EMULATION=1");
+    }
+    println!("SKIP: {msg}");
+    false
+}
+
+/// The first of `c++`, `g++` that compiles the harness (which needs C++20's <barrier>).
+fn compiler() -> Option<&'static str> {
+    static CXX: OnceLock<Option<&'static str>> = OnceLock::new();
+    *CXX.get_or_init(|| {
+        ["c++", "g++"].into_iter().find(|cxx| {
+            Command::new(cxx)
+                .args([
+                    "-std=c++20",
+                    "-fsyntax-only",
+                    "-include",
+                    SHIM,
+                    "-x",
+                    "c++",
+                    HARNESS,
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    })
+}
+
+/// FNV-1a: a hash that stays the same across Rust releases, for the on-disk cache.
+fn fnv1a(parts: &[&str]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for part in parts {
+        for &b in part.as_bytes().iter().chain(&[0xff]) {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+fn cache_dir() -> Result<PathBuf, String> {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda_emu");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// A path prefix no other thread or process uses: files are written there, then renamed into
+/// place (atomic), so concurrent tests compiling the same source never see a half-written file.
+fn unique(dir: &Path, key: u64) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!("{key:016x}-{}-{count}", std::process::id()))
+}
+
+fn io<T>(what: &str, path: &Path, r: std::io::Result<T>) -> Result<T, String> {
+    r.map_err(|e| format!("{what} {}: {e}", path.display()))
+}
+
+/// Compiles `source` with the shim and harness, or returns the cached binary.
+fn compile(source: &str) -> Result<PathBuf, String> {
+    let cxx = compiler().ok_or("no C++20 compiler (c++/g++) for the CUDA host emulation")?;
+    let shim = io("reading", Path::new(SHIM), std::fs::read_to_string(SHIM))?;
+    let harness = io(
+        "reading",
+        Path::new(HARNESS),
+        std::fs::read_to_string(HARNESS),
+    )?;
+    // The key covers everything that goes into the binary, so editing the shim rebuilds.
+    let key = fnv1a(&[&[cxx, source, &shim, &harness], &FLAGS[..]].concat());
+    let dir = cache_dir()?;
+    let bin = dir.join(format!("{key:016x}.bin"));
+    if bin.exists() {
+        return Ok(bin);
+    }
+    // The source stays next to the binary so compile errors can be looked up.
+    let src = dir.join(format!("{key:016x}.cu"));
+    let tmp = unique(&dir, key);
+    let (tmp_src, tmp_bin) = (tmp.with_extension("cu"), tmp.with_extension("bin"));
+    io("writing", &tmp_src, std::fs::write(&tmp_src, source))?;
+    io("renaming", &tmp_src, std::fs::rename(&tmp_src, &src))?;
+    let output = Command::new(cxx)
+        .args([
+            "-std=c++20",
+            "-O2",
+            "-pthread",
+            "-rdynamic",
+            "-include",
+            SHIM,
+            "-x",
+            "c++",
+        ])
+        .arg(&src)
+        .args(["-x", "c++", HARNESS, "-ldl", "-o"])
+        .arg(&tmp_bin)
+        .output()
+        .map_err(|e| format!("running {cxx}: {e}"))?;
+    if !output.status.success() {
+        let _ = std::fs::remove_file(&tmp_bin);
+        return Err(format!(
+            "{cxx} failed on {} ({}):\n{}",
+            src.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    io("renaming", &tmp_bin, std::fs::rename(&tmp_bin, &bin))?;
+    Ok(bin)
+}
+
+/// Checks the inputs' lengths against the launch, so a wrong test fails with a message rather
+/// than as a kernel reading out of bounds.
+fn check_inputs(launch: &CudaLaunch, bh: usize, n: usize, x: &EmuInputs) -> Result<(), String> {
+    let want = |name: &str, got: usize, want: usize| {
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{name} has {got} floats, expected {want}"))
+        }
+    };
+    want("q", x.q.len(), bh * n * launch.dk)?;
+    want("k", x.k.len(), bh * n * launch.dk)?;
+    want("v", x.v.len(), bh * n * launch.dv)?;
+    if launch.uses_beta {
+        want("beta", x.beta.len(), bh * n)?;
+    }
+    if launch.uses_gates {
+        want("g", x.g.len(), bh * n)?;
+    }
+    if !x.s.is_empty() {
+        want("s", x.s.len(), bh * launch.f * launch.dv)?;
+    }
+    if launch.normalized || !x.z.is_empty() {
+        want("z", x.z.len(), bh * launch.f)?;
+    }
+    Ok(())
+}
+
+/// Compiles `source` (cached by a hash of source in env!("CARGO_TARGET_TMPDIR")/cuda_emu/) with
+/// the shim and harness, then runs `kernels` in order for `bh` = batch*heads, `heads`, `n`
+/// tokens. `out` has v's length.
+pub fn run(
+    launch: &CudaLaunch,
+    source: &str,
+    kernels: &[KernelInfo],
+    bh: usize,
+    heads: usize,
+    n: usize,
+    inputs: &EmuInputs,
+) -> Result<EmuOutputs, String> {
+    check_inputs(launch, bh, n, inputs)?;
+    let bin = compile(source)?;
+
+    // Unused or empty pointers still get a valid (NaN) allocation, as the launch contract says.
+    fn or_nan(x: &[f32]) -> &[f32] {
+        if x.is_empty() {
+            &[f32::NAN]
+        } else {
+            x
+        }
+    }
+    let ws = launch.workspace(kernels, bh, n);
+    let [chunk_s, chunk_z, work, scratch, out] =
+        [ws.chunk_s, ws.chunk_z, ws.work, ws.scratch, inputs.v.len()]
+            .map(|len| vec![f32::NAN; len.max(1)]);
+    let x = inputs;
+    let buffers: [&[f32]; 12] = [
+        or_nan(&x.q),
+        or_nan(&x.k),
+        or_nan(&x.v),
+        or_nan(&x.beta),
+        or_nan(&x.g),
+        &out,
+        or_nan(&x.s),
+        or_nan(&x.z),
+        &chunk_s,
+        &chunk_z,
+        &work,
+        &scratch,
+    ];
+
+    // The job file; its format is documented at the top of harness.cpp.
+    let mut job = b"ATTNCJOB".to_vec();
+    let u32s = |job: &mut Vec<u8>, xs: &[u32]| xs.iter().for_each(|x| job.extend(x.to_le_bytes()));
+    u32s(&mut job, &[kernels.len() as u32]);
+    for k in kernels {
+        let (x, y, z) = launch.grid(k, bh, n);
+        u32s(&mut job, &[k.name.len() as u32]);
+        job.extend(k.name.as_bytes());
+        u32s(&mut job, &[x, y, z, launch.threads, k.smem_bytes]);
+    }
+    job.extend((n as i32).to_le_bytes());
+    job.extend((heads as i32).to_le_bytes());
+    for (i, b) in buffers.iter().enumerate() {
+        u32s(&mut job, &[[OUT, S, Z].contains(&(i as u32)) as u32]);
+        job.extend((b.len() as u64).to_le_bytes());
+        b.iter().for_each(|x| job.extend(x.to_le_bytes()));
+    }
+
+    let tmp = unique(&cache_dir()?, 0);
+    let (job_path, out_path) = (tmp.with_extension("job"), tmp.with_extension("out"));
+    io("writing", &job_path, std::fs::write(&job_path, job))?;
+    let result = execute(&bin, &job_path, &out_path);
+    let _ = std::fs::remove_file(&job_path);
+    let bytes = result.and_then(|()| io("reading", &out_path, std::fs::read(&out_path)));
+    let _ = std::fs::remove_file(&out_path);
+    let mut back = parse_output(&bytes?)?;
+    let mut take = |index: u32, len: usize| {
+        let mut x = back[index as usize].take().unwrap_or_default();
+        x.truncate(len);
+        x
+    };
+    Ok(EmuOutputs {
+        out: take(OUT, inputs.v.len()),
+        s: take(S, inputs.s.len()),
+        z: take(Z, inputs.z.len()),
+    })
+}
+
+/// Runs the binary, killing it after ATTNC_EMU_TIMEOUT_S seconds (600 by default): a kernel
+/// that loops forever should fail the test, not hang it.
+fn execute(bin: &Path, job: &Path, out: &Path) -> Result<(), String> {
+    let timeout = std::env::var("ATTNC_EMU_TIMEOUT_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    let mut child = Command::new(bin)
+        .arg(job)
+        .arg(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running {}: {e}", bin.display()))?;
+    // Read stderr on the side so a chatty child never blocks on a full pipe.
+    let mut pipe = child.stderr.take().expect("stderr is piped");
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = pipe.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if start.elapsed() > Duration::from_secs(timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{} ran past {timeout} s and was killed",
+                    bin.display()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(format!("waiting for {}: {e}", bin.display())),
+        }
+    };
+    let stderr = stderr.join().unwrap_or_default();
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{} failed ({status}):\n{stderr}", bin.display()))
+    }
+}
+
+/// The harness's output: (u32 index, u64 len, len x f32) records, by parameter index.
+fn parse_output(mut bytes: &[u8]) -> Result<Vec<Option<Vec<f32>>>, String> {
+    fn split<'a>(bytes: &mut &'a [u8], len: usize) -> Result<&'a [u8], String> {
+        if bytes.len() < len {
+            return Err("the harness's output is truncated".into());
+        }
+        let (head, rest) = bytes.split_at(len);
+        *bytes = rest;
+        Ok(head)
+    }
+    let mut back = vec![None; 12];
+    while !bytes.is_empty() {
+        let index = u32::from_le_bytes(split(&mut bytes, 4)?.try_into().unwrap()) as usize;
+        let len = u64::from_le_bytes(split(&mut bytes, 8)?.try_into().unwrap()) as usize;
+        let data = split(&mut bytes, len * 4)?
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        *back
+            .get_mut(index)
+            .ok_or("bad buffer index in the harness's output")? = Some(data);
+    }
+    Ok(back)
+}

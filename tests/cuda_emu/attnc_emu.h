@@ -1,0 +1,53 @@
+// Host emulation of the CUDA subset the attnc emitter generates (tests only).
+//
+// Force-included (`-include`) before a generated source and before harness.cpp, which runs the
+// kernels: the blocks of a grid one after another, the threads of a block in parallel on real
+// threads, `__syncthreads()` being a barrier over them. See tests/common/cuda_emu.rs.
+#pragma once
+
+// The generated source's own CUDA definitions of ATTNC_SHARED / ATTNC_DYN_SMEM step aside.
+#define ATTNC_HOST_EMULATION 1
+
+#include <math.h>  // expf, logf, ..., INFINITY in the global namespace, as CUDA has them
+#include <cmath>
+#include <cstddef>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__
+
+// Blocks run one at a time, so a function-static array is exactly "one copy per block, shared
+// by its threads". (It is not refilled between blocks: stale values from the previous block
+// stay, which on a GPU would be garbage anyway.)
+#define ATTNC_SHARED static
+
+// Dynamic shared memory: one process-wide buffer, refilled with NaN before every block so that
+// reading shared memory the block never wrote shows up in the results.
+#define ATTNC_DYN_SMEM(name) float* const name = attnc_dyn_smem
+inline constexpr std::size_t attnc_dyn_smem_bytes = 256 * 1024;
+alignas(16) inline float attnc_dyn_smem[attnc_dyn_smem_bytes / sizeof(float)];
+
+// CUDA's dim3, unsigned like the built-ins (so `threadIdx.x - 1` wraps as on a GPU).
+struct attnc_dim3 {
+  unsigned int x, y, z;
+};
+inline thread_local attnc_dim3 threadIdx;  // per worker thread
+inline attnc_dim3 blockIdx;                // set by the harness before each block
+inline attnc_dim3 blockDim;
+inline attnc_dim3 gridDim;
+
+// A barrier over the block's threads; defined in harness.cpp.
+void __syncthreads();
+
+// Not in the C library; a macro so a libm that one day declares rsqrtf does not clash.
+inline float attnc_rsqrtf(float x) { return 1.0f / sqrtf(x); }
+#define rsqrtf attnc_rsqrtf
+
+// Bit casts CUDA provides as intrinsics.
+#include <cstring>
+inline float __int_as_float(int i) {
+  float f;
+  std::memcpy(&f, &i, sizeof f);
+  return f;
+}

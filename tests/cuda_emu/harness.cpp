@@ -1,0 +1,234 @@
+// Runs the kernels of a generated CUDA source on the CPU (compiled with attnc_emu.h included).
+//
+// Usage: <bin> JOB OUT. JOB (written by tests/common/cuda_emu.rs), all little endian:
+//   "ATTNCJOB" (8 bytes)
+//   u32 kernel_count, then per kernel:
+//     u32 name_len, name bytes, u32 grid_x, u32 grid_y, u32 grid_z, u32 threads, u32 smem_bytes
+//   i32 n, i32 heads
+//   12 buffers in parameter order (q k v beta g out s z chunk_s chunk_z work scratch), each:
+//     u32 write_back (0/1), u64 len, len x f32
+// OUT gets, for each buffer with write_back = 1 in that order: u32 index, u64 len, len x f32.
+// Any error: a message on stderr and exit status 2.
+#include <dlfcn.h>
+
+#include <atomic>
+#include <barrier>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using Kernel = void (*)(const float*, const float*, const float*, const float*, const float*,
+                        float*, float*, float*, float*, float*, float*, float*, int, int);
+
+constexpr int kBuffers = 12;
+const char* const kBufferNames[kBuffers] = {"q",   "k", "v", "beta",    "g",       "out",
+                                            "s",   "z", "chunk_s", "chunk_z", "work", "scratch"};
+// Limits of a real launch (sm_90), checked so a launch the GPU would refuse fails here too.
+constexpr uint32_t kMaxThreads = 1024;
+constexpr uint32_t kMaxGridYZ = 65535;
+constexpr uint32_t kMaxSmemBytes = 232448;
+constexpr size_t kSmemFloats = attnc_dyn_smem_bytes / sizeof(float);
+static_assert(kMaxSmemBytes <= attnc_dyn_smem_bytes);
+// A NaN with a recognisable payload: fills dynamic shared memory and the guard zones around
+// every buffer, so writes out of bounds can be detected and reads out of bounds give NaN.
+constexpr uint32_t kSentinel = 0x7fc0deadu;
+constexpr size_t kGuard = 256;  // floats on each side of a buffer
+
+[[noreturn]] void fail(const std::string& msg) {
+  std::fprintf(stderr, "attnc-emu: %s\n", msg.c_str());
+  std::exit(2);
+}
+
+void fill_sentinel(float* p, size_t len) {
+  for (size_t i = 0; i < len; ++i) std::memcpy(p + i, &kSentinel, 4);
+}
+
+bool is_sentinel(const float* p, size_t len) {
+  for (size_t i = 0; i < len; ++i)
+    if (std::memcmp(p + i, &kSentinel, 4) != 0) return false;
+  return true;
+}
+
+struct Reader {
+  FILE* f;
+  void bytes(void* dst, size_t len) {
+    if (std::fread(dst, 1, len, f) != len) fail("job file is truncated");
+  }
+  template <class T>
+  T get() {
+    T x;
+    bytes(&x, sizeof x);
+    return x;
+  }
+};
+
+struct Launch {
+  std::string name;
+  Kernel fn;
+  uint32_t grid[3];
+  uint32_t threads;
+  uint32_t smem_bytes;
+};
+
+// A buffer with guard zones: data() is what the kernel sees.
+struct Buffer {
+  std::vector<float> mem;
+  size_t len = 0;
+  bool write_back = false;
+  float* data() { return mem.data() + kGuard; }
+};
+
+// The launch now running. Only the barrier's completion step writes it, while every worker
+// waits, so the workers read it without further locking.
+struct Running {
+  const Launch* k = nullptr;
+  float* args[kBuffers] = {};
+  int n = 0, heads = 0;
+  uint64_t next = 0, total = 0;  // blocks
+  bool done = false, failed = false;
+  std::atomic<uint32_t> returned{0};  // workers that left the kernel in this block
+} run;
+
+// Runs once per barrier phase. Workers arrive at the barrier either inside the kernel
+// (__syncthreads) or after returning from it (counted in `returned`): all returned means the
+// block is over, so set up the next one; some returned means __syncthreads was reached by only
+// some threads, which is undefined on a GPU and would deadlock here, so stop with an error.
+struct OnPhase {
+  void operator()() noexcept {
+    if (run.done) return;
+    const Launch& k = *run.k;
+    uint32_t returned = run.returned.load();
+    if (returned == 0) return;  // an ordinary __syncthreads()
+    const char* error = nullptr;
+    size_t used = (k.smem_bytes + 3) / 4;
+    if (returned != k.threads)
+      error = "__syncthreads() reached by only some of the block's threads";
+    else if (run.next > 0 && !is_sentinel(attnc_dyn_smem + used, kSmemFloats - used))
+      error = "wrote dynamic shared memory beyond its smem_bytes";
+    if (error) {
+      std::fprintf(stderr, "attnc-emu: kernel %s, block (%u, %u, %u): %s\n", k.name.c_str(),
+                   blockIdx.x, blockIdx.y, blockIdx.z, error);
+      run.done = run.failed = true;
+      return;
+    }
+    if (run.next == run.total) {
+      run.done = true;
+      return;
+    }
+    uint64_t b = run.next++;
+    blockIdx = {uint32_t(b % k.grid[0]), uint32_t(b / k.grid[0] % k.grid[1]),
+                uint32_t(b / k.grid[0] / k.grid[1])};
+    fill_sentinel(attnc_dyn_smem, kSmemFloats);
+    run.returned.store(0);
+  }
+};
+
+std::barrier<OnPhase>* block_barrier;
+
+void worker(uint32_t t) {
+  threadIdx = {t, 0, 0};
+  for (;;) {
+    run.returned.fetch_add(1);
+    block_barrier->arrive_and_wait();
+    if (run.done) break;
+    run.k->fn(run.args[0], run.args[1], run.args[2], run.args[3], run.args[4], run.args[5],
+              run.args[6], run.args[7], run.args[8], run.args[9], run.args[10], run.args[11],
+              run.n, run.heads);
+  }
+  // Leaving for good: threads still inside the kernel (after an error) must not wait for us.
+  block_barrier->arrive_and_drop();
+}
+
+// Every block of the grid, in order; the block's threads on `threads` workers.
+void launch(const Launch& k, Buffer* buffers, int n, int heads) {
+  run.k = &k;
+  for (int i = 0; i < kBuffers; ++i) run.args[i] = buffers[i].data();
+  run.n = n;
+  run.heads = heads;
+  run.next = 0;
+  run.total = uint64_t(k.grid[0]) * k.grid[1] * k.grid[2];
+  run.done = run.failed = false;
+  run.returned.store(0);
+  blockDim = {k.threads, 1, 1};
+  gridDim = {k.grid[0], k.grid[1], k.grid[2]};
+  if (run.total > 0) {
+    std::barrier<OnPhase> barrier(k.threads);
+    block_barrier = &barrier;
+    std::vector<std::thread> pool;
+    for (uint32_t t = 0; t < k.threads; ++t) pool.emplace_back(worker, t);
+    for (auto& th : pool) th.join();
+  }
+  if (run.failed) std::exit(2);
+  for (int i = 0; i < kBuffers; ++i) {
+    Buffer& b = buffers[i];
+    if (!is_sentinel(b.mem.data(), kGuard) || !is_sentinel(b.data() + b.len, kGuard))
+      fail("kernel " + k.name + " wrote outside `" + kBufferNames[i] + "` (" +
+           std::to_string(b.len) + " floats)");
+  }
+}
+
+}  // namespace
+
+void __syncthreads() { block_barrier->arrive_and_wait(); }
+
+int main(int argc, char** argv) {
+  if (argc != 3) fail("usage: harness JOB OUT");
+  FILE* f = std::fopen(argv[1], "rb");
+  if (!f) fail(std::string("cannot open job file ") + argv[1]);
+  Reader r{f};
+  char magic[8];
+  r.bytes(magic, 8);
+  if (std::memcmp(magic, "ATTNCJOB", 8) != 0) fail("not a job file (bad magic)");
+
+  std::vector<Launch> kernels(r.get<uint32_t>());
+  for (Launch& k : kernels) {
+    k.name.resize(r.get<uint32_t>());
+    r.bytes(k.name.data(), k.name.size());
+    for (uint32_t& g : k.grid) g = r.get<uint32_t>();
+    k.threads = r.get<uint32_t>();
+    k.smem_bytes = r.get<uint32_t>();
+    k.fn = reinterpret_cast<Kernel>(dlsym(RTLD_DEFAULT, k.name.c_str()));
+    if (!k.fn) fail("no kernel named " + k.name + " in the source");
+    if (k.threads == 0 || k.threads > kMaxThreads)
+      fail(k.name + ": " + std::to_string(k.threads) + " threads per block (1..=1024)");
+    if (k.grid[1] > kMaxGridYZ || k.grid[2] > kMaxGridYZ)
+      fail(k.name + ": grid y or z above 65535");
+    if (k.smem_bytes > kMaxSmemBytes)
+      fail(k.name + ": " + std::to_string(k.smem_bytes) + " bytes of dynamic shared memory (max " +
+           std::to_string(kMaxSmemBytes) + ")");
+  }
+  int n = r.get<int32_t>();
+  int heads = r.get<int32_t>();
+  Buffer buffers[kBuffers];
+  for (Buffer& b : buffers) {
+    b.write_back = r.get<uint32_t>() != 0;
+    b.len = r.get<uint64_t>();
+    b.mem.resize(b.len + 2 * kGuard);
+    fill_sentinel(b.mem.data(), kGuard);
+    fill_sentinel(b.data() + b.len, kGuard);
+    r.bytes(b.data(), b.len * 4);
+  }
+  if (std::fgetc(f) != EOF) fail("job file has trailing bytes");
+  std::fclose(f);
+
+  for (const Launch& k : kernels) launch(k, buffers, n, heads);
+
+  FILE* o = std::fopen(argv[2], "wb");
+  if (!o) fail(std::string("cannot create ") + argv[2]);
+  for (uint32_t i = 0; i < kBuffers; ++i) {
+    Buffer& b = buffers[i];
+    if (!b.write_back) continue;
+    uint64_t len = b.len;
+    std::fwrite(&i, 4, 1, o);
+    std::fwrite(&len, 8, 1, o);
+    std::fwrite(b.data(), 4, b.len, o);
+  }
+  if (std::fclose(o) != 0) fail(std::string("cannot write ") + argv[2]);
+  return 0;
+}

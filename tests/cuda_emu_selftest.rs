@@ -1,0 +1,240 @@
+//! The CUDA host emulation (tests/common/cuda_emu.rs) on hand-written kernels whose results are
+//! known exactly, plus the errors it must report.
+
+mod common;
+
+use attnc_runtime::exec::TokenLayout;
+use attnc_runtime::launch::{CudaLaunch, Grid, KernelInfo};
+use common::cuda_emu::{self, EmuInputs};
+
+const THREADS: u32 = 64;
+const CHUNK: usize = 8;
+const D: usize = 4; // dk = dv = f
+
+/// Kernel 1, one block per (chunk, bh): reverses the chunk of q through dynamic shared memory
+/// into out and leaves the chunk's sum in `work`. Kernel 2, one block per bh: block-wide sums
+/// (a tree in ATTNC_SHARED memory, several barriers) of v and of kernel 1's chunk sums, added to
+/// the state. The last kernels break the rules on purpose.
+const SOURCE: &str = r#"
+#ifndef ATTNC_HOST_EMULATION
+#define ATTNC_SHARED __shared__
+#define ATTNC_DYN_SMEM(name) extern __shared__ float name[]
+#endif
+
+#define ATTNC_PARAMS const float* q, const float* k, const float* v, const float* beta, \
+    const float* g, float* out, float* s, float* z, float* chunk_s, float* chunk_z, float* work, \
+    float* scratch, int n, int heads
+
+extern "C" __global__ void selftest_reverse(ATTNC_PARAMS) {
+  ATTNC_DYN_SMEM(tile);
+  const int C = 8, D = 4;
+  int chunk = blockIdx.x, bh = blockIdx.y;
+  int t0 = chunk * C;
+  int len = (n - t0 < C ? n - t0 : C) * D;
+  const float* src = q + ((size_t)bh * n + t0) * D;
+  for (int i = threadIdx.x; i < len; i += blockDim.x) tile[i] = src[i];
+  __syncthreads();
+  float* dst = out + ((size_t)bh * n + t0) * D;
+  for (int i = threadIdx.x; i < len; i += blockDim.x) dst[i] = tile[len - 1 - i];
+  if (threadIdx.x == 0) {
+    float acc = 0.0f;
+    for (int i = 0; i < len; ++i) acc += tile[i];
+    work[bh * gridDim.x + chunk] = acc;
+  }
+}
+
+template <int T>
+__device__ __forceinline__ float block_sum(float x) {
+  ATTNC_SHARED float red[256];
+  red[threadIdx.x] = x;
+  __syncthreads();
+  for (int stride = T / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) red[threadIdx.x] += red[threadIdx.x + stride];
+    __syncthreads();
+  }
+  float r = red[0];
+  __syncthreads();  // everyone has read red[0] before the next call overwrites it
+  return r;
+}
+
+extern "C" __global__ void selftest_sum(ATTNC_PARAMS) {
+  const int C = 8, D = 4;
+  int bh = blockIdx.x;
+  float part = 0.0f;
+  for (int i = threadIdx.x; i < n * D; i += blockDim.x) part += v[(size_t)bh * n * D + i];
+  float total = block_sum<64>(part);
+  int chunks = (n + C - 1) / C;
+  float chunk_total = block_sum<64>(threadIdx.x < chunks ? work[bh * chunks + threadIdx.x] : 0.0f);
+  if (threadIdx.x == 0) {
+    s[bh * D * D + 0] += total;
+    s[bh * D * D + 1] = chunk_total;
+    s[bh * D * D + 2] = (float)(bh % heads);
+    z[bh * D] = expf(z[bh * D]) + rsqrtf(4.0f) + tanhf(0.5f) + fmaxf(fabsf(-2.0f), 1.0f);
+  }
+}
+
+extern "C" __global__ void selftest_divergent(ATTNC_PARAMS) {
+  if (threadIdx.x == 3) return;
+  __syncthreads();
+}
+
+extern "C" __global__ void selftest_overrun(ATTNC_PARAMS) {
+  if (threadIdx.x == 0) out[(size_t)gridDim.y * n * 4 + 1] = 1.0f;
+}
+
+extern "C" __global__ void selftest_smem_overrun(ATTNC_PARAMS) {
+  ATTNC_DYN_SMEM(tile);
+  tile[threadIdx.x + 4] = 0.0f;
+}
+"#;
+
+const KERNELS: &[KernelInfo] = &[
+    KernelInfo {
+        name: "selftest_reverse",
+        grid: Grid::Chunks,
+        smem_bytes: (CHUNK * D * 4) as u32,
+    },
+    KernelInfo {
+        name: "selftest_sum",
+        grid: Grid::Heads,
+        smem_bytes: 0,
+    },
+];
+
+fn launch(forward: &'static [KernelInfo]) -> CudaLaunch {
+    CudaLaunch {
+        threads: THREADS,
+        chunk: CHUNK,
+        dk: D,
+        dv: D,
+        f: D,
+        normalized: true,
+        uses_beta: false,
+        uses_gates: false,
+        layout: TokenLayout::Bhnd,
+        forward,
+        step: &[],
+        work_per_chunk: 1,
+        scratch_per_block: 0,
+        chunk_states: false,
+    }
+}
+
+fn inputs(bh: usize, n: usize) -> EmuInputs {
+    let mut rng = common::Rng::new(7);
+    EmuInputs {
+        q: rng.normals(bh * n * D),
+        k: rng.normals(bh * n * D),
+        v: rng.normals(bh * n * D),
+        s: rng.normals(bh * D * D),
+        z: rng.normals(bh * D),
+        ..EmuInputs::default()
+    }
+}
+
+/// What `block_sum<64>` computes, in its order of float additions.
+fn block_sum(parts: &[f32]) -> f32 {
+    let mut red = parts.to_vec();
+    let mut stride = red.len() / 2;
+    while stride > 0 {
+        for t in 0..stride {
+            red[t] += red[t + stride];
+        }
+        stride /= 2;
+    }
+    red[0]
+}
+
+#[test]
+fn kernels_run_in_order_with_shared_memory_and_barriers() {
+    if !cuda_emu::available_or_skip("kernels_run_in_order_with_shared_memory_and_barriers") {
+        return;
+    }
+    // 2 x 3 heads; 21 tokens, so the last chunk is partial.
+    let (heads, bh, n) = (3, 6, 21);
+    let x = inputs(bh, n);
+    let launch = launch(KERNELS);
+    let got = cuda_emu::run(&launch, SOURCE, launch.forward, bh, heads, n, &x).unwrap();
+
+    let chunks = n.div_ceil(CHUNK);
+    let mut out = vec![0.0; x.v.len()];
+    let mut s = x.s.clone();
+    let mut z = x.z.clone();
+    for h in 0..bh {
+        let mut chunk_sums = Vec::new();
+        for c in 0..chunks {
+            let lo = (h * n + c * CHUNK) * D;
+            let hi = (h * n + (c * CHUNK + CHUNK).min(n)) * D;
+            for (o, q) in out[lo..hi].iter_mut().zip(x.q[lo..hi].iter().rev()) {
+                *o = *q;
+            }
+            chunk_sums.push(x.q[lo..hi].iter().fold(0.0, |a, b| a + b));
+        }
+        chunk_sums.resize(THREADS as usize, 0.0); // threads past the chunks add 0
+        let mut parts = vec![0.0f32; THREADS as usize];
+        for (i, v) in x.v[h * n * D..(h + 1) * n * D].iter().enumerate() {
+            parts[i % THREADS as usize] += v;
+        }
+        s[h * D * D] += block_sum(&parts);
+        s[h * D * D + 1] = block_sum(&chunk_sums);
+        s[h * D * D + 2] = (h % heads) as f32;
+        z[h * D] = z[h * D].exp() + 0.5 + 0.5f32.tanh() + 2.0;
+    }
+    assert_eq!(got.out, out);
+    assert_eq!(got.s, s);
+    for (i, (a, b)) in got.z.iter().zip(&z).enumerate() {
+        assert!((a - b).abs() <= 1e-6 * b.abs(), "z[{i}]: {a} vs {b}");
+    }
+
+    // The cached binary gives the same answer.
+    let again = cuda_emu::run(&launch, SOURCE, launch.forward, bh, heads, n, &x).unwrap();
+    assert_eq!(again.out, got.out);
+}
+
+fn run_err(kernels: &'static [KernelInfo], source: &str) -> String {
+    let (heads, bh, n) = (2, 2, 9);
+    let launch = launch(kernels);
+    match cuda_emu::run(&launch, source, kernels, bh, heads, n, &inputs(bh, n)) {
+        Ok(_) => panic!("{} should have failed", kernels[0].name),
+        Err(e) => e,
+    }
+}
+
+const fn one(name: &'static str, smem_bytes: u32) -> [KernelInfo; 1] {
+    [KernelInfo {
+        name,
+        grid: Grid::Chunks,
+        smem_bytes,
+    }]
+}
+
+#[test]
+fn errors_are_reported() {
+    if !cuda_emu::available_or_skip("errors_are_reported") {
+        return;
+    }
+    const BROKEN: &str = "extern \"C\" __global__ void broken() { undeclared_thing = 1; }\n";
+    static BROKEN_KERNEL: [KernelInfo; 1] = one("broken", 0);
+    let e = run_err(&BROKEN_KERNEL, BROKEN);
+    assert!(e.contains("undeclared_thing") && e.contains("error"), "{e}");
+
+    static MISSING: [KernelInfo; 1] = one("attnc_missing", 0);
+    let e = run_err(&MISSING, SOURCE);
+    assert!(e.contains("no kernel named attnc_missing"), "{e}");
+
+    static DIVERGENT: [KernelInfo; 1] = one("selftest_divergent", 0);
+    let e = run_err(&DIVERGENT, SOURCE);
+    assert!(e.contains("__syncthreads() reached by only some"), "{e}");
+
+    static OVERRUN: [KernelInfo; 1] = one("selftest_overrun", 0);
+    let e = run_err(&OVERRUN, SOURCE);
+    assert!(e.contains("wrote outside `out`"), "{e}");
+
+    static SMEM: [KernelInfo; 1] = one("selftest_smem_overrun", 16);
+    let e = run_err(&SMEM, SOURCE);
+    assert!(e.contains("beyond its smem_bytes"), "{e}");
+
+    static TOO_MUCH_SMEM: [KernelInfo; 1] = one("selftest_reverse", 300 * 1024);
+    let e = run_err(&TOO_MUCH_SMEM, SOURCE);
+    assert!(e.contains("dynamic shared memory"), "{e}");
+}

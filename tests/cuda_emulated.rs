@@ -1,0 +1,307 @@
+//! The generated CUDA kernels' numbers, without a GPU: each spec's `CUDA_SOURCE` is compiled
+//! with the host C++ compiler against a CUDA shim and run block by block on CPU threads with real
+//! barriers (tests/common/cuda_emu.rs), on the launch configuration the runtime uses
+//! (`CUDA_LAUNCH`). Outputs and final states are compared with the step-by-step f64 oracle of
+//! DESIGN §3 (tests/common), softmax with the CPU kernel (itself checked against a quadratic
+//! reference in tests/softmax.rs).
+//!
+//! Tolerance: max |cuda - oracle| / max |oracle| <= 1e-4 (DESIGN §3), over tails (N = 1, C - 1,
+//! C + 1, 3C + 7), a non-zero initial state, both layouts, and `step` from that state.
+//! What this cannot show: races a GPU's memory model would expose but barriers on a CPU hide,
+//! and anything about speed. GPU execution tests live in tests/cuda_gpu.rs.
+
+mod common;
+
+use attnc::prelude::*;
+use attnc::spec::{Layout, Normalize};
+use common::cuda_emu::{self, EmuInputs};
+use common::*;
+
+const TOL: f64 = 1e-4;
+
+/// A random initial state: S standard normal, z positive (normalised specs).
+fn initial_state(spec: &Spec, bh: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let f = spec.feature_dim();
+    let mut rng = Rng::new(seed);
+    let s = rng.normals(bh * f * spec.value_dim);
+    let z = if spec.normalize == Normalize::Sum {
+        (0..bh * f).map(|_| 0.5 + rng.uniform()).collect()
+    } else {
+        Vec::new()
+    };
+    (s, z)
+}
+
+/// The inputs in the kernels' layout.
+fn kernel_inputs(spec: &Spec, x: &Inputs, s: &[f32], z: &[f32]) -> EmuInputs {
+    let lay = |data: &[f32], d: usize| match spec.layout {
+        Layout::Bhnd => data.to_vec(),
+        Layout::Bnhd => to_bnhd(data, x.b, x.h, x.n, d),
+    };
+    EmuInputs {
+        q: lay(&x.q, x.dk),
+        k: lay(&x.k, x.dk),
+        v: lay(&x.v, x.dv),
+        beta: if spec.has_beta() {
+            lay(&x.beta, 1)
+        } else {
+            Vec::new()
+        },
+        g: if spec.has_gate() {
+            lay(&x.g, 1)
+        } else {
+            Vec::new()
+        },
+        s: s.to_vec(),
+        z: z.to_vec(),
+    }
+}
+
+/// The first token of every (batch, head), as a one-token problem.
+fn first_token(x: &Inputs) -> Inputs {
+    let pick = |data: &[f32], d: usize| -> Vec<f32> {
+        (0..x.b * x.h)
+            .flat_map(|bh| data[bh * x.n * d..bh * x.n * d + d].to_vec())
+            .collect()
+    };
+    Inputs {
+        n: 1,
+        q: pick(&x.q, x.dk),
+        k: pick(&x.k, x.dk),
+        v: pick(&x.v, x.dv),
+        beta: pick(&x.beta, 1),
+        g: pick(&x.g, 1),
+        ..x.clone()
+    }
+}
+
+fn check(label: &str, got: &[f32], want: &[f64]) {
+    let err = max_rel_err(got, want);
+    assert!(err <= TOL, "{label}: max-rel error {err:e} > {TOL:e}");
+}
+
+macro_rules! linear_spec {
+    ($m:ident, $($attr:tt)*) => {
+        mod $m {
+            use super::*;
+
+            #[attention($($attr)*)]
+            pub struct Attn;
+
+            #[test]
+            fn forward_and_step_match_the_oracle() {
+                if !cuda_emu::available_or_skip(concat!(stringify!($m), "::forward_and_step")) {
+                    return;
+                }
+                let spec = Attn::spec();
+                let launch = Attn::CUDA_LAUNCH;
+                let (b, h, c) = (2, 2, Attn::CHUNK);
+                let mut worst = 0.0f64;
+                for (i, n) in [1, c - 1, c + 1, 3 * c + 7].into_iter().enumerate() {
+                    let x = Inputs::random(b, h, n, Attn::HEAD_DIM, Attn::VALUE_DIM, 40 + i as u64);
+                    let (s0, z0) = initial_state(spec, b * h, 7 + i as u64);
+                    let z0_opt = (!z0.is_empty()).then_some(&z0[..]);
+                    let want = reference(spec, &x, Some(&s0), z0_opt);
+                    let got = cuda_emu::run(
+                        &launch, Attn::CUDA_SOURCE, launch.forward, b * h, h, n,
+                        &kernel_inputs(spec, &x, &s0, &z0),
+                    )
+                    .unwrap_or_else(|e| panic!("emulated forward, n = {n}: {e}"));
+                    let out = match spec.layout {
+                        Layout::Bhnd => got.out.clone(),
+                        Layout::Bnhd => from_bnhd(&got.out, b, h, n, Attn::VALUE_DIM),
+                    };
+                    check(&format!("forward o, n = {n}"), &out, &want.o);
+                    check(&format!("forward S, n = {n}"), &got.s, &want.s);
+                    if !z0.is_empty() {
+                        check(&format!("forward z, n = {n}"), &got.z, &want.z);
+                    }
+                    worst = worst.max(max_rel_err(&out, &want.o));
+
+                    // step: the first token, from the same initial state.
+                    let x1 = first_token(&x);
+                    let want = reference(spec, &x1, Some(&s0), z0_opt);
+                    let mut step_spec = spec.clone();
+                    step_spec.layout = Layout::Bhnd;
+                    let got = cuda_emu::run(
+                        &launch, Attn::CUDA_SOURCE, launch.step, b * h, h, 1,
+                        &kernel_inputs(&step_spec, &x1, &s0, &z0),
+                    )
+                    .unwrap_or_else(|e| panic!("emulated step: {e}"));
+                    check("step o", &got.out, &want.o);
+                    check("step S", &got.s, &want.s);
+                    if !z0.is_empty() {
+                        check("step z", &got.z, &want.z);
+                    }
+                }
+                println!("{}: emulated CUDA forward max-rel error {worst:.2e}", stringify!($m));
+            }
+        }
+    };
+}
+
+linear_spec!(identity_c16, head_dim = 16, chunk = 16);
+linear_spec!(
+    elu_sum,
+    head_dim = 32,
+    feature_map = elu_plus_one,
+    normalize = sum,
+    chunk = 32
+);
+linear_spec!(
+    relu_dv_ne_dk,
+    head_dim = 16,
+    value_dim = 40,
+    feature_map = relu,
+    chunk = 16
+);
+linear_spec!(
+    sigmoid_scale,
+    head_dim = 16,
+    feature_map = sigmoid,
+    scale = 0.5,
+    normalize = sum,
+    chunk = 16
+);
+linear_spec!(
+    squared_relu_bnhd,
+    head_dim = 16,
+    feature_map = squared_relu,
+    layout = bnhd,
+    chunk = 16
+);
+linear_spec!(
+    closure_sum,
+    head_dim = 16,
+    feature_map = |x| if x > 0.0 {
+        x.powi(2) + 1.0
+    } else {
+        (0.5 * x).exp()
+    },
+    normalize = sum,
+    chunk = 16
+);
+linear_spec!(
+    noncausal_sum_bnhd,
+    head_dim = 16,
+    value_dim = 24,
+    feature_map = elu_plus_one,
+    mask = none,
+    normalize = sum,
+    layout = bnhd,
+    chunk = 16
+);
+linear_spec!(noncausal_identity, head_dim = 16, mask = none, chunk = 32);
+linear_spec!(
+    gated_l2,
+    head_dim = 32,
+    update = gated,
+    qk_norm = l2,
+    chunk = 16
+);
+linear_spec!(
+    gated_sum_bnhd,
+    head_dim = 16,
+    update = gated,
+    feature_map = elu_plus_one,
+    normalize = sum,
+    layout = bnhd,
+    chunk = 16
+);
+linear_spec!(
+    delta_l2,
+    head_dim = 32,
+    update = delta,
+    qk_norm = l2,
+    chunk = 16
+);
+linear_spec!(
+    gated_delta_l2,
+    head_dim = 32,
+    value_dim = 64,
+    update = gated_delta,
+    qk_norm = l2,
+    chunk = 32
+);
+linear_spec!(
+    gated_delta_bnhd,
+    head_dim = 16,
+    update = gated_delta,
+    qk_norm = l2,
+    layout = bnhd,
+    chunk = 16
+);
+linear_spec!(
+    taylor2_sum,
+    head_dim = 8,
+    feature_map = taylor2,
+    normalize = sum,
+    chunk = 16
+);
+linear_spec!(
+    dpfp_delta,
+    head_dim = 8,
+    feature_map = dpfp(nu = 2),
+    update = delta,
+    qk_norm = l2,
+    chunk = 16
+);
+linear_spec!(chunk64_gated, head_dim = 64, update = gated, chunk = 64);
+
+macro_rules! softmax_spec {
+    ($m:ident, $($attr:tt)*) => {
+        mod $m {
+            use super::*;
+
+            #[attention($($attr)*)]
+            pub struct Attn;
+
+            #[test]
+            fn forward_matches_the_cpu_kernel() {
+                if !cuda_emu::available_or_skip(concat!(stringify!($m), "::forward")) {
+                    return;
+                }
+                let spec = Attn::spec();
+                let launch = Attn::CUDA_LAUNCH;
+                let (b, h, c) = (2, 2, Attn::CHUNK);
+                const DK: usize = Attn::HEAD_DIM;
+                const DV: usize = Attn::VALUE_DIM;
+                for (i, n) in [1, c - 1, c + 1, 3 * c + 7].into_iter().enumerate() {
+                    let x = Inputs::random(b, h, n, DK, DV, 90 + i as u64);
+                    let dev = Cpu::default();
+                    let q = dev.tensor_from_vec(x.q.clone(), (b, h, n, Const::<DK>));
+                    let k = dev.tensor_from_vec(x.k.clone(), (b, h, n, Const::<DK>));
+                    let v = dev.tensor_from_vec(x.v.clone(), (b, h, n, Const::<DV>));
+                    let want: Vec<f64> = Attn::forward(&q, &k, &v)
+                        .expect("CPU softmax")
+                        .as_vec()
+                        .into_iter()
+                        .map(f64::from)
+                        .collect();
+                    let got = cuda_emu::run(
+                        &launch, Attn::CUDA_SOURCE, launch.forward, b * h, h, n,
+                        &kernel_inputs(spec, &x, &[], &[]),
+                    )
+                    .unwrap_or_else(|e| panic!("emulated softmax, n = {n}: {e}"));
+                    check(&format!("softmax o, n = {n}"), &got.out, &want);
+                }
+            }
+        }
+    };
+}
+
+softmax_spec!(
+    softmax_causal,
+    head_dim = 16,
+    feature_map = softmax,
+    chunk = 16
+);
+softmax_spec!(
+    softmax_none_l2,
+    head_dim = 16,
+    value_dim = 32,
+    feature_map = softmax,
+    mask = none,
+    qk_norm = l2,
+    chunk = 16
+);
