@@ -347,7 +347,8 @@ fn permute_middle(data: &[f32], a: usize, x: usize, y: usize, d: usize) -> Vec<f
     out
 }
 
-fn checked(arg: &'static str, data: Vec<f32>) -> Result<Vec<f32>> {
+/// `data`, or [`Error::NonFinite`] when finite checking is on and it holds NaN or infinity.
+pub(crate) fn checked(arg: &'static str, data: Vec<f32>) -> Result<Vec<f32>> {
     if finite_check() {
         if let Some(index) = data.iter().position(|x| !x.is_finite()) {
             return Err(Error::NonFinite { arg, index });

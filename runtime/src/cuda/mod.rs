@@ -41,6 +41,7 @@ pub use api::{forward_cuda, step_cuda};
 pub use cache::cache_dir;
 
 use crate::error::{Error, Result};
+use crate::exec::checked;
 use crate::state::State;
 use dfdx::shapes::{Const, Dim, HasShape, Shape};
 use dfdx::tensor::{Cpu, Gradients, Tensor, TensorFromVec};
@@ -171,8 +172,11 @@ impl CudaDevice {
 
     /// Copies a CPU tensor (any layout: permuted and broadcast views are read in logical order)
     /// to the GPU as a contiguous row-major tensor of the same shape.
+    ///
+    /// With finite checking on ([`crate::set_finite_check`]) a NaN or infinity returns
+    /// [`Error::NonFinite`] here: device tensors are not checked again by the CUDA entry points.
     pub fn upload<S: Shape>(&self, t: &Tensor<S, f32, Cpu>) -> Result<CudaTensor<S>> {
-        let data = host_data(t)?;
+        let data = checked("uploaded tensor", host_data(t)?)?;
         let buf = self.ctx().upload(&data)?;
         Ok(CudaTensor::wrap(buf, *t.shape(), self))
     }

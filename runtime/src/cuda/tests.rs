@@ -12,7 +12,7 @@ use crate::exec::TokenLayout;
 use crate::launch::{CudaLaunch, Grid, KernelInfo};
 use crate::Device;
 use dfdx::shapes::Rank3;
-use dfdx::tensor::{Cpu, TensorFrom};
+use dfdx::tensor::{AsArray, Cpu, TensorFrom};
 use dfdx::tensor_ops::{BroadcastTo, PermuteTo};
 use std::cell::Cell;
 use std::ffi::OsString;
@@ -745,4 +745,293 @@ fn grids_respect_cuda_limits() {
         backend::grid(&l, &empty, 1, 1),
         Err(Error::Internal(_))
     ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// On a GPU (skipped without one, unless ATTNC_REQUIRE_CUDA=1): transfers and the launch
+// machinery, with test kernels that check the parameter order, the state copies, the
+// workspaces and the opt-in to more than 48 KiB of shared memory.
+
+/// GPU 0 with NVRTC, or `None` after printing `SKIP: ...` (a failure with
+/// `ATTNC_REQUIRE_CUDA=1`).
+fn gpu_or_skip(test: &str) -> Option<CudaDevice> {
+    let why = match CudaDevice::new(0) {
+        Ok(_) if !nvrtc_available() => "NVRTC cannot be loaded".to_string(),
+        Ok(dev) => return Some(dev),
+        Err(e) => e.to_string(),
+    };
+    if std::env::var("ATTNC_REQUIRE_CUDA").is_ok_and(|v| v.trim() == "1") {
+        panic!("{test}: ATTNC_REQUIRE_CUDA=1 but no usable GPU: {why}");
+    }
+    println!("SKIP: {test}: no usable GPU: {why}");
+    None
+}
+
+/// Kernels with attnc's parameter list. `attnc_test_heads` (one block per batch x head):
+/// out = q[.., 0] + k[.., 1] + v + beta + g + heads, S += 1, z += 2, and marks `work` and
+/// `scratch`. `attnc_test_chunks` (one block per chunk and batch x head, 64 KiB of dynamic
+/// shared memory): adds 10 to the first value of each chunk's first token, read back through
+/// the last float of shared memory, and writes one float per chunk state.
+const TEST_KERNELS: &str = r#"
+#define DK 2
+#define DV 3
+#define F 2
+#define C 4
+extern "C" __global__ void attnc_test_heads(
+    const float* q, const float* k, const float* v, const float* beta, const float* g,
+    float* out, float* s, float* z, float* chunk_s, float* chunk_z, float* work,
+    float* scratch, int n, int heads)
+{
+    int bh = blockIdx.x;
+    for (int i = threadIdx.x; i < n * DV; i += blockDim.x) {
+        int t = i / DV;
+        long tok = (long)bh * n + t;
+        out[(long)bh * n * DV + i] = q[tok * DK] + k[tok * DK + 1] + v[(long)bh * n * DV + i]
+            + beta[tok] + g[tok] + (float)heads;
+    }
+    if (threadIdx.x == 0) {
+        for (int j = 0; j < F * DV; ++j) s[bh * F * DV + j] += 1.0f;
+        for (int j = 0; j < F; ++j) z[bh * F + j] += 2.0f;
+        work[bh * ((n + C - 1) / C)] = 1.0f;
+        scratch[bh] = 1.0f;
+    }
+}
+extern "C" __global__ void attnc_test_chunks(
+    const float* q, const float* k, const float* v, const float* beta, const float* g,
+    float* out, float* s, float* z, float* chunk_s, float* chunk_z, float* work,
+    float* scratch, int n, int heads)
+{
+    extern __shared__ float tile[];
+    const int last = 64 * 1024 / 4 - 1;
+    int chunk = blockIdx.x, bh = blockIdx.y, chunks = gridDim.x;
+    if (threadIdx.x == 0) tile[last] = 10.0f;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        out[((long)bh * n + (long)chunk * C) * DV] += tile[last];
+        chunk_s[((long)bh * chunks + chunk) * F * DV] = 1.0f;
+        chunk_z[((long)bh * chunks + chunk) * F] = 1.0f;
+    }
+}
+"#;
+
+const TEST_FORWARD: &[KernelInfo] = &[
+    KernelInfo {
+        name: "attnc_test_heads",
+        grid: Grid::Heads,
+        smem_bytes: 0,
+    },
+    KernelInfo {
+        name: "attnc_test_chunks",
+        grid: Grid::Chunks,
+        smem_bytes: 64 * 1024,
+    },
+];
+
+const TEST_LAUNCH: CudaLaunch = CudaLaunch {
+    threads: 64,
+    chunk: 4,
+    dk: 2,
+    dv: 3,
+    f: 2,
+    normalized: true,
+    uses_beta: true,
+    uses_gates: true,
+    layout: TokenLayout::Bhnd,
+    forward: TEST_FORWARD,
+    step: TEST_FORWARD.split_at(1).0,
+    work_per_chunk: 1,
+    scratch_per_block: 1,
+    chunk_states: true,
+};
+
+#[test]
+fn test_kernels_compile() {
+    if !nvrtc_or_skip("test_kernels_compile") {
+        return;
+    }
+    let ptx = compile_ptx_uncached(TEST_KERNELS, "sm_80").unwrap();
+    assert!(ptx.contains(".entry attnc_test_heads") && ptx.contains(".entry attnc_test_chunks"));
+}
+
+#[test]
+fn gpu_transfers_round_trip() {
+    let Some(gpu) = gpu_or_skip("gpu_transfers_round_trip") else {
+        return;
+    };
+    println!("{}", Device::cuda(0).unwrap().describe());
+    let cpu = Cpu::default();
+    let t = cpu.tensor([[1.0f32, 2.0, 3.0], [4.0, 5.0, 6.0]]);
+    let on_gpu = gpu
+        .upload(&t.clone().permute::<_, dfdx::shapes::Axes2<1, 0>>())
+        .unwrap();
+    assert_eq!(on_gpu.len(), 6);
+    assert_eq!(
+        on_gpu.download().unwrap().array(),
+        [[1.0, 4.0], [2.0, 5.0], [3.0, 6.0]]
+    );
+    assert_eq!(
+        on_gpu.try_clone().unwrap().download().unwrap().as_vec(),
+        on_gpu.download().unwrap().as_vec()
+    );
+    let empty = gpu.zeros((0usize, Const::<3>)).unwrap();
+    assert!(empty.is_empty() && empty.download().unwrap().as_vec().is_empty());
+    let st: CudaState<usize, Const<2>, 4, 3> = CudaState::zeros(&gpu, 3, Const, true).unwrap();
+    assert_eq!((st.batch(), st.heads()), (3, 2));
+    let back = st.download().unwrap();
+    assert!(back.s.as_vec().iter().all(|&x| x == 0.0));
+    assert_eq!(back.z.as_ref().map(|z| z.as_vec().len()), Some(3 * 2 * 4));
+    let again = gpu.upload_state(&back).unwrap();
+    assert!(again.z.is_some());
+    gpu.synchronize().unwrap();
+}
+
+#[test]
+fn gpu_launches_follow_the_contract() {
+    let Some(gpu) = gpu_or_skip("gpu_launches_follow_the_contract") else {
+        return;
+    };
+    type H = Const<3>;
+    let (b, n) = (2usize, 5usize);
+    let cpu = Cpu::default();
+    let seq = |len: usize, scale: f32| (0..len).map(|i| i as f32 * scale).collect::<Vec<f32>>();
+    let q = cpu.tensor_from_vec(seq(b * 3 * n * 2, 1.0), (b, H::default(), n, Const::<2>));
+    let k = cpu.tensor_from_vec(seq(b * 3 * n * 2, 0.5), (b, H::default(), n, Const::<2>));
+    let v = cpu.tensor_from_vec(seq(b * 3 * n * 3, 0.25), (b, H::default(), n, Const::<3>));
+    let beta = cpu.tensor_from_vec(seq(b * 3 * n, 0.125), (b, H::default(), n));
+    let g = cpu.tensor_from_vec(seq(b * 3 * n, -0.5), (b, H::default(), n));
+    let (qd, kd, vd, bd, gd) = (
+        gpu.upload(&q).unwrap(),
+        gpu.upload(&k).unwrap(),
+        gpu.upload(&v).unwrap(),
+        gpu.upload(&beta).unwrap(),
+        gpu.upload(&g).unwrap(),
+    );
+
+    let expected = |chunk_bonus: bool| {
+        let (q, k, v, beta, g) = (
+            q.as_vec(),
+            k.as_vec(),
+            v.as_vec(),
+            beta.as_vec(),
+            g.as_vec(),
+        );
+        let mut out = vec![0.0f32; b * 3 * n * 3];
+        for (i, o) in out.iter_mut().enumerate() {
+            let tok = i / 3;
+            *o = q[tok * 2] + k[tok * 2 + 1] + v[i] + beta[tok] + g[tok] + 3.0;
+            if chunk_bonus && i % 3 == 0 && (tok % n) % 4 == 0 {
+                *o += 10.0;
+            }
+        }
+        out
+    };
+
+    let (out, state) = forward_cuda::<usize, H, _, _, _, 2, 3>(
+        &TEST_LAUNCH,
+        TEST_KERNELS,
+        (b, H::default()),
+        &qd,
+        &kd,
+        &vd,
+        Some(&bd),
+        Some(&gd),
+        None,
+    )
+    .unwrap();
+    assert_eq!(out.shape(), vd.shape());
+    assert_eq!(out.download().unwrap().as_vec(), expected(true));
+    let host = state.download().unwrap();
+    assert!(host.s.as_vec().iter().all(|&x| x == 1.0));
+    assert!(host.z.as_ref().unwrap().as_vec().iter().all(|&x| x == 2.0));
+
+    // From a given state: the kernels see it on entry; the caller's copy is untouched.
+    let (_, state2) = forward_cuda::<usize, H, _, _, _, 2, 3>(
+        &TEST_LAUNCH,
+        TEST_KERNELS,
+        (b, H::default()),
+        &qd,
+        &kd,
+        &vd,
+        Some(&bd),
+        Some(&gd),
+        Some(&state),
+    )
+    .unwrap();
+    assert!(state2
+        .download()
+        .unwrap()
+        .s
+        .as_vec()
+        .iter()
+        .all(|&x| x == 2.0));
+    assert!(state
+        .download()
+        .unwrap()
+        .s
+        .as_vec()
+        .iter()
+        .all(|&x| x == 1.0));
+
+    // Step: one token, (B, H, D) inputs, the state updated in place.
+    let mut st = state2;
+    let qt = gpu
+        .upload(&cpu.tensor_from_vec(seq(b * 3 * 2, 1.0), (b, H::default(), Const::<2>)))
+        .unwrap();
+    let vt = gpu
+        .upload(&cpu.tensor_from_vec(seq(b * 3 * 3, 1.0), (b, H::default(), Const::<3>)))
+        .unwrap();
+    let bt = gpu
+        .upload(&cpu.tensor_from_vec(seq(b * 3, 1.0), (b, H::default())))
+        .unwrap();
+    let ot = step_cuda(
+        &TEST_LAUNCH,
+        TEST_KERNELS,
+        &mut st,
+        &qt,
+        &qt,
+        &vt,
+        Some(&bt),
+        Some(&bt),
+    )
+    .unwrap();
+    let ot = ot.download().unwrap().as_vec();
+    let (qh, vh, bh) = (
+        qt.download().unwrap().as_vec(),
+        vt.download().unwrap().as_vec(),
+        bt.download().unwrap().as_vec(),
+    );
+    for (i, o) in ot.iter().enumerate() {
+        let tok = i / 3;
+        assert_eq!(
+            *o,
+            qh[tok * 2] + qh[tok * 2 + 1] + vh[i] + 2.0 * bh[tok] + 3.0,
+            "o_t[{i}]"
+        );
+    }
+    let host = st.download().unwrap();
+    assert!(host.s.as_vec().iter().all(|&x| x == 3.0));
+    assert!(host.z.as_ref().unwrap().as_vec().iter().all(|&x| x == 6.0));
+
+    // Errors leave the state alone.
+    let err = step_cuda(
+        &TEST_LAUNCH,
+        TEST_KERNELS,
+        &mut st,
+        &qt,
+        &qt,
+        &bad_v(&gpu, b),
+        Some(&bt),
+        Some(&bt),
+    );
+    assert!(
+        matches!(err, Err(Error::ShapeMismatch { arg: "v_t", .. })),
+        "{err:?}"
+    );
+    assert!(st.download().unwrap().s.as_vec().iter().all(|&x| x == 3.0));
+    gpu.synchronize().unwrap();
+}
+
+/// A v_t with the wrong value dim.
+fn bad_v(gpu: &CudaDevice, b: usize) -> CudaTensor<(usize, Const<3>, Const<3>)> {
+    gpu.zeros((b + 1, Const::<3>, Const::<3>)).unwrap()
 }
