@@ -72,7 +72,7 @@ fn macro_spec(args: TokenStream, prefix: &str) -> String {
     let keep: Vec<String> = parts
         .into_iter()
         .skip(1)
-        .filter(|p| !p.first().is_some_and(|t| t.to_string() == "extra"))
+        .filter(|p| p.first().is_none_or(|t| t.to_string() != "extra"))
         .filter(|p| !p.is_empty())
         .map(|p| p.into_iter().collect::<TokenStream>().to_string())
         .collect();

@@ -259,7 +259,7 @@ fn emit_phases(
 pub fn column_block(dv: usize) -> usize {
     [32, 16, 8]
         .into_iter()
-        .find(|cb| dv % cb == 0)
+        .find(|cb| dv.is_multiple_of(*cb))
         .unwrap_or(dv)
 }
 

@@ -1,0 +1,263 @@
+//! GPU execution: every variant's `forward_cuda`, `forward_with_state_cuda` (from a non-zero
+//! initial state, and chained over two halves of the sequence) and `step_cuda` against the CPU
+//! kernels (themselves checked against the f64 oracle in tests/numerics.rs), max-rel <= 1e-4.
+//!
+//! Runs where `CudaDevice::new(0)` succeeds (a driver, a GPU and NVRTC); elsewhere each test
+//! prints a SKIP line, or fails when `ATTNC_REQUIRE_CUDA=1` (set it on GPU machines so a broken
+//! driver set-up cannot pass silently). CI has no GPU.
+
+mod common;
+
+use attnc::prelude::*;
+use common::{max_rel_err, Inputs, Rng};
+
+const TOL: f64 = 1e-4;
+
+fn gpu_or_skip(test: &str) -> Option<CudaDevice> {
+    match CudaDevice::new(0) {
+        Ok(dev) => Some(dev),
+        Err(e) => {
+            let required = std::env::var("ATTNC_REQUIRE_CUDA").is_ok_and(|v| v == "1");
+            assert!(
+                !required,
+                "{test}: ATTNC_REQUIRE_CUDA=1 but no usable GPU: {e}"
+            );
+            println!("SKIP: {test}: no usable CUDA GPU ({e})");
+            None
+        }
+    }
+}
+
+fn close<S: Shape>(label: &str, gpu: &Tensor<S, f32, Cpu>, cpu: &Tensor<S, f32, Cpu>) -> f64 {
+    let want: Vec<f64> = cpu.as_vec().into_iter().map(f64::from).collect();
+    let err = max_rel_err(&gpu.as_vec(), &want);
+    assert!(err <= TOL, "{label}: max-rel {err:e} > {TOL:e}");
+    err
+}
+
+type Tok<const D: usize> = Tensor<(usize, usize, usize, Const<D>), f32, Cpu>;
+
+fn tok<const D: usize>(data: &[f32], b: usize, x: usize, y: usize) -> Tok<D> {
+    Cpu::default().tensor_from_vec(data.to_vec(), (b, x, y, Const))
+}
+
+/// `beta` or `g` (an extra argument's name) picks the first or second of two expressions.
+macro_rules! pick {
+    (beta, $b:expr, $g:expr) => {
+        $b
+    };
+    (g, $b:expr, $g:expr) => {
+        $g
+    };
+}
+
+macro_rules! gpu_spec {
+    ($m:ident, [$($extra:ident),*], $($attr:tt)*) => {
+        mod $m {
+            use super::*;
+
+            #[attention($($attr)*)]
+            pub struct Attn;
+
+            const DK: usize = Attn::HEAD_DIM;
+            const DV: usize = Attn::VALUE_DIM;
+
+            #[test]
+            fn gpu_matches_cpu() {
+                let Some(gpu) = gpu_or_skip(stringify!($m)) else { return };
+                let (b, h, c) = (2, 3, Attn::CHUNK);
+                let mut worst = 0.0f64;
+                for (i, n) in [1, c - 1, c + 1, 3 * c + 7, 1000].into_iter().enumerate() {
+                    // Axes 1 and 2 are (H, N) or (N, H) by layout; the data is random either way.
+                    let bnhd = Attn::spec().layout == attnc::spec::Layout::Bnhd;
+                    let (x1, x2) = if bnhd { (n, h) } else { (h, n) };
+                    let x = Inputs::random(b, h, n, DK, DV, 300 + i as u64);
+                    let (q, k) = (tok::<DK>(&x.q, b, x1, x2), tok::<DK>(&x.k, b, x1, x2));
+                    let v = tok::<DV>(&x.v, b, x1, x2);
+                    let dev = Cpu::default();
+                    let beta = dev.tensor_from_vec(x.beta.clone(), (b, x1, x2));
+                    let g = dev.tensor_from_vec(x.g.clone(), (b, x1, x2));
+                    let _ = (&beta, &g);
+                    let up = |t: &Tok<DK>| gpu.upload(t).expect("upload");
+                    let (gq, gk) = (up(&q), up(&k));
+                    let gv = gpu.upload(&v).expect("upload");
+                    let gbeta = gpu.upload(&beta).expect("upload");
+                    let gg = gpu.upload(&g).expect("upload");
+                    let _ = (&gbeta, &gg);
+
+                    // A non-zero initial state (z positive when normalised).
+                    let mut rng = Rng::new(11 + i as u64);
+                    let f = Attn::FEATURE_DIM;
+                    let s0 = rng.normals(b * h * f * DV);
+                    let z0 = Attn::spec().normalize == attnc::spec::Normalize::Sum;
+                    let z0 = z0.then(|| (0..b * h * f).map(|_| 0.5 + rng.uniform()).collect());
+                    let st0 = State::from_vecs(b, h, s0, z0).expect("state");
+                    let gst0 = gpu.upload_state(&st0).expect("upload state");
+
+                    let (o_cpu, st_cpu) =
+                        Attn::forward_with_state(&q, &k, &v, $(pick!($extra, &beta, &g),)* Some(&st0)).expect("cpu");
+                    let (o_gpu, st_gpu) =
+                        Attn::forward_with_state_cuda(&gq, &gk, &gv, $(pick!($extra, &gbeta, &gg),)* Some(&gst0))
+                            .expect("gpu forward");
+                    worst = worst.max(close("forward o", &o_gpu.download().expect("download"), &o_cpu));
+                    let st_gpu = st_gpu.download().expect("download state");
+                    close("forward S", &st_gpu.s, &st_cpu.s);
+                    if let (Some(a), Some(b)) = (&st_gpu.z, &st_cpu.z) {
+                        close("forward z", a, b);
+                    }
+
+                    // step from the final state, one more token.
+                    let q_t: Tensor<(usize, usize, Const<DK>), f32, Cpu> =
+                        dev.tensor_from_vec(x.q[..b * h * DK].to_vec(), (b, h, Const));
+                    let v_t: Tensor<(usize, usize, Const<DV>), f32, Cpu> =
+                        dev.tensor_from_vec(x.v[..b * h * DV].to_vec(), (b, h, Const));
+                    let beta_t = dev.tensor_from_vec(x.beta[..b * h].to_vec(), (b, h));
+                    let g_t = dev.tensor_from_vec(x.g[..b * h].to_vec(), (b, h));
+                    let _ = (&beta_t, &g_t);
+                    let mut cpu_state = st_cpu;
+                    let mut gpu_state = gpu.upload_state(&cpu_state).expect("upload state");
+                    let (gq_t, gv_t) = (gpu.upload(&q_t).expect("up"), gpu.upload(&v_t).expect("up"));
+                    let (gbeta_t, gg_t) = (gpu.upload(&beta_t).expect("up"), gpu.upload(&g_t).expect("up"));
+                    let _ = (&gbeta_t, &gg_t);
+                    let o_cpu = Attn::step(&mut cpu_state, &q_t, &q_t, &v_t, $(pick!($extra, &beta_t, &g_t),)*)
+                        .expect("cpu step");
+                    let o_gpu = Attn::step_cuda(&mut gpu_state, &gq_t, &gq_t, &gv_t, $(pick!($extra, &gbeta_t, &gg_t),)*)
+                        .expect("gpu step");
+                    close("step o", &o_gpu.download().expect("download"), &o_cpu);
+                    close("step S", &gpu_state.download().expect("download").s, &cpu_state.s);
+                }
+                println!("{}: GPU forward max-rel against the CPU kernel {worst:.2e}", stringify!($m));
+            }
+        }
+    };
+}
+
+gpu_spec!(
+    elu_sum,
+    [],
+    head_dim = 64,
+    feature_map = elu_plus_one,
+    normalize = sum,
+    chunk = 64
+);
+gpu_spec!(
+    identity_c16_dv,
+    [],
+    head_dim = 32,
+    value_dim = 48,
+    chunk = 16
+);
+gpu_spec!(
+    closure_sum,
+    [],
+    head_dim = 32,
+    feature_map = |x| if x > 0.0 { x + 1.0 } else { (0.5 * x).exp() },
+    normalize = sum,
+    chunk = 32
+);
+gpu_spec!(
+    noncausal_relu_bnhd,
+    [],
+    head_dim = 64,
+    value_dim = 32,
+    feature_map = relu,
+    mask = none,
+    layout = bnhd
+);
+gpu_spec!(
+    gated_l2,
+    [g],
+    head_dim = 64,
+    update = gated,
+    qk_norm = l2,
+    chunk = 64
+);
+gpu_spec!(
+    gated_sum_bnhd_c128,
+    [g],
+    head_dim = 64,
+    update = gated,
+    feature_map = sigmoid,
+    normalize = sum,
+    layout = bnhd,
+    chunk = 128
+);
+gpu_spec!(
+    deltanet,
+    [beta],
+    head_dim = 64,
+    update = delta,
+    qk_norm = l2,
+    chunk = 64
+);
+gpu_spec!(
+    gated_deltanet_c256,
+    [beta, g],
+    head_dim = 128,
+    update = gated_delta,
+    qk_norm = l2,
+    chunk = 256
+);
+gpu_spec!(
+    taylor2_sum,
+    [],
+    head_dim = 16,
+    feature_map = taylor2,
+    normalize = sum,
+    chunk = 32
+);
+gpu_spec!(
+    dpfp_delta,
+    [beta],
+    head_dim = 16,
+    feature_map = dpfp(nu = 2),
+    update = delta,
+    qk_norm = l2,
+    chunk = 32
+);
+
+macro_rules! gpu_softmax {
+    ($m:ident, $($attr:tt)*) => {
+        mod $m {
+            use super::*;
+
+            #[attention($($attr)*)]
+            pub struct Attn;
+
+            const DK: usize = Attn::HEAD_DIM;
+            const DV: usize = Attn::VALUE_DIM;
+
+            #[test]
+            fn gpu_matches_cpu() {
+                let Some(gpu) = gpu_or_skip(stringify!($m)) else { return };
+                let (b, h, c) = (2, 3, Attn::CHUNK);
+                for (i, n) in [1, c - 1, c + 1, 3 * c + 7, 1000].into_iter().enumerate() {
+                    let x = Inputs::random(b, h, n, DK, DV, 500 + i as u64);
+                    let (q, k) = (tok::<DK>(&x.q, b, h, n), tok::<DK>(&x.k, b, h, n));
+                    let v = tok::<DV>(&x.v, b, h, n);
+                    let o_cpu = Attn::forward(&q, &k, &v).expect("cpu");
+                    let (gq, gk) = (gpu.upload(&q).expect("up"), gpu.upload(&k).expect("up"));
+                    let gv = gpu.upload(&v).expect("up");
+                    let o_gpu = Attn::forward_cuda(&gq, &gk, &gv).expect("gpu softmax");
+                    close("softmax o", &o_gpu.download().expect("download"), &o_cpu);
+                }
+            }
+        }
+    };
+}
+
+gpu_softmax!(
+    softmax_causal,
+    head_dim = 64,
+    feature_map = softmax,
+    chunk = 64
+);
+gpu_softmax!(
+    softmax_none_l2,
+    head_dim = 32,
+    value_dim = 64,
+    feature_map = softmax,
+    mask = none,
+    qk_norm = l2,
+    chunk = 32
+);
