@@ -60,7 +60,8 @@ fn collect(tokens: TokenStream, prefix: &str, out: &mut Vec<String>) {
     }
 }
 
-/// The spec of `name, [extra = [..],] attrs`: everything after the name but `extra = [..]`.
+/// The spec of `name, [extra = [..],] attrs` (or `name, [..], attrs`): everything after the
+/// name but the list of extra arguments.
 fn macro_spec(args: TokenStream, prefix: &str) -> String {
     let mut parts: Vec<Vec<TokenTree>> = vec![Vec::new()];
     for tt in args {
@@ -73,6 +74,7 @@ fn macro_spec(args: TokenStream, prefix: &str) -> String {
         .into_iter()
         .skip(1)
         .filter(|p| p.first().is_none_or(|t| t.to_string() != "extra"))
+        .filter(|p| !matches!(p.as_slice(), [TokenTree::Group(g)] if g.delimiter() == proc_macro2::Delimiter::Bracket))
         .filter(|p| !p.is_empty())
         .map(|p| p.into_iter().collect::<TokenStream>().to_string())
         .collect();
@@ -214,6 +216,11 @@ fn the_scan_finds_the_declared_specs() {
     assert!(has("head_dim=64,update=delta,qk_norm=l2,chunk=64"));
     assert!(has("head_dim=16,chunk=16"));
     assert!(has("feature_map=softmax,head_dim=16,chunk=16"));
+    // tests/cuda_gpu.rs: `gpu_spec!(name, [beta], attrs)`.
+    assert!(has("head_dim=64,update=delta,qk_norm=l2,chunk=64"));
+    assert!(has(
+        "head_dim=16,feature_map=taylor2,normalize=sum,chunk=32"
+    ));
 }
 
 /// The generated constant is exactly what the emitter returns (so compiling the emitter's output

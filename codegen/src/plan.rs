@@ -9,7 +9,6 @@
 //! rule is a new op sequence, not a new backend.
 
 use crate::spec::{FeatureMap, Mask, Normalize, QkNorm, Spec, Update};
-use std::fmt;
 
 /// A tile (or vector) of the chunk program. Shapes for a chunk of `C` tokens:
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -97,7 +96,10 @@ pub enum Op {
     L2Norm(Tile),
     /// `x <- phi(x)` elementwise.
     FeatureMap(Tile),
-    /// `dst <- phi(src)` for feature maps that expand each row from dk to F values.
+    /// `dst <- phi(src)` for feature maps that expand each row from dk to F values (taylor2,
+    /// dpfp, favor). FAVOR+ also reads the projection w (F x DK), an input of the whole call
+    /// ([`Plan::uses_projection`]): `dst[t][i] = exp(w_i . x'_t - |x'_t|^2 / 2) / sqrt(F)` with
+    /// `x' = src_t / DK^(1/4)` (the stabiliser is 0; see `attnc_runtime::favor`).
     Expand {
         /// Raw rows, `C x DK`.
         src: Tile,
@@ -336,6 +338,8 @@ pub struct Plan {
     pub uses_beta: bool,
     /// Whether the kernel takes `g`.
     pub uses_gates: bool,
+    /// Whether the kernel takes FAVOR+'s projection w (F x DK), read by [`Op::Expand`].
+    pub uses_projection: bool,
     /// Whether the state carries `z`.
     pub normalized: bool,
     /// The chunk program: passes over the sequence, each a list of ops per chunk.
@@ -349,36 +353,11 @@ pub struct Plan {
     pub phased: Option<Phased>,
 }
 
-/// Which part of the spec a planning error is about (so the macro can point at it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Blame {
-    /// The `update` key.
-    Update,
-    /// The `feature_map` key.
-    FeatureMap,
-}
-
-/// A spec that validates but has no kernel yet.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PlanError {
-    /// The key at fault.
-    pub blame: Blame,
-    /// What is missing.
-    pub message: String,
-}
-
-impl fmt::Display for PlanError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
 impl Plan {
-    /// Plans a validated spec.
-    pub fn new(spec: &Spec) -> Result<Plan, PlanError> {
-        check_supported(spec)?;
+    /// Plans a validated spec: every spec that validates has a kernel.
+    pub fn new(spec: &Spec) -> Plan {
         if spec.feature_map == FeatureMap::Softmax {
-            return Ok(Plan {
+            return Plan {
                 dk: spec.head_dim,
                 dv: spec.value_dim,
                 f: spec.head_dim,
@@ -387,12 +366,13 @@ impl Plan {
                 feature_map: FeatureMap::Softmax,
                 uses_beta: false,
                 uses_gates: false,
+                uses_projection: false,
                 normalized: false,
                 passes: Vec::new(),
                 step: Vec::new(),
                 softmax: Some(softmax_program(spec)),
                 phased: None,
-            });
+            };
         }
         let causal = match spec.update {
             Update::Additive | Update::Gated => causal_pass(spec),
@@ -402,7 +382,7 @@ impl Plan {
             Mask::Causal => vec![causal.clone()],
             Mask::None => vec![state_pass(spec), output_pass(spec)],
         };
-        Ok(Plan {
+        Plan {
             dk: spec.head_dim,
             dv: spec.value_dim,
             f: spec.feature_dim(),
@@ -411,12 +391,13 @@ impl Plan {
             feature_map: spec.feature_map.clone(),
             uses_beta: spec.has_beta(),
             uses_gates: spec.has_gate(),
+            uses_projection: matches!(spec.feature_map, FeatureMap::Favor { .. }),
             normalized: spec.normalize == Normalize::Sum,
             passes,
             step: causal,
             softmax: None,
             phased: Some(phased_program(spec)),
-        })
+        }
     }
 
     /// Whether a tile is used anywhere in the plan (the emitter allocates only those).
@@ -474,23 +455,6 @@ impl Op {
     }
 }
 
-fn check_supported(spec: &Spec) -> Result<(), PlanError> {
-    let missing = |blame, what: &str, issue: u32| {
-        Err(PlanError {
-            blame,
-            message: format!(
-                "{what} is a valid spec but its kernel is not built yet (tracked in attnc issue \
-                 #{issue}); supported today: every update with the feature maps identity, \
-                 elu_plus_one, relu, squared_relu, sigmoid, closures, taylor2, dpfp and softmax"
-            ),
-        })
-    };
-    match spec.feature_map {
-        FeatureMap::Favor { .. } => missing(Blame::FeatureMap, "`feature_map = favor`", 6),
-        _ => Ok(()),
-    }
-}
-
 /// Whether the feature map turns dk values into F != dk features (computed row by row).
 pub fn expands(map: &FeatureMap) -> bool {
     matches!(
@@ -524,24 +488,28 @@ fn prologue(spec: &Spec, dst: Tile, src: Input) -> Vec<Op> {
 /// What every causal chunk program starts with: load and feature-map q, k; load v (and beta,
 /// and the cumulative gates), `Kt = K^T`, causal scores `A = tril(Q K^T)`.
 fn causal_scores(spec: &Spec) -> Vec<Op> {
+    scores(spec, true)
+}
+
+/// Load and feature-map q, k (and, with `load_values`, v and beta); the cumulative gates;
+/// `Kt = K^T`; the causal scores `A = tril(Q K^T)`.
+fn scores(spec: &Spec, load_values: bool) -> Vec<Op> {
     let mut ops = prologue(spec, Tile::Q, Input::Q);
     ops.extend(prologue(spec, Tile::K, Input::K));
-    ops.push(Op::Load {
-        dst: Tile::V,
-        src: Input::V,
-    });
-    if spec.has_beta() {
+    if load_values {
         ops.push(Op::Load {
-            dst: Tile::Beta,
-            src: Input::Beta,
+            dst: Tile::V,
+            src: Input::V,
         });
+        if spec.has_beta() {
+            ops.push(Op::Load {
+                dst: Tile::Beta,
+                src: Input::Beta,
+            });
+        }
     }
     if spec.has_gate() {
-        ops.push(Op::Load {
-            dst: Tile::G,
-            src: Input::G,
-        });
-        ops.push(Op::CumSum(Tile::G));
+        ops.extend(gates());
     }
     ops.push(Op::Transpose {
         src: Tile::K,
@@ -555,6 +523,21 @@ fn causal_scores(spec: &Spec) -> Vec<Op> {
         accumulate: false,
     });
     ops
+}
+
+/// Gated updates: decay the scores between tokens inside the chunk (`A ⊙ Γ`) and the queries
+/// from the chunk start (`diag(exp G) Q`).
+fn decay_scores_and_queries() -> [Op; 2] {
+    [
+        Op::DecayScores {
+            dst: Tile::A,
+            gates: Tile::G,
+        },
+        Op::DecayRows {
+            dst: Tile::Q,
+            gates: Tile::G,
+        },
+    ]
 }
 
 /// The causal chunk program (DESIGN §3, additive and gated), per chunk with incoming state S, z:
@@ -588,14 +571,7 @@ fn causal_pass(spec: &Spec) -> Vec<Op> {
         });
     }
     if gated {
-        ops.push(Op::DecayScores {
-            dst: Tile::A,
-            gates: Tile::G,
-        });
-        ops.push(Op::DecayRows {
-            dst: Tile::Q,
-            gates: Tile::G,
-        });
+        ops.extend(decay_scores_and_queries());
     }
     ops.push(Op::MatMul {
         dst: Tile::O,
@@ -1115,33 +1091,9 @@ fn delta_phases(spec: &Spec) -> Phased {
         accumulate: true,
     });
 
-    let mut output = prologue(spec, Tile::Q, Input::Q);
-    output.extend(prologue(spec, Tile::K, Input::K));
+    let mut output = scores(spec, false);
     if gated {
-        output.extend(gates());
-    }
-    output.extend([
-        Op::Transpose {
-            src: Tile::K,
-            dst: Tile::Kt,
-        },
-        Op::MatMul {
-            dst: Tile::A,
-            a: Tile::Q,
-            b: Tile::Kt,
-            tri: Tri::LowerOut,
-            accumulate: false,
-        },
-    ]);
-    if gated {
-        output.push(Op::DecayScores {
-            dst: Tile::A,
-            gates: Tile::G,
-        });
-        output.push(Op::DecayRows {
-            dst: Tile::Q,
-            gates: Tile::G,
-        });
+        output.extend(decay_scores_and_queries());
     }
     output.extend([
         Op::Fill(Tile::X),

@@ -2,7 +2,7 @@
 //! and `step` only fix the types and call these.
 
 use crate::error::{Error, Result};
-use crate::exec::{run_forward, run_step, Buffers, Kernel, Probe4, Problem, TokenLayout};
+use crate::exec::{checked, run_forward, run_step, Buffers, Kernel, Probe4, Problem, TokenLayout};
 use crate::state::State;
 use dfdx::shapes::{Dim, HasShape, Shape, SliceShape};
 use dfdx::tensor::{Cpu, Tensor, TensorFromVec};
@@ -25,6 +25,32 @@ pub struct Config {
 impl Config {
     fn dims(&self) -> [usize; 3] {
         [self.dk, self.dv, self.f]
+    }
+
+    /// The FAVOR+ projection w (F x DK), checked, transposed to (DK, F) for the kernels
+    /// (`Task::proj`); empty when the spec takes none.
+    fn projection<Sp: Shape<Concrete = [usize; 2]>>(
+        &self,
+        proj: Option<&Tensor<Sp, f32, Cpu>>,
+    ) -> Result<Vec<f32>> {
+        let Some(w) = proj else {
+            return Ok(Vec::new());
+        };
+        if w.shape().concrete() != [self.f, self.dk] {
+            return Err(Error::Internal(
+                "the projection's shape disagrees with the spec's FEATURE_DIM x HEAD_DIM",
+            ));
+        }
+        let w = checked("proj", w.as_vec())?;
+        let mut wt = vec![0.0; w.len()];
+        for (i, row) in w.chunks_exact(self.dk.max(1)).enumerate() {
+            for (d, x) in row.iter().enumerate() {
+                if let Some(slot) = wt.get_mut(d * self.f + i) {
+                    *slot = *x;
+                }
+            }
+        }
+        Ok(wt)
     }
 
     /// Initial state buffers: the given state (checked) or zeros.
@@ -52,8 +78,9 @@ impl Config {
 }
 
 /// `forward_with_state` for any layout: returns the output in the spec's layout and the state.
+/// `proj` is FAVOR+'s projection (F x DK), `Some` exactly for `feature_map = favor`.
 #[allow(clippy::too_many_arguments)]
-pub fn forward<K, B, H, Sq, Sv, S3, const F: usize, const DV: usize>(
+pub fn forward<K, B, H, Sq, Sv, S3, Sp, const F: usize, const DV: usize>(
     cfg: &Config,
     (b, h): (B, H),
     q: &Tensor<Sq, f32, Cpu>,
@@ -61,6 +88,7 @@ pub fn forward<K, B, H, Sq, Sv, S3, const F: usize, const DV: usize>(
     v: &Tensor<Sv, f32, Cpu>,
     beta: Option<&Tensor<S3, f32, Cpu>>,
     g: Option<&Tensor<S3, f32, Cpu>>,
+    proj: Option<&Tensor<Sp, f32, Cpu>>,
     initial: Option<&State<B, H, F, DV>>,
 ) -> Result<(Vec<f32>, State<B, H, F, DV>)>
 where
@@ -70,6 +98,7 @@ where
     Sq: Shape<Concrete = [usize; 4]> + SliceShape<Probe4>,
     Sv: Shape<Concrete = [usize; 4]> + SliceShape<Probe4>,
     S3: Shape<Concrete = [usize; 3]>,
+    Sp: Shape<Concrete = [usize; 2]>,
 {
     let p = Problem::from_q(cfg.layout, q.shape().concrete())?;
     let (s, z) = cfg.initial_state(&p, initial)?;
@@ -79,6 +108,7 @@ where
         v: p.gather_tokens("v", v, cfg.dv)?,
         beta: beta.map_or(Ok(Vec::new()), |t| p.gather_scalars("beta", t))?,
         g: g.map_or(Ok(Vec::new()), |t| p.gather_scalars("g", t))?,
+        proj: cfg.projection(proj)?,
         s,
         z,
     };
@@ -88,9 +118,10 @@ where
     Ok((p.from_heads_first(out, cfg.dv), state))
 }
 
-/// `step` for any spec: updates `state` and returns o_t, (B, H, DV) flat.
+/// `step` for any spec: updates `state` and returns o_t, (B, H, DV) flat. `proj` as for
+/// [`forward`].
 #[allow(clippy::too_many_arguments)]
-pub fn step<K, B, H, Sk, Sv, S2, const F: usize, const DV: usize>(
+pub fn step<K, B, H, Sk, Sv, S2, Sp, const F: usize, const DV: usize>(
     cfg: &Config,
     state: &mut State<B, H, F, DV>,
     q_t: &Tensor<Sk, f32, Cpu>,
@@ -98,6 +129,7 @@ pub fn step<K, B, H, Sk, Sv, S2, const F: usize, const DV: usize>(
     v_t: &Tensor<Sv, f32, Cpu>,
     beta_t: Option<&Tensor<S2, f32, Cpu>>,
     g_t: Option<&Tensor<S2, f32, Cpu>>,
+    proj: Option<&Tensor<Sp, f32, Cpu>>,
 ) -> Result<Vec<f32>>
 where
     K: Kernel,
@@ -106,6 +138,7 @@ where
     Sk: Shape<Concrete = [usize; 3]>,
     Sv: Shape<Concrete = [usize; 3]>,
     S2: Shape<Concrete = [usize; 2]>,
+    Sp: Shape<Concrete = [usize; 2]>,
 {
     let [batch, heads, _] = q_t.shape().concrete();
     let p = Problem::step(batch, heads);
@@ -116,6 +149,7 @@ where
         v: p.gather_heads("v_t", v_t, cfg.dv)?,
         beta: beta_t.map_or(Ok(Vec::new()), |t| p.gather_head_scalars("beta_t", t))?,
         g: g_t.map_or(Ok(Vec::new()), |t| p.gather_head_scalars("g_t", t))?,
+        proj: cfg.projection(proj)?,
         s,
         z,
     };

@@ -23,6 +23,9 @@ pub struct Task<'a> {
     pub beta: &'a [f32],
     /// Log-decays (gated updates) or empty.
     pub g: &'a [f32],
+    /// The FAVOR+ projection transposed, (DK, F) row-major (column i is w_i), shared by every
+    /// (batch, head) of the call; empty for other feature maps.
+    pub proj: &'a [f32],
     /// Token count.
     pub n: usize,
     /// The output.
@@ -369,6 +372,8 @@ pub struct Buffers {
     pub beta: Vec<f32>,
     /// Log-decays, (B, H, N), or empty.
     pub g: Vec<f32>,
+    /// The FAVOR+ projection transposed, (DK, F), or empty (see [`Task::proj`]).
+    pub proj: Vec<f32>,
     /// State S, (B, H, F, DV): initial on entry, final after the run.
     pub s: Vec<f32>,
     /// State z, (B, H, F), or empty.
@@ -395,6 +400,10 @@ fn tasks<'a>(
     if !sizes_ok {
         return Err(Error::Internal("buffer sizes disagree with the problem"));
     }
+    if ![0, dk * f].contains(&bufs.proj.len()) {
+        return Err(Error::Internal("the projection's size disagrees with the spec"));
+    }
+    let proj: &[f32] = &bufs.proj;
     let per = |len: usize, total: usize| if total == 0 { 0 } else { len };
     let (beta_len, g_len, z_len) = (
         per(n, bufs.beta.len()),
@@ -425,6 +434,7 @@ fn tasks<'a>(
             } else {
                 g_parts.next().unwrap_or(&[])
             },
+            proj,
             n,
             out,
             s,

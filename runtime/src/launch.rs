@@ -6,11 +6,12 @@
 //!
 //! ```text
 //! (const float* q, const float* k, const float* v, const float* beta, const float* g,
-//!  float* out, float* s, float* z, float* chunk_s, float* chunk_z, float* work, float* scratch,
-//!  int n, int heads)
+//!  const float* proj, float* out, float* s, float* z, float* chunk_s, float* chunk_z,
+//!  float* work, float* scratch, int n, int heads)
 //! ```
 //!
-//! `q, k, v, out` are in the spec's layout, `beta, g` (B, H, N) or (B, N, H); `s` (B, H, F, DV)
+//! `q, k, v, out` are in the spec's layout, `beta, g` (B, H, N) or (B, N, H); `proj` is FAVOR+'s
+//! projection w, (F, DK) row-major as the user passes it (one for the whole call); `s` (B, H, F, DV)
 //! and `z` (B, H, F) hold the initial state on entry and the final state on exit; `chunk_s`,
 //! `chunk_z`, `work` and `scratch` are workspaces sized by [`CudaLaunch::workspace`]. Pointers a
 //! spec does not use may be any valid allocation.
@@ -58,6 +59,8 @@ pub struct CudaLaunch {
     pub uses_beta: bool,
     /// Whether the kernels read `g`.
     pub uses_gates: bool,
+    /// Whether the kernels read `proj` (`feature_map = favor`).
+    pub uses_projection: bool,
     /// Axis order of q, k, v, out (and beta, g).
     pub layout: TokenLayout,
     /// The kernels of `forward`, launched in this order on one stream.
@@ -150,6 +153,7 @@ mod tests {
             normalized: true,
             uses_beta: false,
             uses_gates: false,
+            uses_projection: false,
             layout: TokenLayout::Bhnd,
             forward: KERNELS,
             step: &[],

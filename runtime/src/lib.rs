@@ -4,6 +4,7 @@
 //! - [`Error`]: every failure, never a panic on user input;
 //! - [`Device`] and [`CpuIsa`]: where kernels run and which instruction-set variant;
 //! - [`tile`]: the tile primitives the CPU emitter lowers the kernel plan to;
+//! - [`favor`]: FAVOR+'s projection sampler and what its feature map computes;
 //! - [`exec`]: argument checks, layout conversion, (batch, head) parallelism, ISA dispatch;
 //! - [`cuda`]: GPU tensors and state, NVRTC compilation with an on-disk PTX cache, launches.
 
@@ -13,6 +14,7 @@ pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod exec;
+pub mod favor;
 pub mod isa;
 pub mod launch;
 pub mod state;

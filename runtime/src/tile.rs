@@ -707,6 +707,46 @@ pub fn online_softmax<const R: usize, const C: usize>(
     }
 }
 
+/// Views a flat buffer as a shared tile of exactly `R x C` values (the FAVOR+ projection).
+pub fn as_tile<const R: usize, const C: usize>(flat: &[f32]) -> Result<&Tile<R, C>> {
+    let (rows, rest) = flat.as_chunks::<C>();
+    if !rest.is_empty() {
+        return Err(Error::Internal(
+            "projection buffer is not a whole number of rows",
+        ));
+    }
+    rows.try_into()
+        .map_err(|_| Error::Internal("projection buffer has the wrong row count"))
+}
+
+/// FAVOR+ positive random features (DESIGN §3; the meaning and the stabiliser c = 0 are
+/// documented in `attnc_runtime::favor`), row by row: with `x' = x / D^(1/4)`,
+/// `out[t][i] = exp(w_i . x'_t - |x'_t|^2 / 2) / sqrt(F)`. `wt` is the projection transposed
+/// (`D x F`, column i = w_i), so the products `X W^T` are one register-blocked [`gemm`] and the
+/// exponentials run along contiguous rows. Rows past `rows` become zero.
+#[inline(always)]
+pub fn favor_rows<I: Isa, const R: usize, const D: usize, const F: usize>(
+    isa: I,
+    x: &Tile<R, D>,
+    rows: usize,
+    wt: &Tile<D, F>,
+    out: &mut Tile<R, F>,
+) {
+    gemm(isa, x, wt, out, rows, D, Tri::Full, false);
+    // w . x' = s (w . x) and |x'|^2 / 2 = s^2 |x|^2 / 2 with s = D^(-1/4).
+    let s = 1.0 / (D as f32).sqrt().sqrt();
+    let inv_sqrt_f = 1.0 / (F as f32).sqrt();
+    for (xr, o) in x.iter().zip(out.iter_mut()).take(rows) {
+        let half_sq = 0.5 * s * s * dot(isa, xr, xr);
+        for v in o.iter_mut() {
+            *v = exp(isa.fma(s, *v, -half_sq)) * inv_sqrt_f;
+        }
+    }
+    for o in out.iter_mut().skip(rows) {
+        *o = [0.0; F];
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::exp;

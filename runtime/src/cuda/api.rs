@@ -21,6 +21,7 @@ pub(crate) struct Params<'a> {
     pub(crate) v: &'a Buf,
     pub(crate) beta: Option<&'a Buf>,
     pub(crate) g: Option<&'a Buf>,
+    pub(crate) proj: Option<&'a Buf>,
     pub(crate) out: &'a mut Buf,
     pub(crate) s: &'a mut Buf,
     pub(crate) z: Option<&'a mut Buf>,
@@ -49,6 +50,8 @@ pub(crate) struct ForwardShapes {
     pub(crate) v: [usize; 4],
     pub(crate) beta: Option<[usize; 3]>,
     pub(crate) g: Option<[usize; 3]>,
+    /// FAVOR+'s projection, (F, DK).
+    pub(crate) proj: Option<[usize; 2]>,
     pub(crate) state: Option<StateDims>,
     /// The (batch, heads) the returned state will have.
     pub(crate) out_bh: (usize, usize),
@@ -57,12 +60,13 @@ pub(crate) struct ForwardShapes {
 }
 
 /// Checks the spec's constants against the state's type parameters and that the spec's
-/// per-token inputs are there: both are the generated code's job, so a failure is internal.
+/// per-token inputs (and projection, of the right shape) are there: all are the generated
+/// code's job, so a failure is internal.
 fn check_spec(
     launch: &CudaLaunch,
     f_dv: (usize, usize),
-    beta: bool,
-    g: bool,
+    (beta, g): (bool, bool),
+    proj: Option<[usize; 2]>,
     kernels: &[KernelInfo],
 ) -> Result<()> {
     if f_dv != (launch.f, launch.dv) {
@@ -75,6 +79,19 @@ fn check_spec(
     }
     if launch.uses_gates && !g {
         return Err(Error::Internal("the spec reads g but none was passed"));
+    }
+    match proj {
+        None if launch.uses_projection => {
+            return Err(Error::Internal(
+                "the spec reads a projection but none was passed",
+            ));
+        }
+        Some(dims) if dims != [launch.f, launch.dk] => {
+            return Err(Error::Internal(
+                "the projection's shape disagrees with the spec's FEATURE_DIM x HEAD_DIM",
+            ));
+        }
+        _ => {}
     }
     if kernels.is_empty() {
         return Err(Error::Internal(
@@ -89,8 +106,8 @@ pub(crate) fn check_forward(launch: &CudaLaunch, x: &ForwardShapes) -> Result<Pr
     check_spec(
         launch,
         x.f_dv,
-        x.beta.is_some(),
-        x.g.is_some(),
+        (x.beta.is_some(), x.g.is_some()),
+        x.proj,
         launch.forward,
     )?;
     let p = Problem::from_q(launch.layout, x.q)?;
@@ -121,13 +138,21 @@ pub(crate) struct StepShapes {
     pub(crate) v: [usize; 3],
     pub(crate) beta: Option<[usize; 2]>,
     pub(crate) g: Option<[usize; 2]>,
+    /// FAVOR+'s projection, (F, DK).
+    pub(crate) proj: Option<[usize; 2]>,
     pub(crate) state: StateDims,
     pub(crate) f_dv: (usize, usize),
 }
 
 /// Every shape check of [`step_cuda`]: the same errors, in the same order, as the CPU path.
 pub(crate) fn check_step(launch: &CudaLaunch, x: &StepShapes) -> Result<Problem> {
-    check_spec(launch, x.f_dv, x.beta.is_some(), x.g.is_some(), launch.step)?;
+    check_spec(
+        launch,
+        x.f_dv,
+        (x.beta.is_some(), x.g.is_some()),
+        x.proj,
+        launch.step,
+    )?;
     let [batch, heads, _] = x.q;
     let p = Problem::step(batch, heads);
     check_state((batch, heads, launch.normalized), x.state.0, x.state.1)?;
@@ -180,10 +205,11 @@ fn workspaces(
 /// returns the output (in v's shape and the spec's layout) and the final state.
 ///
 /// `launch` and `source` are the spec's, embedded by the generated code; `(b, h)` are the batch
-/// and head dims of the returned state. The module is compiled (NVRTC, through the PTX cache)
-/// and loaded once per process and device. `initial` is copied, never modified.
+/// and head dims of the returned state; `proj` is FAVOR+'s projection (F x DK), `Some` exactly
+/// for `feature_map = favor`. The module is compiled (NVRTC, through the PTX cache) and loaded
+/// once per process and device. `initial` is copied, never modified.
 #[allow(clippy::too_many_arguments)]
-pub fn forward_cuda<B: Dim, H: Dim, Sq, Sv, S3, const F: usize, const DV: usize>(
+pub fn forward_cuda<B: Dim, H: Dim, Sq, Sv, S3, Sp, const F: usize, const DV: usize>(
     launch: &CudaLaunch,
     source: &'static str,
     (b, h): (B, H),
@@ -192,12 +218,14 @@ pub fn forward_cuda<B: Dim, H: Dim, Sq, Sv, S3, const F: usize, const DV: usize>
     v: &CudaTensor<Sv>,
     beta: Option<&CudaTensor<S3>>,
     g: Option<&CudaTensor<S3>>,
+    proj: Option<&CudaTensor<Sp>>,
     initial: Option<&CudaState<B, H, F, DV>>,
 ) -> Result<(CudaTensor<Sv>, CudaState<B, H, F, DV>)>
 where
     Sq: Shape<Concrete = [usize; 4]>,
     Sv: Shape<Concrete = [usize; 4]>,
     S3: Shape<Concrete = [usize; 3]>,
+    Sp: Shape<Concrete = [usize; 2]>,
 {
     let p = check_forward(
         launch,
@@ -207,6 +235,7 @@ where
             v: v.shape().concrete(),
             beta: beta.map(|t| t.shape().concrete()),
             g: g.map(|t| t.shape().concrete()),
+            proj: proj.map(|t| t.shape().concrete()),
             state: initial.map(state_dims),
             out_bh: (b.size(), h.size()),
             f_dv: (F, DV),
@@ -220,6 +249,9 @@ where
     }
     if let Some(t) = g {
         same_device(dev, "g", t.device())?;
+    }
+    if let Some(t) = proj {
+        same_device(dev, "proj", t.device())?;
     }
     if let Some(st) = initial {
         same_device(dev, "the state", st.device())?;
@@ -258,6 +290,7 @@ where
             v: v.buf(),
             beta: beta.map(CudaTensor::buf),
             g: g.map(CudaTensor::buf),
+            proj: proj.map(CudaTensor::buf),
             out: &mut out,
             s: &mut s,
             z: z.as_mut(),
@@ -277,11 +310,12 @@ where
 /// `step` on the GPU: one token per (batch, head); updates `state` and returns o_t in v_t's
 /// shape, (B, H, DV).
 ///
-/// `q_t`, `k_t` (B, H, DK), `v_t` (B, H, DV), `beta_t`, `g_t` (B, H). The kernels run on a copy
+/// `q_t`, `k_t` (B, H, DK), `v_t` (B, H, DV), `beta_t`, `g_t` (B, H), `proj` (F, DK) for
+/// `feature_map = favor` (the one `forward` took). The kernels run on a copy
 /// of the state, which replaces `state` only when every launch was accepted, so an error leaves
 /// `state` as it was.
 #[allow(clippy::too_many_arguments)]
-pub fn step_cuda<B: Dim, H: Dim, Sk, Sv, S2, const F: usize, const DV: usize>(
+pub fn step_cuda<B: Dim, H: Dim, Sk, Sv, S2, Sp, const F: usize, const DV: usize>(
     launch: &CudaLaunch,
     source: &'static str,
     state: &mut CudaState<B, H, F, DV>,
@@ -290,11 +324,13 @@ pub fn step_cuda<B: Dim, H: Dim, Sk, Sv, S2, const F: usize, const DV: usize>(
     v_t: &CudaTensor<Sv>,
     beta_t: Option<&CudaTensor<S2>>,
     g_t: Option<&CudaTensor<S2>>,
+    proj: Option<&CudaTensor<Sp>>,
 ) -> Result<CudaTensor<Sv>>
 where
     Sk: Shape<Concrete = [usize; 3]>,
     Sv: Shape<Concrete = [usize; 3]>,
     S2: Shape<Concrete = [usize; 2]>,
+    Sp: Shape<Concrete = [usize; 2]>,
 {
     let p = check_step(
         launch,
@@ -304,6 +340,7 @@ where
             v: v_t.shape().concrete(),
             beta: beta_t.map(|t| t.shape().concrete()),
             g: g_t.map(|t| t.shape().concrete()),
+            proj: proj.map(|t| t.shape().concrete()),
             state: state_dims(state),
             f_dv: (F, DV),
         },
@@ -316,6 +353,9 @@ where
     }
     if let Some(t) = g_t {
         same_device(dev, "g_t", t.device())?;
+    }
+    if let Some(t) = proj {
+        same_device(dev, "proj", t.device())?;
     }
     same_device(dev, "the state", state.device())?;
 
@@ -341,6 +381,7 @@ where
             v: v_t.buf(),
             beta: beta_t.map(CudaTensor::buf),
             g: g_t.map(CudaTensor::buf),
+            proj: proj.map(CudaTensor::buf),
             out: &mut out,
             s: &mut s,
             z: z.as_mut(),

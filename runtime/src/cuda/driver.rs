@@ -330,6 +330,7 @@ impl Ctx {
             v,
             beta,
             g,
+            proj,
             out,
             s,
             mut z,
@@ -340,6 +341,7 @@ impl Ctx {
         } = p;
         let beta = beta.map_or(&self.dummy, |b| &b.slice);
         let g = g.map_or(&self.dummy, |b| &b.slice);
+        let proj = proj.map_or(&self.dummy, |b| &b.slice);
         for ((kernel, function), grid) in kernels.iter().zip(&functions).zip(grids) {
             let cfg = LaunchConfig {
                 grid_dim: grid,
@@ -352,6 +354,7 @@ impl Ctx {
                 .arg(&v.slice)
                 .arg(beta)
                 .arg(g)
+                .arg(proj)
                 .arg(&mut out.slice)
                 .arg(&mut s.slice);
             match z.as_deref_mut() {
@@ -365,7 +368,7 @@ impl Ctx {
                 .arg(&n_arg)
                 .arg(&heads_arg);
             // SAFETY: the arguments are the parameter list every attnc kernel has (launch.rs):
-            // twelve float pointers, then `int n, int heads`. Inputs hold their shapes' floats;
+            // thirteen float pointers, then `int n, int heads`. Inputs hold their shapes' floats;
             // out, s and z were allocated for the problem's sizes, the workspaces with
             // `CudaLaunch::workspace` for these kernels, and the dummy stands only for
             // parameters the spec does not use.

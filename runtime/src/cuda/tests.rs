@@ -112,8 +112,8 @@ impl Drop for TempDir {
 const TINY: &str = r#"
 extern "C" __global__ void attnc_tiny(
     const float* q, const float* k, const float* v, const float* beta, const float* g,
-    float* out, float* s, float* z, float* chunk_s, float* chunk_z, float* work,
-    float* scratch, int n, int heads)
+    const float* proj, float* out, float* s, float* z, float* chunk_s, float* chunk_z,
+    float* work, float* scratch, int n, int heads)
 {
     extern __shared__ float tile[];
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -529,6 +529,7 @@ const fn launch(layout: TokenLayout, normalized: bool, uses_beta: bool) -> CudaL
         normalized,
         uses_beta,
         uses_gates: false,
+        uses_projection: false,
         layout,
         forward: KERNELS,
         step: KERNELS,
@@ -545,6 +546,7 @@ fn forward_shapes(b: usize, h: usize, n: usize) -> ForwardShapes {
         v: [b, h, n, 4],
         beta: None,
         g: None,
+        proj: None,
         state: None,
         out_bh: (b, h),
         f_dv: (8, 4),
@@ -653,6 +655,24 @@ fn forward_checks_follow_the_layout_and_scalars() {
         check_forward(&launch(TokenLayout::Bhnd, false, false), &x),
         Err(Error::Internal(_))
     ));
+
+    // FAVOR+'s projection: required by specs that read it, with their (F, DK) shape.
+    let favor = CudaLaunch {
+        uses_projection: true,
+        ..launch(TokenLayout::Bhnd, false, false)
+    };
+    let mut x = forward_shapes(2, 3, 5);
+    assert!(matches!(
+        check_forward(&favor, &x),
+        Err(Error::Internal(m)) if m.contains("projection but none")
+    ));
+    x.proj = Some([8, 4]);
+    assert!(matches!(
+        check_forward(&favor, &x),
+        Err(Error::Internal(m)) if m.contains("shape")
+    ));
+    x.proj = Some([8, 8]);
+    assert!(check_forward(&favor, &x).is_ok());
 }
 
 #[test]
@@ -664,6 +684,7 @@ fn step_checks_match_the_cpu_errors() {
         v: [2, 3, 4],
         beta: None,
         g: Some([2, 3]),
+        proj: None,
         state: ((2, 3), Some((2, 3))),
         f_dv: (8, 4),
     };
@@ -768,7 +789,7 @@ fn gpu_or_skip(test: &str) -> Option<CudaDevice> {
 }
 
 /// Kernels with attnc's parameter list. `attnc_test_heads` (one block per batch x head):
-/// out = q[.., 0] + k[.., 1] + v + beta + g + heads, S += 1, z += 2, and marks `work` and
+/// out = q[.., 0] + k[.., 1] + v + beta + g + proj[1] + heads, S += 1, z += 2, and marks `work` and
 /// `scratch`. `attnc_test_chunks` (one block per chunk and batch x head, 64 KiB of dynamic
 /// shared memory): adds 10 to the first value of each chunk's first token, read back through
 /// the last float of shared memory, and writes one float per chunk state.
@@ -779,15 +800,15 @@ const TEST_KERNELS: &str = r#"
 #define C 4
 extern "C" __global__ void attnc_test_heads(
     const float* q, const float* k, const float* v, const float* beta, const float* g,
-    float* out, float* s, float* z, float* chunk_s, float* chunk_z, float* work,
-    float* scratch, int n, int heads)
+    const float* proj, float* out, float* s, float* z, float* chunk_s, float* chunk_z,
+    float* work, float* scratch, int n, int heads)
 {
     int bh = blockIdx.x;
     for (int i = threadIdx.x; i < n * DV; i += blockDim.x) {
         int t = i / DV;
         long tok = (long)bh * n + t;
         out[(long)bh * n * DV + i] = q[tok * DK] + k[tok * DK + 1] + v[(long)bh * n * DV + i]
-            + beta[tok] + g[tok] + (float)heads;
+            + beta[tok] + g[tok] + proj[1] + (float)heads;
     }
     if (threadIdx.x == 0) {
         for (int j = 0; j < F * DV; ++j) s[bh * F * DV + j] += 1.0f;
@@ -798,8 +819,8 @@ extern "C" __global__ void attnc_test_heads(
 }
 extern "C" __global__ void attnc_test_chunks(
     const float* q, const float* k, const float* v, const float* beta, const float* g,
-    float* out, float* s, float* z, float* chunk_s, float* chunk_z, float* work,
-    float* scratch, int n, int heads)
+    const float* proj, float* out, float* s, float* z, float* chunk_s, float* chunk_z,
+    float* work, float* scratch, int n, int heads)
 {
     extern __shared__ float tile[];
     const int last = 64 * 1024 / 4 - 1;
@@ -836,6 +857,7 @@ const TEST_LAUNCH: CudaLaunch = CudaLaunch {
     normalized: true,
     uses_beta: true,
     uses_gates: true,
+    uses_projection: true,
     layout: TokenLayout::Bhnd,
     forward: TEST_FORWARD,
     step: TEST_FORWARD.split_at(1).0,
@@ -899,6 +921,10 @@ fn gpu_launches_follow_the_contract() {
     let v = cpu.tensor_from_vec(seq(b * 3 * n * 3, 0.25), (b, H::default(), n, Const::<3>));
     let beta = cpu.tensor_from_vec(seq(b * 3 * n, 0.125), (b, H::default(), n));
     let g = cpu.tensor_from_vec(seq(b * 3 * n, -0.5), (b, H::default(), n));
+    // The projection: (F, DK) = (2, 2); the kernel reads its second value.
+    let pd = gpu
+        .upload(&cpu.tensor([[0.0f32, 0.5], [0.0, 0.0]]))
+        .unwrap();
     let (qd, kd, vd, bd, gd) = (
         gpu.upload(&q).unwrap(),
         gpu.upload(&k).unwrap(),
@@ -918,7 +944,7 @@ fn gpu_launches_follow_the_contract() {
         let mut out = vec![0.0f32; b * 3 * n * 3];
         for (i, o) in out.iter_mut().enumerate() {
             let tok = i / 3;
-            *o = q[tok * 2] + k[tok * 2 + 1] + v[i] + beta[tok] + g[tok] + 3.0;
+            *o = q[tok * 2] + k[tok * 2 + 1] + v[i] + beta[tok] + g[tok] + 0.5 + 3.0;
             if chunk_bonus && i % 3 == 0 && (tok % n) % 4 == 0 {
                 *o += 10.0;
             }
@@ -926,7 +952,7 @@ fn gpu_launches_follow_the_contract() {
         out
     };
 
-    let (out, state) = forward_cuda::<usize, H, _, _, _, 2, 3>(
+    let (out, state) = forward_cuda::<usize, H, _, _, _, _, 2, 3>(
         &TEST_LAUNCH,
         TEST_KERNELS,
         (b, H::default()),
@@ -935,6 +961,7 @@ fn gpu_launches_follow_the_contract() {
         &vd,
         Some(&bd),
         Some(&gd),
+        Some(&pd),
         None,
     )
     .unwrap();
@@ -945,7 +972,7 @@ fn gpu_launches_follow_the_contract() {
     assert!(host.z.as_ref().unwrap().as_vec().iter().all(|&x| x == 2.0));
 
     // From a given state: the kernels see it on entry; the caller's copy is untouched.
-    let (_, state2) = forward_cuda::<usize, H, _, _, _, 2, 3>(
+    let (_, state2) = forward_cuda::<usize, H, _, _, _, _, 2, 3>(
         &TEST_LAUNCH,
         TEST_KERNELS,
         (b, H::default()),
@@ -954,6 +981,7 @@ fn gpu_launches_follow_the_contract() {
         &vd,
         Some(&bd),
         Some(&gd),
+        Some(&pd),
         Some(&state),
     )
     .unwrap();
@@ -992,6 +1020,7 @@ fn gpu_launches_follow_the_contract() {
         &vt,
         Some(&bt),
         Some(&bt),
+        Some(&pd),
     )
     .unwrap();
     let ot = ot.download().unwrap().as_vec();
@@ -1004,7 +1033,7 @@ fn gpu_launches_follow_the_contract() {
         let tok = i / 3;
         assert_eq!(
             *o,
-            qh[tok * 2] + qh[tok * 2 + 1] + vh[i] + 2.0 * bh[tok] + 3.0,
+            qh[tok * 2] + qh[tok * 2 + 1] + vh[i] + 2.0 * bh[tok] + 0.5 + 3.0,
             "o_t[{i}]"
         );
     }
@@ -1022,6 +1051,7 @@ fn gpu_launches_follow_the_contract() {
         &bad_v(&gpu, b),
         Some(&bt),
         Some(&bt),
+        Some(&pd),
     );
     assert!(
         matches!(err, Err(Error::ShapeMismatch { arg: "v_t", .. })),

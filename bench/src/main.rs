@@ -1,0 +1,370 @@
+//! attnc's benchmark harness: one command, one run, every number side by side.
+//!
+//! ```sh
+//! cargo run --release -p attnc-bench              # the full run (BENCHMARKS.md), ~10 minutes
+//! cargo run --release -p attnc-bench -- --quick   # a smoke run at small N
+//! ```
+//!
+//! Times attnc's `forward` (chunk 32, 64, 128; 1 and 2 threads), its recurrent `step` looped over
+//! the sequence, the quadratic masked form composed from dfdx ops, softmax KV-cache decoding from
+//! dfdx ops, and the machine's limits (FMA peak, sgemm); prints markdown tables and writes
+//! `bench-out/bench.json` and SVG plots (log-log time against N) into `bench-out/`.
+
+mod baselines;
+mod limits;
+mod report;
+mod specs;
+
+use report::{Report, Row};
+use specs::{Inputs, Variant, CHUNKS};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Command-line options.
+struct Opts {
+    quick: bool,
+    out: PathBuf,
+    dfdx_max_n: usize,
+}
+
+fn opts() -> Result<Opts, String> {
+    let mut o = Opts {
+        quick: false,
+        out: PathBuf::from("bench-out"),
+        dfdx_max_n: 4096,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--out" => o.out = args.next().ok_or("--out needs a folder")?.into(),
+            "--dfdx-max-n" => {
+                o.dfdx_max_n = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--dfdx-max-n needs a number")?
+            }
+            other => {
+                return Err(format!(
+                    "unknown option {other}; use --quick, --out DIR, --dfdx-max-n N"
+                ))
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// Best time of several runs after a warm-up, in milliseconds: at least 3 runs and 0.3 s, at
+/// most 10 runs (one run when a single call takes over 2 s).
+fn time_ms(mut f: impl FnMut()) -> f64 {
+    let t0 = Instant::now();
+    f();
+    let first = t0.elapsed().as_secs_f64();
+    if first > 2.0 {
+        return first * 1e3;
+    }
+    let (mut best, mut total, mut runs) = (f64::INFINITY, 0.0, 0);
+    while runs < 10 && (runs < 3 || total < 0.3) {
+        let t0 = Instant::now();
+        f();
+        let dt = t0.elapsed().as_secs_f64();
+        best = best.min(dt);
+        total += dt;
+        runs += 1;
+    }
+    best * 1e3
+}
+
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap_or_else(|e| panic!("cannot build a {threads}-thread pool: {e}"))
+}
+
+fn main() {
+    let o = match opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("attnc-bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = std::fs::create_dir_all(&o.out) {
+        eprintln!("attnc-bench: cannot create {}: {e}", o.out.display());
+        std::process::exit(2);
+    }
+    let machine = machine();
+    println!("attnc-bench on {machine}");
+    let mut rep = Report::default();
+    measure_limits(&mut rep, o.quick);
+    let ns: &[usize] = if o.quick {
+        &[512, 1024]
+    } else {
+        &[512, 1024, 2048, 4096, 8192, 16384]
+    };
+    for &n in ns {
+        measure_forward(&mut rep, 8, n, &o);
+    }
+    let long = if o.quick { 4096 } else { 65536 };
+    measure_forward(&mut rep, 1, long, &o);
+    let decode_ns: &[usize] = if o.quick {
+        &[1024]
+    } else {
+        &[1024, 4096, 16384, 65536]
+    };
+    for &n in decode_ns {
+        measure_decode(&mut rep, n);
+    }
+    let command = format!(
+        "cargo run --release -p attnc-bench{}",
+        if o.quick { " -- --quick" } else { "" }
+    );
+    let summary = summary(&rep, &machine, &command, long);
+    println!("\n{summary}");
+    let write = |name: &str, text: &str| {
+        if let Err(e) = std::fs::write(o.out.join(name), text) {
+            eprintln!("attnc-bench: cannot write {name}: {e}");
+        }
+    };
+    write("bench.md", &summary);
+    if let Err(e) = rep.write_json(&o.out.join("bench.json"), &machine, &command) {
+        eprintln!("attnc-bench: cannot write bench.json: {e}");
+    }
+    for v in Variant::ALL {
+        let file = format!("forward-{}.svg", v.name().replace([' ', '+'], "_"));
+        let title = format!("{}: forward, B = 1, H = 8, dk = dv = 64", v.name());
+        if let Err(e) = rep.plot(&o.out.join(file), "forward", v.name(), 8, &title) {
+            eprintln!("attnc-bench: plot: {e}");
+        }
+    }
+    let title = "decoding: time per token per head, B = 1, H = 8, d = 64";
+    if let Err(e) = rep.plot(&o.out.join("decode.svg"), "decode", "plain", 8, title) {
+        eprintln!("attnc-bench: plot: {e}");
+    }
+    println!(
+        "wrote {}/bench.md, bench.json and the SVG plots",
+        o.out.display()
+    );
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let dev = attnc::Device::auto().map_or_else(|e| e.to_string(), |d| d.describe());
+    format!("{cpu}, {threads} hardware threads; attnc: {dev}")
+}
+
+fn measure_limits(rep: &mut Report, quick: bool) {
+    println!("\n== the machine's limits");
+    let (one, isa) = limits::fma_peak_one_thread();
+    let limit = |variant: String, threads: usize, value: f64| Row {
+        section: "limit",
+        implementation: "machine".into(),
+        variant,
+        b: 0,
+        h: 0,
+        n: 0,
+        threads,
+        value,
+        unit: "GFLOP/s",
+    };
+    rep.push(limit(format!("FMA peak ({isa})"), 1, one));
+    rep.push(limit(format!("FMA peak ({isa})"), 2, limits::fma_peak(2)));
+    let n = if quick { 256 } else { 1024 };
+    rep.push(limit(
+        format!("sgemm {n}^3 (gemm crate)"),
+        1,
+        limits::sgemm(n, 1),
+    ));
+    rep.push(limit(
+        format!("sgemm {n}^3 (gemm crate)"),
+        2,
+        limits::sgemm(n, 2),
+    ));
+}
+
+/// attnc `forward` at every chunk and thread count, `step` over the sequence, and the dfdx
+/// composition, for every variant at (1, h, n).
+fn measure_forward(rep: &mut Report, h: usize, n: usize, o: &Opts) {
+    println!("\n== forward, B = 1, H = {h}, N = {n}");
+    let x = Inputs::random(1, h, n, n as u64);
+    let row = |implementation: String, variant: Variant, threads: usize, ms: f64| Row {
+        section: "forward",
+        implementation,
+        variant: variant.name().into(),
+        b: 1,
+        h,
+        n,
+        threads,
+        value: ms,
+        unit: "ms",
+    };
+    for v in Variant::ALL {
+        for threads in [1, 2] {
+            let p = pool(threads);
+            for chunk in CHUNKS {
+                let ms = p.install(|| {
+                    time_ms(|| {
+                        std::hint::black_box(specs::forward(v, chunk, &x).expect("attnc forward"));
+                    })
+                });
+                rep.push(row(format!("attnc c{chunk}"), v, threads, ms));
+            }
+        }
+        if h > 1 {
+            // The recurrent form: `step` over the whole sequence (from a zero state).
+            let tokens = specs::tokens(&x, n);
+            let ms = time_ms(|| {
+                let mut st = specs::St::zeros(1, h, v.normalized()).expect("state");
+                for t in &tokens {
+                    std::hint::black_box(specs::step(v, &mut st, t).expect("attnc step"));
+                }
+            });
+            rep.push(row("attnc step x N".into(), v, 1, ms));
+            if n <= o.dfdx_max_n && baselines::has_dfdx_form(v) {
+                let ms = time_ms(|| {
+                    std::hint::black_box(baselines::dfdx_linear(v, &x));
+                });
+                rep.push(row("dfdx quadratic".into(), v, 1, ms));
+            }
+        }
+    }
+}
+
+/// Decoding at context length `n`: attnc `step` (state after n tokens) against softmax attention
+/// over a KV cache of n tokens composed from dfdx ops; nanoseconds per token per head.
+fn measure_decode(rep: &mut Report, n: usize) {
+    println!("\n== decode, B = 1, H = 8, context N = {n}");
+    let h = 8;
+    let x = Inputs::random(1, h, n, 99);
+    let tokens = specs::tokens(&Inputs::random(1, h, 256, 5), 256);
+    let row = |implementation: &str, variant: &str, ns: f64| Row {
+        section: "decode",
+        implementation: implementation.into(),
+        variant: variant.into(),
+        b: 1,
+        h,
+        n,
+        threads: 1,
+        value: ns,
+        unit: "ns/token/head",
+    };
+    for v in Variant::ALL {
+        let st = pool(2).install(|| specs::prefill(v, &x).expect("prefill"));
+        let ms = time_ms(|| {
+            let mut st = st.clone();
+            for t in &tokens {
+                std::hint::black_box(specs::step(v, &mut st, t).expect("step"));
+            }
+        });
+        rep.push(row(
+            "attnc step",
+            v.name(),
+            ms * 1e6 / (tokens.len() * h) as f64,
+        ));
+    }
+    let cache = baselines::KvCache::random(h, n);
+    let dev = dfdx::tensor::Cpu::default();
+    let q: dfdx::tensor::Tensor<(usize, dfdx::shapes::Const<1>, dfdx::shapes::Const<64>), f32, _> =
+        dfdx::tensor::SampleTensor::sample_normal_like(
+            &dev,
+            &(h, dfdx::shapes::Const, dfdx::shapes::Const),
+        );
+    let steps = 32;
+    let ms = time_ms(|| {
+        for _ in 0..steps {
+            std::hint::black_box(cache.decode(&q));
+        }
+    });
+    let ns = ms * 1e6 / (steps * h) as f64;
+    // One row per variant name so the decode plot's "plain" series has the baseline next to it.
+    rep.push(row("dfdx softmax KV cache", "plain", ns));
+}
+
+/// FLOPs of the plain causal chunk program at (h, n), chunk c, d = 64 (the useful ones: the
+/// masked upper triangle is not counted).
+fn plain_flops(h: usize, n: usize, c: usize) -> f64 {
+    let d = 64.0;
+    let c = c as f64;
+    let per_chunk = 2.0 * (c * (c + 1.0) / 2.0 * d) * 2.0 + 2.0 * (2.0 * c * d * d);
+    h as f64 * (n as f64 / c) * per_chunk
+}
+
+/// The tables and the ratios the issue asks for.
+fn summary(rep: &Report, machine: &str, command: &str, long: usize) -> String {
+    let mut s = format!("# attnc-bench\n\nMachine: {machine}\n\nCommand: `{command}`\n\n");
+    s.push_str("## The machine's limits\n\n");
+    s.push_str(&rep.markdown("limit", 0));
+    s.push_str("\n## forward, B = 1, H = 8 (ms)\n\n");
+    s.push_str(&rep.markdown("forward", 8));
+    s.push_str(&format!("\n## forward, B = 1, H = 1, N = {long} (ms)\n\n"));
+    s.push_str(&rep.markdown("forward", 1));
+    s.push_str("\n## decode (ns per token per head)\n\n");
+    s.push_str(&rep.markdown("decode", 8));
+    s.push_str("\n## Ratios (same run)\n\n");
+    let n = 4096;
+    let f = |imp: &str, v: Variant, t: usize| rep.find("forward", imp, v.name(), n, t);
+    if let Some(plain) = f("attnc c64", Variant::Plain, 2) {
+        let gflops = plain_flops(8, n, 64) / plain / 1e6;
+        let peak = rep
+            .rows
+            .iter()
+            .find(|r| r.section == "limit" && r.variant.starts_with("FMA") && r.threads == 2)
+            .map_or(f64::NAN, |r| r.value);
+        s.push_str(&format!(
+            "- plain, N = {n}, chunk 64, 2 threads: {plain:.2} ms = {gflops:.0} GFLOP/s useful, {:.0}% of the 2-thread FMA peak\n",
+            100.0 * gflops / peak
+        ));
+        for v in [
+            Variant::Elu,
+            Variant::Gated,
+            Variant::Delta,
+            Variant::GatedDelta,
+        ] {
+            if let Some(ms) = f("attnc c64", v, 2) {
+                s.push_str(&format!("- {} / plain: {:.2}x\n", v.name(), ms / plain));
+            }
+        }
+        if let Some(d) = f("dfdx quadratic", Variant::Plain, 1) {
+            s.push_str(&format!(
+                "- dfdx quadratic / attnc (plain): {:.0}x\n",
+                d / plain
+            ));
+        }
+        if let Some(st) = f("attnc step x N", Variant::Plain, 1) {
+            s.push_str(&format!(
+                "- step x N / forward (plain): {:.1}x\n",
+                st / plain
+            ));
+        }
+    }
+    let long_f = |t: usize| rep.find("forward", "attnc c64", Variant::Plain.name(), long, t);
+    if let (Some(one), Some(two)) = (long_f(1), long_f(2)) {
+        s.push_str(&format!(
+            "- B = 1, H = 1, N = {long}, plain: 1 thread {one:.2} ms, 2 threads {two:.2} ms: {:.2}x\n",
+            one / two
+        ));
+    }
+    let dec = |imp: &str, v: &str, n: usize| rep.find("decode", imp, v, n, 1);
+    for n in [1024, 65536] {
+        if let (Some(lin), Some(soft)) = (
+            dec("attnc step", "plain", n),
+            dec("dfdx softmax KV cache", "plain", n),
+        ) {
+            s.push_str(&format!(
+                "- decode at N = {n}: attnc step {lin:.0} ns vs softmax KV cache {soft:.0} ns per token per head ({:.0}x)\n",
+                soft / lin
+            ));
+        }
+    }
+    s
+}
