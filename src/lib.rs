@@ -40,6 +40,41 @@ pub mod cuda {
     };
 }
 
+/// FAVOR+ (Performer): `feature_map = favor(features = m)` takes a projection w (m x dk) at run
+/// time, last among the inputs of `forward`, `forward_with_state` and `step` (and of their
+/// `_cuda` siblings, as a [`CudaTensor`]). [`favor::orthogonal_gaussian`] samples it as Performer
+/// does; `phi(x)_i = exp(w_i . x' - |x'|^2 / 2) / sqrt(m)` with `x' = x / dk^(1/4)`, the
+/// stabiliser c of DESIGN §3 being 0 (no overflow for any input norm: the exponent is at most
+/// `|w_i|^2 / 2`). The full account: [`attnc_runtime::favor`].
+///
+/// ```
+/// use attnc::prelude::*;
+///
+/// /// Performer: causal FAVOR+ attention with 64 random features.
+/// #[attention(head_dim = 16, feature_map = favor(features = 64), normalize = sum, chunk = 16)]
+/// pub struct Performer;
+///
+/// let dev = Cpu::default();
+/// let q: Tensor<Rank4<1, 2, 40, 16>, f32, _> = dev.sample_normal();
+/// let k: Tensor<Rank4<1, 2, 40, 16>, f32, _> = dev.sample_normal();
+/// let v: Tensor<Rank4<1, 2, 40, 16>, f32, _> = dev.sample_normal();
+/// // (FEATURE_DIM, HEAD_DIM) = (64, 16), inferred from `forward`'s signature; seeded.
+/// let w = attnc::favor::orthogonal_gaussian(42)?;
+/// let o = Performer::forward(&q, &k, &v, &w)?;
+/// assert_eq!(Performer::FEATURE_DIM, 64);
+/// assert!(o.as_vec().iter().all(|x| x.is_finite()));
+///
+/// // Decoding continues from forward's state with the same projection.
+/// let (_, mut state) = Performer::forward_with_state(&q, &k, &v, &w, None)?;
+/// let q_t: Tensor<Rank3<1, 2, 16>, f32, _> = dev.sample_normal();
+/// let o_t = Performer::step(&mut state, &q_t, &q_t, &q_t, &w)?;
+/// assert_eq!(o_t.shape(), &(Const::<1>, Const::<2>, Const::<16>));
+/// # Ok::<(), attnc::Error>(())
+/// ```
+pub mod favor {
+    pub use attnc_runtime::favor::{orthogonal_gaussian, orthogonal_gaussian_vec};
+}
+
 /// Everything needed to declare a spec, build inputs and read outputs.
 pub mod prelude {
     pub use crate::{attention, CudaDevice, CudaState, CudaTensor, Device, Error, Spec, State};

@@ -14,7 +14,8 @@ const D: usize = 4; // dk = dv = f
 /// Kernel 1, one block per (chunk, bh): reverses the chunk of q through dynamic shared memory
 /// into out and leaves the chunk's sum in `work`. Kernel 2, one block per bh: block-wide sums
 /// (a tree in ATTNC_SHARED memory, several barriers) of v and of kernel 1's chunk sums, added to
-/// the state. The last kernels break the rules on purpose.
+/// the state, and one value of `proj` (so the 13 pointers are checked in order). The last
+/// kernels break the rules on purpose.
 const SOURCE: &str = r#"
 #ifndef ATTNC_HOST_EMULATION
 #define ATTNC_SHARED __shared__
@@ -22,8 +23,8 @@ const SOURCE: &str = r#"
 #endif
 
 #define ATTNC_PARAMS const float* q, const float* k, const float* v, const float* beta, \
-    const float* g, float* out, float* s, float* z, float* chunk_s, float* chunk_z, float* work, \
-    float* scratch, int n, int heads
+    const float* g, const float* proj, float* out, float* s, float* z, float* chunk_s, \
+    float* chunk_z, float* work, float* scratch, int n, int heads
 
 extern "C" __global__ void selftest_reverse(ATTNC_PARAMS) {
   ATTNC_DYN_SMEM(tile);
@@ -69,6 +70,7 @@ extern "C" __global__ void selftest_sum(ATTNC_PARAMS) {
     s[bh * D * D + 0] += total;
     s[bh * D * D + 1] = chunk_total;
     s[bh * D * D + 2] = (float)(bh % heads);
+    s[bh * D * D + 3] = proj[5];
     z[bh * D] = expf(z[bh * D]) + rsqrtf(4.0f) + tanhf(0.5f) + fmaxf(fabsf(-2.0f), 1.0f);
   }
 }
@@ -111,6 +113,7 @@ fn launch(forward: &'static [KernelInfo]) -> CudaLaunch {
         normalized: true,
         uses_beta: false,
         uses_gates: false,
+        uses_projection: true,
         layout: TokenLayout::Bhnd,
         forward,
         step: &[],
@@ -128,6 +131,7 @@ fn inputs(bh: usize, n: usize) -> EmuInputs {
         v: rng.normals(bh * n * D),
         s: rng.normals(bh * D * D),
         z: rng.normals(bh * D),
+        proj: rng.normals(D * D),
         ..EmuInputs::default()
     }
 }
@@ -178,6 +182,7 @@ fn kernels_run_in_order_with_shared_memory_and_barriers() {
         s[h * D * D] += block_sum(&parts);
         s[h * D * D + 1] = block_sum(&chunk_sums);
         s[h * D * D + 2] = (h % heads) as f32;
+        s[h * D * D + 3] = x.proj[5];
         z[h * D] = z[h * D].exp() + 0.5 + 0.5f32.tanh() + 2.0;
     }
     assert_eq!(got.out, out);

@@ -52,6 +52,8 @@ fn kernel_inputs(spec: &Spec, x: &Inputs, s: &[f32], z: &[f32]) -> EmuInputs {
         } else {
             Vec::new()
         },
+        // FAVOR+'s projection: (F, DK) as the user passes it, in any layout.
+        proj: x.proj.clone(),
         s: s.to_vec(),
         z: z.to_vec(),
     }
@@ -98,7 +100,8 @@ macro_rules! linear_spec {
                 let (b, h, c) = (2, 2, Attn::CHUNK);
                 let mut worst = 0.0f64;
                 for (i, n) in [1, c - 1, c + 1, 3 * c + 7].into_iter().enumerate() {
-                    let x = Inputs::random(b, h, n, Attn::HEAD_DIM, Attn::VALUE_DIM, 40 + i as u64);
+                    let x = Inputs::random(b, h, n, Attn::HEAD_DIM, Attn::VALUE_DIM, 40 + i as u64)
+                        .for_spec(spec, 5);
                     let (s0, z0) = initial_state(spec, b * h, 7 + i as u64);
                     let z0_opt = (!z0.is_empty()).then_some(&z0[..]);
                     let want = reference(spec, &x, Some(&s0), z0_opt);
@@ -247,6 +250,30 @@ linear_spec!(
     chunk = 16
 );
 linear_spec!(chunk64_gated, head_dim = 64, update = gated, chunk = 64);
+linear_spec!(
+    favor_sum,
+    head_dim = 16,
+    feature_map = favor(features = 64),
+    normalize = sum,
+    chunk = 16
+);
+linear_spec!(
+    favor_noncausal_bnhd,
+    head_dim = 8,
+    value_dim = 16,
+    feature_map = favor(features = 48),
+    mask = none,
+    layout = bnhd,
+    chunk = 16
+);
+linear_spec!(
+    favor_gated_delta_l2,
+    head_dim = 16,
+    feature_map = favor(features = 32),
+    update = gated_delta,
+    qk_norm = l2,
+    chunk = 16
+);
 
 macro_rules! softmax_spec {
     ($m:ident, $($attr:tt)*) => {

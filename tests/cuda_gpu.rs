@@ -41,13 +41,17 @@ fn tok<const D: usize>(data: &[f32], b: usize, x: usize, y: usize) -> Tok<D> {
     Cpu::default().tensor_from_vec(data.to_vec(), (b, x, y, Const))
 }
 
-/// `beta` or `g` (an extra argument's name) picks the first or second of two expressions.
+/// `beta`, `g` or `proj` (an extra argument's name) picks the first, second or third of three
+/// expressions.
 macro_rules! pick {
-    (beta, $b:expr, $g:expr) => {
+    (beta, $b:expr, $g:expr, $p:expr) => {
         $b
     };
-    (g, $b:expr, $g:expr) => {
+    (g, $b:expr, $g:expr, $p:expr) => {
         $g
+    };
+    (proj, $b:expr, $g:expr, $p:expr) => {
+        $p
     };
 }
 
@@ -67,6 +71,11 @@ macro_rules! gpu_spec {
                 let Some(gpu) = gpu_or_skip(stringify!($m)) else { return };
                 let (b, h, c) = (2, 3, Attn::CHUNK);
                 let mut worst = 0.0f64;
+                // FAVOR+'s projection (sampled for every spec; only favor specs take it).
+                let w = attnc::favor::orthogonal_gaussian::<{ Attn::FEATURE_DIM }, DK>(3)
+                    .expect("projection");
+                let gw = gpu.upload(&w).expect("upload");
+                let _ = (&w, &gw);
                 for (i, n) in [1, c - 1, c + 1, 3 * c + 7, 1000].into_iter().enumerate() {
                     // Axes 1 and 2 are (H, N) or (N, H) by layout; the data is random either way.
                     let bnhd = Attn::spec().layout == attnc::spec::Layout::Bnhd;
@@ -95,9 +104,9 @@ macro_rules! gpu_spec {
                     let gst0 = gpu.upload_state(&st0).expect("upload state");
 
                     let (o_cpu, st_cpu) =
-                        Attn::forward_with_state(&q, &k, &v, $(pick!($extra, &beta, &g),)* Some(&st0)).expect("cpu");
+                        Attn::forward_with_state(&q, &k, &v, $(pick!($extra, &beta, &g, &w),)* Some(&st0)).expect("cpu");
                     let (o_gpu, st_gpu) =
-                        Attn::forward_with_state_cuda(&gq, &gk, &gv, $(pick!($extra, &gbeta, &gg),)* Some(&gst0))
+                        Attn::forward_with_state_cuda(&gq, &gk, &gv, $(pick!($extra, &gbeta, &gg, &gw),)* Some(&gst0))
                             .expect("gpu forward");
                     worst = worst.max(close("forward o", &o_gpu.download().expect("download"), &o_cpu));
                     let st_gpu = st_gpu.download().expect("download state");
@@ -119,9 +128,9 @@ macro_rules! gpu_spec {
                     let (gq_t, gv_t) = (gpu.upload(&q_t).expect("up"), gpu.upload(&v_t).expect("up"));
                     let (gbeta_t, gg_t) = (gpu.upload(&beta_t).expect("up"), gpu.upload(&g_t).expect("up"));
                     let _ = (&gbeta_t, &gg_t);
-                    let o_cpu = Attn::step(&mut cpu_state, &q_t, &q_t, &v_t, $(pick!($extra, &beta_t, &g_t),)*)
+                    let o_cpu = Attn::step(&mut cpu_state, &q_t, &q_t, &v_t, $(pick!($extra, &beta_t, &g_t, &w),)*)
                         .expect("cpu step");
-                    let o_gpu = Attn::step_cuda(&mut gpu_state, &gq_t, &gq_t, &gv_t, $(pick!($extra, &gbeta_t, &gg_t),)*)
+                    let o_gpu = Attn::step_cuda(&mut gpu_state, &gq_t, &gq_t, &gv_t, $(pick!($extra, &gbeta_t, &gg_t, &gw),)*)
                         .expect("gpu step");
                     close("step o", &o_gpu.download().expect("download"), &o_cpu);
                     close("step S", &gpu_state.download().expect("download").s, &cpu_state.s);
@@ -213,6 +222,24 @@ gpu_spec!(
     feature_map = dpfp(nu = 2),
     update = delta,
     qk_norm = l2,
+    chunk = 32
+);
+gpu_spec!(
+    favor_sum,
+    [proj],
+    head_dim = 64,
+    feature_map = favor(features = 128),
+    normalize = sum,
+    chunk = 64
+);
+gpu_spec!(
+    favor_gated_delta_bnhd,
+    [beta, g, proj],
+    head_dim = 32,
+    feature_map = favor(features = 256),
+    update = gated_delta,
+    qk_norm = l2,
+    layout = bnhd,
     chunk = 32
 );
 

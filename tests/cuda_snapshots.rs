@@ -73,3 +73,10 @@ fn softmax_attention() {
     struct Softmax;
     insta::assert_snapshot!(snapshot(&Softmax::CUDA_LAUNCH, Softmax::CUDA_SOURCE));
 }
+
+#[test]
+fn performer_favor() {
+    #[attention(head_dim = 64, feature_map = favor(features = 128), normalize = sum, chunk = 64)]
+    struct Performer;
+    insta::assert_snapshot!(snapshot(&Performer::CUDA_LAUNCH, Performer::CUDA_SOURCE));
+}

@@ -78,3 +78,10 @@ fn gated_deltanet() {
 fn softmax_attention() {
     insta::assert_snapshot!(expand("head_dim = 64, feature_map = softmax, chunk = 64"));
 }
+
+#[test]
+fn performer_favor() {
+    insta::assert_snapshot!(expand(
+        "head_dim = 64, feature_map = favor(features = 128), normalize = sum, chunk = 64"
+    ));
+}

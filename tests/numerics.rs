@@ -55,6 +55,33 @@ fn scalar_at(data: &[f32], x: &Inputs, t: usize) -> Tensor<(usize, usize), f32, 
     Cpu::default().tensor_from_vec(out, (x.b, x.h))
 }
 
+/// FAVOR+'s projection (F, DK) of the inputs, as the tensor `forward` and `step` take.
+fn projection<const M: usize, const D: usize>(
+    x: &Inputs,
+) -> Tensor<(Const<M>, Const<D>), f32, Cpu> {
+    Cpu::default().tensor_from_vec(x.proj.clone(), (Const, Const))
+}
+
+/// The `forward` argument of an `extra = [..]` name: a per-token input, or `proj`.
+macro_rules! forward_arg {
+    (proj, $x:expr, $layout:expr) => {
+        projection($x)
+    };
+    ($name:ident, $x:expr, $layout:expr) => {
+        scalars(&$x.$name, $x, $layout)
+    };
+}
+
+/// The `step` argument of an `extra = [..]` name: token `t` of a per-token input, or `proj`.
+macro_rules! step_arg {
+    (proj, $x:expr, $t:expr) => {
+        projection($x)
+    };
+    ($name:ident, $x:expr, $t:expr) => {
+        scalar_at(&$x.$name, $x, $t)
+    };
+}
+
 /// Heads-first output data from a tensor in the spec's layout.
 fn heads_first<const D: usize>(o: &Tok<D>, x: &Inputs, layout: Layout) -> Vec<f32> {
     match layout {
@@ -80,7 +107,7 @@ macro_rules! check_spec {
                 let q: Tok<DK> = tokens(&x.q, x, layout);
                 let k: Tok<DK> = tokens(&x.k, x, layout);
                 let v: Tok<DV> = tokens(&x.v, x, layout);
-                $(let $extra = scalars(&x.$extra, x, layout);)*
+                $(let $extra = forward_arg!($extra, x, layout);)*
                 let (o, st) = Attn::forward_with_state(&q, &k, &v, $(&$extra,)* initial)?;
                 Ok((heads_first(&o, x, layout), st))
             }
@@ -90,7 +117,7 @@ macro_rules! check_spec {
                 let q: Tok<DK> = tokens(&x.q, x, layout);
                 let k: Tok<DK> = tokens(&x.k, x, layout);
                 let v: Tok<DV> = tokens(&x.v, x, layout);
-                $(let $extra = scalars(&x.$extra, x, layout);)*
+                $(let $extra = forward_arg!($extra, x, layout);)*
                 heads_first(&Attn::forward(&q, &k, &v, $(&$extra,)*).unwrap(), x, layout)
             }
 
@@ -103,7 +130,7 @@ macro_rules! check_spec {
                     let q = at_token::<DK>(&x.q, x, t);
                     let k = at_token::<DK>(&x.k, x, t);
                     let v = at_token::<DV>(&x.v, x, t);
-                    $(let $extra = scalar_at(&x.$extra, x, t);)*
+                    $(let $extra = step_arg!($extra, x, t);)*
                     let ot = Attn::step(&mut st, &q, &k, &v, $(&$extra,)*).unwrap().as_vec();
                     for bh in 0..x.b * x.h {
                         o[(bh * x.n + t) * DV..(bh * x.n + t + 1) * DV]
@@ -111,6 +138,11 @@ macro_rules! check_spec {
                     }
                 }
                 (o, st)
+            }
+
+            /// Random inputs for this spec (with FAVOR+'s projection, one per spec, if it has one).
+            fn random(b: usize, h: usize, n: usize, seed: u64) -> Inputs {
+                Inputs::random(b, h, n, DK, DV, seed).for_spec(Attn::spec(), 1234)
             }
 
             /// N = 1, C - 1, C, C + 1, 3C + 7.
@@ -124,7 +156,7 @@ macro_rules! check_spec {
                 let spec = Attn::spec();
                 for isa in CpuIsa::available() {
                     for (i, n) in tails().into_iter().enumerate() {
-                        let x = Inputs::random(2, 3, n, DK, DV, 17 + i as u64);
+                        let x = random(2, 3, n, 17 + i as u64);
                         let want = reference(spec, &x, None, None);
                         let (o, st) = isa.run_with(|| forward_with_state(&x, None)).unwrap().unwrap();
                         let err = max_rel_err(&o, &want.o);
@@ -142,7 +174,7 @@ macro_rules! check_spec {
 
             #[test]
             fn forward_equals_forward_with_state_none() {
-                let x = Inputs::random(1, 2, Attn::CHUNK + 3, DK, DV, 5);
+                let x = random(1, 2, Attn::CHUNK + 3, 5);
                 let (o, _) = forward_with_state(&x, None).unwrap();
                 assert_eq!(forward(&x), o);
             }
@@ -150,7 +182,7 @@ macro_rules! check_spec {
             #[test]
             fn chaining_two_halves_equals_one_call() {
                 let n = 2 * Attn::CHUNK + 9;
-                let x = Inputs::random(2, 2, n, DK, DV, 23);
+                let x = random(2, 2, n, 23);
                 let want = reference(Attn::spec(), &x, None, None);
                 let split = Attn::CHUNK / 2 + 5;
                 let (a, b) = split_tokens(&x, split);
@@ -169,8 +201,8 @@ macro_rules! check_spec {
 
             #[test]
             fn initial_state_matches_reference() {
-                let x = Inputs::random(1, 2, Attn::CHUNK + 1, DK, DV, 31);
-                let prefix = Inputs::random(1, 2, 7, DK, DV, 32);
+                let x = random(1, 2, Attn::CHUNK + 1, 31);
+                let prefix = random(1, 2, 7, 32);
                 let (_, st0) = forward_with_state(&prefix, None).unwrap();
                 let s0 = st0.s.as_vec();
                 let z0 = st0.z.as_ref().map(|z| z.as_vec());
@@ -182,7 +214,7 @@ macro_rules! check_spec {
 
             #[test]
             fn step_token_by_token_matches_forward() {
-                let x = Inputs::random(2, 2, Attn::CHUNK + 5, DK, DV, 41);
+                let x = random(2, 2, Attn::CHUNK + 5, 41);
                 let (o, st) = forward_with_state(&x, None).unwrap();
                 let (o_step, st_step) = stepwise(&x);
                 let want = reference(Attn::spec(), &x, None, None);
@@ -566,4 +598,60 @@ check_spec!(
     qk_norm = l2,
     layout = bnhd,
     chunk = 64
+);
+
+// FAVOR+ (Performer's positive random features, F = features): the projection is the last
+// argument (`proj`, sampled once per spec by `attnc::favor::orthogonal_gaussian_vec`).
+check_spec!(
+    favor_sum_c16,
+    extra = [proj],
+    head_dim = 16,
+    feature_map = favor(features = 64),
+    normalize = sum,
+    chunk = 16
+);
+check_spec!(
+    favor_noncausal_sum_c32,
+    extra = [proj],
+    head_dim = 16,
+    feature_map = favor(features = 128),
+    mask = none,
+    normalize = sum,
+    chunk = 32
+);
+check_spec!(
+    favor_additive_c64,
+    extra = [proj],
+    head_dim = 32,
+    value_dim = 16,
+    feature_map = favor(features = 96),
+    chunk = 64
+);
+check_spec!(
+    favor_gated_sum_c16,
+    extra = [g, proj],
+    head_dim = 16,
+    feature_map = favor(features = 32),
+    update = gated,
+    normalize = sum,
+    chunk = 16
+);
+check_spec!(
+    favor_delta_l2_c32,
+    extra = [beta, proj],
+    head_dim = 16,
+    feature_map = favor(features = 64),
+    update = delta,
+    qk_norm = l2,
+    chunk = 32
+);
+check_spec!(
+    favor_bnhd_sum_c256,
+    extra = [proj],
+    head_dim = 8,
+    value_dim = 24,
+    feature_map = favor(features = 256),
+    normalize = sum,
+    layout = bnhd,
+    chunk = 256
 );

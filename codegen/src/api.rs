@@ -5,8 +5,8 @@
 
 use crate::cpu::{emit_kernel, lit};
 use crate::cuda::{CudaProgram, GridKind, KernelDesc};
-use crate::parse::{parse_spec, Key, ParsedSpec};
-use crate::plan::{Blame, Plan};
+use crate::parse::{parse_spec, ParsedSpec};
+use crate::plan::Plan;
 use crate::spec::*;
 use proc_macro2::{Literal, TokenStream};
 use quote::{format_ident, quote};
@@ -37,29 +37,16 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         Ok(p) => p,
         Err(e) => return fallback(item, e),
     };
-    let plan = match Plan::new(&parsed.spec) {
-        Ok(p) => p,
-        Err(e) => {
-            let key = match e.blame {
-                Blame::Update => Key::Update,
-                Blame::FeatureMap => Key::FeatureMap,
-            };
-            return fallback(item, syn::Error::new(parsed.spans.value(key), e.message));
-        }
-    };
-    expand_valid(&item_struct, &parsed, &plan)
+    expand_valid(&item_struct, &parsed, &Plan::new(&parsed.spec))
 }
 
 /// Expands an already-validated spec onto a unit struct (for tools that build specs in code).
-pub fn expand_spec(
-    spec: &Spec,
-    item: &syn::ItemStruct,
-) -> Result<TokenStream, crate::plan::PlanError> {
+pub fn expand_spec(spec: &Spec, item: &syn::ItemStruct) -> TokenStream {
     let parsed = ParsedSpec {
         spec: spec.clone(),
         spans: Default::default(),
     };
-    Ok(expand_valid(item, &parsed, &Plan::new(spec)?))
+    expand_valid(item, &parsed, &Plan::new(spec))
 }
 
 /// The span of an item's name (enum, fn, ...), or of its first token.
@@ -170,6 +157,7 @@ fn emit_methods(spec: &Spec, plan: &Plan, kernel: &syn::Ident) -> TokenStream {
     let (q_ty, v_ty, s_ty) = (tensor(tok), tensor(tok_v), tensor(per_tok.clone()));
     let state_ty = quote!(::attnc::State<B, H, #f, #dv>);
     let normalized = plan.normalized;
+    let proj_ty = tensor(quote!((#p::Const<#f>, #p::Const<#dk>)));
 
     // Extra per-token arguments, in the contract's order: beta, then g.
     let mut extra_params = Vec::new();
@@ -196,6 +184,21 @@ fn emit_methods(spec: &Spec, plan: &Plan, kernel: &syn::Ident) -> TokenStream {
             step_args.push(quote!(None::<&#head_ty>));
         }
     }
+    // FAVOR+'s projection w (F x DK): last, after the per-token inputs, in `step` too.
+    if plan.uses_projection {
+        extra_params.push(quote!(proj: &#proj_ty));
+        extra_args.push(quote!(Some(proj)));
+        extra_names.push(quote!(proj));
+        step_params.push(quote!(proj: &#proj_ty));
+        step_args.push(quote!(Some(proj)));
+        extra_docs.push_str(&format!(
+            " `proj` (FAVOR+'s projection w, ({}, {}): see `attnc::favor`),",
+            plan.f, plan.dk
+        ));
+    } else {
+        extra_args.push(quote!(None::<&#proj_ty>));
+        step_args.push(quote!(None::<&#proj_ty>));
+    }
     let axes = if bnhd { "(B, N, H, D)" } else { "(B, H, N, D)" };
     let fwd_doc = Literal::string(&format!(
         " Whole sequence (prefill/training) with the chunkwise-parallel fused kernel: q, k {axes} \
@@ -215,8 +218,8 @@ fn emit_methods(spec: &Spec, plan: &Plan, kernel: &syn::Ident) -> TokenStream {
     } else {
         quote! {
         /// One token of autoregressive decoding (the recurrent form): q_t, k_t (B, H, DK),
-        /// v_t (B, H, DV), then the per-token scalars as (B, H) tensors; updates `state` and
-        /// returns o_t (B, H, DV).
+        /// v_t (B, H, DV), then the per-token scalars as (B, H) tensors (and FAVOR+'s
+        /// projection, the one `forward` took); updates `state` and returns o_t (B, H, DV).
         pub fn step<B: #p::Dim, H: #p::Dim>(
             state: &mut #state_ty,
             q_t: &#p::Tensor<(B, H, #p::Const<#dk>), f32, #p::Cpu>,
@@ -226,7 +229,7 @@ fn emit_methods(spec: &Spec, plan: &Plan, kernel: &syn::Ident) -> TokenStream {
         ) -> ::core::result::Result<#p::Tensor<(B, H, #p::Const<#dv>), f32, #p::Cpu>, ::attnc::Error> {
             let (b, h, _) = *#p::HasShape::shape(q_t);
             let cfg = #p::Config { layout: #p::TokenLayout::Bhnd, dk: #dk, dv: #dv, f: #f, normalized: #normalized };
-            let out = #p::step::<#kernel, _, _, _, _, _, #f, #dv>(
+            let out = #p::step::<#kernel, _, _, _, _, _, _, #f, #dv>(
                 &cfg, state, q_t, k_t, v_t, #(#step_args,)*
             )?;
             #p::output_tensor(q_t, out, (b, h, #p::Const::<#dv>))
@@ -255,7 +258,7 @@ fn emit_methods(spec: &Spec, plan: &Plan, kernel: &syn::Ident) -> TokenStream {
         ) -> ::core::result::Result<(#v_ty, #state_ty), ::attnc::Error> {
             #destructure
             let cfg = #p::Config { layout: #layout, dk: #dk, dv: #dv, f: #f, normalized: #normalized };
-            let (out, state) = #p::forward::<#kernel, _, _, _, _, _, #f, #dv>(
+            let (out, state) = #p::forward::<#kernel, _, _, _, _, _, _, #f, #dv>(
                 &cfg, (b, h), q, k, v, #(#extra_args,)* initial,
             )?;
             let o = #p::output_tensor(q, out, #out_shape)?;
@@ -413,10 +416,11 @@ fn launch_tokens(spec: &Spec, plan: &Plan, cuda: &CudaProgram) -> TokenStream {
     let threads = Literal::u32_unsuffixed(crate::cuda::THREADS);
     let (dk, dv, f, c) = (lit(plan.dk), lit(plan.dv), lit(plan.f), lit(plan.chunk));
     let (work, scratch) = (lit(cuda.work_per_chunk), lit(cuda.scratch_per_block()));
-    let (normalized, beta, gates, states) = (
+    let (normalized, beta, gates, projection, states) = (
         plan.normalized,
         plan.uses_beta,
         plan.uses_gates,
+        plan.uses_projection,
         cuda.chunk_states,
     );
     let layout = match spec.layout {
@@ -433,6 +437,7 @@ fn launch_tokens(spec: &Spec, plan: &Plan, cuda: &CudaProgram) -> TokenStream {
             normalized: #normalized,
             uses_beta: #beta,
             uses_gates: #gates,
+            uses_projection: #projection,
             layout: #layout,
             forward: #forward,
             step: #step,
@@ -489,6 +494,17 @@ fn emit_cuda_methods(spec: &Spec, plan: &Plan) -> TokenStream {
             step_args.push(quote!(None::<&#head_ty>));
         }
     }
+    let proj_ty = dev(quote!((#p::Const<#f>, #p::Const<#dk>)));
+    if plan.uses_projection {
+        params.push(quote!(proj: &#proj_ty));
+        names.push(quote!(proj));
+        args.push(quote!(Some(proj)));
+        step_params.push(quote!(proj: &#proj_ty));
+        step_args.push(quote!(Some(proj)));
+    } else {
+        args.push(quote!(None::<&#proj_ty>));
+        step_args.push(quote!(None::<&#proj_ty>));
+    }
     let softmax = plan.softmax.is_some();
     let fws_vis = if softmax { quote!() } else { quote!(pub) };
     let step = if softmax {
@@ -503,7 +519,7 @@ fn emit_cuda_methods(spec: &Spec, plan: &Plan) -> TokenStream {
                 v_t: &#p::CudaTensor<(B, H, #p::Const<#dv>)>,
                 #(#step_params,)*
             ) -> ::core::result::Result<#p::CudaTensor<(B, H, #p::Const<#dv>)>, ::attnc::Error> {
-                #p::step_cuda::<_, _, _, _, _, #f, #dv>(
+                #p::step_cuda::<_, _, _, _, _, _, #f, #dv>(
                     &Self::CUDA_LAUNCH, Self::CUDA_SOURCE, state, q_t, k_t, v_t, #(#step_args,)*
                 )
             }
@@ -531,7 +547,7 @@ fn emit_cuda_methods(spec: &Spec, plan: &Plan) -> TokenStream {
             initial: Option<&#state_ty>,
         ) -> ::core::result::Result<(#v_ty, #state_ty), ::attnc::Error> {
             #destructure
-            #p::forward_cuda::<_, _, _, _, _, #f, #dv>(
+            #p::forward_cuda::<_, _, _, _, _, _, #f, #dv>(
                 &Self::CUDA_LAUNCH, Self::CUDA_SOURCE, (b, h), q, k, v, #(#args,)* initial,
             )
         }

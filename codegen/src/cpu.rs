@@ -126,12 +126,17 @@ fn declarations<'a>(
     let mut decls = vec![quote! {
         use ::attnc::__private::tile;
         const C: usize = #c;
-        let ::attnc::__private::Task { q, k, v, beta, g, n, out, s, z } = task;
-        let _ = (&q, &k, &v, &beta, &g, &out, &z);
+        let ::attnc::__private::Task { q, k, v, beta, g, proj, n, out, s, z } = task;
+        let _ = (&q, &k, &v, &beta, &g, &proj, &out, &z);
         let s = tile::as_tile_mut::<#f, #dv>(s)?;
     }];
     if plan.normalized {
         decls.push(quote! { let z = tile::as_vec_mut::<#f>(z)?; });
+    }
+    if plan.uses_projection {
+        // FAVOR+'s projection, transposed (DK x F) by the runtime once per call.
+        let dk = lit(plan.dk);
+        decls.push(quote! { let proj = tile::as_tile::<#dk, #f>(proj)?; });
     }
     let used = |t: Tile| ops.clone().any(|op| op.tiles().contains(&t));
     for t in [
@@ -323,6 +328,7 @@ fn emit_op(plan: &Plan, op: &Op) -> TokenStream {
                     let nu = lit(*nu);
                     quote! { tile::dpfp_rows(#s, rows, #d, #nu); }
                 }
+                FeatureMap::Favor { .. } => quote! { tile::favor_rows(isa, #s, rows, proj, #d); },
                 _ => quote! { tile::taylor2_rows(#s, rows, #d); },
             }
         }

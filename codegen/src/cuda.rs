@@ -2,7 +2,8 @@
 //! the tile library (`cuda_prelude.cuh`, the CUDA twin of `attnc_runtime::tile`) on
 //! compile-time-sized tiles, followed by a block barrier.
 //!
-//! Kernels, all with one parameter list (see `attnc_runtime::launch`):
+//! Kernels, all with one parameter list (see `attnc_runtime::launch`; FAVOR+'s projection is
+//! the `proj` pointer, read in place from global memory):
 //! - linear attention, `forward`: `attnc_intra` (per chunk), `attnc_scan` (per column block of the
 //!   state, chunks in order), `attnc_output` (per chunk): the plan's [`Phased`] program;
 //! - linear attention, `step`: `attnc_step` (per batch x head): the plan's step program;
@@ -403,8 +404,8 @@ impl<'a> Kernel<'a> {
         let _ = writeln!(
             src,
             "extern \"C\" __global__ void {name}(const float* q, const float* k, const float* v, \
-             const float* beta, const float* g, float* out, float* s, float* z, float* chunk_s, \
-             float* chunk_z, float* work, float* scratch, int n, int heads) {{"
+             const float* beta, const float* g, const float* proj, float* out, float* s, float* z, \
+             float* chunk_s, float* chunk_z, float* work, float* scratch, int n, int heads) {{"
         );
         let _ = writeln!(
             src,
@@ -459,8 +460,8 @@ impl<'a> Kernel<'a> {
         }
         src.push_str(
             "  (void)chunks; (void)col0; (void)lead; (void)block_scratch; (void)tq; (void)tk; \
-             (void)tv; (void)tbeta; (void)tg; (void)tout; (void)chunk_s; (void)chunk_z; \
-             (void)work; (void)s; (void)z;\n",
+             (void)tv; (void)tbeta; (void)tg; (void)tout; (void)proj; (void)chunk_s; \
+             (void)chunk_z; (void)work; (void)s; (void)z;\n",
         );
     }
 
@@ -666,6 +667,11 @@ impl<'a> Kernel<'a> {
                 match &self.plan.feature_map {
                     FeatureMap::Dpfp { nu } => format!(
                         "attnc::dpfp_rows<{r}, {d}, {f}, {nu}>({}, rows, {});",
+                        n(*src),
+                        n(*dst)
+                    ),
+                    FeatureMap::Favor { .. } => format!(
+                        "attnc::favor_rows<{r}, {d}, {f}>({}, rows, proj, {});",
                         n(*src),
                         n(*dst)
                     ),

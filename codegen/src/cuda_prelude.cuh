@@ -161,6 +161,29 @@ __device__ void dpfp_rows(const float* x, int rows, float* out) {
   }
 }
 
+// FAVOR+ positive random features: with x' = x / D^(1/4), out[r][i] = exp(w_i . x'_r -
+// |x'_r|^2 / 2) / sqrt(F) (the stabiliser is 0: the exponent is at most |w_i|^2 / 2 for any x).
+// w (F x D, row-major) is read in place from global memory; rows past `rows` become zero.
+template <int R, int D, int F>
+__device__ void favor_rows(const float* x, int rows, const float* w, float* out) {
+  const float s = 1.0f / sqrtf(sqrtf((float)D)), inv_sqrt_f = 1.0f / sqrtf((float)F);
+  for (int i = threadIdx.x; i < R * F; i += blockDim.x) {
+    const int r = i / F, j = i - r * F;
+    float v = 0.0f;
+    if (r < rows) {
+      const float* xr = x + r * D;
+      const float* wj = w + (long)j * D;
+      float dot = 0.0f, sq = 0.0f;
+      for (int c = 0; c < D; ++c) {
+        dot = fmaf(wj[c], xr[c], dot);
+        sq = fmaf(xr[c], xr[c], sq);
+      }
+      v = expf(fmaf(s, dot, -0.5f * s * s * sq)) * inv_sqrt_f;
+    }
+    out[i] = v;
+  }
+}
+
 // g[t] <- g[0] + ... + g[t] over live rows.
 template <int R>
 __device__ void cumsum(float* g, int rows) {

@@ -12,7 +12,7 @@
 //!
 //! Choices this parser makes where DESIGN §2 leaves room:
 //! - `dpfp` alone means `dpfp(nu = 4)`; `nu` must be in 1..=16.
-//! - `favor` alone means `favor(features = 128)`; `features` must be a multiple of 8 in 8..=1024.
+//! - `favor` alone means `favor(features = 128)`; `features` must be a multiple of 8 in 8..=4096.
 //! - `normalize = sum` needs a non-negative feature map. It is rejected with `identity` (also when
 //!   `identity` is the default), with `softmax` (which normalises itself) and with the delta
 //!   updates. It is accepted with `elu_plus_one`, `relu`, `squared_relu`, `sigmoid`, `taylor2`,
@@ -750,10 +750,10 @@ fn parse_feature_map(v: &syn::Expr) -> syn::Result<FeatureMap> {
             }
             Some("favor") => {
                 let (m, lit) = named_int_arg(call, "favor", "features", 128)?;
-                if !(8..=1024).contains(&m) || m % 8 != 0 {
+                if !(8..=4096).contains(&m) || m % 8 != 0 {
                     return Err(on(
                         lit,
-                        "`favor(features = ..)` needs a multiple of 8 in 8..=1024, e.g. \
+                        "`favor(features = ..)` needs a multiple of 8 in 8..=4096, e.g. \
                          `favor(features = 128)`",
                     ));
                 }

@@ -53,7 +53,9 @@ pub enum FeatureMap {
         /// Number of rolls.
         nu: usize,
     },
-    /// Performer's FAVOR+ positive random features, F = features.
+    /// Performer's FAVOR+ positive random features, F = features:
+    /// `exp(w_i . x' - |x'|^2 / 2) / sqrt(F)` with `x' = x / dk^(1/4)` and the projection w
+    /// (F x dk) a runtime input (the stabiliser is 0; see `attnc_runtime::favor`).
     Favor {
         /// Number of random features m.
         features: usize,

@@ -123,6 +123,10 @@ fn feature_maps() {
             "favor(features = 1024)",
             FeatureMap::Favor { features: 1024 },
         ),
+        (
+            "favor(features = 4096)",
+            FeatureMap::Favor { features: 4096 },
+        ),
     ];
     for (text, want) in cases {
         assert_eq!(
@@ -419,8 +423,8 @@ fn dpfp_and_favor_arguments() {
         &["`nu` must be an integer literal"],
     );
     let m =
-        "`favor(features = ..)` needs a multiple of 8 in 8..=1024, e.g. `favor(features = 128)`";
-    for bad in ["0", "4", "100", "1032", "2048"] {
+        "`favor(features = ..)` needs a multiple of 8 in 8..=4096, e.g. `favor(features = 128)`";
+    for bad in ["0", "4", "100", "4100", "4104", "8192"] {
         err64(&format!("feature_map = favor(features = {bad})"), &[m]);
     }
     err64(

@@ -236,6 +236,21 @@ mod tests {
         assert_eq!(t.as_vec(), a);
     }
 
+    /// The overflow argument of the module docs: exponents are at most |w_i|^2 / 2, and rows of
+    /// up to dk = 64 stay far below 2 * 88.7.
+    #[test]
+    fn rows_stay_below_the_overflow_bound_for_dk_up_to_64() {
+        for dk in [8, 16, 32, 64] {
+            for seed in 0..4 {
+                let w = orthogonal_gaussian_vec(4096, dk, seed);
+                let worst = (0..4096)
+                    .map(|i| dot(row(&w, dk, i), row(&w, dk, i)))
+                    .fold(0.0f64, f64::max);
+                assert!(worst < 130.0, "dk = {dk}, seed {seed}: max |w|^2 = {worst}");
+            }
+        }
+    }
+
     #[test]
     fn gaussian_samples_have_unit_variance() {
         let mut rng = Normal::new(1);
@@ -243,6 +258,9 @@ mod tests {
         let xs: Vec<f64> = (0..n).map(|_| rng.sample()).collect();
         let mean = xs.iter().sum::<f64>() / n as f64;
         let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n as f64;
-        assert!(mean.abs() < 0.01 && (var - 1.0).abs() < 0.02, "{mean} {var}");
+        assert!(
+            mean.abs() < 0.01 && (var - 1.0).abs() < 0.02,
+            "{mean} {var}"
+        );
     }
 }

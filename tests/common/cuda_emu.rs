@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Inputs in the kernels' layouts (q, k, v in the spec's layout; beta/g empty when unused; s
-/// (B,H,F,DV) and z (B,H,F) the initial state, z empty when not normalised).
+/// Inputs in the kernels' layouts (q, k, v in the spec's layout; beta/g empty when unused; proj
+/// FAVOR+'s projection (F, DK) or empty; s (B,H,F,DV) and z (B,H,F) the initial state, z empty
+/// when not normalised).
 #[derive(Clone, Debug, Default)]
 pub struct EmuInputs {
     pub q: Vec<f32>,
@@ -26,6 +27,7 @@ pub struct EmuInputs {
     pub v: Vec<f32>,
     pub beta: Vec<f32>,
     pub g: Vec<f32>,
+    pub proj: Vec<f32>,
     pub s: Vec<f32>,
     pub z: Vec<f32>,
 }
@@ -42,9 +44,11 @@ pub struct EmuOutputs {
 const SHIM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cuda_emu/attnc_emu.h");
 const HARNESS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cuda_emu/harness.cpp");
 /// Parameter indices (runtime/src/launch.rs's order) the harness writes back.
-const OUT: u32 = 5;
-const S: u32 = 6;
-const Z: u32 = 7;
+const OUT: u32 = 6;
+const S: u32 = 7;
+const Z: u32 = 8;
+/// Pointer parameters of every kernel (runtime/src/launch.rs).
+const BUFFERS: usize = 13;
 /// The compiler's flags before the sources (then `-x c++ SRC -x c++ HARNESS -ldl -o BIN`).
 const FLAGS: [&str; 6] = [
     "-std=c++20",
@@ -197,6 +201,9 @@ fn check_inputs(launch: &CudaLaunch, bh: usize, n: usize, x: &EmuInputs) -> Resu
     if launch.uses_gates {
         want("g", x.g.len(), bh * n)?;
     }
+    if launch.uses_projection {
+        want("proj", x.proj.len(), launch.f * launch.dk)?;
+    }
     if !x.s.is_empty() {
         want("s", x.s.len(), bh * launch.f * launch.dv)?;
     }
@@ -234,12 +241,13 @@ pub fn run(
         [ws.chunk_s, ws.chunk_z, ws.work, ws.scratch, inputs.v.len()]
             .map(|len| vec![f32::NAN; len.max(1)]);
     let x = inputs;
-    let buffers: [&[f32]; 12] = [
+    let buffers: [&[f32]; BUFFERS] = [
         or_nan(&x.q),
         or_nan(&x.k),
         or_nan(&x.v),
         or_nan(&x.beta),
         or_nan(&x.g),
+        or_nan(&x.proj),
         &out,
         or_nan(&x.s),
         or_nan(&x.z),
@@ -342,7 +350,7 @@ fn parse_output(mut bytes: &[u8]) -> Result<Vec<Option<Vec<f32>>>, String> {
         *bytes = rest;
         Ok(head)
     }
-    let mut back = vec![None; 12];
+    let mut back = vec![None; BUFFERS];
     while !bytes.is_empty() {
         let index = u32::from_le_bytes(split(&mut bytes, 4)?.try_into().unwrap()) as usize;
         let len = u64::from_le_bytes(split(&mut bytes, 8)?.try_into().unwrap()) as usize;

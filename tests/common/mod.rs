@@ -3,7 +3,8 @@
 
 use attnc::spec::{FeatureMap, Mask, Normalize, QkNorm, Spec, Update};
 
-/// Heads-first inputs of one problem: q, k (B, H, N, DK); v (B, H, N, DV); beta, g (B, H, N).
+/// Heads-first inputs of one problem: q, k (B, H, N, DK); v (B, H, N, DV); beta, g (B, H, N);
+/// proj, FAVOR+'s projection (F, DK), empty for other feature maps (see [`Inputs::for_spec`]).
 #[derive(Clone, Debug)]
 pub struct Inputs {
     pub b: usize,
@@ -16,6 +17,7 @@ pub struct Inputs {
     pub v: Vec<f32>,
     pub beta: Vec<f32>,
     pub g: Vec<f32>,
+    pub proj: Vec<f32>,
 }
 
 /// A small deterministic generator (xorshift), so failures reproduce.
@@ -75,7 +77,18 @@ impl Inputs {
             v,
             beta,
             g,
+            proj: Vec::new(),
         }
+    }
+
+    /// For `feature_map = favor`: adds a projection sampled with attnc's helper from `seed`
+    /// (keep the seed fixed per spec: a state is only meaningful with the projection it was
+    /// built with). Other specs are left as they are.
+    pub fn for_spec(mut self, spec: &Spec, seed: u64) -> Inputs {
+        if let FeatureMap::Favor { features } = spec.feature_map {
+            self.proj = attnc::favor::orthogonal_gaussian_vec(features, self.dk, seed);
+        }
+        self
     }
 }
 
@@ -87,7 +100,8 @@ pub struct Reference {
     pub z: Vec<f64>,
 }
 
-fn phi(spec: &Spec, x: &[f32]) -> Vec<f64> {
+/// phi of one row; `proj` is FAVOR+'s projection (F x DK), read only by favor.
+fn phi(spec: &Spec, x: &[f32], proj: &[f32]) -> Vec<f64> {
     match &spec.feature_map {
         FeatureMap::Identity
         | FeatureMap::EluPlusOne
@@ -126,6 +140,27 @@ fn phi(spec: &Spec, x: &[f32]) -> Vec<f64> {
             }
             out
         }
+        // DESIGN §3 with the stabiliser c = 0: exp(w_i . x' - |x'|^2 / 2) / sqrt(m).
+        FeatureMap::Favor { features: m } => {
+            let d = x.len();
+            assert_eq!(
+                proj.len(),
+                m * d,
+                "favor needs its projection: build the inputs with Inputs::for_spec"
+            );
+            let xs: Vec<f64> = x
+                .iter()
+                .map(|&v| v as f64 / (d as f64).powf(0.25))
+                .collect();
+            let half_sq = xs.iter().map(|v| v * v).sum::<f64>() / 2.0;
+            (0..*m)
+                .map(|i| {
+                    let w = &proj[i * d..(i + 1) * d];
+                    let dot: f64 = w.iter().zip(&xs).map(|(w, x)| *w as f64 * x).sum();
+                    (dot - half_sq).exp() / (*m as f64).sqrt()
+                })
+                .collect()
+        }
         other => panic!("the reference does not know {other} yet"),
     }
 }
@@ -163,7 +198,7 @@ pub fn reference(spec: &Spec, x: &Inputs, s0: Option<&[f32]>, z0: Option<&[f32]>
             } else {
                 row.to_vec()
             };
-            phi(spec, &row)
+            phi(spec, &row, &x.proj)
         };
         let mut qs = Vec::with_capacity(n);
         for t in 0..n {
