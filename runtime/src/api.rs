@@ -113,6 +113,7 @@ where
         z,
     };
     let out = run_forward::<K>(&p, cfg.dims(), &mut bufs)?;
+    crate::exec::recycle([bufs.q, bufs.k, bufs.v]);
     let z = cfg.normalized.then_some(bufs.z);
     let state = State::from_vecs(b, h, bufs.s, z)?;
     Ok((p.from_heads_first(out, cfg.dv), state))

@@ -304,7 +304,7 @@ pub fn contiguous_data<S: Shape>(t: &Tensor<S, f32, Cpu>) -> Vec<f32> {
     let Ok(c) = t.clone().try_contiguous() else {
         return t.as_vec();
     };
-    let mut out = vec![0.0; c.shape().num_elements()];
+    let mut out = pooled_buffer(c.shape().num_elements());
     let copied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.copy_into(&mut out)));
     match copied {
         Ok(()) => out,
@@ -454,4 +454,69 @@ pub fn run_step<K: Kernel>(p: &Problem, dims: [usize; 3], bufs: &mut Buffers) ->
         dispatch::<K>(isa, Program::Step, task)?;
     }
     Ok(out)
+}
+
+thread_local! {
+    /// Input copies of earlier calls on this thread, kept for the next call: a fresh multi-MB
+    /// allocation is mapped by the OS on first touch, and those page faults cost as much as the
+    /// copy itself (perf, plain N = 4096: a third of a call). Holds at most [`POOL_SLOTS`]
+    /// buffers, i.e. the inputs of the largest recent call.
+    static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Buffers the pool keeps per thread (q, k, v and the state of one call).
+const POOL_SLOTS: usize = 4;
+
+/// A buffer of `len` floats (contents unspecified) from this thread's pool, or a new one.
+pub fn pooled_buffer(len: usize) -> Vec<f32> {
+    let reused = POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        let best = pool
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        best.map(|i| pool.swap_remove(i))
+    });
+    match reused {
+        Some(mut buf) => {
+            // Within capacity: no reallocation; only growth past the old length is written.
+            buf.resize(len, 0.0);
+            buf
+        }
+        None => vec![0.0; len],
+    }
+}
+
+/// Returns buffers to this thread's pool (the largest [`POOL_SLOTS`] are kept).
+pub fn recycle(bufs: impl IntoIterator<Item = Vec<f32>>) {
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        pool.extend(bufs.into_iter().filter(|b| b.capacity() > 0));
+        pool.sort_by_key(|b| std::cmp::Reverse(b.capacity()));
+        pool.truncate(POOL_SLOTS);
+    });
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+
+    #[test]
+    fn pooled_buffers_have_the_asked_length_and_are_reused() {
+        let a = pooled_buffer(1000);
+        assert_eq!(a.len(), 1000);
+        let ptr = a.as_ptr();
+        recycle([a]);
+        // A smaller request reuses the same allocation.
+        let b = pooled_buffer(600);
+        assert_eq!((b.len(), b.as_ptr()), (600, ptr));
+        recycle([b, vec![0.0; 10], vec![0.0; 20], vec![0.0; 30], vec![0.0; 40]]);
+        POOL.with(|p| {
+            let caps: Vec<usize> = p.borrow().iter().map(|b| b.capacity()).collect();
+            assert_eq!(caps.len(), POOL_SLOTS);
+            assert!(caps.contains(&1000), "the largest buffers are kept: {caps:?}");
+        });
+    }
 }
