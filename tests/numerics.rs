@@ -509,6 +509,53 @@ check_spec!(
     qk_norm = l2,
     chunk = 16
 );
+// The remaining chunk sizes and the tokens-first layout for the expanding maps.
+check_spec!(
+    taylor2_delta_c128,
+    extra = [beta],
+    head_dim = 8,
+    feature_map = taylor2,
+    update = delta,
+    qk_norm = l2,
+    chunk = 128
+);
+check_spec!(
+    taylor2_sum_bnhd_c256,
+    extra = [],
+    head_dim = 8,
+    value_dim = 16,
+    feature_map = taylor2,
+    normalize = sum,
+    layout = bnhd,
+    chunk = 256
+);
+check_spec!(
+    dpfp_gated_bnhd_c32,
+    extra = [g],
+    head_dim = 8,
+    feature_map = dpfp(nu = 2),
+    update = gated,
+    layout = bnhd,
+    chunk = 32
+);
+check_spec!(
+    dpfp_sum_c64,
+    extra = [],
+    head_dim = 16,
+    feature_map = dpfp(nu = 1),
+    normalize = sum,
+    chunk = 64
+);
+check_spec!(
+    dpfp_gated_delta_c128,
+    extra = [beta, g],
+    head_dim = 8,
+    value_dim = 24,
+    feature_map = dpfp(nu = 2),
+    update = gated_delta,
+    qk_norm = l2,
+    chunk = 128
+);
 check_spec!(
     noncausal_taylor2_sum_c16,
     extra = [],

@@ -512,11 +512,20 @@ mod pool_tests {
         // A smaller request reuses the same allocation.
         let b = pooled_buffer(600);
         assert_eq!((b.len(), b.as_ptr()), (600, ptr));
-        recycle([b, vec![0.0; 10], vec![0.0; 20], vec![0.0; 30], vec![0.0; 40]]);
+        recycle([
+            b,
+            vec![0.0; 10],
+            vec![0.0; 20],
+            vec![0.0; 30],
+            vec![0.0; 40],
+        ]);
         POOL.with(|p| {
             let caps: Vec<usize> = p.borrow().iter().map(|b| b.capacity()).collect();
             assert_eq!(caps.len(), POOL_SLOTS);
-            assert!(caps.contains(&1000), "the largest buffers are kept: {caps:?}");
+            assert!(
+                caps.contains(&1000),
+                "the largest buffers are kept: {caps:?}"
+            );
         });
     }
 }
