@@ -1,7 +1,7 @@
 //! attnc's benchmark harness: one command, one run, every number side by side.
 //!
 //! ```sh
-//! cargo run --release -p attnc-bench              # the full run (BENCHMARKS.md), ~10 minutes
+//! cargo run --release -p attnc-bench              # the full run (BENCHMARKS.md), ~4 minutes
 //! cargo run --release -p attnc-bench -- --quick   # a smoke run at small N
 //! ```
 //!
