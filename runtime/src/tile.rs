@@ -186,20 +186,24 @@ pub fn map_rows<const R: usize, const C: usize>(
     rows: usize,
     phi: impl Fn(f32) -> f32,
 ) {
-    for row in t.iter_mut().take(rows) {
-        for x in row.iter_mut() {
-            *x = phi(*x);
-        }
+    // One flat loop over the live rows (contiguous), which vectorises cleanly.
+    for x in live(t, rows).iter_mut() {
+        *x = phi(*x);
     }
+}
+
+/// The live rows of a tile as one contiguous slice.
+#[inline(always)]
+fn live<const R: usize, const C: usize>(t: &mut Tile<R, C>, rows: usize) -> &mut [f32] {
+    let rows = rows.min(R);
+    t[..rows].as_flattened_mut()
 }
 
 /// Multiplies the live rows by a constant.
 #[inline(always)]
 pub fn scale_rows<const R: usize, const C: usize>(t: &mut Tile<R, C>, rows: usize, s: f32) {
-    for row in t.iter_mut().take(rows) {
-        for x in row.iter_mut() {
-            *x *= s;
-        }
+    for x in live(t, rows).iter_mut() {
+        *x *= s;
     }
 }
 
@@ -539,10 +543,10 @@ pub fn decay_tile<const R: usize, const F: usize, const C: usize>(
         return;
     };
     let f = last.exp();
-    for row in s.iter_mut() {
-        for x in row.iter_mut() {
-            *x *= f;
-        }
+    // A flat loop: nested per-row loops over a small tile were vectorised across rows with
+    // gathers and scatters (perf: 71% of a gated `step`).
+    for x in s.as_flattened_mut() {
+        *x *= f;
     }
 }
 
