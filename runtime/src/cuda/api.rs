@@ -169,17 +169,22 @@ pub(crate) fn check_step(launch: &CudaLaunch, x: &StepShapes) -> Result<Problem>
 }
 
 /// `Err` unless `other` is the GPU `q` is on.
-fn same_device(q: &CudaDevice, arg: &str, other: &CudaDevice) -> Result<()> {
-    if other.ordinal() == q.ordinal() {
-        Ok(())
-    } else {
-        Err(Error::Device(format!(
-            "`{arg}` is on CUDA device {} but `q` is on CUDA device {}; upload every input \
-             (and the state) to the same device",
-            other.ordinal(),
-            q.ordinal()
-        )))
+/// Checks that every argument present lives on `q`'s device.
+fn same_device(q: &CudaDevice, args: &[(&str, Option<&CudaDevice>)]) -> Result<()> {
+    for (arg, other) in args {
+        match other {
+            Some(other) if other.ordinal() != q.ordinal() => {
+                return Err(Error::Device(format!(
+                    "`{arg}` is on CUDA device {} but `q` is on CUDA device {}; upload every \
+                     input (and the state) to the same device",
+                    other.ordinal(),
+                    q.ordinal()
+                )))
+            }
+            _ => {}
+        }
     }
+    Ok(())
 }
 
 /// Fresh workspaces for `kernels` on `bh` (batch x heads) and `n` tokens, zeroed; an empty one
@@ -242,20 +247,17 @@ where
         },
     )?;
     let dev = q.device();
-    same_device(dev, "k", k.device())?;
-    same_device(dev, "v", v.device())?;
-    if let Some(t) = beta {
-        same_device(dev, "beta", t.device())?;
-    }
-    if let Some(t) = g {
-        same_device(dev, "g", t.device())?;
-    }
-    if let Some(t) = proj {
-        same_device(dev, "proj", t.device())?;
-    }
-    if let Some(st) = initial {
-        same_device(dev, "the state", st.device())?;
-    }
+    same_device(
+        dev,
+        &[
+            ("k", Some(k.device())),
+            ("v", Some(v.device())),
+            ("beta", beta.map(CudaTensor::device)),
+            ("g", g.map(CudaTensor::device)),
+            ("proj", proj.map(CudaTensor::device)),
+            ("the state", initial.map(CudaState::device)),
+        ],
+    )?;
 
     let ctx = dev.ctx();
     let (bh, n) = (p.batch * p.heads, p.tokens);
@@ -346,18 +348,17 @@ where
         },
     )?;
     let dev = q_t.device();
-    same_device(dev, "k_t", k_t.device())?;
-    same_device(dev, "v_t", v_t.device())?;
-    if let Some(t) = beta_t {
-        same_device(dev, "beta_t", t.device())?;
-    }
-    if let Some(t) = g_t {
-        same_device(dev, "g_t", t.device())?;
-    }
-    if let Some(t) = proj {
-        same_device(dev, "proj", t.device())?;
-    }
-    same_device(dev, "the state", state.device())?;
+    same_device(
+        dev,
+        &[
+            ("k_t", Some(k_t.device())),
+            ("v_t", Some(v_t.device())),
+            ("beta_t", beta_t.map(CudaTensor::device)),
+            ("g_t", g_t.map(CudaTensor::device)),
+            ("proj", proj.map(CudaTensor::device)),
+            ("the state", Some(state.device())),
+        ],
+    )?;
 
     let ctx = dev.ctx();
     let bh = p.batch * p.heads;
