@@ -28,6 +28,7 @@
 pub use attnc_codegen::spec::{self, Spec};
 pub use attnc_dsl::attention;
 pub use attnc_runtime::cuda::{CudaDevice, CudaState, CudaTensor};
+pub use attnc_runtime::exec::Schedule;
 pub use attnc_runtime::launch::{CudaLaunch, Grid, KernelInfo};
 pub use attnc_runtime::{finite_check, set_finite_check, CpuIsa, Device, Error, State};
 
@@ -91,7 +92,7 @@ pub mod prelude {
 pub mod __private {
     pub use attnc_runtime::api::{forward, output_tensor, step, Config};
     pub use attnc_runtime::cuda::{forward_cuda, step_cuda, CudaTensor};
-    pub use attnc_runtime::exec::{Kernel, Task, TokenLayout};
+    pub use attnc_runtime::exec::{Kernel, Phase, PhaseTask, Task, TokenLayout};
     pub use attnc_runtime::isa::Isa;
     pub use attnc_runtime::launch::{CudaLaunch, Grid, KernelInfo};
     pub use attnc_runtime::tile;

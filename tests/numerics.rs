@@ -9,7 +9,7 @@ mod common;
 
 use attnc::prelude::*;
 use attnc::spec::Layout;
-use attnc::CpuIsa;
+use attnc::{CpuIsa, Schedule};
 use common::*;
 
 const TOL: f64 = 1e-4;
@@ -168,6 +168,34 @@ macro_rules! check_spec {
                             assert!(err_z <= TOL, "{isa} N={n}: z error {err_z:.2e} for `{spec}`");
                         }
                         eprintln!("max-rel {err:.2e} (state {err_s:.2e}) {isa} N={n} `{spec}`");
+                    }
+                }
+            }
+
+            /// The chunk-parallel schedule (phases intra, scan, output), forced, from a non-zero
+            /// initial state, on every ISA variant.
+            #[test]
+            fn chunk_parallel_schedule_matches_reference() {
+                let spec = Attn::spec();
+                let c = Attn::CHUNK;
+                let prefix = random(1, 2, 5, 72);
+                let (_, st0) = forward_with_state(&prefix, None).unwrap();
+                let s0 = st0.s.as_vec();
+                let z0 = st0.z.as_ref().map(|z| z.as_vec());
+                for isa in CpuIsa::available() {
+                    for (i, n) in [c + 1, 3 * c + 7, 9 * c].into_iter().enumerate() {
+                        let x = random(1, 2, n, 71 + i as u64);
+                        let want = reference(spec, &x, Some(&s0), z0.as_deref());
+                        let run = || Schedule::Chunks.run_with(|| forward_with_state(&x, Some(&st0)));
+                        let (o, st) = isa.run_with(run).unwrap().unwrap();
+                        let err = max_rel_err(&o, &want.o);
+                        assert!(err <= TOL, "{isa} N={n}: chunk-parallel output error {err:.2e} for `{spec}`");
+                        let err_s = max_rel_err(&st.s.as_vec(), &want.s);
+                        assert!(err_s <= TOL, "{isa} N={n}: chunk-parallel state error {err_s:.2e}");
+                        if let Some(z) = &st.z {
+                            let err_z = max_rel_err(&z.as_vec(), &want.z);
+                            assert!(err_z <= TOL, "{isa} N={n}: chunk-parallel z error {err_z:.2e}");
+                        }
                     }
                 }
             }

@@ -24,6 +24,9 @@ pub fn emit_kernel(plan: &Plan, kernel: &Ident) -> TokenStream {
             emit_program(plan, std::slice::from_ref(&plan.step), 1),
         ),
     };
+    let phase = emit_phases(plan);
+    let (chunk, work) = (lit(plan.chunk), lit(work_len(plan)));
+    let phased = plan.phased.is_some();
     quote! {
         /// The generated kernel: chunk program and step program of this spec.
         struct #kernel;
@@ -36,6 +39,10 @@ pub fn emit_kernel(plan: &Plan, kernel: &Ident) -> TokenStream {
         }
 
         impl ::attnc::__private::Kernel for #kernel {
+            const CHUNK: usize = #chunk;
+            const WORK: usize = #work;
+            const PHASED: bool = #phased;
+
             #[inline(always)]
             fn forward<I: ::attnc::__private::Isa>(
                 isa: I,
@@ -51,8 +58,96 @@ pub fn emit_kernel(plan: &Plan, kernel: &Ident) -> TokenStream {
             ) -> ::attnc::__private::Result<()> {
                 #step
             }
+
+            #[inline(always)]
+            fn phase<I: ::attnc::__private::Isa>(
+                isa: I,
+                phase: ::attnc::__private::Phase,
+                task: ::attnc::__private::PhaseTask<'_>,
+            ) -> ::attnc::__private::Result<()> {
+                #phase
+            }
         }
     }
+}
+
+/// The chunk-parallel schedule's three programs (see [`crate::plan::Phased`]), one per arm of a
+/// match on the phase. Each runs the phase's ops over the task's run of chunks; spilled tiles
+/// and per-chunk states live in the task's slots, indexed by the chunk's place in the run.
+fn emit_phases(plan: &Plan) -> TokenStream {
+    let Some(phased) = &plan.phased else {
+        return quote! {
+            let _ = (isa, phase, task);
+            Err(::attnc::__private::Error::Internal("softmax attention has no chunk phases"))
+        };
+    };
+    let arm = |ops: &[Op], scan: bool| {
+        let decls = phase_declarations(plan, ops, scan);
+        let body = ops.iter().map(|op| emit_op(plan, op));
+        quote! {{
+            #(#decls)*
+            let end = ((first + chunks) * C).min(n);
+            let mut c0 = first * C;
+            while c0 < end {
+                let rows = (n - c0).min(C);
+                let slot = c0 / C - first;
+                #(#body)*
+                c0 += C;
+            }
+            Ok(())
+        }}
+    };
+    let (intra, scan, output) = (
+        arm(&phased.intra, false),
+        arm(&phased.scan, true),
+        arm(&phased.output, false),
+    );
+    quote! {
+        match phase {
+            ::attnc::__private::Phase::Intra => #intra,
+            ::attnc::__private::Phase::Scan => #scan,
+            ::attnc::__private::Phase::Output => #output,
+        }
+    }
+}
+
+/// Bindings of a phase program: the task's buffers, the state (the task's in the scan, a local
+/// tile elsewhere, filled from a chunk slot) and every tile the ops use.
+fn phase_declarations(plan: &Plan, ops: &[Op], scan: bool) -> Vec<TokenStream> {
+    let (c, work) = (lit(plan.chunk), lit(work_len(plan)));
+    let (f, dv) = (lit(plan.f), lit(plan.dv));
+    let mut decls = vec![quote! {
+        use ::attnc::__private::tile;
+        const C: usize = #c;
+        const WORK: usize = #work;
+        let ::attnc::__private::PhaseTask {
+            q, k, v, beta, g, proj, n, first, chunks, out, s, z, final_s, final_z, slot_s, slot_z, work,
+        } = task;
+        let _ = (&q, &k, &v, &beta, &g, &proj, &out, &s, &z, &final_s, &final_z, &slot_z, &work);
+        let out_first = first * C;
+    }];
+    let used = |t: Tile| ops.iter().any(|op| op.tiles().contains(&t));
+    if scan {
+        decls.push(quote! { let s = tile::as_tile_mut::<#f, #dv>(s)?; });
+        if plan.normalized {
+            decls.push(quote! { let z = tile::as_vec_mut::<#f>(z)?; });
+        }
+    } else {
+        if used(Tile::S) {
+            decls.push(quote! {
+                let mut s_store = tile::boxed_tile::<#f, #dv>()?;
+                let s = &mut *s_store;
+            });
+        }
+        if used(Tile::Z) {
+            decls.push(quote! {
+                let mut z_store = [0.0f32; #f];
+                let z = &mut z_store;
+            });
+        }
+    }
+    decls.extend(tile_declarations(plan, ops.iter(), plan.chunk));
+    decls
 }
 
 /// The body of one program: tile declarations, then each pass as a loop over chunks.
@@ -129,10 +224,23 @@ fn declarations<'a>(
         let ::attnc::__private::Task { q, k, v, beta, g, proj, n, out, s, z } = task;
         let _ = (&q, &k, &v, &beta, &g, &proj, &out, &z);
         let s = tile::as_tile_mut::<#f, #dv>(s)?;
+        let out_first = 0;
     }];
     if plan.normalized {
         decls.push(quote! { let z = tile::as_vec_mut::<#f>(z)?; });
     }
+    decls.extend(tile_declarations(plan, ops, chunk));
+    decls
+}
+
+/// `let` bindings for FAVOR+'s projection and every tile the ops use (not the state).
+fn tile_declarations<'a>(
+    plan: &Plan,
+    ops: impl Iterator<Item = &'a Op> + Clone,
+    chunk: usize,
+) -> Vec<TokenStream> {
+    let mut decls = Vec::new();
+    let f = lit(plan.f);
     if plan.uses_projection {
         // FAVOR+'s projection, transposed (DK x F) by the runtime once per call.
         let dk = lit(plan.dk);
@@ -150,6 +258,9 @@ fn declarations<'a>(
         Tile::Kk,
         Tile::U,
         Tile::O,
+        Tile::W,
+        Tile::X,
+        Tile::Ds,
     ] {
         if used(t) {
             let name = tile_ident(t);
@@ -176,7 +287,55 @@ fn declarations<'a>(
             decls.push(quote! { let mut #name = [0.0f32; C]; });
         }
     }
+    if used(Tile::Dz) {
+        decls.push(quote! { let mut t_dz = [0.0f32; #f]; });
+    }
     decls
+}
+
+/// The spilled tiles of the phased program, each with its offset (floats) in a chunk's `work`
+/// slot, in the order of their first spill.
+fn spill_layout(plan: &Plan) -> Vec<(Tile, usize)> {
+    let mut layout: Vec<(Tile, usize)> = Vec::new();
+    let mut at = 0;
+    let phased = plan
+        .phased
+        .iter()
+        .flat_map(|p| p.intra.iter().chain(&p.scan));
+    for op in phased {
+        if let Op::Spill(t) = op {
+            if layout.iter().all(|(seen, _)| seen != t) {
+                layout.push((*t, at));
+                at += tile_len(plan, *t, plan.chunk);
+            }
+        }
+    }
+    layout
+}
+
+/// Floats of one chunk's `work` slot.
+fn work_len(plan: &Plan) -> usize {
+    spill_layout(plan)
+        .iter()
+        .map(|(t, at)| at + tile_len(plan, *t, plan.chunk))
+        .max()
+        .unwrap_or(0)
+}
+
+/// A tile's data as one flat slice (`mutable` or shared), for copies to and from slots.
+fn flat(t: Tile, mutable: bool) -> TokenStream {
+    let name = tile_ident(t);
+    match (is_vector(t), mutable) {
+        (true, true) => quote!((&mut #name[..])),
+        (true, false) => quote!((&#name[..])),
+        (false, true) => quote!(#name.as_flattened_mut()),
+        (false, false) => quote!(#name.as_flattened()),
+    }
+}
+
+/// Tiles held as `[f32; LEN]` rather than as rows.
+fn is_vector(t: Tile) -> bool {
+    is_local_vector(t) || matches!(t, Tile::Z | Tile::Dz)
 }
 
 /// Tiles of at most this many floats are stack arrays.
@@ -267,7 +426,7 @@ fn tile_ident(t: Tile) -> Ident {
 /// A tile as a shared or mutable reference argument.
 /// Per-token vectors are local arrays; every other tile is bound to a `&mut` tile.
 fn is_local_vector(t: Tile) -> bool {
-    matches!(t, Tile::G | Tile::Den | Tile::Beta | Tile::Max)
+    matches!(t, Tile::G | Tile::Den | Tile::Beta | Tile::Max | Tile::Dz)
 }
 
 fn by_ref(t: Tile) -> TokenStream {
@@ -344,7 +503,7 @@ fn emit_op(plan: &Plan, op: &Op) -> TokenStream {
         Op::Transpose { src, dst } => {
             let rows = live_rows(plan, *src);
             let (s, d) = (by_ref(*src), by_mut(*dst));
-            quote! { tile::transpose(#s, #rows, #d); }
+            quote! { tile::transpose(isa, #s, #rows, #d); }
         }
         Op::MatMul {
             dst,
@@ -433,21 +592,71 @@ fn emit_op(plan: &Plan, op: &Op) -> TokenStream {
         }
         Op::Store(t) => {
             let t = by_ref(*t);
-            quote! { tile::store_rows(#t, rows, out, c0)?; }
+            quote! { tile::store_rows(#t, rows, out, c0 - out_first)?; }
         }
-        // The phased ops belong to backends that run chunks in parallel; the CPU runs the
-        // sequential passes, which never contain them.
-        Op::Copy { .. }
-        | Op::Zero(_)
-        | Op::AddTo { .. }
-        | Op::Spill(_)
-        | Op::Fill(_)
-        | Op::SaveChunkState { .. }
-        | Op::LoadChunkState { .. }
-        | Op::ReadState { .. } => {
-            quote! { compile_error!("attnc internal error: a phased op reached the CPU emitter"); }
+        // The phased program's ops (`emit_phases`): whole-tile copies and slot traffic.
+        Op::Copy { dst, src } => {
+            let (d, s) = (tile_ident(*dst), tile_ident(*src));
+            quote! { *#d = *#s; }
+        }
+        Op::Zero(t) => {
+            let t = flat(*t, true);
+            quote! { #t.fill(0.0); }
+        }
+        Op::AddTo { dst, src } => {
+            let (d, s) = (flat(*dst, true), flat(*src, false));
+            quote! { tile::add_assign(#d, #s); }
+        }
+        Op::Spill(t) => {
+            let (t, at) = (flat(*t, false), spill_offset(plan, *t));
+            quote! { tile::save(#t, work, slot * WORK + #at)?; }
+        }
+        Op::Fill(t) => {
+            let (t, at) = (flat(*t, true), spill_offset(plan, *t));
+            quote! { tile::restore(#t, work, slot * WORK + #at)?; }
+        }
+        Op::SaveChunkState { s, z } => {
+            let (fs, fz) = slot_strides(plan);
+            let st = flat(*s, false);
+            let zs = z.map(|z| flat(z, false)).into_iter();
+            quote! {
+                tile::save(#st, slot_s, slot * #fs)?;
+                #(tile::save(#zs, slot_z, slot * #fz)?;)*
+            }
+        }
+        Op::LoadChunkState { s, z } => {
+            let (fs, fz) = slot_strides(plan);
+            let st = flat(*s, true);
+            let zs = z.map(|z| flat(z, true)).into_iter();
+            quote! {
+                tile::restore(#st, slot_s, slot * #fs)?;
+                #(tile::restore(#zs, slot_z, slot * #fz)?;)*
+            }
+        }
+        Op::ReadState { s, z } => {
+            let st = flat(*s, true);
+            let zs = z.map(|z| flat(z, true)).into_iter();
+            quote! {
+                tile::restore(#st, final_s, 0)?;
+                #(tile::restore(#zs, final_z, 0)?;)*
+            }
         }
     }
+}
+
+/// A spilled tile's offset in a chunk's `work` slot (`WORK` is the kernel's constant).
+fn spill_offset(plan: &Plan, t: Tile) -> TokenStream {
+    let at = spill_layout(plan)
+        .into_iter()
+        .find(|(seen, _)| *seen == t)
+        .map_or(0, |(_, at)| at);
+    let at = lit(at);
+    quote!(#at)
+}
+
+/// Floats per chunk of the per-chunk state slots: `S` (F x DV) and `z` (F).
+fn slot_strides(plan: &Plan) -> (TokenStream, TokenStream) {
+    (lit(plan.f * plan.dv), lit(plan.f))
 }
 
 /// The body of `fn __phi(x: f32) -> f32`.

@@ -102,10 +102,21 @@ where
 {
     let p = Problem::from_q(cfg.layout, q.shape().concrete())?;
     let (s, z) = cfg.initial_state(&p, initial)?;
+    // The three copies run on the pool's threads at once: one thread does not saturate the
+    // memory bus, and at H = 1 the copies are otherwise the serial part of a call.
+    let (q, (k, v)) = rayon::join(
+        || p.gather_tokens("q", q, cfg.dk),
+        || {
+            rayon::join(
+                || p.gather_tokens("k", k, cfg.dk),
+                || p.gather_tokens("v", v, cfg.dv),
+            )
+        },
+    );
     let mut bufs = Buffers {
-        q: p.gather_tokens("q", q, cfg.dk)?,
-        k: p.gather_tokens("k", k, cfg.dk)?,
-        v: p.gather_tokens("v", v, cfg.dv)?,
+        q: q?,
+        k: k?,
+        v: v?,
         beta: beta.map_or(Ok(Vec::new()), |t| p.gather_scalars("beta", t))?,
         g: g.map_or(Ok(Vec::new()), |t| p.gather_scalars("g", t))?,
         proj: cfg.projection(proj)?,
@@ -143,7 +154,7 @@ where
 {
     let [batch, heads, _] = q_t.shape().concrete();
     let p = Problem::step(batch, heads);
-    let (s, z) = cfg.initial_state(&p, Some(&*state))?;
+    let (s, z) = state.read_for_update(batch, heads, cfg.normalized)?;
     let mut bufs = Buffers {
         q: p.gather_heads("q_t", q_t, cfg.dk)?,
         k: p.gather_heads("k_t", k_t, cfg.dk)?,
@@ -155,8 +166,8 @@ where
         z,
     };
     let out = run_step::<K>(&p, cfg.dims(), &mut bufs)?;
-    let (b, h) = (state.s.shape().0, state.s.shape().1);
-    *state = State::from_vecs(b, h, bufs.s, cfg.normalized.then_some(bufs.z))?;
+    state.write_back(bufs.s, bufs.z)?;
+    crate::exec::recycle([bufs.q, bufs.k, bufs.v]);
     Ok(out)
 }
 

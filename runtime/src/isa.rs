@@ -2,6 +2,7 @@
 //! runtime instantiates each under `#[target_feature]` and picks one per process, once.
 
 use crate::error::{Error, Result};
+use crate::tile::{Tile, Tri};
 use std::sync::OnceLock;
 
 /// The instruction-set variants kernels are compiled for.
@@ -159,7 +160,46 @@ pub trait Isa: Copy + Send + Sync + 'static {
     fn store(self, v: Self::V, dst: &mut [f32; 16]);
     /// Lane-wise `a * b + c`.
     fn vfma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// [`tile::gemm`](crate::tile::gemm), compiled with this ISA's features once per tile shape
+    /// (an outlined function rather than a copy inlined at every call site).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm<const M: usize, const K: usize, const N: usize>(
+        self,
+        a: &Tile<M, K>,
+        b: &Tile<K, N>,
+        c: &mut Tile<M, N>,
+        rows: usize,
+        depth: usize,
+        tri: Tri,
+        accumulate: bool,
+    );
+    /// `dst = src^T`, whole tiles, compiled once per ISA and tile shape.
+    fn transpose<const R: usize, const C: usize>(self, src: &Tile<R, C>, dst: &mut Tile<C, R>);
 }
+
+/// Defines `Isa::gemm` for an ISA as a call of an outlined function, `$outlined`, whose
+/// attributes (`#[target_feature]`) the caller gives.
+macro_rules! outlined_gemm {
+    ($isa:ty, $outlined:ident, $(#[$attr:meta])* ) => {
+        $(#[$attr])*
+        #[inline(never)]
+        #[allow(clippy::too_many_arguments)]
+        fn $outlined<const M: usize, const K: usize, const N: usize>(
+            isa: $isa,
+            a: &Tile<M, K>,
+            b: &Tile<K, N>,
+            c: &mut Tile<M, N>,
+            rows: usize,
+            depth: usize,
+            tri: Tri,
+            accumulate: bool,
+        ) {
+            crate::tile::gemm_kernel(isa, a, b, c, rows, depth, tri, accumulate);
+        }
+    };
+}
+
+outlined_gemm!(Portable, gemm_portable,);
 
 /// No SIMD assumed beyond what the compiler does with plain loops.
 #[derive(Clone, Copy, Debug, Default)]
@@ -224,12 +264,127 @@ impl Isa for Portable {
         }
         out
     }
+    #[inline(always)]
+    fn gemm<const M: usize, const K: usize, const N: usize>(
+        self,
+        a: &Tile<M, K>,
+        b: &Tile<K, N>,
+        c: &mut Tile<M, N>,
+        rows: usize,
+        depth: usize,
+        tri: Tri,
+        accumulate: bool,
+    ) {
+        gemm_portable(self, a, b, c, rows, depth, tri, accumulate);
+    }
+    #[inline(always)]
+    fn transpose<const R: usize, const C: usize>(self, src: &Tile<R, C>, dst: &mut Tile<C, R>) {
+        crate::tile::transpose_elements(src, dst, 0, 0);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Avx2, Avx512, Isa};
+    use crate::tile::{Tile, Tri};
     use std::arch::x86_64::*;
+
+    outlined_gemm!(Avx2, gemm_avx2, #[target_feature(enable = "avx2,fma")]);
+    outlined_gemm!(
+        Avx512,
+        gemm_avx512,
+        #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+    );
+
+    /// `dst = src^T` in 8 x 8 blocks (unpack, shuffle, lane permute: 24 shuffles per block),
+    /// element by element at the edges.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline(never)]
+    fn transpose_avx2<const R: usize, const C: usize>(src: &Tile<R, C>, dst: &mut Tile<C, R>) {
+        let (rb, cb) = (R / 8 * 8, C / 8 * 8);
+        for r0 in (0..rb).step_by(8) {
+            for c0 in (0..cb).step_by(8) {
+                let rows: [__m256; 8] = std::array::from_fn(|i| {
+                    let row: &[f32; 8] = src[r0 + i][c0..c0 + 8].try_into().unwrap_or(&[0.0; 8]);
+                    // SAFETY: eight floats behind a reference.
+                    unsafe { _mm256_loadu_ps(row.as_ptr()) }
+                });
+                let cols = transpose8(rows);
+                for (j, col) in cols.into_iter().enumerate() {
+                    if let Some(out) = dst[c0 + j].get_mut(r0..r0 + 8) {
+                        // SAFETY: eight floats behind a mutable reference.
+                        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), col) };
+                    }
+                }
+            }
+        }
+        crate::tile::transpose_elements(src, dst, rb, cb);
+    }
+
+    /// The columns of an 8 x 8 block given as 8 rows.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+        let t = [
+            _mm256_unpacklo_ps(r[0], r[1]),
+            _mm256_unpackhi_ps(r[0], r[1]),
+            _mm256_unpacklo_ps(r[2], r[3]),
+            _mm256_unpackhi_ps(r[2], r[3]),
+            _mm256_unpacklo_ps(r[4], r[5]),
+            _mm256_unpackhi_ps(r[4], r[5]),
+            _mm256_unpacklo_ps(r[6], r[7]),
+            _mm256_unpackhi_ps(r[6], r[7]),
+        ];
+        let u = [
+            _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+            _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+            _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+            _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+            _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+            _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+            _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+            _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+        ];
+        [
+            _mm256_permute2f128_ps::<0x20>(u[0], u[4]),
+            _mm256_permute2f128_ps::<0x20>(u[1], u[5]),
+            _mm256_permute2f128_ps::<0x20>(u[2], u[6]),
+            _mm256_permute2f128_ps::<0x20>(u[3], u[7]),
+            _mm256_permute2f128_ps::<0x31>(u[0], u[4]),
+            _mm256_permute2f128_ps::<0x31>(u[1], u[5]),
+            _mm256_permute2f128_ps::<0x31>(u[2], u[6]),
+            _mm256_permute2f128_ps::<0x31>(u[3], u[7]),
+        ]
+    }
+
+    /// `Isa::gemm` through an outlined target-feature function.
+    macro_rules! call_outlined {
+        ($outlined:ident) => {
+            #[inline(always)]
+            fn gemm<const M: usize, const K: usize, const N: usize>(
+                self,
+                a: &Tile<M, K>,
+                b: &Tile<K, N>,
+                c: &mut Tile<M, N>,
+                rows: usize,
+                depth: usize,
+                tri: Tri,
+                accumulate: bool,
+            ) {
+                // SAFETY: `self` proves the CPU has the features the function enables.
+                unsafe { $outlined(self, a, b, c, rows, depth, tri, accumulate) }
+            }
+            #[inline(always)]
+            fn transpose<const R: usize, const C: usize>(
+                self,
+                src: &Tile<R, C>,
+                dst: &mut Tile<C, R>,
+            ) {
+                // SAFETY: as above (AVX-512 machines have AVX2 and FMA).
+                unsafe { transpose_avx2(src, dst) }
+            }
+        };
+    }
 
     // SAFETY (every `unsafe` below): an `Avx2` / `Avx512` value exists only after
     // `is_x86_feature_detected!` confirmed the features, and the loads/stores go through
@@ -275,6 +430,7 @@ mod x86 {
                 )
             }
         }
+        call_outlined!(gemm_avx2);
     }
 
     impl Isa for Avx512 {
@@ -304,12 +460,14 @@ mod x86 {
         fn vfma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
             unsafe { _mm512_fmadd_ps(a, b, c) }
         }
+        call_outlined!(gemm_avx512);
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 mod other {
     use super::{Avx2, Avx512, Isa, Portable};
+    use crate::tile::{Tile, Tri};
     // Never constructed off x86-64 (`detect` returns None); delegate to the portable code.
     macro_rules! delegate {
         ($t:ty) => {
@@ -333,6 +491,26 @@ mod other {
                 }
                 fn vfma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
                     Portable.vfma(a, b, c)
+                }
+                #[allow(clippy::too_many_arguments)]
+                fn gemm<const M: usize, const K: usize, const N: usize>(
+                    self,
+                    a: &Tile<M, K>,
+                    b: &Tile<K, N>,
+                    c: &mut Tile<M, N>,
+                    rows: usize,
+                    depth: usize,
+                    tri: Tri,
+                    accumulate: bool,
+                ) {
+                    Portable.gemm(a, b, c, rows, depth, tri, accumulate)
+                }
+                fn transpose<const R: usize, const C: usize>(
+                    self,
+                    src: &Tile<R, C>,
+                    dst: &mut Tile<C, R>,
+                ) {
+                    Portable.transpose(src, dst)
                 }
             }
         };

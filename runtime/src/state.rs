@@ -1,9 +1,10 @@
 //! The recurrent state shared by every spec.
 
 use crate::error::{Error, Result};
-use crate::exec::read_4d;
+use crate::exec::{contiguous_data, read_4d, recycle};
 use dfdx::shapes::{Const, Dim, HasShape};
 use dfdx::tensor::{Cpu, Tensor, TensorFromVec};
+use dfdx::tensor_ops::ReshapeTo;
 
 /// The state of a linear-attention layer after some tokens: `S` (F x DV per batch and head) and,
 /// for `normalize = sum`, the running key sum `z` (F per batch and head).
@@ -79,6 +80,57 @@ impl<B: Dim, H: Dim, const F: usize, const DV: usize> State<B, H, F, DV> {
             z_batch_heads,
         )?;
         Ok((read_4d(&self.s), self.z.as_ref().map(|z| z.as_vec())))
+    }
+}
+
+impl<B: Dim, H: Dim, const F: usize, const DV: usize> State<B, H, F, DV> {
+    /// For `step`: checks the state, and copies it into pooled flat buffers `(S, z)` (`z` empty
+    /// without a normaliser). The tensors are first made standard-layout (free when they are),
+    /// so [`State::write_back`] can update them in place.
+    pub(crate) fn read_for_update(
+        &mut self,
+        batch: usize,
+        heads: usize,
+        normalized: bool,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let z_batch_heads = self
+            .z
+            .as_ref()
+            .map(|z| (z.shape().0.size(), z.shape().1.size()));
+        check_state(
+            (batch, heads, normalized),
+            (self.batch(), self.heads()),
+            z_batch_heads,
+        )?;
+        let tensor_err = |e: dfdx::tensor::CpuError| Error::Tensor(format!("{e:?}"));
+        self.s = self.s.clone().try_contiguous().map_err(tensor_err)?;
+        let s = contiguous_data(&self.s);
+        let z = match &mut self.z {
+            Some(z) => {
+                *z = z.clone().try_contiguous().map_err(tensor_err)?;
+                contiguous_data(z)
+            }
+            None => Vec::new(),
+        };
+        Ok((s, z))
+    }
+
+    /// For `step`: writes updated buffers back into the tensors, in place when this state owns
+    /// them alone (dfdx copies on write when a clone shares them), else as new tensors.
+    pub(crate) fn write_back(&mut self, s: Vec<f32>, z: Vec<f32>) -> Result<()> {
+        let in_place = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.s.copy_from(&s);
+            if let Some(zt) = &mut self.z {
+                zt.copy_from(&z);
+            }
+        }));
+        if in_place.is_ok() {
+            recycle([s, z]);
+            return Ok(());
+        }
+        let (b, h) = (self.s.shape().0, self.s.shape().1);
+        *self = State::from_vecs(b, h, s, self.z.is_some().then_some(z))?;
+        Ok(())
     }
 }
 

@@ -26,15 +26,18 @@ pub fn exp(x: f32) -> f32 {
     const MAX_ARG: f32 = 88.722_84;
     const MIN_ARG: f32 = -87.336_55;
     let c = x.clamp(MIN_ARG, MAX_ARG);
-    let n = (c * LOG2E + ROUND) - ROUND;
+    let shifted = c * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = c - n * LN2_HI - n * LN2_LO;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
         + 0.5;
     let e = 1.0 + r + r * r * p;
-    // 2^n in two halves, so n = 128 and n = -126 stay within normal exponents.
-    let n = n as i32;
+    // 2^n in two halves, so n = 128 and n = -126 stay within normal exponents. The integer n
+    // is read from the low bits of `shifted` (a bit cast, which vectorises; `as i32` saturates
+    // and did not).
+    let n = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let half = n >> 1;
     let pow2 = |k: i32| f32::from_bits(((k + 127) as u32) << 23);
     let y = e * pow2(half) * pow2(n - half);
@@ -95,6 +98,35 @@ pub fn load_rows<const R: usize, const C: usize>(
         *d = [0.0; C];
     }
     Ok(())
+}
+
+/// Copies a tile's flat data into `buf` at `at` (a chunk's slot of the chunk-parallel schedule).
+#[inline(always)]
+pub fn save(src: &[f32], buf: &mut [f32], at: usize) -> Result<()> {
+    buf.get_mut(at..at + src.len())
+        .ok_or(Error::Internal(
+            "a chunk slot lies past the end of its workspace",
+        ))?
+        .copy_from_slice(src);
+    Ok(())
+}
+
+/// Copies `dst.len()` floats of `buf` at `at` back into a tile's flat data.
+#[inline(always)]
+pub fn restore(dst: &mut [f32], buf: &[f32], at: usize) -> Result<()> {
+    let src = buf.get(at..at + dst.len()).ok_or(Error::Internal(
+        "a chunk slot lies past the end of its workspace",
+    ))?;
+    dst.copy_from_slice(src);
+    Ok(())
+}
+
+/// `dst += src`, elementwise over equal lengths.
+#[inline(always)]
+pub fn add_assign(dst: &mut [f32], src: &[f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d += *s;
+    }
 }
 
 /// Copies `first..first + rows` of a contiguous per-token buffer into a vector, zeroing the rest.
@@ -207,16 +239,39 @@ pub fn scale_rows<const R: usize, const C: usize>(t: &mut Tile<R, C>, rows: usiz
     }
 }
 
-/// `dst = src^T` (dst column t = src row t); columns past `rows` become zero.
+/// `dst = src^T` (dst column t = src row t); columns past `rows` become zero. The transpose
+/// proper is [`Isa::transpose`] (8 x 8 register blocks on x86; a per-element gather, which
+/// LLVM otherwise emits, cost about a tenth of a plain forward).
 #[inline(always)]
-pub fn transpose<const R: usize, const C: usize>(
+pub fn transpose<I: Isa, const R: usize, const C: usize>(
+    isa: I,
     src: &Tile<R, C>,
     rows: usize,
     dst: &mut Tile<C, R>,
 ) {
-    for (k, drow) in dst.iter_mut().enumerate() {
-        for (t, d) in drow.iter_mut().enumerate() {
-            *d = if t < rows { src[t][k] } else { 0.0 };
+    isa.transpose(src, dst);
+    if rows < R {
+        for drow in dst.iter_mut() {
+            for d in drow.iter_mut().skip(rows) {
+                *d = 0.0;
+            }
+        }
+    }
+}
+
+/// `dst = src^T` element by element, only where `t >= from_row` or `k >= from_col` (the edges
+/// a blocked transpose leaves; `0, 0` for all of it).
+#[inline(always)]
+pub(crate) fn transpose_elements<const R: usize, const C: usize>(
+    src: &Tile<R, C>,
+    dst: &mut Tile<C, R>,
+    from_row: usize,
+    from_col: usize,
+) {
+    for (t, row) in src.iter().enumerate() {
+        let first = if t >= from_row { 0 } else { from_col };
+        for (k, x) in row.iter().enumerate().skip(first) {
+            dst[k][t] = *x;
         }
     }
 }
@@ -233,12 +288,30 @@ pub enum Tri {
     LowerA,
 }
 
+/// `c[..rows] (= or +=) a[..rows, ..depth] · b[..depth]` (see [`gemm_kernel`]). One call: the
+/// product is compiled once per ISA and tile shape ([`Isa::gemm`]), not at every call site, which
+/// keeps the build time of a spec down; a call costs nothing next to a tile product.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn gemm<I: Isa, const M: usize, const K: usize, const N: usize>(
+    isa: I,
+    a: &Tile<M, K>,
+    b: &Tile<K, N>,
+    c: &mut Tile<M, N>,
+    rows: usize,
+    depth: usize,
+    tri: Tri,
+    accumulate: bool,
+) {
+    isa.gemm(a, b, c, rows, depth, tri, accumulate);
+}
+
 /// `c[..rows] (= or +=) a[..rows, ..depth] · b[..depth]`, register blocked: a block of 4 rows
 /// x 16 columns (2 x 16 on AVX-512) of vector accumulators stays in registers over the whole
 /// depth; column tails use 8-wide and single-column scalar blocks.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub fn gemm<I: Isa, const M: usize, const K: usize, const N: usize>(
+pub(crate) fn gemm_kernel<I: Isa, const M: usize, const K: usize, const N: usize>(
     isa: I,
     a: &Tile<M, K>,
     b: &Tile<K, N>,
@@ -280,12 +353,18 @@ fn gemm_rows<I: Isa, const RB: usize, const M: usize, const K: usize, const N: u
         Tri::LowerA => depth.min(last_row + 1),
         _ => depth,
     };
+    // Causal scores: columns up to the block's last row, rounded up to whole vectors (what lies
+    // above the diagonal is zeroed below), so the diagonal strip runs in the vector kernels.
     let col_end = match tri {
-        Tri::LowerOut => N.min(last_row + 1),
+        Tri::LowerOut => N.min((last_row + 1).next_multiple_of(16)),
         _ => N,
     };
     let mut c0 = 0;
     if I::WIDE {
+        while c0 + 64 <= col_end {
+            gemm_vblock::<I, RB, 4, M, K, N>(isa, a, b, c, r0, c0, kmax, accumulate);
+            c0 += 64;
+        }
         while c0 + 32 <= col_end {
             gemm_vblock::<I, RB, 2, M, K, N>(isa, a, b, c, r0, c0, kmax, accumulate);
             c0 += 32;
