@@ -27,6 +27,12 @@ pub fn emit_kernel(plan: &Plan, kernel: &Ident) -> TokenStream {
     let phase = emit_phases(plan);
     let (chunk, work) = (lit(plan.chunk), lit(work_len(plan)));
     let phased = plan.phased.is_some();
+    // Delta rules carry two products per chunk through the scan, which runs one thread per
+    // (batch, head): chunk parallelism then gains little (issue #5's measurements).
+    let light_scan = plan
+        .phased
+        .as_ref()
+        .is_some_and(|p| !p.scan.iter().any(|op| matches!(op, Op::MatMul { .. })));
     quote! {
         /// The generated kernel: chunk program and step program of this spec.
         struct #kernel;
@@ -42,6 +48,7 @@ pub fn emit_kernel(plan: &Plan, kernel: &Ident) -> TokenStream {
             const CHUNK: usize = #chunk;
             const WORK: usize = #work;
             const PHASED: bool = #phased;
+            const LIGHT_SCAN: bool = #light_scan;
 
             #[inline(always)]
             fn forward<I: ::attnc::__private::Isa>(

@@ -101,6 +101,9 @@ pub trait Kernel {
     const WORK: usize;
     /// Whether [`Kernel::phase`] is implemented (every spec but softmax).
     const PHASED: bool;
+    /// Whether [`Phase::Scan`] is elementwise (additive and gated updates), so the chunk-parallel
+    /// schedule pays off; delta rules run two products per chunk in the sequential scan.
+    const LIGHT_SCAN: bool;
     /// Runs the chunk program over `task.n` tokens.
     fn forward<I: Isa>(isa: I, task: Task<'_>) -> Result<()>;
     /// Runs the step program for one token (`task.n == 1`).
@@ -170,8 +173,9 @@ fn dispatch<K: Kernel>(isa: CpuIsa, job: Job<'_>) -> Result<()> {
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Schedule {
-    /// Heads when every thread gets an even share of (batch, head) problems, else chunks
-    /// (the default).
+    /// Heads when every thread gets an even share of (batch, head) problems, else chunks for
+    /// additive and gated updates (the default; delta rules keep heads, their scan being
+    /// sequential products).
     Auto,
     /// One task per (batch, head), each running the sequential chunk program.
     Heads,
@@ -211,14 +215,16 @@ impl Schedule {
     }
 
     /// Whether a call of `bh` (batch, head) problems of `chunks` chunks each runs chunk-parallel.
-    fn by_chunks(self, phased: bool, bh: usize, chunks: usize) -> bool {
+    fn by_chunks<K: Kernel>(self, bh: usize, chunks: usize) -> bool {
         let threads = rayon::current_num_threads();
         match self {
-            _ if !phased || chunks < 2 => false,
+            _ if !K::PHASED || chunks < 2 => false,
             Schedule::Heads => false,
             Schedule::Chunks => true,
             // Heads keep the sequential program (no scratch, no spills): use chunks only when
-            // under 3/4 of the threads would be busy on average and every thread gets chunks.
+            // the scan is light, under 3/4 of the threads would be busy on average and every
+            // thread gets chunks.
+            Schedule::Auto if !K::LIGHT_SCAN => false,
             Schedule::Auto => {
                 let rounds = bh.div_ceil(threads.max(1));
                 threads > 1 && 4 * bh < 3 * rounds * threads && chunks >= 2 * threads
@@ -575,7 +581,7 @@ pub fn run_forward<K: Kernel>(
     let isa = CpuIsa::selected()?;
     let mut out = vec![0.0; p.batch * p.heads * p.tokens * dims[1]];
     let chunks = p.tokens.div_ceil(K::CHUNK.max(1));
-    if Schedule::selected().by_chunks(K::PHASED, p.batch * p.heads, chunks) {
+    if Schedule::selected().by_chunks::<K>(p.batch * p.heads, chunks) {
         run_chunked::<K>(isa, p, dims, bufs, &mut out)?;
         return Ok(out);
     }
