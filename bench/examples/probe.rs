@@ -33,7 +33,43 @@ fn pool(threads: usize) -> rayon::ThreadPool {
         .expect("a thread pool")
 }
 
+/// Peak resident memory of this process so far (VmHWM), in MiB.
+fn peak_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// `--memory`: the growth of peak resident memory around one `forward` (inputs allocated first).
+fn memory(b: usize, h: usize, n: usize) {
+    let dev = Cpu::seed_from_u64(1);
+    let (q, k, v): (Tok, Tok, Tok) = (
+        dev.sample_normal_like(&(b, h, n, Const)),
+        dev.sample_normal_like(&(b, h, n, Const)),
+        dev.sample_normal_like(&(b, h, n, Const)),
+    );
+    let before = peak_mib();
+    let o = Plain::forward(&q, &k, &v).unwrap();
+    let after = peak_mib();
+    let inputs = 3.0 * (b * h * n * 64 * 4) as f64 / (1 << 20) as f64;
+    println!(
+        "memory B={b} H={h} N={n}: inputs {inputs:.1} MiB, +{:.1} MiB peak around forward (output {:.1} MiB)",
+        after - before,
+        (o.shape().0 * o.shape().1 * o.shape().2 * 64 * 4) as f64 / (1 << 20) as f64
+    );
+}
+
 fn main() {
+    if let Some(shape) = std::env::args().skip_while(|a| a != "--memory").nth(1) {
+        let dims: Vec<usize> = shape.split(',').filter_map(|x| x.parse().ok()).collect();
+        if let [b, h, n] = dims[..] {
+            memory(b, h, n);
+        }
+        return;
+    }
     let dev = Cpu::seed_from_u64(0);
     let step_only = std::env::args().any(|a| a == "--step");
     for (h, n) in [(8usize, 4096usize), (1, 65536)] {

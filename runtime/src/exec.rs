@@ -733,49 +733,69 @@ pub fn run_step<K: Kernel>(p: &Problem, dims: [usize; 3], bufs: &mut Buffers) ->
     Ok(out)
 }
 
-/// Input copies and workspaces of earlier calls, kept for the next call: a fresh multi-MB
-/// allocation is mapped by the OS on first touch, and those page faults cost as much as the
-/// copy itself (perf, plain N = 4096: a third of a call). Shared by all threads, because the
-/// inputs are copied on several threads at once; holds at most [`POOL_SLOTS`] buffers, i.e. the
-/// inputs and workspaces of the largest recent call.
-static POOL: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
+/// Spare buffers, kept for the next call: a fresh multi-MB allocation is mapped by the OS on
+/// first touch, and those page faults cost as much as the copy itself (perf, plain N = 4096: a
+/// third of a call). Holds at most [`POOL_SLOTS`] buffers, the largest offered.
+struct Pool(std::sync::Mutex<Vec<Vec<f32>>>);
+
+impl Pool {
+    const fn new() -> Pool {
+        Pool(std::sync::Mutex::new(Vec::new()))
+    }
+
+    /// The buffers, even if a thread panicked while holding them (they are only spares).
+    fn spares(&self) -> std::sync::MutexGuard<'_, Vec<Vec<f32>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A buffer of `len` floats (contents unspecified): the smallest spare that fits, or new.
+    fn take(&self, len: usize) -> Vec<f32> {
+        let reused = {
+            let mut spares = self.spares();
+            let best = spares
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= len)
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i);
+            best.map(|i| spares.swap_remove(i))
+        };
+        match reused {
+            Some(mut buf) => {
+                // Within capacity: no reallocation; only growth past the old length is written.
+                buf.resize(len, 0.0);
+                buf
+            }
+            None => vec![0.0; len],
+        }
+    }
+
+    /// Keeps the largest [`POOL_SLOTS`] of the spares and `bufs`.
+    fn put(&self, bufs: impl IntoIterator<Item = Vec<f32>>) {
+        let mut spares = self.spares();
+        spares.extend(bufs.into_iter().filter(|b| b.capacity() > 0));
+        spares.sort_by_key(|b| std::cmp::Reverse(b.capacity()));
+        spares.truncate(POOL_SLOTS);
+    }
+}
+
+/// The process's pool: input copies and workspaces of earlier calls. Shared by all threads,
+/// because the inputs are copied on several threads at once.
+static POOL: Pool = Pool::new();
 
 /// Buffers the pool keeps (q, k, v and the chunk-parallel schedule's three workspaces).
 const POOL_SLOTS: usize = 6;
 
-/// The pool, even if a thread panicked while holding it (it only holds spare buffers).
-fn pool() -> std::sync::MutexGuard<'static, Vec<Vec<f32>>> {
-    POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// A buffer of `len` floats (contents unspecified) from the pool, or a new one.
 pub fn pooled_buffer(len: usize) -> Vec<f32> {
-    let reused = {
-        let mut pool = pool();
-        let best = pool
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.capacity() >= len)
-            .min_by_key(|(_, b)| b.capacity())
-            .map(|(i, _)| i);
-        best.map(|i| pool.swap_remove(i))
-    };
-    match reused {
-        Some(mut buf) => {
-            // Within capacity: no reallocation; only growth past the old length is written.
-            buf.resize(len, 0.0);
-            buf
-        }
-        None => vec![0.0; len],
-    }
+    POOL.take(len)
 }
 
 /// Returns buffers to the pool (the largest [`POOL_SLOTS`] are kept).
 pub fn recycle(bufs: impl IntoIterator<Item = Vec<f32>>) {
-    let mut pool = pool();
-    pool.extend(bufs.into_iter().filter(|b| b.capacity() > 0));
-    pool.sort_by_key(|b| std::cmp::Reverse(b.capacity()));
-    pool.truncate(POOL_SLOTS);
+    POOL.put(bufs);
 }
 
 #[cfg(test)]
@@ -784,22 +804,18 @@ mod pool_tests {
 
     #[test]
     fn pooled_buffers_have_the_asked_length_and_are_reused() {
-        let a = pooled_buffer(1000);
+        let pool = Pool::new();
+        let a = pool.take(1000);
         assert_eq!(a.len(), 1000);
         let ptr = a.as_ptr();
-        recycle([a]);
+        pool.put([a]);
         // A smaller request reuses the same allocation.
-        let b = pooled_buffer(600);
+        let b = pool.take(600);
         assert_eq!((b.len(), b.as_ptr()), (600, ptr));
-        recycle([
-            b,
-            vec![0.0; 10],
-            vec![0.0; 20],
-            vec![0.0; 30],
-            vec![0.0; 40],
-        ]);
-        let caps: Vec<usize> = pool().iter().map(|b| b.capacity()).collect();
-        assert!(caps.len() <= POOL_SLOTS);
+        pool.put([b]);
+        pool.put((1..=POOL_SLOTS).map(|i| vec![0.0; 10 * i]));
+        let caps: Vec<usize> = pool.spares().iter().map(|b| b.capacity()).collect();
+        assert_eq!(caps.len(), POOL_SLOTS);
         assert!(
             caps.contains(&1000),
             "the largest buffers are kept: {caps:?}"
