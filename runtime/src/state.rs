@@ -70,6 +70,12 @@ impl<B: Dim, H: Dim, const F: usize, const DV: usize> State<B, H, F, DV> {
         heads: usize,
         normalized: bool,
     ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        self.check(batch, heads, normalized)?;
+        Ok((read_4d(&self.s), self.z.as_ref().map(|z| z.as_vec())))
+    }
+
+    /// Checks the state against the inputs' batch and head counts and the spec's normaliser.
+    fn check(&self, batch: usize, heads: usize, normalized: bool) -> Result<()> {
         let z_batch_heads = self
             .z
             .as_ref()
@@ -78,8 +84,7 @@ impl<B: Dim, H: Dim, const F: usize, const DV: usize> State<B, H, F, DV> {
             (batch, heads, normalized),
             (self.batch(), self.heads()),
             z_batch_heads,
-        )?;
-        Ok((read_4d(&self.s), self.z.as_ref().map(|z| z.as_vec())))
+        )
     }
 }
 
@@ -93,15 +98,7 @@ impl<B: Dim, H: Dim, const F: usize, const DV: usize> State<B, H, F, DV> {
         heads: usize,
         normalized: bool,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let z_batch_heads = self
-            .z
-            .as_ref()
-            .map(|z| (z.shape().0.size(), z.shape().1.size()));
-        check_state(
-            (batch, heads, normalized),
-            (self.batch(), self.heads()),
-            z_batch_heads,
-        )?;
+        self.check(batch, heads, normalized)?;
         let tensor_err = |e: dfdx::tensor::CpuError| Error::Tensor(format!("{e:?}"));
         self.s = self.s.clone().try_contiguous().map_err(tensor_err)?;
         let s = contiguous_data(&self.s);
