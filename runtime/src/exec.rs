@@ -822,3 +822,60 @@ mod pool_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+
+    /// A kernel with only the constants the schedule reads.
+    struct Consts<const LIGHT: bool>;
+
+    impl<const LIGHT: bool> Kernel for Consts<LIGHT> {
+        const CHUNK: usize = 64;
+        const WORK: usize = 0;
+        const PHASED: bool = true;
+        const LIGHT_SCAN: bool = LIGHT;
+        fn forward<I: Isa>(_: I, _: Task<'_>) -> Result<()> {
+            Err(Error::Internal("not a kernel"))
+        }
+        fn step<I: Isa>(_: I, _: Task<'_>) -> Result<()> {
+            Err(Error::Internal("not a kernel"))
+        }
+        fn phase<I: Isa>(_: I, _: Phase, _: PhaseTask<'_>) -> Result<()> {
+            Err(Error::Internal("not a kernel"))
+        }
+    }
+
+    #[test]
+    fn auto_uses_chunks_only_when_heads_leave_threads_idle_and_the_scan_is_light() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("a 2-thread pool");
+        pool.install(|| {
+            let auto = Schedule::Auto;
+            assert!(
+                auto.by_chunks::<Consts<true>>(1, 100),
+                "one head, two threads"
+            );
+            assert!(
+                !auto.by_chunks::<Consts<true>>(2, 100),
+                "two heads fill two threads"
+            );
+            assert!(
+                !auto.by_chunks::<Consts<true>>(1, 3),
+                "too few chunks to share"
+            );
+            assert!(
+                !auto.by_chunks::<Consts<false>>(1, 100),
+                "delta rules keep heads"
+            );
+            assert!(Schedule::Chunks.by_chunks::<Consts<false>>(2, 100));
+            assert!(
+                !Schedule::Chunks.by_chunks::<Consts<true>>(1, 1),
+                "one chunk"
+            );
+            assert!(!Schedule::Heads.by_chunks::<Consts<true>>(1, 100));
+        });
+    }
+}
