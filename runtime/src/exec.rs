@@ -752,6 +752,10 @@ impl Pool {
 
     /// A buffer of `len` floats (contents unspecified): the smallest spare that fits, or new.
     fn take(&self, len: usize) -> Vec<f32> {
+        // An empty buffer (absent z, no spills) needs no allocation, so takes no spare.
+        if len == 0 {
+            return Vec::new();
+        }
         let reused = {
             let mut spares = self.spares();
             let best = spares
@@ -813,6 +817,9 @@ mod pool_tests {
         let b = pool.take(600);
         assert_eq!((b.len(), b.as_ptr()), (600, ptr));
         pool.put([b]);
+        // An empty request leaves the spares alone.
+        assert_eq!(pool.take(0).capacity(), 0);
+        assert_eq!(pool.spares().len(), 1);
         pool.put((1..=POOL_SLOTS).map(|i| vec![0.0; 10 * i]));
         let caps: Vec<usize> = pool.spares().iter().map(|b| b.capacity()).collect();
         assert_eq!(caps.len(), POOL_SLOTS);
