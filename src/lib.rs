@@ -30,7 +30,9 @@ pub use attnc_dsl::attention;
 pub use attnc_runtime::cuda::{CudaDevice, CudaState, CudaTensor};
 pub use attnc_runtime::exec::Schedule;
 pub use attnc_runtime::launch::{CudaLaunch, Grid, KernelInfo};
-pub use attnc_runtime::{finite_check, set_finite_check, CpuIsa, Device, Error, State};
+pub use attnc_runtime::{
+    finite_check, set_finite_check, CpuIsa, DecodeState, Device, Error, State,
+};
 
 /// The CUDA side of the runtime: NVRTC compilation with its on-disk PTX cache, and whether a
 /// driver and NVRTC are present. Device tensors and states are re-exported at the crate root.
@@ -78,7 +80,9 @@ pub mod favor {
 
 /// Everything needed to declare a spec, build inputs and read outputs.
 pub mod prelude {
-    pub use crate::{attention, CudaDevice, CudaState, CudaTensor, Device, Error, Spec, State};
+    pub use crate::{
+        attention, CudaDevice, CudaState, CudaTensor, DecodeState, Device, Error, Spec, State,
+    };
     pub use dfdx::shapes::{
         Const, ConstDim, Dim, HasShape, Rank0, Rank1, Rank2, Rank3, Rank4, Shape,
     };
@@ -90,7 +94,7 @@ pub mod prelude {
 /// What generated code refers to. Not a public API: it may change in any release.
 #[doc(hidden)]
 pub mod __private {
-    pub use attnc_runtime::api::{forward, output_tensor, step, Config};
+    pub use attnc_runtime::api::{decode_step, forward, output_tensor, step, Config};
     pub use attnc_runtime::cuda::{forward_cuda, step_cuda, CudaTensor};
     pub use attnc_runtime::exec::{Kernel, Phase, PhaseTask, Task, TokenLayout};
     pub use attnc_runtime::isa::Isa;

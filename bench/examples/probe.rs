@@ -97,7 +97,10 @@ fn main() {
             }
         }
     }
-    let h = 8;
+    let h = std::env::var("PROBE_STEP_HEADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
     let tok = || -> Tensor<(usize, usize, Const<64>), f32, Cpu> {
         dev.sample_normal_like(&(1, h, Const))
     };
@@ -109,8 +112,16 @@ fn main() {
             drop(Plain::step(&mut st, &q, &k, &v).unwrap());
         }
     });
+    let mut dec = DecodeState::from_state(&st);
+    let ms_dec = best_ms(5, || {
+        for _ in 0..steps {
+            drop(Plain::decode_step(&mut dec, &q, &k, &v).unwrap());
+        }
+    });
+    let per_token_head = |ms: f64| ms * 1e6 / (steps * h) as f64;
     println!(
-        "step: {:.0} ns per token per head (H = {h})",
-        ms * 1e6 / (steps * h) as f64
+        "step: {:.0} ns per token per head on a State, {:.0} on a DecodeState (H = {h})",
+        per_token_head(ms),
+        per_token_head(ms_dec)
     );
 }

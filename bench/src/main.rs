@@ -230,6 +230,13 @@ fn measure_forward(rep: &mut Report, h: usize, n: usize, o: &Opts) {
                 }
             });
             rep.push(row("attnc step x N".into(), v, 1, ms));
+            let ms = time_ms(|| {
+                let mut st = specs::Dec::zeros(1, h, v.normalized());
+                for t in &tokens {
+                    std::hint::black_box(specs::decode_step(v, &mut st, t).expect("decode_step"));
+                }
+            });
+            rep.push(row("attnc decode_step x N".into(), v, 1, ms));
             if n <= o.dfdx_max_n && baselines::has_dfdx_form(v) {
                 let ms = time_ms(|| {
                     std::hint::black_box(baselines::dfdx_linear(v, &x));
@@ -268,6 +275,18 @@ fn measure_decode(rep: &mut Report, n: usize) {
         });
         rep.push(row(
             "attnc step",
+            v.name(),
+            ms * 1e6 / (tokens.len() * h) as f64,
+        ));
+        let dec = specs::Dec::from_state(&st);
+        let ms = time_ms(|| {
+            let mut st = dec.clone();
+            for t in &tokens {
+                std::hint::black_box(specs::decode_step(v, &mut st, t).expect("decode_step"));
+            }
+        });
+        rep.push(row(
+            "attnc decode_step",
             v.name(),
             ms * 1e6 / (tokens.len() * h) as f64,
         ));
@@ -356,13 +375,15 @@ fn summary(rep: &Report, machine: &str, command: &str, long: usize) -> String {
     }
     let dec = |imp: &str, v: &str, n: usize| rep.find("decode", imp, v, n, 1);
     for n in [1024, 65536] {
-        if let (Some(lin), Some(soft)) = (
+        if let (Some(lin), Some(fast), Some(soft)) = (
             dec("attnc step", "plain", n),
+            dec("attnc decode_step", "plain", n),
             dec("dfdx softmax KV cache", "plain", n),
         ) {
             s.push_str(&format!(
-                "- decode at N = {n}: attnc step {lin:.0} ns vs softmax KV cache {soft:.0} ns per token per head ({:.0}x)\n",
-                soft / lin
+                "- decode at N = {n}: attnc step {lin:.0} ns, decode_step {fast:.0} ns vs softmax KV cache {soft:.0} ns per token per head ({:.0}x, {:.0}x)\n",
+                soft / lin,
+                soft / fast
             ));
         }
     }

@@ -173,6 +173,21 @@ pub fn step(v: Variant, st: &mut St, t: &Token) -> Result<Head, Error> {
     }
 }
 
+/// The decoding state of the variants (d = 64).
+pub type Dec = DecodeState<usize, usize, 64, 64>;
+
+/// `decode_step` of a variant: `step` on a state that owns its buffers.
+pub fn decode_step(v: Variant, st: &mut Dec, t: &Token) -> Result<Head, Error> {
+    use Variant::*;
+    match v {
+        Plain => c64::Plain::decode_step(st, &t.q, &t.k, &t.v),
+        Elu => c64::Elu::decode_step(st, &t.q, &t.k, &t.v),
+        Gated => c64::Gated::decode_step(st, &t.q, &t.k, &t.v, &t.g),
+        Delta => c64::Delta::decode_step(st, &t.q, &t.k, &t.v, &t.beta),
+        GatedDelta => c64::GatedDelta::decode_step(st, &t.q, &t.k, &t.v, &t.beta, &t.g),
+    }
+}
+
 /// Tokens `0..count` of the inputs, one per decoding step.
 pub fn tokens(x: &Inputs, count: usize) -> Vec<Token> {
     let (b, h, n, _) = *x.q.shape();

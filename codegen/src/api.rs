@@ -156,6 +156,7 @@ fn emit_methods(spec: &Spec, plan: &Plan, kernel: &syn::Ident) -> TokenStream {
     let tensor = |shape: TokenStream| quote!(#p::Tensor<#shape, f32, #p::Cpu>);
     let (q_ty, v_ty, s_ty) = (tensor(tok), tensor(tok_v), tensor(per_tok.clone()));
     let state_ty = quote!(::attnc::State<B, H, #f, #dv>);
+    let decode_ty = quote!(::attnc::DecodeState<B, H, #f, #dv>);
     let normalized = plan.normalized;
     let proj_ty = tensor(quote!((#p::Const<#f>, #p::Const<#dk>)));
 
@@ -230,6 +231,24 @@ fn emit_methods(spec: &Spec, plan: &Plan, kernel: &syn::Ident) -> TokenStream {
             let (b, h, _) = *#p::HasShape::shape(q_t);
             let cfg = #p::Config { layout: #p::TokenLayout::Bhnd, dk: #dk, dv: #dv, f: #f, normalized: #normalized };
             let out = #p::step::<#kernel, _, _, _, _, _, _, #f, #dv>(
+                &cfg, state, q_t, k_t, v_t, #(#step_args,)*
+            )?;
+            #p::output_tensor(q_t, out, (b, h, #p::Const::<#dv>))
+        }
+
+        /// `step` on an `attnc::DecodeState`, whose buffers the kernel updates in place: the
+        /// same numbers without the copies of `S` that a `State`'s dfdx tensors force (the
+        /// fast path for generating token by token).
+        pub fn decode_step<B: #p::Dim, H: #p::Dim>(
+            state: &mut #decode_ty,
+            q_t: &#p::Tensor<(B, H, #p::Const<#dk>), f32, #p::Cpu>,
+            k_t: &#p::Tensor<(B, H, #p::Const<#dk>), f32, #p::Cpu>,
+            v_t: &#p::Tensor<(B, H, #p::Const<#dv>), f32, #p::Cpu>,
+            #(#step_params,)*
+        ) -> ::core::result::Result<#p::Tensor<(B, H, #p::Const<#dv>), f32, #p::Cpu>, ::attnc::Error> {
+            let (b, h, _) = *#p::HasShape::shape(q_t);
+            let cfg = #p::Config { layout: #p::TokenLayout::Bhnd, dk: #dk, dv: #dv, f: #f, normalized: #normalized };
+            let out = #p::decode_step::<#kernel, _, _, _, _, _, _, #f, #dv>(
                 &cfg, state, q_t, k_t, v_t, #(#step_args,)*
             )?;
             #p::output_tensor(q_t, out, (b, h, #p::Const::<#dv>))

@@ -580,6 +580,25 @@ fn emit_op(plan: &Plan, op: &Op) -> TokenStream {
             let (l, b, d) = (by_ref(*lower), by_ref(*beta), by_mut(*dst));
             quote! { tile::forward_substitute(isa, #d, #l, #b, rows); }
         }
+        Op::StepUpdate {
+            s,
+            k,
+            v,
+            q,
+            o,
+            gates,
+        } => {
+            let (k, v, q) = (by_ref(*k), by_ref(*v), by_ref(*q));
+            let (s, o) = (by_mut(*s), by_mut(*o));
+            let gates = match gates {
+                Some(g) => {
+                    let g = by_ref(*g);
+                    quote!(Some(#g))
+                }
+                None => quote!(None),
+            };
+            quote! { tile::step_update(isa, #s, #k, #v, #q, #o, #gates); }
+        }
         Op::SoftmaxInit { max, sum, acc } => {
             let (m, l, o) = (by_mut(*max), by_mut(*sum), by_mut(*acc));
             quote! { tile::softmax_init(#m, #l, #o); }

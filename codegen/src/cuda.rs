@@ -807,6 +807,28 @@ impl<'a> Kernel<'a> {
                     n(*beta)
                 )
             }
+            Op::StepUpdate {
+                s,
+                k,
+                v,
+                q,
+                o,
+                gates,
+            } => {
+                let (f, dv) = dims(*s);
+                let (decay, g) = match gates {
+                    Some(g) => ("true", n(*g)),
+                    None => ("false", "nullptr".to_string()),
+                };
+                format!(
+                    "attnc::step_update<{f}, {dv}, {decay}>({}, {}, {}, {}, {}, {g});",
+                    n(*s),
+                    n(*k),
+                    n(*v),
+                    n(*q),
+                    n(*o)
+                )
+            }
             Op::SoftmaxInit { max, sum, acc } => {
                 let (r, w) = dims(*acc);
                 format!(

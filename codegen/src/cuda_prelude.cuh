@@ -311,6 +311,24 @@ __device__ void solve(float* x, const float* lower, const float* beta, int rows)
   }
 }
 
+// The recurrent step in one pass over the state (one token): S <- d S + k^T v with
+// d = exp(g) when DECAY, then o = q S; one thread per value column.
+template <int F, int DV, bool DECAY>
+__device__ void step_update(float* s, const float* k, const float* v, const float* q, float* o,
+                            const float* g) {
+  const float d = DECAY ? expf(g[0]) : 1.0f;
+  for (int c = threadIdx.x; c < DV; c += blockDim.x) {
+    const float vc = v[c];
+    float acc = 0.0f;
+    for (int f = 0; f < F; ++f) {
+      const float x = fmaf(k[f], vc, d * s[f * DV + c]);
+      s[f * DV + c] = x;
+      acc = fmaf(q[f], x, acc);
+    }
+    o[c] = acc;
+  }
+}
+
 // Softmax: running maxima -inf, running sums and the accumulator zero.
 template <int R, int W>
 __device__ void softmax_init(float* m, float* l, float* o) {

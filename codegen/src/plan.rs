@@ -208,6 +208,23 @@ pub enum Op {
         /// The write strengths.
         beta: Tile,
     },
+    /// The recurrent step (one token: row 0 of `k`, `v`, `q`, `o`) in one pass over the state:
+    /// `S <- exp(g) S + k^T v` (no decay without `gates`), then `o = q S`. One pass instead of
+    /// a product to read and another to update halves the state traffic of a step.
+    StepUpdate {
+        /// The `F x DV` state.
+        s: Tile,
+        /// The key features, `1 x F`.
+        k: Tile,
+        /// The values written, `1 x DV`.
+        v: Tile,
+        /// The query features, `1 x F`.
+        q: Tile,
+        /// The output, `1 x DV`.
+        o: Tile,
+        /// The token's log-decay, for gated updates.
+        gates: Option<Tile>,
+    },
     /// Softmax: `m = -inf`, `l = 0`, `O = 0` before the first key tile.
     SoftmaxInit {
         /// Running maxima.
@@ -378,6 +395,7 @@ impl Plan {
             Update::Additive | Update::Gated => causal_pass(spec),
             Update::Delta | Update::GatedDelta => delta_pass(spec),
         };
+        let step = step_program(spec);
         let passes = match spec.mask {
             Mask::Causal => vec![causal.clone()],
             Mask::None => vec![state_pass(spec), output_pass(spec)],
@@ -394,7 +412,7 @@ impl Plan {
             uses_projection: matches!(spec.feature_map, FeatureMap::Favor { .. }),
             normalized: spec.normalize == Normalize::Sum,
             passes,
-            step: causal,
+            step,
             softmax: None,
             phased: Some(phased_program(spec)),
         }
@@ -433,6 +451,14 @@ impl Op {
             Op::SaveChunkState { s, z } | Op::LoadChunkState { s, z } | Op::ReadState { s, z } => {
                 std::iter::once(s).chain(z).collect()
             }
+            Op::StepUpdate {
+                s,
+                k,
+                v,
+                q,
+                o,
+                gates,
+            } => [s, k, v, q, o].into_iter().chain(gates).collect(),
             Op::SoftmaxInit { max, sum, acc } => vec![max, sum, acc],
             Op::OnlineSoftmax {
                 scores,
@@ -611,6 +637,100 @@ fn causal_pass(spec: &Spec) -> Vec<Op> {
         accumulate: true,
     });
     ops.push(Op::Store(Tile::O));
+    ops
+}
+
+/// The step program, the recurrent form of DESIGN §3 for one token (flash-linear-attention's
+/// `fused_recurrent`), so each step passes over the state once (twice for delta rules):
+///
+/// ```text
+/// z  += k;  den = q z                        normaliser (z undecayed, as §3.5 states)
+/// u   = exp(g) k S;  u = beta (v - u)        delta rules: what the decayed state mispredicts
+/// S   = exp(g) S + k^T u;  o = q S           one pass (u = v for additive and gated updates)
+/// o  /= den + 1e-6
+/// ```
+fn step_program(spec: &Spec) -> Vec<Op> {
+    let mut ops = prologue(spec, Tile::Q, Input::Q);
+    ops.extend(prologue(spec, Tile::K, Input::K));
+    ops.push(Op::Load {
+        dst: Tile::V,
+        src: Input::V,
+    });
+    // One token: the cumulative log-decay is the token's own.
+    let gates = spec.has_gate().then_some(Tile::G);
+    if let Some(g) = gates {
+        ops.push(Op::Load {
+            dst: g,
+            src: Input::G,
+        });
+    }
+    if spec.normalize == Normalize::Sum {
+        ops.push(Op::AddColSums {
+            dst: Tile::Z,
+            src: Tile::K,
+        });
+        ops.push(Op::DotRows {
+            dst: Tile::Den,
+            rows: Tile::Q,
+            vec: Tile::Z,
+            accumulate: false,
+        });
+    }
+    let written = if spec.has_beta() {
+        ops.extend(delta_correction(gates));
+        Tile::U
+    } else {
+        Tile::V
+    };
+    ops.push(Op::StepUpdate {
+        s: Tile::S,
+        k: Tile::K,
+        v: written,
+        q: Tile::Q,
+        o: Tile::O,
+        gates,
+    });
+    if spec.normalize == Normalize::Sum {
+        ops.push(Op::DivideRows {
+            dst: Tile::O,
+            den: Tile::Den,
+        });
+    }
+    ops.push(Op::Store(Tile::O));
+    ops
+}
+
+/// The delta rule's write for one token: `U = beta (v - exp(g) k S)`. With one row the
+/// substitution reads no key-key products and only scales by beta.
+fn delta_correction(gates: Option<Tile>) -> Vec<Op> {
+    let mut ops = vec![
+        Op::Load {
+            dst: Tile::Beta,
+            src: Input::Beta,
+        },
+        Op::MatMul {
+            dst: Tile::U,
+            a: Tile::K,
+            b: Tile::S,
+            tri: Tri::Full,
+            accumulate: false,
+        },
+    ];
+    if let Some(g) = gates {
+        ops.push(Op::DecayRows {
+            dst: Tile::U,
+            gates: g,
+        });
+    }
+    ops.push(Op::SubFrom {
+        dst: Tile::U,
+        src: Tile::V,
+    });
+    ops.push(Op::Solve {
+        dst: Tile::U,
+        lower: Tile::Kk,
+        beta: Tile::Beta,
+    });
     ops
 }
 

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::exec::{checked, run_forward, run_step, Buffers, Kernel, Probe4, Problem, TokenLayout};
-use crate::state::State;
+use crate::state::{DecodeState, State};
 use dfdx::shapes::{Dim, HasShape, Shape, SliceShape};
 use dfdx::tensor::{Cpu, Tensor, TensorFromVec};
 
@@ -153,22 +153,108 @@ where
     Sp: Shape<Concrete = [usize; 2]>,
 {
     let [batch, heads, _] = q_t.shape().concrete();
-    let p = Problem::step(batch, heads);
-    let (s, z) = state.read_for_update(batch, heads, cfg.normalized)?;
-    let mut bufs = Buffers {
-        q: p.gather_heads("q_t", q_t, cfg.dk)?,
-        k: p.gather_heads("k_t", k_t, cfg.dk)?,
-        v: p.gather_heads("v_t", v_t, cfg.dv)?,
-        beta: beta_t.map_or(Ok(Vec::new()), |t| p.gather_head_scalars("beta_t", t))?,
-        g: g_t.map_or(Ok(Vec::new()), |t| p.gather_head_scalars("g_t", t))?,
-        proj: cfg.projection(proj)?,
-        s,
-        z,
+    let (mut s, mut z) = state.read_for_update(batch, heads, cfg.normalized)?;
+    let inputs = StepInputs {
+        q_t,
+        k_t,
+        v_t,
+        beta_t,
+        g_t,
+        proj,
     };
-    let out = run_step::<K>(&p, cfg.dims(), &mut bufs)?;
-    state.write_back(bufs.s, bufs.z)?;
+    match step_in_place::<K, _, _, _, _>(cfg, &mut s, &mut z, inputs) {
+        Ok(out) => {
+            state.write_back(s, z)?;
+            Ok(out)
+        }
+        Err(e) => {
+            crate::exec::recycle([s, z]);
+            Err(e)
+        }
+    }
+}
+
+/// `step` on a [`DecodeState`]: the same update as [`step`], in the state's own buffers.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_step<K, B, H, Sk, Sv, S2, Sp, const F: usize, const DV: usize>(
+    cfg: &Config,
+    state: &mut DecodeState<B, H, F, DV>,
+    q_t: &Tensor<Sk, f32, Cpu>,
+    k_t: &Tensor<Sk, f32, Cpu>,
+    v_t: &Tensor<Sv, f32, Cpu>,
+    beta_t: Option<&Tensor<S2, f32, Cpu>>,
+    g_t: Option<&Tensor<S2, f32, Cpu>>,
+    proj: Option<&Tensor<Sp, f32, Cpu>>,
+) -> Result<Vec<f32>>
+where
+    K: Kernel,
+    B: Dim,
+    H: Dim,
+    Sk: Shape<Concrete = [usize; 3]>,
+    Sv: Shape<Concrete = [usize; 3]>,
+    S2: Shape<Concrete = [usize; 2]>,
+    Sp: Shape<Concrete = [usize; 2]>,
+{
+    let [batch, heads, _] = q_t.shape().concrete();
+    let (s, z) = state.buffers_for_update(batch, heads, cfg.normalized)?;
+    let mut no_z = Vec::new();
+    let inputs = StepInputs {
+        q_t,
+        k_t,
+        v_t,
+        beta_t,
+        g_t,
+        proj,
+    };
+    step_in_place::<K, _, _, _, _>(cfg, s, z.unwrap_or(&mut no_z), inputs)
+}
+
+/// One token's inputs to `step`.
+struct StepInputs<'a, Sk: Shape, Sv: Shape, S2: Shape, Sp: Shape> {
+    q_t: &'a Tensor<Sk, f32, Cpu>,
+    k_t: &'a Tensor<Sk, f32, Cpu>,
+    v_t: &'a Tensor<Sv, f32, Cpu>,
+    beta_t: Option<&'a Tensor<S2, f32, Cpu>>,
+    g_t: Option<&'a Tensor<S2, f32, Cpu>>,
+    proj: Option<&'a Tensor<Sp, f32, Cpu>>,
+}
+
+/// Runs one step on checked state buffers `s` and `z` (empty without a normaliser), which it
+/// updates in place, and returns o_t. The buffers are lent to the kernel and always given back,
+/// even when an input is refused.
+fn step_in_place<K, Sk, Sv, S2, Sp>(
+    cfg: &Config,
+    s: &mut Vec<f32>,
+    z: &mut Vec<f32>,
+    x: StepInputs<'_, Sk, Sv, S2, Sp>,
+) -> Result<Vec<f32>>
+where
+    K: Kernel,
+    Sk: Shape<Concrete = [usize; 3]>,
+    Sv: Shape<Concrete = [usize; 3]>,
+    S2: Shape<Concrete = [usize; 2]>,
+    Sp: Shape<Concrete = [usize; 2]>,
+{
+    let [batch, heads, _] = x.q_t.shape().concrete();
+    let p = Problem::step(batch, heads);
+    let mut bufs = Buffers {
+        q: p.gather_heads("q_t", x.q_t, cfg.dk)?,
+        k: p.gather_heads("k_t", x.k_t, cfg.dk)?,
+        v: p.gather_heads("v_t", x.v_t, cfg.dv)?,
+        beta: x
+            .beta_t
+            .map_or(Ok(Vec::new()), |t| p.gather_head_scalars("beta_t", t))?,
+        g: x.g_t
+            .map_or(Ok(Vec::new()), |t| p.gather_head_scalars("g_t", t))?,
+        proj: cfg.projection(x.proj)?,
+        s: std::mem::take(s),
+        z: std::mem::take(z),
+    };
+    let out = run_step::<K>(&p, cfg.dims(), &mut bufs);
+    *s = std::mem::take(&mut bufs.s);
+    *z = std::mem::take(&mut bufs.z);
     crate::exec::recycle([bufs.q, bufs.k, bufs.v]);
-    Ok(out)
+    out
 }
 
 /// Wraps output data in a tensor on `like`'s device.

@@ -165,3 +165,94 @@ pub(crate) fn check_state(
         _ => Ok(()),
     }
 }
+
+/// A recurrent state that owns flat buffers, for token-by-token decoding with `decode_step`.
+///
+/// [`State`] holds dfdx tensors, as the rest of the API does; dfdx 0.13 gives no mutable access to
+/// a tensor's buffer, so every `step` on a [`State`] copies `S` out and back in (2 x 128 KiB per
+/// token at H = 8, d = 64: more than the update itself). `DecodeState` keeps `S` and `z` as plain
+/// `Vec`s that the kernel updates in place. Convert at the ends of a generation:
+/// [`DecodeState::from_state`] after a prefill, [`DecodeState::to_state`] to hand the state back
+/// to `forward_with_state`.
+///
+/// Layouts: `S` is (batch, head, F, DV) row-major, `z` (batch, head, F), as in [`State`].
+///
+/// ```
+/// use attnc_runtime::{DecodeState, State};
+/// use dfdx::shapes::Const;
+/// let state: State<usize, Const<2>, 4, 4> = State::zeros(1, Const, true).unwrap();
+/// let dec = DecodeState::from_state(&state);
+/// assert_eq!((dec.batch(), dec.heads(), dec.s().len()), (1, 2, 32));
+/// assert_eq!(dec.z().map(<[f32]>::len), Some(8));
+/// ```
+#[derive(Clone, Debug)]
+pub struct DecodeState<B: Dim, H: Dim, const F: usize, const DV: usize> {
+    batch: B,
+    heads: H,
+    s: Vec<f32>,
+    z: Option<Vec<f32>>,
+}
+
+impl<B: Dim, H: Dim, const F: usize, const DV: usize> DecodeState<B, H, F, DV> {
+    /// An all-zero state, with `z` when `normalized` (the spec has `normalize = sum`).
+    pub fn zeros(batch: B, heads: H, normalized: bool) -> Self {
+        let bh = batch.size() * heads.size();
+        DecodeState {
+            batch,
+            heads,
+            s: vec![0.0; bh * F * DV],
+            z: normalized.then(|| vec![0.0; bh * F]),
+        }
+    }
+
+    /// A copy of `state`'s buffers (in logical order, whatever the tensors' strides).
+    pub fn from_state(state: &State<B, H, F, DV>) -> Self {
+        DecodeState {
+            batch: state.s.shape().0,
+            heads: state.s.shape().1,
+            s: read_4d(&state.s),
+            z: state.z.as_ref().map(|z| z.as_vec()),
+        }
+    }
+
+    /// The same state as dfdx tensors, for `forward_with_state` or inspection.
+    pub fn to_state(&self) -> Result<State<B, H, F, DV>> {
+        State::from_vecs(self.batch, self.heads, self.s.clone(), self.z.clone())
+    }
+
+    /// Batch size.
+    pub fn batch(&self) -> usize {
+        self.batch.size()
+    }
+
+    /// Head count.
+    pub fn heads(&self) -> usize {
+        self.heads.size()
+    }
+
+    /// `S`, (batch, head, F, DV) row-major.
+    pub fn s(&self) -> &[f32] {
+        &self.s
+    }
+
+    /// `z`, (batch, head, F) row-major; `Some` only for `normalize = sum`.
+    pub fn z(&self) -> Option<&[f32]> {
+        self.z.as_deref()
+    }
+
+    /// Checks the state against a step's inputs and lends its buffers (`z` empty when absent).
+    pub(crate) fn buffers_for_update(
+        &mut self,
+        batch: usize,
+        heads: usize,
+        normalized: bool,
+    ) -> Result<(&mut Vec<f32>, Option<&mut Vec<f32>>)> {
+        let z_batch_heads = self.z.as_ref().map(|_| (self.batch(), self.heads()));
+        check_state(
+            (batch, heads, normalized),
+            (self.batch(), self.heads()),
+            z_batch_heads,
+        )?;
+        Ok((&mut self.s, self.z.as_mut()))
+    }
+}
