@@ -1,4 +1,5 @@
-//! Quickstart: declare four attention variants, run them, check `step` against `forward`, time them.
+//! Quickstart: declare four attention variants, run them, check `step` against `forward` (and
+//! `decode_step` against `step`), time them.
 //!
 //! Run with `cargo run --release --example quickstart`.
 
@@ -102,6 +103,31 @@ fn main() -> Result<(), Error> {
     );
     if worst > 1e-4 {
         return Err(Error::Internal("step and forward disagree"));
+    }
+
+    // For a generation loop: a `DecodeState` owns its buffers, so `decode_step` updates them in
+    // place instead of copying the state out of and back into dfdx tensors every token.
+    let mut dec = DecodeState::zeros(Const::<B>, Const::<H>, true);
+    let t0 = Instant::now();
+    let fast = tokens
+        .iter()
+        .map(|(q_t, k_t, v_t)| LinearAttention::decode_step(&mut dec, q_t, k_t, v_t))
+        .collect::<Result<Vec<_>, Error>>()?;
+    let per_token_fast = t0.elapsed().as_secs_f64() * 1e9 / (n * H) as f64;
+    let same = outs
+        .iter()
+        .zip(&fast)
+        .all(|(a, b)| a.as_vec() == b.as_vec());
+    println!(
+        "decode_step on a DecodeState: {per_token_fast:.0} ns per token per head, outputs {}",
+        if same {
+            "identical to step's"
+        } else {
+            "DIFFERENT from step's"
+        }
+    );
+    if !same {
+        return Err(Error::Internal("decode_step and step disagree"));
     }
     on_the_gpu(&device, &q, &k, &v)
 }

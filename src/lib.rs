@@ -94,7 +94,7 @@ pub mod prelude {
 /// What generated code refers to. Not a public API: it may change in any release.
 #[doc(hidden)]
 pub mod __private {
-    pub use attnc_runtime::api::{decode_step, forward, output_tensor, step, Config};
+    pub use attnc_runtime::api::{forward, output_tensor, step, Config};
     pub use attnc_runtime::cuda::{forward_cuda, step_cuda, CudaTensor};
     pub use attnc_runtime::exec::{Kernel, Phase, PhaseTask, Task, TokenLayout};
     pub use attnc_runtime::isa::Isa;

@@ -214,46 +214,46 @@ fn emit_methods(spec: &Spec, plan: &Plan, kernel: &syn::Ident) -> TokenStream {
     } else {
         quote!(#[doc = " As `forward`, from an initial state (`None`: zeros), also returning the final state."])
     };
+    // `step` on the contract's `State`, and `decode_step` on a `DecodeState` (owned buffers,
+    // updated in place): the same arguments and the same runtime function.
+    let step_fn = |name: &str, doc: &str, state_ty: &TokenStream| {
+        let name = format_ident!("{}", name);
+        quote! {
+            #[doc = #doc]
+            pub fn #name<B: #p::Dim, H: #p::Dim>(
+                state: &mut #state_ty,
+                q_t: &#p::Tensor<(B, H, #p::Const<#dk>), f32, #p::Cpu>,
+                k_t: &#p::Tensor<(B, H, #p::Const<#dk>), f32, #p::Cpu>,
+                v_t: &#p::Tensor<(B, H, #p::Const<#dv>), f32, #p::Cpu>,
+                #(#step_params,)*
+            ) -> ::core::result::Result<#p::Tensor<(B, H, #p::Const<#dv>), f32, #p::Cpu>, ::attnc::Error> {
+                let (b, h, _) = *#p::HasShape::shape(q_t);
+                let cfg = #p::Config { layout: #p::TokenLayout::Bhnd, dk: #dk, dv: #dv, f: #f, normalized: #normalized };
+                let out = #p::step::<#kernel, _, _, _, _, _>(
+                    &cfg, state, q_t, k_t, v_t, #(#step_args,)*
+                )?;
+                #p::output_tensor(q_t, out, (b, h, #p::Const::<#dv>))
+            }
+        }
+    };
     let step = if softmax {
         quote!()
     } else {
-        quote! {
-        /// One token of autoregressive decoding (the recurrent form): q_t, k_t (B, H, DK),
-        /// v_t (B, H, DV), then the per-token scalars as (B, H) tensors (and FAVOR+'s
-        /// projection, the one `forward` took); updates `state` and returns o_t (B, H, DV).
-        pub fn step<B: #p::Dim, H: #p::Dim>(
-            state: &mut #state_ty,
-            q_t: &#p::Tensor<(B, H, #p::Const<#dk>), f32, #p::Cpu>,
-            k_t: &#p::Tensor<(B, H, #p::Const<#dk>), f32, #p::Cpu>,
-            v_t: &#p::Tensor<(B, H, #p::Const<#dv>), f32, #p::Cpu>,
-            #(#step_params,)*
-        ) -> ::core::result::Result<#p::Tensor<(B, H, #p::Const<#dv>), f32, #p::Cpu>, ::attnc::Error> {
-            let (b, h, _) = *#p::HasShape::shape(q_t);
-            let cfg = #p::Config { layout: #p::TokenLayout::Bhnd, dk: #dk, dv: #dv, f: #f, normalized: #normalized };
-            let out = #p::step::<#kernel, _, _, _, _, _, _, #f, #dv>(
-                &cfg, state, q_t, k_t, v_t, #(#step_args,)*
-            )?;
-            #p::output_tensor(q_t, out, (b, h, #p::Const::<#dv>))
-        }
-
-        /// `step` on an `attnc::DecodeState`, whose buffers the kernel updates in place: the
-        /// same numbers without the copies of `S` that a `State`'s dfdx tensors force (the
-        /// fast path for generating token by token).
-        pub fn decode_step<B: #p::Dim, H: #p::Dim>(
-            state: &mut #decode_ty,
-            q_t: &#p::Tensor<(B, H, #p::Const<#dk>), f32, #p::Cpu>,
-            k_t: &#p::Tensor<(B, H, #p::Const<#dk>), f32, #p::Cpu>,
-            v_t: &#p::Tensor<(B, H, #p::Const<#dv>), f32, #p::Cpu>,
-            #(#step_params,)*
-        ) -> ::core::result::Result<#p::Tensor<(B, H, #p::Const<#dv>), f32, #p::Cpu>, ::attnc::Error> {
-            let (b, h, _) = *#p::HasShape::shape(q_t);
-            let cfg = #p::Config { layout: #p::TokenLayout::Bhnd, dk: #dk, dv: #dv, f: #f, normalized: #normalized };
-            let out = #p::decode_step::<#kernel, _, _, _, _, _, _, #f, #dv>(
-                &cfg, state, q_t, k_t, v_t, #(#step_args,)*
-            )?;
-            #p::output_tensor(q_t, out, (b, h, #p::Const::<#dv>))
-        }
-        }
+        let step = step_fn(
+            "step",
+            " One token of autoregressive decoding (the recurrent form): q_t, k_t (B, H, DK), \
+             v_t (B, H, DV), then the per-token scalars as (B, H) tensors (and FAVOR+'s \
+             projection, the one `forward` took); updates `state` and returns o_t (B, H, DV).",
+            &state_ty,
+        );
+        let decode = step_fn(
+            "decode_step",
+            " `step` on an `attnc::DecodeState`, whose buffers the kernel updates in place: the \
+             same numbers without the copies of `S` that a `State`'s dfdx tensors force (the \
+             fast path for generating token by token).",
+            &decode_ty,
+        );
+        quote!(#step #decode)
     };
     quote! {
         #[doc = #fwd_doc]

@@ -3,7 +3,9 @@
 
 use crate::error::{Error, Result};
 use crate::exec::{checked, run_forward, run_step, Buffers, Kernel, Probe4, Problem, TokenLayout};
-use crate::state::{DecodeState, State};
+#[cfg(doc)]
+use crate::state::DecodeState;
+use crate::state::{State, StepState};
 use dfdx::shapes::{Dim, HasShape, Shape, SliceShape};
 use dfdx::tensor::{Cpu, Tensor, TensorFromVec};
 
@@ -130,12 +132,12 @@ where
     Ok((p.from_heads_first(out, cfg.dv), state))
 }
 
-/// `step` for any spec: updates `state` and returns o_t, (B, H, DV) flat. `proj` as for
-/// [`forward`].
+/// `step` for any spec, on a [`State`] or a [`DecodeState`] ([`StepState`]): updates `state`
+/// and returns o_t, (B, H, DV) flat. `proj` as for [`forward`].
 #[allow(clippy::too_many_arguments)]
-pub fn step<K, B, H, Sk, Sv, S2, Sp, const F: usize, const DV: usize>(
+pub fn step<K, St, Sk, Sv, S2, Sp>(
     cfg: &Config,
-    state: &mut State<B, H, F, DV>,
+    state: &mut St,
     q_t: &Tensor<Sk, f32, Cpu>,
     k_t: &Tensor<Sk, f32, Cpu>,
     v_t: &Tensor<Sv, f32, Cpu>,
@@ -145,15 +147,13 @@ pub fn step<K, B, H, Sk, Sv, S2, Sp, const F: usize, const DV: usize>(
 ) -> Result<Vec<f32>>
 where
     K: Kernel,
-    B: Dim,
-    H: Dim,
+    St: StepState,
     Sk: Shape<Concrete = [usize; 3]>,
     Sv: Shape<Concrete = [usize; 3]>,
     S2: Shape<Concrete = [usize; 2]>,
     Sp: Shape<Concrete = [usize; 2]>,
 {
     let [batch, heads, _] = q_t.shape().concrete();
-    let (mut s, mut z) = state.read_for_update(batch, heads, cfg.normalized)?;
     let inputs = StepInputs {
         q_t,
         k_t,
@@ -162,51 +162,9 @@ where
         g_t,
         proj,
     };
-    match step_in_place::<K, _, _, _, _>(cfg, &mut s, &mut z, inputs) {
-        Ok(out) => {
-            state.write_back(s, z)?;
-            Ok(out)
-        }
-        Err(e) => {
-            crate::exec::recycle([s, z]);
-            Err(e)
-        }
-    }
-}
-
-/// `step` on a [`DecodeState`]: the same update as [`step`], in the state's own buffers.
-#[allow(clippy::too_many_arguments)]
-pub fn decode_step<K, B, H, Sk, Sv, S2, Sp, const F: usize, const DV: usize>(
-    cfg: &Config,
-    state: &mut DecodeState<B, H, F, DV>,
-    q_t: &Tensor<Sk, f32, Cpu>,
-    k_t: &Tensor<Sk, f32, Cpu>,
-    v_t: &Tensor<Sv, f32, Cpu>,
-    beta_t: Option<&Tensor<S2, f32, Cpu>>,
-    g_t: Option<&Tensor<S2, f32, Cpu>>,
-    proj: Option<&Tensor<Sp, f32, Cpu>>,
-) -> Result<Vec<f32>>
-where
-    K: Kernel,
-    B: Dim,
-    H: Dim,
-    Sk: Shape<Concrete = [usize; 3]>,
-    Sv: Shape<Concrete = [usize; 3]>,
-    S2: Shape<Concrete = [usize; 2]>,
-    Sp: Shape<Concrete = [usize; 2]>,
-{
-    let [batch, heads, _] = q_t.shape().concrete();
-    let (s, z) = state.buffers_for_update(batch, heads, cfg.normalized)?;
-    let mut no_z = Vec::new();
-    let inputs = StepInputs {
-        q_t,
-        k_t,
-        v_t,
-        beta_t,
-        g_t,
-        proj,
-    };
-    step_in_place::<K, _, _, _, _>(cfg, s, z.unwrap_or(&mut no_z), inputs)
+    state.update(batch, heads, cfg.normalized, |s, z| {
+        step_in_place::<K, _, _, _, _>(cfg, s, z, inputs)
+    })
 }
 
 /// One token's inputs to `step`.

@@ -24,6 +24,6 @@ pub use device::Device;
 pub use error::{Error, Result};
 pub use exec::{finite_check, set_finite_check};
 pub use isa::CpuIsa;
-pub use state::{DecodeState, State};
+pub use state::{DecodeState, State, StepState};
 
 pub mod api;

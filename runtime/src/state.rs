@@ -92,7 +92,7 @@ impl<B: Dim, H: Dim, const F: usize, const DV: usize> State<B, H, F, DV> {
     /// For `step`: checks the state, and copies it into pooled flat buffers `(S, z)` (`z` empty
     /// without a normaliser). The tensors are first made standard-layout (free when they are),
     /// so [`State::write_back`] can update them in place.
-    pub(crate) fn read_for_update(
+    fn read_for_update(
         &mut self,
         batch: usize,
         heads: usize,
@@ -114,7 +114,7 @@ impl<B: Dim, H: Dim, const F: usize, const DV: usize> State<B, H, F, DV> {
 
     /// For `step`: writes updated buffers back into the tensors, in place when this state owns
     /// them alone (dfdx copies on write when a clone shares them), else as new tensors.
-    pub(crate) fn write_back(&mut self, s: Vec<f32>, z: Vec<f32>) -> Result<()> {
+    fn write_back(&mut self, s: Vec<f32>, z: Vec<f32>) -> Result<()> {
         let in_place = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.s.copy_from(&s);
             if let Some(zt) = &mut self.z {
@@ -128,6 +128,62 @@ impl<B: Dim, H: Dim, const F: usize, const DV: usize> State<B, H, F, DV> {
         let (b, h) = (self.s.shape().0, self.s.shape().1);
         *self = State::from_vecs(b, h, s, self.z.is_some().then_some(z))?;
         Ok(())
+    }
+}
+
+/// A recurrent state that `step` can update: [`State`] (copied out of its tensors and back) or
+/// [`DecodeState`] (updated in place).
+pub trait StepState {
+    /// Checks the state against a step's batch and head counts and the spec's normaliser, then
+    /// runs `update` on its buffers `(S, z)` (`z` empty without a normaliser). The state keeps
+    /// what `update` leaves when it returns `Ok`.
+    fn update<R>(
+        &mut self,
+        batch: usize,
+        heads: usize,
+        normalized: bool,
+        update: impl FnOnce(&mut Vec<f32>, &mut Vec<f32>) -> Result<R>,
+    ) -> Result<R>;
+}
+
+impl<B: Dim, H: Dim, const F: usize, const DV: usize> StepState for State<B, H, F, DV> {
+    fn update<R>(
+        &mut self,
+        batch: usize,
+        heads: usize,
+        normalized: bool,
+        update: impl FnOnce(&mut Vec<f32>, &mut Vec<f32>) -> Result<R>,
+    ) -> Result<R> {
+        let (mut s, mut z) = self.read_for_update(batch, heads, normalized)?;
+        match update(&mut s, &mut z) {
+            Ok(out) => {
+                self.write_back(s, z)?;
+                Ok(out)
+            }
+            Err(e) => {
+                recycle([s, z]);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl<B: Dim, H: Dim, const F: usize, const DV: usize> StepState for DecodeState<B, H, F, DV> {
+    fn update<R>(
+        &mut self,
+        batch: usize,
+        heads: usize,
+        normalized: bool,
+        update: impl FnOnce(&mut Vec<f32>, &mut Vec<f32>) -> Result<R>,
+    ) -> Result<R> {
+        let z_batch_heads = self.z.as_ref().map(|_| (self.batch(), self.heads()));
+        check_state(
+            (batch, heads, normalized),
+            (self.batch(), self.heads()),
+            z_batch_heads,
+        )?;
+        let mut no_z = Vec::new();
+        update(&mut self.s, self.z.as_mut().unwrap_or(&mut no_z))
     }
 }
 
@@ -238,21 +294,5 @@ impl<B: Dim, H: Dim, const F: usize, const DV: usize> DecodeState<B, H, F, DV> {
     /// `z`, (batch, head, F) row-major; `Some` only for `normalize = sum`.
     pub fn z(&self) -> Option<&[f32]> {
         self.z.as_deref()
-    }
-
-    /// Checks the state against a step's inputs and lends its buffers (`z` empty when absent).
-    pub(crate) fn buffers_for_update(
-        &mut self,
-        batch: usize,
-        heads: usize,
-        normalized: bool,
-    ) -> Result<(&mut Vec<f32>, Option<&mut Vec<f32>>)> {
-        let z_batch_heads = self.z.as_ref().map(|_| (self.batch(), self.heads()));
-        check_state(
-            (batch, heads, normalized),
-            (self.batch(), self.heads()),
-            z_batch_heads,
-        )?;
-        Ok((&mut self.s, self.z.as_mut()))
     }
 }
