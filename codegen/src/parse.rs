@@ -1,7 +1,7 @@
 //! Tokens → validated [`Spec`]. Every error carries the span of the key or value at fault, and
 //! all errors of one attribute are reported together.
 //!
-//! The shape follows serde_derive's internals: one error context ([`Errors`]) collects spanned
+//! The shape follows serde_derive's internals: one error context (`Errors`) collects spanned
 //! `syn::Error`s (joined with `syn::Error::combine`) while parsing goes on, and the whole list is
 //! returned at the end, so a user sees every mistake in an attribute in one compile.
 //!

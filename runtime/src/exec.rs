@@ -808,7 +808,7 @@ pub fn pooled_buffer(len: usize) -> Vec<f32> {
     POOL.take(len)
 }
 
-/// Returns buffers to the pool (the largest [`POOL_SLOTS`] are kept).
+/// Returns buffers to the pool (the largest `POOL_SLOTS` are kept).
 pub fn recycle(bufs: impl IntoIterator<Item = Vec<f32>>) {
     POOL.put(bufs);
 }

@@ -288,7 +288,7 @@ pub enum Tri {
     LowerA,
 }
 
-/// `c[..rows] (= or +=) a[..rows, ..depth] · b[..depth]` (see [`gemm_kernel`]). One call: the
+/// `c[..rows] (= or +=) a[..rows, ..depth] · b[..depth]` (see `gemm_kernel`). One call: the
 /// product is compiled once per ISA and tile shape ([`Isa::gemm`]), not at every call site, which
 /// keeps the build time of a spec down; a call costs nothing next to a tile product.
 #[inline(always)]
