@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod abi;
 pub mod cuda;
 pub mod plan;
 pub mod spec;

@@ -1,0 +1,324 @@
+//! The ABI between generated code and the runtime: plain data, one definition each.
+//!
+//! The planner and the emitters compute these values at build time and print them into the
+//! expansion (one `ToTokens` per type, feature `syn`); the runtime (`attnc-runtime` depends on
+//! this crate without the `syn` feature) and the host emulation of the tests read them. Nothing
+//! here needs CUDA.
+//!
+//! Every CUDA kernel of every spec has one parameter list (pointers first, in this order, then ints):
+//!
+//! ```text
+//! (const float* q, const float* k, const float* v, const float* beta, const float* g,
+//!  const float* proj, float* out, float* s, float* z, float* chunk_s, float* chunk_z,
+//!  float* work, float* scratch, int n, int heads)
+//! ```
+//!
+//! `q, k, v, out` are in the spec's layout, `beta, g` (B, H, N) or (B, N, H); `proj` is FAVOR+'s
+//! projection w, (F, DK) row-major as the user passes it (one for the whole call); `s` (B, H, F, DV)
+//! and `z` (B, H, F) hold the initial state on entry and the final state on exit; `chunk_s`,
+//! `chunk_z`, `work` and `scratch` are workspaces sized by [`CudaLaunch::workspace`]. Pointers a
+//! spec does not use may be any valid allocation.
+
+use std::borrow::Cow;
+
+pub use crate::spec::Layout;
+
+/// Which part of a tile product is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tri {
+    /// The whole product.
+    Full,
+    /// Only the lower triangle (with diagonal) of the output; the rest is set to zero
+    /// (causal scores: token t sees s <= t).
+    LowerOut,
+    /// The left operand is lower triangular: row t only reads `a[t][..=t]` (causal scores
+    /// times values).
+    LowerA,
+}
+
+/// A spec's kernel signature, the same on every device: sizes, and which optional inputs the
+/// kernels read and which state they carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Signature {
+    /// Axis order of q, k, v, out (and beta, g).
+    pub layout: Layout,
+    /// Chunk (or softmax tile) length C.
+    pub chunk: usize,
+    /// dk.
+    pub dk: usize,
+    /// dv.
+    pub dv: usize,
+    /// F, the feature dim: rows of the state.
+    pub f: usize,
+    /// Whether the state carries `z` (`normalize = sum`).
+    pub normalized: bool,
+    /// Whether the kernels read `beta` (delta updates).
+    pub uses_beta: bool,
+    /// Whether the kernels read `g` (gated updates).
+    pub uses_gates: bool,
+    /// Whether the kernels read FAVOR+'s projection w (F x DK).
+    pub uses_projection: bool,
+}
+
+/// The grid of one CUDA kernel, as a function of batch x heads (`bh`) and tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grid {
+    /// One block per (chunk or query tile, batch x head): `(ceil(n / chunk), bh, 1)`.
+    Chunks,
+    /// One block per (column block of the state, batch x head): `(blocks, bh, 1)`.
+    Columns(u32),
+    /// One block per batch x head: `(bh, 1, 1)`.
+    Heads,
+}
+
+/// One kernel of a spec's CUDA source and how to launch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelInfo {
+    /// The `extern "C"` name in the source.
+    pub name: &'static str,
+    /// Its grid.
+    pub grid: Grid,
+    /// Dynamic shared memory per block, bytes (above 48 KiB it needs the opt-in attribute).
+    pub smem_bytes: u32,
+    /// Floats of global scratch per block: tiles too large for shared memory.
+    pub scratch_floats: usize,
+}
+
+/// A spec's CUDA launch configuration, computed at build time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CudaLaunch {
+    /// Sizes and inputs, as on the CPU.
+    pub signature: Signature,
+    /// Threads per block (one dimension), for every kernel.
+    pub threads: u32,
+    /// The kernels of `forward`, launched in this order on one stream.
+    pub forward: Cow<'static, [KernelInfo]>,
+    /// The kernels of `step` (one token; `n = 1`), in order. Empty for softmax.
+    pub step: Cow<'static, [KernelInfo]>,
+    /// Floats per (batch, head, chunk) in `work`: tiles one phase leaves for the next.
+    pub work_per_chunk: usize,
+    /// Whether `chunk_s` (and `chunk_z` when normalised) hold one state per chunk.
+    pub chunk_states: bool,
+}
+
+/// Workspace lengths, in floats, for one call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Workspace {
+    /// `chunk_s`: (B, H, chunks, F, DV).
+    pub chunk_s: usize,
+    /// `chunk_z`: (B, H, chunks, F).
+    pub chunk_z: usize,
+    /// `work`: (B, H, chunks, work_per_chunk).
+    pub work: usize,
+    /// `scratch`: blocks of the largest grid x the largest per-block scratch.
+    pub scratch: usize,
+}
+
+impl CudaLaunch {
+    /// Chunks (or query tiles) of a sequence of `n` tokens.
+    pub fn chunks(&self, n: usize) -> usize {
+        n.div_ceil(self.signature.chunk.max(1))
+    }
+
+    /// The grid of a kernel for `bh` = batch x heads and `n` tokens.
+    pub fn grid(&self, kernel: &KernelInfo, bh: usize, n: usize) -> (u32, u32, u32) {
+        let bh = bh as u32;
+        match kernel.grid {
+            Grid::Chunks => (self.chunks(n) as u32, bh, 1),
+            Grid::Columns(blocks) => (blocks, bh, 1),
+            Grid::Heads => (bh, 1, 1),
+        }
+    }
+
+    /// The largest scratch any kernel needs per block, in floats.
+    pub fn scratch_per_block(&self) -> usize {
+        self.forward
+            .iter()
+            .chain(self.step.iter())
+            .map(|k| k.scratch_floats)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Workspace sizes for a call running `kernels` on `bh` = batch x heads and `n` tokens.
+    pub fn workspace(&self, kernels: &[KernelInfo], bh: usize, n: usize) -> Workspace {
+        let chunks = self.chunks(n);
+        let blocks = kernels
+            .iter()
+            .map(|k| {
+                let (x, y, z) = self.grid(k, bh, n);
+                x as usize * y as usize * z as usize
+            })
+            .max()
+            .unwrap_or(0);
+        let sig = &self.signature;
+        let states = if self.chunk_states { bh * chunks } else { 0 };
+        Workspace {
+            chunk_s: states * sig.f * sig.dv,
+            chunk_z: if sig.normalized { states * sig.f } else { 0 },
+            work: bh * chunks * self.work_per_chunk,
+            scratch: blocks * self.scratch_per_block(),
+        }
+    }
+}
+
+/// How generated code spells these values: paths through `::attnc::__private`.
+#[cfg(feature = "syn")]
+mod tokens {
+    use super::*;
+    use proc_macro2::{Literal, TokenStream};
+    use quote::{quote, ToTokens};
+
+    fn private() -> TokenStream {
+        quote!(::attnc::__private)
+    }
+
+    impl ToTokens for Tri {
+        fn to_tokens(&self, out: &mut TokenStream) {
+            let p = private();
+            out.extend(match self {
+                Tri::Full => quote!(#p::Tri::Full),
+                Tri::LowerOut => quote!(#p::Tri::LowerOut),
+                Tri::LowerA => quote!(#p::Tri::LowerA),
+            });
+        }
+    }
+
+    impl ToTokens for Layout {
+        fn to_tokens(&self, out: &mut TokenStream) {
+            let p = private();
+            out.extend(match self {
+                Layout::Bhnd => quote!(#p::Layout::Bhnd),
+                Layout::Bnhd => quote!(#p::Layout::Bnhd),
+            });
+        }
+    }
+
+    impl ToTokens for Signature {
+        fn to_tokens(&self, out: &mut TokenStream) {
+            let p = private();
+            let Signature {
+                layout,
+                chunk,
+                dk,
+                dv,
+                f,
+                normalized,
+                uses_beta,
+                uses_gates,
+                uses_projection,
+            } = *self;
+            let [chunk, dk, dv, f] = [chunk, dk, dv, f].map(Literal::usize_unsuffixed);
+            out.extend(quote! {
+                #p::Signature {
+                    layout: #layout,
+                    chunk: #chunk,
+                    dk: #dk,
+                    dv: #dv,
+                    f: #f,
+                    normalized: #normalized,
+                    uses_beta: #uses_beta,
+                    uses_gates: #uses_gates,
+                    uses_projection: #uses_projection,
+                }
+            });
+        }
+    }
+
+    impl ToTokens for Grid {
+        fn to_tokens(&self, out: &mut TokenStream) {
+            let p = private();
+            out.extend(match self {
+                Grid::Chunks => quote!(#p::Grid::Chunks),
+                Grid::Columns(n) => {
+                    let n = Literal::u32_unsuffixed(*n);
+                    quote!(#p::Grid::Columns(#n))
+                }
+                Grid::Heads => quote!(#p::Grid::Heads),
+            });
+        }
+    }
+
+    impl ToTokens for KernelInfo {
+        fn to_tokens(&self, out: &mut TokenStream) {
+            let p = private();
+            let name = Literal::string(self.name);
+            let grid = self.grid;
+            let smem = Literal::u32_unsuffixed(self.smem_bytes);
+            let scratch = Literal::usize_unsuffixed(self.scratch_floats);
+            out.extend(quote! {
+                #p::KernelInfo { name: #name, grid: #grid, smem_bytes: #smem, scratch_floats: #scratch }
+            });
+        }
+    }
+
+    impl ToTokens for CudaLaunch {
+        fn to_tokens(&self, out: &mut TokenStream) {
+            let p = private();
+            let sig = self.signature;
+            let threads = Literal::u32_unsuffixed(self.threads);
+            let (forward, step) = (self.forward.iter(), self.step.iter());
+            let work = Literal::usize_unsuffixed(self.work_per_chunk);
+            let states = self.chunk_states;
+            out.extend(quote! {
+                #p::CudaLaunch {
+                    signature: #sig,
+                    threads: #threads,
+                    forward: #p::Cow::Borrowed(&[#(#forward),*]),
+                    step: #p::Cow::Borrowed(&[#(#step),*]),
+                    work_per_chunk: #work,
+                    chunk_states: #states,
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KERNELS: &[KernelInfo] = &[
+        KernelInfo {
+            name: "attnc_intra",
+            grid: Grid::Chunks,
+            smem_bytes: 0,
+            scratch_floats: 3,
+        },
+        KernelInfo {
+            name: "attnc_scan",
+            grid: Grid::Columns(2),
+            smem_bytes: 0,
+            scratch_floats: 1,
+        },
+    ];
+
+    #[test]
+    fn grids_and_workspace_follow_the_sizes() {
+        let l = CudaLaunch {
+            signature: Signature {
+                layout: Layout::Bhnd,
+                chunk: 64,
+                dk: 16,
+                dv: 32,
+                f: 16,
+                normalized: true,
+                uses_beta: false,
+                uses_gates: false,
+                uses_projection: false,
+            },
+            threads: 256,
+            forward: Cow::Borrowed(KERNELS),
+            step: Cow::Borrowed(&[]),
+            work_per_chunk: 10,
+            chunk_states: true,
+        };
+        assert_eq!(l.grid(&KERNELS[0], 6, 130), (3, 6, 1));
+        assert_eq!(l.grid(&KERNELS[1], 6, 130), (2, 6, 1));
+        let w = l.workspace(KERNELS, 6, 130);
+        assert_eq!(w.chunk_s, 6 * 3 * 16 * 32);
+        assert_eq!(w.chunk_z, 6 * 3 * 16);
+        assert_eq!(w.work, 6 * 3 * 10);
+        assert_eq!(w.scratch, 18 * 3);
+    }
+}
