@@ -98,13 +98,13 @@ __device__ void add_to(float* dst, const float* src) {
   for (int i = threadIdx.x; i < N; i += blockDim.x) dst[i] += src[i];
 }
 
-// x / sqrt(|x|^2 + 1e-6) per live row (flash-linear-attention's form).
+// x / sqrt(|x|^2 + eps) per live row (flash-linear-attention's form).
 template <int R, int W>
-__device__ void l2norm_rows(float* x, int rows) {
+__device__ void l2norm_rows(float* x, int rows, float eps) {
   for (int r = threadIdx.x; r < rows; r += blockDim.x) {
     float s = 0.0f;
     for (int c = 0; c < W; ++c) s = fmaf(x[r * W + c], x[r * W + c], s);
-    const float inv = 1.0f / sqrtf(s + 1e-6f);
+    const float inv = 1.0f / sqrtf(s + eps);
     for (int c = 0; c < W; ++c) x[r * W + c] *= inv;
   }
 }

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod abi;
+pub mod back;
 pub mod cuda;
 pub mod plan;
 pub mod spec;

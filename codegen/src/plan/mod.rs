@@ -1,0 +1,297 @@
+//! The kernel plan: a spec lowered to programs of tile operations, resolved for each target.
+//!
+//! The plan is the one place that knows tile geometry. [`build`] writes each program from named
+//! sub-sequences of [`Op`]s over bare tile names; [`resolve`] gives every operand its shape, live
+//! rows and columns, and memory place on each target, and every spill its slot; [`Plan::validate`]
+//! checks the result. The emitters (`cpu`, `cuda`) are printers of resolved ops.
+//!
+//! A linear-attention spec has a sequential chunk program (one pass per chunk when causal, two
+//! passes when not: the whole-sequence state, then every output), a step program (one token, the
+//! recurrent form) and the same chunk program in three phases for chunk-parallel schedules.
+//! Exact softmax has one tiled program. [`Program`] makes these the only two shapes a plan has.
+
+pub mod build;
+pub mod ir;
+pub mod resolve;
+mod validate;
+
+pub use build::{expansion, L2_EPS, NORMALIZER_EPS};
+pub use ir::{
+    Access, CpuPlace, CudaPlace, Dim, DimOf, Expansion, Extent, Input, Op, Operand, Slot, Tile,
+};
+pub use resolve::{
+    column_block, Cpu, Cuda, Frame, Memory, RoutineKind, SpillLayout, Target, CUDA_THREADS,
+    SLOT_ALIGN, SMEM_BUDGET_FLOATS, STACK_TILE_MAX,
+};
+pub use validate::PlanError;
+
+use crate::abi::{Layout, Signature};
+use crate::spec::{BinOp, BinaryFn, CmpOp, Cond, Expr, FeatureMap, Normalize, Spec, UnaryFn};
+use build::BuiltOp;
+
+/// A resolved op on a target whose places are `P`.
+pub type ResolvedOp<P> = Op<Operand<P>>;
+
+/// One routine on a target: its frame and its passes over the chunks (each pass a loop over
+/// the chunks running its ops).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Routine<P> {
+    /// Geometry and tiles.
+    pub frame: Frame<P>,
+    /// The passes, in order.
+    pub passes: Vec<Vec<ResolvedOp<P>>>,
+}
+
+/// The chunk-parallel form of the chunk program (flash-linear-attention's strategy), so chunks
+/// run in parallel and only a short scan is sequential:
+///
+/// - `intra`: per (batch, head, chunk), in parallel: feature maps, the chunk's own contribution
+///   to the state (and for delta rules the WY factors), spilled to the workspace;
+/// - `scan`: per (batch, head) (and on CUDA per column block of the state), chunks in order:
+///   the incoming state of every chunk (saved), then the state after it;
+/// - `output`: per (batch, head, chunk), in parallel: the outputs from the chunk's incoming
+///   state (or, for `mask = none`, from the final state).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Phases<P> {
+    /// Phase (a).
+    pub intra: Routine<P>,
+    /// Phase (b).
+    pub scan: Routine<P>,
+    /// Phase (c).
+    pub output: Routine<P>,
+    /// Where spilled tiles live in a chunk's `work` slot.
+    pub spills: SpillLayout,
+    /// Whether the scan is elementwise (no products): chunk parallelism then pays off even
+    /// for few heads. Delta rules carry two products per chunk through it.
+    pub light_scan: bool,
+}
+
+/// Linear attention's programs on one target.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Linear<P> {
+    /// The sequential chunk program, per (batch, head).
+    pub forward: Routine<P>,
+    /// The step program: one token.
+    pub step: Routine<P>,
+    /// The chunk-parallel form.
+    pub phases: Phases<P>,
+}
+
+/// Exact softmax attention as a tiled program (FlashAttention's method): for each query tile
+/// `prologue`; for each key tile (up to the diagonal when causal) `body`, then on the diagonal
+/// tile `diagonal`, then `update`; then `epilogue`. Nothing N x N is ever materialised.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Softmax<P> {
+    /// Geometry and tiles.
+    pub frame: Frame<P>,
+    /// Whether query tile i sees key tiles 0..=i only (with the diagonal tile masked).
+    pub causal: bool,
+    /// Per query tile, before its key tiles.
+    pub prologue: Vec<ResolvedOp<P>>,
+    /// Per key tile.
+    pub body: Vec<ResolvedOp<P>>,
+    /// On the diagonal key tile only, after `body`.
+    pub diagonal: Vec<ResolvedOp<P>>,
+    /// Per key tile, after the diagonal ops.
+    pub update: Vec<ResolvedOp<P>>,
+    /// Per query tile, after its key tiles.
+    pub epilogue: Vec<ResolvedOp<P>>,
+}
+
+/// A spec's programs on one target: linear attention or exact softmax, nothing in between.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Program<P> {
+    /// Linear attention (every update rule and feature map but softmax).
+    Linear(Linear<P>),
+    /// Exact softmax attention.
+    Softmax(Softmax<P>),
+}
+
+/// The kernel plan of one spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Sizes and inputs, shared by every target and the runtime.
+    pub signature: Signature,
+    /// The query scale (also a field of the `Scale` ops).
+    pub scale: f32,
+    /// The elementwise feature map as an expression of `x` (`x` itself for the maps that are
+    /// not elementwise): the one definition both printers lower.
+    pub phi: Expr,
+    /// The CPU's programs.
+    pub cpu: Program<CpuPlace>,
+    /// CUDA's programs.
+    pub cuda: Program<CudaPlace>,
+    /// Problems found while resolving (planner bugs; reported by [`Plan::validate`]).
+    problems: Vec<PlanError>,
+}
+
+impl Plan {
+    /// Plans a validated spec: every spec that validates has a kernel.
+    pub fn new(spec: &Spec) -> Plan {
+        let signature = signature(spec);
+        let mut problems = Vec::new();
+        let (cpu, cuda) = if spec.feature_map == FeatureMap::Softmax {
+            let program = build::softmax(spec);
+            (
+                Program::Softmax(softmax::<Cpu>(&signature, &program, &mut problems)),
+                Program::Softmax(softmax::<Cuda>(&signature, &program, &mut problems)),
+            )
+        } else {
+            let programs = build::linear(spec);
+            (
+                Program::Linear(linear::<Cpu>(&signature, &programs, &mut problems)),
+                Program::Linear(linear::<Cuda>(&signature, &programs, &mut problems)),
+            )
+        };
+        Plan {
+            signature,
+            scale: spec.scale_value(),
+            phi: elementwise(&spec.feature_map),
+            cpu,
+            cuda,
+            problems,
+        }
+    }
+
+    /// Whether the spec is exact softmax attention (no recurrent state, `forward` only).
+    pub fn is_softmax(&self) -> bool {
+        matches!(self.cpu, Program::Softmax(_))
+    }
+}
+
+/// The signature of a spec.
+fn signature(spec: &Spec) -> Signature {
+    Signature {
+        layout: spec.layout,
+        chunk: spec.chunk,
+        dk: spec.head_dim,
+        dv: spec.value_dim,
+        f: spec.feature_dim(),
+        normalized: spec.normalize == Normalize::Sum,
+        uses_beta: spec.has_beta(),
+        uses_gates: spec.has_gate(),
+        uses_projection: matches!(spec.feature_map, FeatureMap::Favor { .. }),
+    }
+}
+
+/// Whether q, k, v, o are tokens-first.
+pub fn tokens_first(sig: &Signature) -> bool {
+    sig.layout == Layout::Bnhd
+}
+
+/// A routine: its frame on target `T` and its passes resolved against it.
+fn routine<T: Target>(
+    sig: &Signature,
+    kind: RoutineKind,
+    passes: &[Vec<BuiltOp>],
+    problems: &mut Vec<PlanError>,
+) -> Routine<T::Place> {
+    let frame = resolve::frame::<T>(sig, kind, passes.iter().flatten());
+    let passes = passes
+        .iter()
+        .map(|ops| {
+            resolve::resolve_ops(&frame, ops).unwrap_or_else(|e| {
+                problems.push(PlanError(e));
+                Vec::new()
+            })
+        })
+        .collect();
+    Routine { frame, passes }
+}
+
+fn linear<T: Target>(
+    sig: &Signature,
+    p: &build::LinearPrograms,
+    problems: &mut Vec<PlanError>,
+) -> Linear<T::Place> {
+    let spilled: Vec<BuiltOp> = p.intra.iter().chain(&p.scan).cloned().collect();
+    let spills = SpillLayout::new(sig, &spilled);
+    let phase = |kind, ops: &[BuiltOp], problems: &mut Vec<PlanError>| {
+        routine::<T>(sig, kind, &[spills.assign(ops)], problems)
+    };
+    let intra = phase(RoutineKind::Intra, &p.intra, problems);
+    let scan = phase(RoutineKind::Scan, &p.scan, problems);
+    let output = phase(RoutineKind::Output, &p.output, problems);
+    let light_scan = !p.scan.iter().any(|op| matches!(op, Op::MatMul { .. }));
+    Linear {
+        forward: routine::<T>(sig, RoutineKind::Forward, &p.passes, problems),
+        step: routine::<T>(
+            sig,
+            RoutineKind::Step,
+            std::slice::from_ref(&p.step),
+            problems,
+        ),
+        phases: Phases {
+            intra,
+            scan,
+            output,
+            spills,
+            light_scan,
+        },
+    }
+}
+
+fn softmax<T: Target>(
+    sig: &Signature,
+    p: &build::SoftmaxProgram,
+    problems: &mut Vec<PlanError>,
+) -> Softmax<T::Place> {
+    let sections = [&p.prologue, &p.body, &p.diagonal, &p.update, &p.epilogue];
+    let frame = resolve::frame::<T>(sig, RoutineKind::Softmax, sections.into_iter().flatten());
+    let mut resolve = |ops: &[BuiltOp]| {
+        resolve::resolve_ops(&frame, ops).unwrap_or_else(|e| {
+            problems.push(PlanError(e));
+            Vec::new()
+        })
+    };
+    let (prologue, body, diagonal) = (resolve(&p.prologue), resolve(&p.body), resolve(&p.diagonal));
+    let (update, epilogue) = (resolve(&p.update), resolve(&p.epilogue));
+    Softmax {
+        frame,
+        causal: p.causal,
+        prologue,
+        body,
+        diagonal,
+        update,
+        epilogue,
+    }
+}
+
+/// The elementwise feature maps as expressions of `x` (the closure language's AST), so one
+/// lowering per printer serves built-in maps and user closures alike.
+pub fn elementwise(map: &FeatureMap) -> Expr {
+    let x = || Box::new(Expr::Var);
+    let lit = |v: f32| Box::new(Expr::Lit(v));
+    let relu = || Box::new(Expr::Binary2(BinaryFn::Max, x(), lit(0.0)));
+    match map {
+        FeatureMap::EluPlusOne => Expr::If {
+            cond: Box::new(Cond {
+                op: CmpOp::Gt,
+                lhs: Expr::Var,
+                rhs: Expr::Lit(0.0),
+            }),
+            then: Box::new(Expr::Binary(BinOp::Add, x(), lit(1.0))),
+            otherwise: Box::new(Expr::Unary(UnaryFn::Exp, x())),
+        },
+        FeatureMap::Relu => *relu(),
+        FeatureMap::SquaredRelu => Expr::Binary(BinOp::Mul, relu(), relu()),
+        FeatureMap::Sigmoid => Expr::Binary(
+            BinOp::Div,
+            lit(1.0),
+            Box::new(Expr::Binary(
+                BinOp::Add,
+                lit(1.0),
+                Box::new(Expr::Unary(UnaryFn::Exp, Box::new(Expr::Neg(x())))),
+            )),
+        ),
+        FeatureMap::Closure(c) => c.body.clone(),
+        FeatureMap::Identity
+        | FeatureMap::Taylor2
+        | FeatureMap::Dpfp { .. }
+        | FeatureMap::Favor { .. }
+        | FeatureMap::Softmax => Expr::Var,
+    }
+}
+
+#[cfg(test)]
+mod tests;

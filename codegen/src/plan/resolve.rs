@@ -1,0 +1,402 @@
+//! Resolution: every tile fact, computed once. Shapes, live rows and columns, the memory place
+//! on each target, the spill slots. Printers read these; they compute no geometry.
+
+use super::build::BuiltOp;
+use super::ir::{CpuPlace, CudaPlace, Dim, DimOf, Extent, Op, Operand, Slot, Tile};
+use crate::abi::Signature;
+use std::collections::BTreeMap;
+
+/// Threads per CUDA block, every kernel.
+pub const CUDA_THREADS: u32 = 256;
+
+/// Shared memory one CUDA block may use for tiles, in floats (96 KiB: fits sm_80, sm_86/89,
+/// sm_90). Tiles beyond it go to the block's global scratch.
+pub const SMEM_BUDGET_FLOATS: usize = 96 * 1024 / 4;
+
+/// CPU tiles of at most this many floats are stack arrays; larger ones are heap tiles.
+pub const STACK_TILE_MAX: usize = 2048;
+
+/// Spill slots (and CUDA tile places) start at multiples of this many floats (16 bytes: a
+/// vector load's alignment).
+pub const SLOT_ALIGN: usize = 4;
+
+/// Which routine a frame belongs to: how it is launched and what it carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RoutineKind {
+    /// The sequential chunk program (CPU, per (batch, head)).
+    Forward,
+    /// The step program: one token.
+    Step,
+    /// Phase (a): one chunk at a time, in parallel.
+    Intra,
+    /// Phase (b): chunks in order.
+    Scan,
+    /// Phase (c): one chunk at a time, in parallel.
+    Output,
+    /// Exact softmax: one query tile, its key tiles in order.
+    Softmax,
+}
+
+impl RoutineKind {
+    /// Whether the routine carries the state `S` (and `z`) from chunk to chunk, read from the
+    /// call's state on entry and written back on exit.
+    pub fn carries_state(self) -> bool {
+        matches!(
+            self,
+            RoutineKind::Forward | RoutineKind::Step | RoutineKind::Scan
+        )
+    }
+}
+
+/// Floats a frame keeps in its two kinds of memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// CPU: stack arrays; CUDA: dynamic shared memory.
+    pub near: usize,
+    /// CPU: heap tiles; CUDA: the block's global scratch.
+    pub far: usize,
+}
+
+/// What a routine declares: its geometry and every tile it uses, resolved and placed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Frame<P> {
+    /// The routine.
+    pub kind: RoutineKind,
+    /// Tokens per chunk (1 in the step program).
+    pub chunk: usize,
+    /// Value columns of value tiles: dv, or a CUDA scan's column block.
+    pub value_cols: usize,
+    /// The tiles, in the order the target declares them.
+    pub tiles: Vec<Operand<P>>,
+    /// Its memory footprint, in floats.
+    pub memory: Memory,
+}
+
+impl<P: Copy> Frame<P> {
+    /// The resolved operand of a tile, if the frame declares it.
+    pub fn get(&self, t: Tile) -> Option<Operand<P>> {
+        self.tiles.iter().find(|o| o.tile == t).copied()
+    }
+}
+
+/// The spill layout of the chunk-parallel schedule: each spilled tile's slot in a chunk's
+/// `work` area, at full width, in the order of first spill.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpillLayout {
+    /// Every spilled tile and its slot.
+    pub slots: Vec<(Tile, Slot)>,
+    /// Floats per (batch, head, chunk).
+    pub work_per_chunk: usize,
+}
+
+impl SpillLayout {
+    /// Lays out the tiles the ops spill, once, for [`SLOT_ALIGN`].
+    pub fn new(sig: &Signature, ops: &[BuiltOp]) -> SpillLayout {
+        let mut layout = SpillLayout::default();
+        for op in ops {
+            let Op::Spill { t, .. } = op else { continue };
+            if layout.slot(*t).is_some() {
+                continue;
+            }
+            let (rows, cols) = shape(sig, *t, sig.chunk, sig.dv);
+            layout.slots.push((
+                *t,
+                Slot {
+                    offset: layout.work_per_chunk,
+                    row_len: cols.n,
+                },
+            ));
+            layout.work_per_chunk += (rows.n * cols.n).next_multiple_of(SLOT_ALIGN);
+        }
+        layout
+    }
+
+    /// A spilled tile's slot.
+    pub fn slot(&self, t: Tile) -> Option<Slot> {
+        self.slots.iter().find(|(s, _)| *s == t).map(|(_, s)| *s)
+    }
+
+    /// The ops with every spill and fill given its slot (a fill of a tile never spilled keeps
+    /// [`Slot::UNASSIGNED`], which validation reports).
+    pub fn assign(&self, ops: &[BuiltOp]) -> Vec<BuiltOp> {
+        ops.iter()
+            .map(|op| match *op {
+                Op::Spill { t, slot } => Op::Spill {
+                    t,
+                    slot: self.slot(t).unwrap_or(slot),
+                },
+                Op::Fill { t, slot } => Op::Fill {
+                    t,
+                    slot: self.slot(t).unwrap_or(slot),
+                },
+                ref other => other.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Rows x columns of a tile for chunk length `c` and value width `dvt`.
+pub fn shape(sig: &Signature, t: Tile, c: usize, dvt: usize) -> (Dim, Dim) {
+    let chunk = Dim {
+        n: c,
+        of: DimOf::Chunk,
+    };
+    let f = Dim {
+        n: sig.f,
+        of: DimOf::Features,
+    };
+    let dk = Dim {
+        n: sig.dk,
+        of: DimOf::KeyDim,
+    };
+    let dv = Dim {
+        n: dvt,
+        of: DimOf::ValueCols,
+    };
+    let one = Dim {
+        n: 1,
+        of: DimOf::One,
+    };
+    match t {
+        Tile::Q | Tile::K | Tile::W => (chunk, f),
+        Tile::Qx | Tile::Kx => (chunk, dk),
+        Tile::V | Tile::O | Tile::U | Tile::X => (chunk, dv),
+        Tile::Kt => (f, chunk),
+        Tile::A | Tile::Kk => (chunk, chunk),
+        Tile::S | Tile::Ds => (f, dv),
+        Tile::Z | Tile::Dz => (one, f),
+        Tile::G | Tile::Den | Tile::Beta | Tile::Max => (one, chunk),
+    }
+}
+
+/// Which rows and columns of a tile hold data in the current chunk. In softmax, key and value
+/// tiles (and the scores' columns) follow the key tile's `krows`.
+fn live(kind: RoutineKind, t: Tile, rows: Dim, cols: Dim) -> (Extent, Extent) {
+    let softmax = kind == RoutineKind::Softmax;
+    let live_rows = match t {
+        Tile::K | Tile::V if softmax => Extent::KeyRows,
+        Tile::Kt | Tile::S | Tile::Z | Tile::Ds | Tile::Dz => Extent::Full(rows),
+        _ => Extent::Rows,
+    };
+    let live_cols = match t {
+        Tile::Kt | Tile::A if softmax => Extent::KeyRows,
+        Tile::Kt | Tile::A | Tile::Kk | Tile::G | Tile::Den | Tile::Beta | Tile::Max => {
+            Extent::Rows
+        }
+        _ => Extent::Full(cols),
+    };
+    (live_rows, live_cols)
+}
+
+/// The tiles a routine's ops use, in [`Tile::ALL`] order, then the state it carries.
+fn used_tiles<'a>(
+    sig: &Signature,
+    kind: RoutineKind,
+    ops: impl Iterator<Item = &'a BuiltOp> + Clone,
+) -> Vec<Tile> {
+    let mut used: Vec<Tile> = Tile::ALL
+        .into_iter()
+        .filter(|t| {
+            ops.clone()
+                .any(|op| op.operands().iter().any(|(o, _)| o == t))
+        })
+        .collect();
+    if kind.carries_state() {
+        for t in [Tile::S, Tile::Z] {
+            if !used.contains(&t) && (t == Tile::S || sig.normalized) {
+                used.push(t);
+            }
+        }
+    }
+    used
+}
+
+/// A tile's operand before placement.
+fn unplaced(sig: &Signature, kind: RoutineKind, t: Tile, c: usize, dvt: usize) -> Operand<()> {
+    let (rows, cols) = shape(sig, t, c, dvt);
+    let (live_rows, live_cols) = live(kind, t, rows, cols);
+    Operand {
+        tile: t,
+        rows,
+        cols,
+        live_rows,
+        live_cols,
+        place: (),
+    }
+}
+
+fn placed<P>(o: Operand<()>, place: P) -> Operand<P> {
+    Operand {
+        tile: o.tile,
+        rows: o.rows,
+        cols: o.cols,
+        live_rows: o.live_rows,
+        live_cols: o.live_cols,
+        place,
+    }
+}
+
+/// The order the CPU printer declares tiles in: the carried state first.
+const CPU_ORDER: [Tile; 20] = [
+    Tile::S,
+    Tile::Z,
+    Tile::Qx,
+    Tile::Kx,
+    Tile::Q,
+    Tile::K,
+    Tile::V,
+    Tile::Kt,
+    Tile::A,
+    Tile::Kk,
+    Tile::U,
+    Tile::O,
+    Tile::W,
+    Tile::X,
+    Tile::Ds,
+    Tile::G,
+    Tile::Den,
+    Tile::Beta,
+    Tile::Max,
+    Tile::Dz,
+];
+
+/// A target's placement policy.
+pub trait Target {
+    /// Where a tile lives.
+    type Place: Copy + std::fmt::Debug + PartialEq;
+    /// Places a routine's tiles; returns them in declaration order, with the footprint.
+    fn place(kind: RoutineKind, tiles: Vec<Operand<()>>) -> (Vec<Operand<Self::Place>>, Memory);
+    /// Value columns of a routine's value tiles.
+    fn value_cols(kind: RoutineKind, dv: usize) -> usize;
+}
+
+/// The CPU: the carried state in the task's buffers, small tiles on the stack, chunk tiles on
+/// the heap, per-token vectors by value.
+pub struct Cpu;
+
+impl Target for Cpu {
+    type Place = CpuPlace;
+
+    fn place(kind: RoutineKind, tiles: Vec<Operand<()>>) -> (Vec<Operand<CpuPlace>>, Memory) {
+        let mut memory = Memory::default();
+        let mut out = Vec::new();
+        for t in CPU_ORDER {
+            let Some(o) = tiles.iter().find(|o| o.tile == t) else {
+                continue;
+            };
+            let place = match t {
+                Tile::S | Tile::Z if kind.carries_state() => CpuPlace::Task,
+                Tile::S => CpuPlace::Heap,
+                Tile::Z => CpuPlace::Stack,
+                _ if t.is_vector() => CpuPlace::Local,
+                _ if o.len() <= STACK_TILE_MAX => CpuPlace::Stack,
+                _ => CpuPlace::Heap,
+            };
+            match place {
+                CpuPlace::Stack | CpuPlace::Local => memory.near += o.len(),
+                CpuPlace::Heap => memory.far += o.len(),
+                CpuPlace::Task => {}
+            }
+            out.push(placed(*o, place));
+        }
+        (out, memory)
+    }
+
+    fn value_cols(_: RoutineKind, dv: usize) -> usize {
+        dv
+    }
+}
+
+/// CUDA: smallest tiles first into shared memory up to [`SMEM_BUDGET_FLOATS`], the rest in the
+/// block's scratch; declared in name order.
+pub struct Cuda;
+
+impl Target for Cuda {
+    type Place = CudaPlace;
+
+    fn place(_: RoutineKind, mut tiles: Vec<Operand<()>>) -> (Vec<Operand<CudaPlace>>, Memory) {
+        tiles.sort_by_key(Operand::len);
+        let mut memory = Memory::default();
+        let mut out: Vec<Operand<CudaPlace>> = tiles
+            .into_iter()
+            .map(|o| {
+                let len = o.len().next_multiple_of(SLOT_ALIGN);
+                let place = if memory.near + len <= SMEM_BUDGET_FLOATS {
+                    memory.near += len;
+                    CudaPlace::Shared(memory.near - len)
+                } else {
+                    memory.far += len;
+                    CudaPlace::Scratch(memory.far - len)
+                };
+                placed(o, place)
+            })
+            .collect();
+        out.sort_by_key(|o| o.tile.name());
+        (out, memory)
+    }
+
+    fn value_cols(kind: RoutineKind, dv: usize) -> usize {
+        if kind == RoutineKind::Scan {
+            column_block(dv)
+        } else {
+            dv
+        }
+    }
+}
+
+/// Columns of the state one CUDA `scan` block carries: value columns split so that several
+/// blocks share a (batch, head).
+pub fn column_block(dv: usize) -> usize {
+    [32, 16, 8]
+        .into_iter()
+        .find(|cb| dv.is_multiple_of(*cb))
+        .unwrap_or(dv)
+}
+
+/// A routine's frame on target `T`: its tiles resolved and placed.
+pub fn frame<'a, T: Target>(
+    sig: &Signature,
+    kind: RoutineKind,
+    ops: impl Iterator<Item = &'a BuiltOp> + Clone,
+) -> Frame<T::Place> {
+    let chunk = if kind == RoutineKind::Step {
+        1
+    } else {
+        sig.chunk
+    };
+    let value_cols = T::value_cols(kind, sig.dv);
+    let tiles = used_tiles(sig, kind, ops)
+        .into_iter()
+        .map(|t| unplaced(sig, kind, t, chunk, value_cols))
+        .collect();
+    let (tiles, memory) = T::place(kind, tiles);
+    Frame {
+        kind,
+        chunk,
+        value_cols,
+        tiles,
+        memory,
+    }
+}
+
+/// Resolves ops against a frame. The frame was made from the same ops, so every operand is
+/// declared; a miss would be a planner bug, reported (not panicked on) for validation.
+pub fn resolve_ops<P: Copy>(
+    frame: &Frame<P>,
+    ops: &[BuiltOp],
+) -> Result<Vec<Op<Operand<P>>>, String> {
+    let index: BTreeMap<Tile, Operand<P>> = frame.tiles.iter().map(|o| (o.tile, *o)).collect();
+    ops.iter()
+        .map(|op| {
+            op.try_map(|t| {
+                index.get(&t).copied().ok_or_else(|| {
+                    format!(
+                        "{:?} routine: tile `{}` is used but not declared",
+                        frame.kind,
+                        t.name()
+                    )
+                })
+            })
+        })
+        .collect()
+}

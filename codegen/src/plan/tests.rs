@@ -1,0 +1,267 @@
+//! Unit tests of the plan: every spec of a matrix plans and validates; the validator catches
+//! each kind of broken plan; resolved facts (slots, places, light scans) are what the printers
+//! rely on.
+
+use super::*;
+use crate::spec::{Closure, Mask, QkNorm, Update};
+
+/// Specs over every feature map, update, mask, normaliser, qk norm, layout and chunk the
+/// language allows (forbidden combinations skipped as the parser would reject them).
+fn matrix() -> Vec<Spec> {
+    let maps = [
+        FeatureMap::Identity,
+        FeatureMap::EluPlusOne,
+        FeatureMap::Relu,
+        FeatureMap::SquaredRelu,
+        FeatureMap::Sigmoid,
+        FeatureMap::Closure(Closure {
+            param: "x".into(),
+            body: Expr::Binary2(BinaryFn::Max, Box::new(Expr::Var), Box::new(Expr::Lit(0.5))),
+        }),
+        FeatureMap::Taylor2,
+        FeatureMap::Dpfp { nu: 2 },
+        FeatureMap::Favor { features: 32 },
+        FeatureMap::Softmax,
+    ];
+    let updates = [
+        Update::Additive,
+        Update::Gated,
+        Update::Delta,
+        Update::GatedDelta,
+    ];
+    let mut specs = Vec::new();
+    for map in &maps {
+        for update in updates {
+            for mask in [Mask::Causal, Mask::None] {
+                for normalize in [Normalize::None, Normalize::Sum] {
+                    for (chunk, dk, dv, qk_norm, layout) in [
+                        (16, 8, 8, QkNorm::None, Layout::Bhnd),
+                        (64, 16, 32, QkNorm::L2, Layout::Bnhd),
+                        (256, 64, 64, QkNorm::None, Layout::Bhnd),
+                    ] {
+                        let delta = matches!(update, Update::Delta | Update::GatedDelta);
+                        let softmax = *map == FeatureMap::Softmax;
+                        if (mask == Mask::None && update != Update::Additive)
+                            || (delta && normalize == Normalize::Sum)
+                            || (softmax
+                                && (update != Update::Additive || normalize == Normalize::Sum))
+                            || (*map == FeatureMap::Taylor2 && dk > 16)
+                        {
+                            continue;
+                        }
+                        let mut s = Spec::with_head_dim(dk);
+                        s.value_dim = dv;
+                        s.feature_map = map.clone();
+                        s.update = update;
+                        s.mask = mask;
+                        s.normalize = normalize;
+                        s.qk_norm = qk_norm;
+                        s.chunk = chunk;
+                        s.layout = layout;
+                        specs.push(s);
+                    }
+                }
+            }
+        }
+    }
+    specs
+}
+
+#[test]
+fn every_spec_of_the_matrix_validates() {
+    let specs = matrix();
+    assert!(specs.len() > 100, "matrix too small: {}", specs.len());
+    for spec in &specs {
+        if let Err(errors) = Plan::new(spec).validate() {
+            panic!("{spec}: {errors:?}");
+        }
+    }
+}
+
+fn linear_cpu(plan: &mut Plan) -> &mut Linear<CpuPlace> {
+    match &mut plan.cpu {
+        Program::Linear(l) => l,
+        Program::Softmax(_) => panic!("a linear spec"),
+    }
+}
+
+fn messages(plan: &Plan) -> String {
+    match plan.validate() {
+        Ok(()) => String::new(),
+        Err(e) => e.iter().map(|e| e.0.clone()).collect::<Vec<_>>().join("\n"),
+    }
+}
+
+#[test]
+fn a_tile_read_before_it_is_written_is_reported() {
+    let mut plan = Plan::new(&Spec::with_head_dim(16));
+    let pass = &mut linear_cpu(&mut plan).forward.passes[0];
+    let load_q = pass
+        .iter()
+        .position(|op| matches!(op, Op::Load { src: Input::Q, .. }))
+        .expect("the causal pass loads q");
+    pass.remove(load_q);
+    let msg = messages(&plan);
+    assert!(
+        msg.contains("Forward routine: op") && msg.contains("reads `q` before any op writes it"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_product_of_mismatched_shapes_is_reported() {
+    let mut plan = Plan::new(&Spec::with_head_dim(16));
+    let pass = &mut linear_cpu(&mut plan).forward.passes[0];
+    for op in pass.iter_mut() {
+        if let Op::MatMul { b, .. } = op {
+            b.rows.n += 1;
+        }
+    }
+    let msg = messages(&plan);
+    assert!(msg.contains("(MatMul): shapes disagree"), "{msg}");
+}
+
+#[test]
+fn overlapping_spill_slots_are_reported() {
+    let mut spec = Spec::with_head_dim(16);
+    spec.update = Update::GatedDelta;
+    let mut plan = Plan::new(&spec);
+    let spills = &mut linear_cpu(&mut plan).phases.spills;
+    assert!(spills.slots.len() >= 2, "gated delta spills several tiles");
+    spills.slots[1].1.offset = spills.slots[0].1.offset;
+    let msg = messages(&plan);
+    assert!(msg.contains("overlap"), "{msg}");
+}
+
+#[test]
+fn a_fill_of_a_tile_never_spilled_is_reported() {
+    let mut spec = Spec::with_head_dim(16);
+    spec.update = Update::Gated;
+    let mut plan = Plan::new(&spec);
+    for op in &mut linear_cpu(&mut plan).phases.scan.passes[0] {
+        if let Op::Fill { slot, .. } = op {
+            *slot = Slot::UNASSIGNED;
+        }
+    }
+    let msg = messages(&plan);
+    assert!(msg.contains("never spilled"), "{msg}");
+}
+
+#[test]
+fn shared_memory_over_the_budget_is_reported() {
+    let mut plan = Plan::new(&Spec::with_head_dim(16));
+    if let Program::Linear(l) = &mut plan.cuda {
+        l.phases.intra.frame.memory.near = SMEM_BUDGET_FLOATS + 1;
+    }
+    let msg = messages(&plan);
+    assert!(
+        msg.contains("Intra routine") && msg.contains("shared memory"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn spill_slots_are_aligned_and_packed_in_order_of_first_spill() {
+    let mut spec = Spec::with_head_dim(16);
+    spec.update = Update::GatedDelta;
+    let plan = Plan::new(&spec);
+    let Program::Linear(l) = &plan.cpu else {
+        panic!("a linear spec")
+    };
+    let order: Vec<Tile> = l.phases.spills.slots.iter().map(|(t, _)| *t).collect();
+    assert_eq!(order, [Tile::G, Tile::W, Tile::U, Tile::Kt, Tile::X]);
+    for (_, slot) in &l.phases.spills.slots {
+        assert_eq!(slot.offset % SLOT_ALIGN, 0);
+    }
+    // G (64) + W (64 x 16) + U (64 x 16) + Kt (16 x 64) + X (64 x 16).
+    assert_eq!(l.phases.spills.work_per_chunk, 64 + 4 * 64 * 16);
+}
+
+#[test]
+fn only_elementwise_scans_are_light() {
+    for (update, light) in [
+        (Update::Additive, true),
+        (Update::Gated, true),
+        (Update::Delta, false),
+        (Update::GatedDelta, false),
+    ] {
+        let mut spec = Spec::with_head_dim(16);
+        spec.update = update;
+        let plan = Plan::new(&spec);
+        let Program::Linear(l) = &plan.cpu else {
+            panic!("a linear spec")
+        };
+        assert_eq!(l.phases.light_scan, light, "{update:?}");
+    }
+}
+
+#[test]
+fn cpu_tiles_are_placed_by_size_and_role() {
+    let mut spec = Spec::with_head_dim(64);
+    spec.chunk = 64;
+    spec.normalize = Normalize::Sum;
+    let plan = Plan::new(&spec);
+    let Program::Linear(l) = &plan.cpu else {
+        panic!("a linear spec")
+    };
+    let place = |f: &Frame<CpuPlace>, t| f.get(t).map(|o| o.place);
+    let fwd = &l.forward.frame;
+    assert_eq!(place(fwd, Tile::S), Some(CpuPlace::Task));
+    assert_eq!(place(fwd, Tile::Z), Some(CpuPlace::Task));
+    assert_eq!(
+        place(fwd, Tile::Q),
+        Some(CpuPlace::Heap),
+        "64 x 64 > STACK_TILE_MAX"
+    );
+    assert_eq!(place(fwd, Tile::Den), Some(CpuPlace::Local));
+    let step = &l.step.frame;
+    assert_eq!(step.chunk, 1);
+    assert_eq!(place(step, Tile::Q), Some(CpuPlace::Stack));
+    let output = &l.phases.output.frame;
+    assert_eq!(place(output, Tile::S), Some(CpuPlace::Heap));
+    assert_eq!(place(output, Tile::Z), Some(CpuPlace::Stack));
+}
+
+#[test]
+fn cuda_scan_blocks_value_columns_and_tiles_share_no_memory() {
+    let mut spec = Spec::with_head_dim(64);
+    spec.value_dim = 48;
+    let plan = Plan::new(&spec);
+    let Program::Linear(l) = &plan.cuda else {
+        panic!("a linear spec")
+    };
+    assert_eq!(l.phases.scan.frame.value_cols, 16);
+    assert_eq!(l.phases.intra.frame.value_cols, 48);
+    let s = l
+        .phases
+        .scan
+        .frame
+        .get(Tile::S)
+        .expect("the scan carries S");
+    assert_eq!((s.rows.n, s.cols.n), (64, 16));
+}
+
+#[test]
+fn column_blocks_divide_dv() {
+    assert_eq!(column_block(64), 32);
+    assert_eq!(column_block(48), 16);
+    assert_eq!(column_block(40), 8);
+}
+
+#[test]
+fn built_in_maps_are_expressions_with_their_meaning() {
+    for (map, x, want) in [
+        (FeatureMap::EluPlusOne, 0.5, 1.5),
+        (FeatureMap::EluPlusOne, -1.0, (-1.0f32).exp()),
+        (FeatureMap::Relu, -2.0, 0.0),
+        (FeatureMap::SquaredRelu, 3.0, 9.0),
+        (FeatureMap::Sigmoid, 0.0, 0.5),
+        (FeatureMap::Identity, 7.0, 7.0),
+    ] {
+        let got = elementwise(&map).eval(x);
+        assert!(
+            (got - want).abs() < 1e-6,
+            "{map:?}({x}) = {got}, want {want}"
+        );
+    }
+}
