@@ -339,6 +339,35 @@ impl Cond {
 }
 
 impl FeatureMap {
+    /// The maps written as a bare name, each with the map the name means (`dpfp` and `favor` at
+    /// their default sizes), in the order of DESIGN §2: the one table of their spellings.
+    pub const NAMED: &'static [(&'static str, FeatureMap)] = &[
+        ("identity", FeatureMap::Identity),
+        ("elu_plus_one", FeatureMap::EluPlusOne),
+        ("relu", FeatureMap::Relu),
+        ("squared_relu", FeatureMap::SquaredRelu),
+        ("sigmoid", FeatureMap::Sigmoid),
+        ("taylor2", FeatureMap::Taylor2),
+        ("dpfp", FeatureMap::Dpfp { nu: 4 }),
+        ("favor", FeatureMap::Favor { features: 128 }),
+        ("softmax", FeatureMap::Softmax),
+    ];
+
+    /// The map written as the bare name `name` (`dpfp` means `dpfp(nu = 4)`).
+    pub fn from_name(name: &str) -> Option<FeatureMap> {
+        let named = FeatureMap::NAMED.iter().find(|(n, _)| *n == name);
+        named.map(|(_, m)| m.clone())
+    }
+
+    /// The name this map is written with (`dpfp` whatever its `nu`); `None` for a closure.
+    pub fn name(&self) -> Option<&'static str> {
+        let kind = std::mem::discriminant(self);
+        let named = FeatureMap::NAMED
+            .iter()
+            .find(|(_, m)| std::mem::discriminant(m) == kind);
+        named.map(|(n, _)| *n)
+    }
+
     /// Applies an elementwise map to one value; `None` for maps that are not elementwise.
     pub fn eval_elementwise(&self, x: f32) -> Option<f32> {
         Some(match self {
@@ -387,17 +416,12 @@ impl fmt::Display for Spec {
 
 impl fmt::Display for FeatureMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.name().unwrap_or_default();
         match self {
-            FeatureMap::Identity => f.write_str("identity"),
-            FeatureMap::EluPlusOne => f.write_str("elu_plus_one"),
-            FeatureMap::Relu => f.write_str("relu"),
-            FeatureMap::SquaredRelu => f.write_str("squared_relu"),
-            FeatureMap::Sigmoid => f.write_str("sigmoid"),
             FeatureMap::Closure(c) => write!(f, "|{}| {}", c.param, DisplayExpr(&c.body, &c.param)),
-            FeatureMap::Taylor2 => f.write_str("taylor2"),
-            FeatureMap::Dpfp { nu } => write!(f, "dpfp(nu = {nu})"),
-            FeatureMap::Favor { features } => write!(f, "favor(features = {features})"),
-            FeatureMap::Softmax => f.write_str("softmax"),
+            FeatureMap::Dpfp { nu } => write!(f, "{name}(nu = {nu})"),
+            FeatureMap::Favor { features } => write!(f, "{name}(features = {features})"),
+            _ => f.write_str(name),
         }
     }
 }
@@ -445,24 +469,14 @@ impl<'a> fmt::Display for DisplayExpr<'a> {
 impl UnaryFn {
     /// The method name as written in Rust.
     pub fn name(self) -> &'static str {
-        match self {
-            UnaryFn::Exp => "exp",
-            UnaryFn::Ln => "ln",
-            UnaryFn::Sqrt => "sqrt",
-            UnaryFn::Abs => "abs",
-            UnaryFn::Tanh => "tanh",
-        }
+        self.keyword()
     }
 }
 
 impl BinaryFn {
     /// The method name as written in Rust.
     pub fn name(self) -> &'static str {
-        match self {
-            BinaryFn::Max => "max",
-            BinaryFn::Min => "min",
-            BinaryFn::Powf => "powf",
-        }
+        self.keyword()
     }
 }
 
@@ -480,26 +494,58 @@ impl CmpOp {
     }
 }
 
-macro_rules! display_keyword_enum {
-    ($ty:ty { $($variant:ident => $text:literal),* $(,)? }) => {
+/// An enum spelt as a bare word: a keyword value (`mask = causal`) or a closure's method
+/// (`x.exp()`). Its table of spellings is the one place they live: the parser matches it, its
+/// errors list it, `Display` prints it.
+pub trait Keyword: Copy + PartialEq + Sized + 'static {
+    /// Every variant with its spelling, in the order error messages list them.
+    const ALL: &'static [(Self, &'static str)];
+
+    /// The spelling of `self`.
+    fn keyword(self) -> &'static str;
+
+    /// The variant spelt `text`, if any.
+    fn from_keyword(text: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(_, s)| *s == text).map(|(v, _)| *v)
+    }
+}
+
+/// Implements [`Keyword`] and `Display` from one table (the `match` keeps it exhaustive).
+macro_rules! keyword_enum {
+    ($ty:ident { $($variant:ident => $text:literal),* $(,)? }) => {
+        impl Keyword for $ty {
+            const ALL: &'static [(Self, &'static str)] = &[$(($ty::$variant, $text)),*];
+
+            fn keyword(self) -> &'static str {
+                match self { $($ty::$variant => $text),* }
+            }
+        }
+
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(match self { $(<$ty>::$variant => $text),* })
+                f.write_str(self.keyword())
             }
         }
     };
 }
 
-display_keyword_enum!(Mask { Causal => "causal", None => "none" });
-display_keyword_enum!(Update { Additive => "additive", Gated => "gated", Delta => "delta", GatedDelta => "gated_delta" });
-display_keyword_enum!(Normalize { None => "none", Sum => "sum" });
-display_keyword_enum!(QkNorm { None => "none", L2 => "l2" });
-display_keyword_enum!(Layout { Bhnd => "bhnd", Bnhd => "bnhd" });
+keyword_enum!(Mask { Causal => "causal", None => "none" });
+keyword_enum!(Update { Additive => "additive", Gated => "gated", Delta => "delta", GatedDelta => "gated_delta" });
+keyword_enum!(Normalize { None => "none", Sum => "sum" });
+keyword_enum!(QkNorm { None => "none", L2 => "l2" });
+keyword_enum!(Layout { Bhnd => "bhnd", Bnhd => "bnhd" });
+keyword_enum!(UnaryFn { Exp => "exp", Ln => "ln", Sqrt => "sqrt", Abs => "abs", Tanh => "tanh" });
+keyword_enum!(BinaryFn { Max => "max", Min => "min", Powf => "powf" });
+
+impl Scale {
+    /// How [`Scale::Auto`] is written.
+    pub const AUTO: &'static str = "auto";
+}
 
 impl fmt::Display for Scale {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Scale::Auto => f.write_str("auto"),
+            Scale::Auto => f.write_str(Scale::AUTO),
             Scale::Value(v) => write!(f, "{v:?}"),
         }
     }
