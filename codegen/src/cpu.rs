@@ -8,7 +8,7 @@
 use crate::back::{self, binary_symbol, ExprSyntax};
 use crate::plan::{
     CpuPlace, Dim, DimOf, Expansion, Extent, Linear, Op, Operand, Plan, Program, ResolvedOp,
-    Routine, RoutineKind, Softmax,
+    Routine, Softmax,
 };
 use crate::spec::{BinOp, BinaryFn, CmpOp, UnaryFn};
 use proc_macro2::{Ident, Literal, Span, TokenStream};

@@ -1,0 +1,345 @@
+//! The entry points users call, from one description of the spec's arguments ([`Arg`]),
+//! rendered for each device: dfdx tensors on the CPU, attnc's `CudaTensor`s on a GPU.
+
+use crate::abi::{Layout, Signature};
+use crate::cpu::lit;
+use crate::plan::Plan;
+use proc_macro2::{Ident, Literal, TokenStream};
+use quote::{format_ident, quote};
+
+/// What an argument holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// q or k: one DK row per token.
+    Keys,
+    /// v: one DV row per token.
+    Values,
+    /// beta or g: one scalar per token.
+    Scalars,
+    /// FAVOR+'s projection w (F x DK), one for the whole call.
+    Projection,
+}
+
+/// One argument of `forward` (and, renamed, of `step`).
+struct Arg {
+    name: &'static str,
+    step_name: &'static str,
+    role: Role,
+    /// Whether the spec takes it (optional arguments are passed to the runtime as `Option`s).
+    present: bool,
+}
+
+/// The arguments in the contract's order: q, k, v, then beta, g, the projection.
+fn args(sig: &Signature) -> [Arg; 6] {
+    let arg = |name, step_name, role, present| Arg {
+        name,
+        step_name,
+        role,
+        present,
+    };
+    [
+        arg("q", "q_t", Role::Keys, true),
+        arg("k", "k_t", Role::Keys, true),
+        arg("v", "v_t", Role::Values, true),
+        arg("beta", "beta_t", Role::Scalars, sig.uses_beta),
+        arg("g", "g_t", Role::Scalars, sig.uses_gates),
+        arg("proj", "proj", Role::Projection, sig.uses_projection),
+    ]
+}
+
+/// Where the tensors live.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// dfdx's `Cpu`.
+    Cpu,
+    /// attnc's CUDA tensors.
+    Cuda,
+}
+
+fn private() -> TokenStream {
+    quote!(::attnc::__private)
+}
+
+impl Device {
+    fn tensor(self, shape: TokenStream) -> TokenStream {
+        let p = private();
+        match self {
+            Device::Cpu => quote!(#p::Tensor<#shape, f32, #p::Cpu>),
+            Device::Cuda => quote!(#p::CudaTensor<#shape>),
+        }
+    }
+
+    fn state(self, sig: &Signature) -> TokenStream {
+        let (f, dv) = (lit(sig.f), lit(sig.dv));
+        match self {
+            Device::Cpu => quote!(::attnc::State<B, H, #f, #dv>),
+            Device::Cuda => quote!(::attnc::CudaState<B, H, #f, #dv>),
+        }
+    }
+}
+
+/// The shape of an argument (or of the output, `Role::Values`), whole sequence or one token.
+fn shape(sig: &Signature, role: Role, step: bool) -> TokenStream {
+    let p = private();
+    let d = match role {
+        Role::Keys => lit(sig.dk),
+        _ => lit(sig.dv),
+    };
+    let tokens_first = sig.layout == Layout::Bnhd;
+    match (role, step, tokens_first) {
+        (Role::Projection, ..) => {
+            let (f, dk) = (lit(sig.f), lit(sig.dk));
+            quote!((#p::Const<#f>, #p::Const<#dk>))
+        }
+        (Role::Scalars, true, _) => quote!((B, H)),
+        (Role::Scalars, false, false) => quote!((B, H, N)),
+        (Role::Scalars, false, true) => quote!((B, N, H)),
+        (_, true, _) => quote!((B, H, #p::Const<#d>)),
+        (_, false, false) => quote!((B, H, N, #p::Const<#d>)),
+        (_, false, true) => quote!((B, N, H, #p::Const<#d>)),
+    }
+}
+
+/// Parameters (`name: &Tensor`) of the arguments the spec takes.
+fn params(sig: &Signature, device: Device, step: bool) -> Vec<TokenStream> {
+    args(sig)
+        .iter()
+        .filter(|a| a.present)
+        .map(|a| {
+            let name = format_ident!("{}", if step { a.step_name } else { a.name });
+            let ty = device.tensor(shape(sig, a.role, step));
+            quote!(#name: &#ty)
+        })
+        .collect()
+}
+
+/// The runtime's optional arguments (beta, g, projection): `Some(name)` or a typed `None`.
+fn optional_args(sig: &Signature, device: Device, step: bool) -> Vec<TokenStream> {
+    args(sig)
+        .iter()
+        .filter(|a| !matches!(a.role, Role::Keys | Role::Values))
+        .map(|a| {
+            let name = format_ident!("{}", if step { a.step_name } else { a.name });
+            let ty = device.tensor(shape(sig, a.role, step));
+            if a.present {
+                quote!(Some(#name))
+            } else {
+                quote!(None::<&#ty>)
+            }
+        })
+        .collect()
+}
+
+/// Names of the optional arguments the spec takes, to pass them on.
+fn optional_names(sig: &Signature) -> Vec<Ident> {
+    args(sig)
+        .iter()
+        .filter(|a| a.present && !matches!(a.role, Role::Keys | Role::Values))
+        .map(|a| format_ident!("{}", a.name))
+        .collect()
+}
+
+/// The extra arguments, for the docs.
+fn extra_docs(sig: &Signature) -> String {
+    let mut docs = String::new();
+    if sig.uses_beta {
+        docs.push_str(" `beta` (write strengths),");
+    }
+    if sig.uses_gates {
+        docs.push_str(" `g` (log-decays, <= 0),");
+    }
+    if sig.uses_projection {
+        docs.push_str(&format!(
+            " `proj` (FAVOR+'s projection w, ({}, {}): see `attnc::favor`),",
+            sig.f, sig.dk
+        ));
+    }
+    docs
+}
+
+/// `forward`, `forward_with_state`, `step` and `decode_step` on the CPU.
+pub fn cpu_methods(plan: &Plan, kernel: &Ident) -> TokenStream {
+    let p = private();
+    let sig = &plan.signature;
+    let v_ty = Device::Cpu.tensor(shape(sig, Role::Values, false));
+    let state_ty = Device::Cpu.state(sig);
+    let (params, opts, names) = (
+        params(sig, Device::Cpu, false),
+        optional_args(sig, Device::Cpu, false),
+        optional_names(sig),
+    );
+    let (f, dv) = (lit(sig.f), lit(sig.dv));
+    let (destructure, out_shape) = if sig.layout == Layout::Bnhd {
+        (
+            quote!(let (b, n, h, _) = *#p::HasShape::shape(q);),
+            quote!((b, n, h, #p::Const::<#dv>)),
+        )
+    } else {
+        (
+            quote!(let (b, h, n, _) = *#p::HasShape::shape(q);),
+            quote!((b, h, n, #p::Const::<#dv>)),
+        )
+    };
+    let axes = if sig.layout == Layout::Bnhd {
+        "(B, N, H, D)"
+    } else {
+        "(B, H, N, D)"
+    };
+    let fwd_doc = Literal::string(&format!(
+        " Whole sequence (prefill/training) with the chunkwise-parallel fused kernel: q, k {axes} \
+         with D = {}, v {axes} with D = {},{} returns the output, shaped like v.",
+        sig.dk,
+        sig.dv,
+        extra_docs(sig)
+    ));
+    let softmax = plan.is_softmax();
+    // Softmax attention has no recurrent state: `forward` only.
+    let (fws_vis, fws_doc) = if softmax {
+        (
+            quote!(),
+            " The tiled softmax kernel (the state it returns is unused).",
+        )
+    } else {
+        (
+            quote!(pub),
+            " As `forward`, from an initial state (`None`: zeros), also returning the final state.",
+        )
+    };
+    let steps = if softmax {
+        quote!()
+    } else {
+        cpu_steps(sig, kernel)
+    };
+    quote! {
+        #[doc = #fwd_doc]
+        pub fn forward<B: #p::Dim, H: #p::Dim, N: #p::Dim>(
+            #(#params,)*
+        ) -> ::core::result::Result<#v_ty, ::attnc::Error> {
+            let (o, _) = Self::forward_with_state(q, k, v, #(#names,)* None)?;
+            Ok(o)
+        }
+
+        #[doc = #fws_doc]
+        #fws_vis fn forward_with_state<B: #p::Dim, H: #p::Dim, N: #p::Dim>(
+            #(#params,)*
+            initial: Option<&#state_ty>,
+        ) -> ::core::result::Result<(#v_ty, #state_ty), ::attnc::Error> {
+            #destructure
+            let (out, state) = #p::forward::<#kernel, _, _, _, _, _, _, #f, #dv>(
+                &#sig, (b, h), q, k, v, #(#opts,)* initial,
+            )?;
+            let o = #p::output_tensor(q, out, #out_shape)?;
+            Ok((o, state))
+        }
+
+        #steps
+    }
+}
+
+/// `step` on the contract's `State`, and `decode_step` on a `DecodeState` (owned buffers,
+/// updated in place): the same arguments and the same runtime function.
+fn cpu_steps(sig: &Signature, kernel: &Ident) -> TokenStream {
+    let p = private();
+    let (f, dv) = (lit(sig.f), lit(sig.dv));
+    let (params, opts) = (
+        params(sig, Device::Cpu, true),
+        optional_args(sig, Device::Cpu, true),
+    );
+    let out_ty = Device::Cpu.tensor(shape(sig, Role::Values, true));
+    let one = |name: &str, doc: &str, state_ty: TokenStream| {
+        let name = format_ident!("{}", name);
+        quote! {
+            #[doc = #doc]
+            pub fn #name<B: #p::Dim, H: #p::Dim>(
+                state: &mut #state_ty,
+                #(#params,)*
+            ) -> ::core::result::Result<#out_ty, ::attnc::Error> {
+                let (b, h, _) = *#p::HasShape::shape(q_t);
+                let out = #p::step::<#kernel, _, _, _, _, _>(
+                    &#sig, state, q_t, k_t, v_t, #(#opts,)*
+                )?;
+                #p::output_tensor(q_t, out, (b, h, #p::Const::<#dv>))
+            }
+        }
+    };
+    let step = one(
+        "step",
+        " One token of autoregressive decoding (the recurrent form): q_t, k_t (B, H, DK), \
+         v_t (B, H, DV), then the per-token scalars as (B, H) tensors (and FAVOR+'s \
+         projection, the one `forward` took); updates `state` and returns o_t (B, H, DV).",
+        quote!(::attnc::State<B, H, #f, #dv>),
+    );
+    let decode = one(
+        "decode_step",
+        " `step` on an `attnc::DecodeState`, whose buffers the kernel updates in place: the \
+         same numbers without the copies of `S` that a `State`'s dfdx tensors force (the \
+         fast path for generating token by token).",
+        quote!(::attnc::DecodeState<B, H, #f, #dv>),
+    );
+    quote!(#step #decode)
+}
+
+/// `forward_cuda`, `forward_with_state_cuda` and `step_cuda`: the CPU entry points' siblings on
+/// attnc's device tensors, same argument order.
+pub fn cuda_methods(plan: &Plan) -> TokenStream {
+    let p = private();
+    let sig = &plan.signature;
+    let v_ty = Device::Cuda.tensor(shape(sig, Role::Values, false));
+    let state_ty = Device::Cuda.state(sig);
+    let (call_params, opts, names) = (
+        params(sig, Device::Cuda, false),
+        optional_args(sig, Device::Cuda, false),
+        optional_names(sig),
+    );
+    let (f, dv) = (lit(sig.f), lit(sig.dv));
+    let destructure = if sig.layout == Layout::Bnhd {
+        quote!(let (b, _, h, _) = *q.shape();)
+    } else {
+        quote!(let (b, h, _, _) = *q.shape();)
+    };
+    let softmax = plan.is_softmax();
+    let fws_vis = if softmax { quote!() } else { quote!(pub) };
+    let step = if softmax {
+        quote!()
+    } else {
+        let (step_params, step_opts) = (
+            params(sig, Device::Cuda, true),
+            optional_args(sig, Device::Cuda, true),
+        );
+        let out_ty = Device::Cuda.tensor(shape(sig, Role::Values, true));
+        quote! {
+            /// `step` on the GPU: one token of decoding, `state` updated on the device.
+            pub fn step_cuda<B: #p::Dim, H: #p::Dim>(
+                state: &mut #state_ty,
+                #(#step_params,)*
+            ) -> ::core::result::Result<#out_ty, ::attnc::Error> {
+                #p::step_cuda::<_, _, _, _, _, _, #f, #dv>(
+                    &Self::CUDA_LAUNCH, Self::CUDA_SOURCE, state, q_t, k_t, v_t, #(#step_opts,)*
+                )
+            }
+        }
+    };
+    quote! {
+        /// `forward` on the GPU: the same computation on attnc's device tensors
+        /// (`CudaDevice::upload` / `CudaTensor::download` convert from and to dfdx).
+        pub fn forward_cuda<B: #p::Dim, H: #p::Dim, N: #p::Dim>(
+            #(#call_params,)*
+        ) -> ::core::result::Result<#v_ty, ::attnc::Error> {
+            let (o, _) = Self::forward_with_state_cuda(q, k, v, #(#names,)* None)?;
+            Ok(o)
+        }
+
+        /// `forward_with_state` on the GPU.
+        #fws_vis fn forward_with_state_cuda<B: #p::Dim, H: #p::Dim, N: #p::Dim>(
+            #(#call_params,)*
+            initial: Option<&#state_ty>,
+        ) -> ::core::result::Result<(#v_ty, #state_ty), ::attnc::Error> {
+            #destructure
+            #p::forward_cuda::<_, _, _, _, _, _, #f, #dv>(
+                &Self::CUDA_LAUNCH, Self::CUDA_SOURCE, (b, h), q, k, v, #(#opts,)* initial,
+            )
+        }
+
+        #step
+    }
+}
