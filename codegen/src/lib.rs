@@ -12,6 +12,7 @@
 pub mod abi;
 pub mod back;
 pub mod cuda;
+pub mod deriv;
 pub mod plan;
 pub mod spec;
 

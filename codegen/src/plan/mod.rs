@@ -102,9 +102,9 @@ pub struct Softmax<P> {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Program<P> {
     /// Linear attention (every update rule and feature map but softmax).
-    Linear(Linear<P>),
+    Linear(Box<Linear<P>>),
     /// Exact softmax attention.
-    Softmax(Softmax<P>),
+    Softmax(Box<Softmax<P>>),
 }
 
 /// The kernel plan of one spec.
@@ -133,14 +133,30 @@ impl Plan {
         let (cpu, cuda) = if spec.feature_map == FeatureMap::Softmax {
             let program = build::softmax(spec);
             (
-                Program::Softmax(softmax::<Cpu>(&signature, &program, &mut problems)),
-                Program::Softmax(softmax::<Cuda>(&signature, &program, &mut problems)),
+                Program::Softmax(Box::new(softmax::<Cpu>(
+                    &signature,
+                    &program,
+                    &mut problems,
+                ))),
+                Program::Softmax(Box::new(softmax::<Cuda>(
+                    &signature,
+                    &program,
+                    &mut problems,
+                ))),
             )
         } else {
             let programs = build::linear(spec);
             (
-                Program::Linear(linear::<Cpu>(&signature, &programs, &mut problems)),
-                Program::Linear(linear::<Cuda>(&signature, &programs, &mut problems)),
+                Program::Linear(Box::new(linear::<Cpu>(
+                    &signature,
+                    &programs,
+                    &mut problems,
+                ))),
+                Program::Linear(Box::new(linear::<Cuda>(
+                    &signature,
+                    &programs,
+                    &mut problems,
+                ))),
             )
         };
         Plan {
