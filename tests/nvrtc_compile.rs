@@ -252,5 +252,5 @@ fn cuda_source_constant_is_the_emitters_output() {
     let emitted = attnc_codegen::cuda::emit(&plan, false, &spec.to_string());
     assert_eq!(Gdn::CUDA_SOURCE, emitted.source);
     assert_eq!(Gdn::CUDA_LAUNCH.forward.len(), 3);
-    assert_eq!(Gdn::CUDA_LAUNCH.work_per_chunk, emitted.work_per_chunk);
+    assert_eq!(Gdn::CUDA_LAUNCH, emitted.launch);
 }

@@ -60,6 +60,23 @@ pub struct Signature {
     pub uses_projection: bool,
 }
 
+impl Signature {
+    /// The signature of a planned spec whose token tensors are in `layout`.
+    pub fn of(plan: &crate::plan::Plan, layout: Layout) -> Signature {
+        Signature {
+            layout,
+            chunk: plan.chunk,
+            dk: plan.dk,
+            dv: plan.dv,
+            f: plan.f,
+            normalized: plan.normalized,
+            uses_beta: plan.uses_beta,
+            uses_gates: plan.uses_gates,
+            uses_projection: plan.uses_projection,
+        }
+    }
+}
+
 /// The grid of one CUDA kernel, as a function of batch x heads (`bh`) and tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Grid {

@@ -3,8 +3,9 @@
 //! On any error the user's struct is still emitted unchanged next to the errors (thiserror's
 //! fallback pattern), so one mistake in the attribute does not cascade into "cannot find type".
 
+use crate::abi::Signature;
 use crate::cpu::{emit_kernel, lit};
-use crate::cuda::{CudaProgram, GridKind, KernelDesc};
+use crate::cuda::CudaProgram;
 use crate::parse::{parse_spec, ParsedSpec};
 use crate::plan::Plan;
 use crate::spec::*;
@@ -38,15 +39,6 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         Err(e) => return fallback(item, e),
     };
     expand_valid(&item_struct, &parsed, &Plan::new(&parsed.spec))
-}
-
-/// Expands an already-validated spec onto a unit struct (for tools that build specs in code).
-pub fn expand_spec(spec: &Spec, item: &syn::ItemStruct) -> TokenStream {
-    let parsed = ParsedSpec {
-        spec: spec.clone(),
-        spans: Default::default(),
-    };
-    expand_valid(item, &parsed, &Plan::new(spec))
 }
 
 /// The span of an item's name (enum, fn, ...), or of its first token.
@@ -97,7 +89,7 @@ fn emit_consts(spec: &Spec, plan: &Plan, cuda: &CudaProgram) -> TokenStream {
     let (dk, dv, f, c) = (lit(plan.dk), lit(plan.dv), lit(plan.f), lit(plan.chunk));
     let spec_value = spec_tokens(spec);
     let text = Literal::string(&spec.to_string());
-    let launch = launch_tokens(spec, plan, cuda);
+    let launch = &cuda.launch;
     let cuda = Literal::string(&cuda.source);
     quote! {
         /// dk, the query/key head dimension.
@@ -128,21 +120,21 @@ fn emit_methods(spec: &Spec, plan: &Plan, kernel: &syn::Ident) -> TokenStream {
     let p = quote!(::attnc::__private);
     let (dk, dv, f) = (lit(plan.dk), lit(plan.dv), lit(plan.f));
     let bnhd = spec.layout == Layout::Bnhd;
-    let (tok, per_tok, layout, destructure) = if bnhd {
+    let (tok, per_tok, destructure) = if bnhd {
         (
             quote!((B, N, H, #p::Const<#dk>)),
             quote!((B, N, H)),
-            quote!(#p::TokenLayout::Bnhd),
             quote!(let (b, n, h, _) = *#p::HasShape::shape(q);),
         )
     } else {
         (
             quote!((B, H, N, #p::Const<#dk>)),
             quote!((B, H, N)),
-            quote!(#p::TokenLayout::Bhnd),
             quote!(let (b, h, n, _) = *#p::HasShape::shape(q);),
         )
     };
+    // The spec's kernel signature, as `forward` and `step` pass it to the runtime.
+    let signature = Signature::of(plan, spec.layout);
     let tok_v = if bnhd {
         quote!((B, N, H, #p::Const<#dv>))
     } else {
@@ -157,7 +149,6 @@ fn emit_methods(spec: &Spec, plan: &Plan, kernel: &syn::Ident) -> TokenStream {
     let (q_ty, v_ty, s_ty) = (tensor(tok), tensor(tok_v), tensor(per_tok.clone()));
     let state_ty = quote!(::attnc::State<B, H, #f, #dv>);
     let decode_ty = quote!(::attnc::DecodeState<B, H, #f, #dv>);
-    let normalized = plan.normalized;
     let proj_ty = tensor(quote!((#p::Const<#f>, #p::Const<#dk>)));
 
     // Extra per-token arguments, in the contract's order: beta, then g.
@@ -228,9 +219,8 @@ fn emit_methods(spec: &Spec, plan: &Plan, kernel: &syn::Ident) -> TokenStream {
                 #(#step_params,)*
             ) -> ::core::result::Result<#p::Tensor<(B, H, #p::Const<#dv>), f32, #p::Cpu>, ::attnc::Error> {
                 let (b, h, _) = *#p::HasShape::shape(q_t);
-                let cfg = #p::Config { layout: #p::TokenLayout::Bhnd, dk: #dk, dv: #dv, f: #f, normalized: #normalized };
                 let out = #p::step::<#kernel, _, _, _, _, _>(
-                    &cfg, state, q_t, k_t, v_t, #(#step_args,)*
+                    &#signature, state, q_t, k_t, v_t, #(#step_args,)*
                 )?;
                 #p::output_tensor(q_t, out, (b, h, #p::Const::<#dv>))
             }
@@ -276,9 +266,8 @@ fn emit_methods(spec: &Spec, plan: &Plan, kernel: &syn::Ident) -> TokenStream {
             initial: Option<&#state_ty>,
         ) -> ::core::result::Result<(#v_ty, #state_ty), ::attnc::Error> {
             #destructure
-            let cfg = #p::Config { layout: #layout, dk: #dk, dv: #dv, f: #f, normalized: #normalized };
             let (out, state) = #p::forward::<#kernel, _, _, _, _, _, _, #f, #dv>(
-                &cfg, (b, h), q, k, v, #(#extra_args,)* initial,
+                &#signature, (b, h), q, k, v, #(#extra_args,)* initial,
             )?;
             let o = #p::output_tensor(q, out, #out_shape)?;
             Ok((o, state))
@@ -376,19 +365,34 @@ fn expr_tokens(e: &Expr) -> TokenStream {
             quote!(#s::Expr::Neg(#a))
         }
         Expr::Binary(op, a, b) => {
-            let op = format_ident!("{}", format!("{op:?}"));
+            let op = match op {
+                BinOp::Add => quote!(#s::BinOp::Add),
+                BinOp::Sub => quote!(#s::BinOp::Sub),
+                BinOp::Mul => quote!(#s::BinOp::Mul),
+                BinOp::Div => quote!(#s::BinOp::Div),
+            };
             let (a, b) = (boxed(a), boxed(b));
-            quote!(#s::Expr::Binary(#s::BinOp::#op, #a, #b))
+            quote!(#s::Expr::Binary(#op, #a, #b))
         }
         Expr::Unary(f, a) => {
-            let f = format_ident!("{}", format!("{f:?}"));
+            let f = match f {
+                UnaryFn::Exp => quote!(#s::UnaryFn::Exp),
+                UnaryFn::Ln => quote!(#s::UnaryFn::Ln),
+                UnaryFn::Sqrt => quote!(#s::UnaryFn::Sqrt),
+                UnaryFn::Abs => quote!(#s::UnaryFn::Abs),
+                UnaryFn::Tanh => quote!(#s::UnaryFn::Tanh),
+            };
             let a = boxed(a);
-            quote!(#s::Expr::Unary(#s::UnaryFn::#f, #a))
+            quote!(#s::Expr::Unary(#f, #a))
         }
         Expr::Binary2(f, a, b) => {
-            let f = format_ident!("{}", format!("{f:?}"));
+            let f = match f {
+                BinaryFn::Max => quote!(#s::BinaryFn::Max),
+                BinaryFn::Min => quote!(#s::BinaryFn::Min),
+                BinaryFn::Powf => quote!(#s::BinaryFn::Powf),
+            };
             let (a, b) = (boxed(a), boxed(b));
-            quote!(#s::Expr::Binary2(#s::BinaryFn::#f, #a, #b))
+            quote!(#s::Expr::Binary2(#f, #a, #b))
         }
         Expr::Powi(a, n) => {
             let a = boxed(a);
@@ -400,69 +404,21 @@ fn expr_tokens(e: &Expr) -> TokenStream {
             then,
             otherwise,
         } => {
-            let op = format_ident!("{}", format!("{:?}", cond.op));
+            let op = match cond.op {
+                CmpOp::Lt => quote!(#s::CmpOp::Lt),
+                CmpOp::Le => quote!(#s::CmpOp::Le),
+                CmpOp::Gt => quote!(#s::CmpOp::Gt),
+                CmpOp::Ge => quote!(#s::CmpOp::Ge),
+                CmpOp::Eq => quote!(#s::CmpOp::Eq),
+                CmpOp::Ne => quote!(#s::CmpOp::Ne),
+            };
             let (l, r) = (expr_tokens(&cond.lhs), expr_tokens(&cond.rhs));
             let (t, o) = (boxed(then), boxed(otherwise));
             quote!(#s::Expr::If {
-                cond: ::std::boxed::Box::new(#s::Cond { op: #s::CmpOp::#op, lhs: #l, rhs: #r }),
+                cond: ::std::boxed::Box::new(#s::Cond { op: #op, lhs: #l, rhs: #r }),
                 then: #t,
                 otherwise: #o,
             })
-        }
-    }
-}
-
-/// `CUDA_LAUNCH`: the emitter's launch configuration as a runtime `CudaLaunch`.
-fn launch_tokens(spec: &Spec, plan: &Plan, cuda: &CudaProgram) -> TokenStream {
-    let p = quote!(::attnc::__private);
-    let kernels = |list: &[KernelDesc]| {
-        let items = list.iter().map(|k| {
-            let name = Literal::string(k.name);
-            let grid = match k.grid {
-                GridKind::Chunks => quote!(#p::Grid::Chunks),
-                GridKind::Columns(n) => {
-                    let n = Literal::u32_unsuffixed(n);
-                    quote!(#p::Grid::Columns(#n))
-                }
-                GridKind::Heads => quote!(#p::Grid::Heads),
-            };
-            let smem = Literal::u32_unsuffixed(k.smem_bytes);
-            quote!(#p::KernelInfo { name: #name, grid: #grid, smem_bytes: #smem })
-        });
-        quote!(&[#(#items),*])
-    };
-    let (forward, step) = (kernels(&cuda.forward), kernels(&cuda.step));
-    let threads = Literal::u32_unsuffixed(crate::cuda::THREADS);
-    let (dk, dv, f, c) = (lit(plan.dk), lit(plan.dv), lit(plan.f), lit(plan.chunk));
-    let (work, scratch) = (lit(cuda.work_per_chunk), lit(cuda.scratch_per_block()));
-    let (normalized, beta, gates, projection, states) = (
-        plan.normalized,
-        plan.uses_beta,
-        plan.uses_gates,
-        plan.uses_projection,
-        cuda.chunk_states,
-    );
-    let layout = match spec.layout {
-        Layout::Bhnd => quote!(#p::TokenLayout::Bhnd),
-        Layout::Bnhd => quote!(#p::TokenLayout::Bnhd),
-    };
-    quote! {
-        #p::CudaLaunch {
-            threads: #threads,
-            chunk: #c,
-            dk: #dk,
-            dv: #dv,
-            f: #f,
-            normalized: #normalized,
-            uses_beta: #beta,
-            uses_gates: #gates,
-            uses_projection: #projection,
-            layout: #layout,
-            forward: #forward,
-            step: #step,
-            work_per_chunk: #work,
-            scratch_per_block: #scratch,
-            chunk_states: #states,
         }
     }
 }

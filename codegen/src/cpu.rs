@@ -3,6 +3,7 @@
 //! `impl Kernel` whose two programs are generic over the ISA marker, so the runtime compiles each
 //! under `#[target_feature]` and picks one at run time.
 
+use crate::abi;
 use crate::plan::{Input, Op, Plan, Tile, Tiled, Tri};
 use crate::spec::{BinOp, BinaryFn, CmpOp, Expr, FeatureMap, UnaryFn};
 use proc_macro2::{Ident, Literal, Span, TokenStream};
@@ -522,9 +523,9 @@ fn emit_op(plan: &Plan, op: &Op) -> TokenStream {
             let rows = live_rows(plan, *a);
             let depth = live_cols(plan, *a);
             let tri = match tri {
-                Tri::Full => quote!(tile::Tri::Full),
-                Tri::LowerOut => quote!(tile::Tri::LowerOut),
-                Tri::LowerA => quote!(tile::Tri::LowerA),
+                Tri::Full => abi::Tri::Full,
+                Tri::LowerOut => abi::Tri::LowerOut,
+                Tri::LowerA => abi::Tri::LowerA,
             };
             let (a, b, d) = (by_ref(*a), by_ref(*b), by_mut(*dst));
             quote! { tile::gemm(isa, #a, #b, #d, #rows, #depth, #tri, #accumulate); }

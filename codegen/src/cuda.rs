@@ -2,7 +2,7 @@
 //! the tile library (`cuda_prelude.cuh`, the CUDA twin of `attnc_runtime::tile`) on
 //! compile-time-sized tiles, followed by a block barrier.
 //!
-//! Kernels, all with one parameter list (see `attnc_runtime::launch`; FAVOR+'s projection is
+//! Kernels, all with one parameter list (see [`crate::abi`]; FAVOR+'s projection is
 //! the `proj` pointer, read in place from global memory):
 //! - linear attention, `forward`: `attnc_intra` (per chunk), `attnc_scan` (per column block of the
 //!   state, chunks in order), `attnc_output` (per chunk): the plan's [`Phased`] program;
@@ -13,8 +13,10 @@
 //! feature map's `C x F` tiles, say) go to a per-block scratch area in global memory. The launch
 //! configuration is computed here, at build time, and emitted next to the source.
 
+use crate::abi::{CudaLaunch, Grid, KernelInfo, Layout, Signature};
 use crate::plan::{Input, Op, Phased, Plan, Tile, Tiled, Tri};
 use crate::spec::{BinOp, BinaryFn, CmpOp, Expr, FeatureMap, UnaryFn};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -27,55 +29,13 @@ pub const THREADS: u32 = 256;
 /// Shared memory one block may use for tiles, in floats (96 KiB: fits sm_80, sm_86/89, sm_90).
 pub const SMEM_BUDGET_FLOATS: usize = 96 * 1024 / 4;
 
-/// How a kernel's grid is formed (the runtime's `launch::Grid`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GridKind {
-    /// `(chunks, batch x heads)`.
-    Chunks,
-    /// `(column blocks, batch x heads)`.
-    Columns(u32),
-    /// `(batch x heads)`.
-    Heads,
-}
-
-/// One emitted kernel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KernelDesc {
-    /// Its `extern "C"` name.
-    pub name: &'static str,
-    /// Its grid.
-    pub grid: GridKind,
-    /// Dynamic shared memory, bytes.
-    pub smem_bytes: u32,
-    /// Scratch floats per block.
-    pub scratch_floats: usize,
-}
-
 /// A spec's CUDA C and how to launch it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CudaProgram {
     /// The whole source: the tile library, then the kernels.
     pub source: String,
-    /// `forward`'s kernels, in launch order.
-    pub forward: Vec<KernelDesc>,
-    /// `step`'s kernels (empty for softmax).
-    pub step: Vec<KernelDesc>,
-    /// Floats per (batch, head, chunk) of the `work` workspace.
-    pub work_per_chunk: usize,
-    /// Whether `chunk_s` / `chunk_z` hold per-chunk states.
-    pub chunk_states: bool,
-}
-
-impl CudaProgram {
-    /// The largest scratch any kernel needs per block.
-    pub fn scratch_per_block(&self) -> usize {
-        self.forward
-            .iter()
-            .chain(&self.step)
-            .map(|k| k.scratch_floats)
-            .max()
-            .unwrap_or(0)
-    }
+    /// How its kernels are launched.
+    pub launch: CudaLaunch,
 }
 
 /// Which kernel a program is lowered into.
@@ -229,12 +189,17 @@ pub fn emit(plan: &Plan, bnhd: bool, spec_text: &str) -> CudaProgram {
         }
         (None, None) => {}
     }
+    let layout = if bnhd { Layout::Bnhd } else { Layout::Bhnd };
     CudaProgram {
         source: src,
-        forward,
-        step,
-        work_per_chunk,
-        chunk_states: plan.phased.is_some(),
+        launch: CudaLaunch {
+            signature: Signature::of(plan, layout),
+            threads: THREADS,
+            forward: Cow::Owned(forward),
+            step: Cow::Owned(step),
+            work_per_chunk,
+            chunk_states: plan.phased.is_some(),
+        },
     }
 }
 
@@ -244,7 +209,7 @@ fn emit_phases(
     bnhd: bool,
     slots: &BTreeMap<TileKey, usize>,
     src: &mut String,
-) -> Vec<KernelDesc> {
+) -> Vec<KernelInfo> {
     let intra = Kernel::new(plan, Kind::Intra, bnhd, &phased.intra, slots);
     let scan = Kernel::new(plan, Kind::Scan, bnhd, &phased.scan, slots);
     let output = Kernel::new(plan, Kind::Output, bnhd, &phased.output, slots);
@@ -388,8 +353,8 @@ impl<'a> Kernel<'a> {
         dims(self.plan, t, self.c, self.dvt)
     }
 
-    fn desc(&self, name: &'static str, grid: GridKind) -> KernelDesc {
-        KernelDesc {
+    fn desc(&self, name: &'static str, grid: Grid) -> KernelInfo {
+        KernelInfo {
             name,
             grid,
             smem_bytes: (self.smem_floats() * 4) as u32,
@@ -477,7 +442,7 @@ impl<'a> Kernel<'a> {
     }
 
     /// Phases (a) and (c): one chunk per block.
-    fn emit_parallel(&self, name: &'static str, ops: &[Op], src: &mut String) -> KernelDesc {
+    fn emit_parallel(&self, name: &'static str, ops: &[Op], src: &mut String) -> KernelInfo {
         let doc = if self.kind == Kind::Intra {
             "Phase (a), one block per (chunk, batch x head): the chunk's own contribution."
         } else {
@@ -491,12 +456,12 @@ impl<'a> Kernel<'a> {
             self.emit_op(op, "  ", src);
         }
         src.push_str("}\n");
-        self.desc(name, GridKind::Chunks)
+        self.desc(name, Grid::Chunks)
     }
 
     /// Phase (b) and the step program: chunks in order, the state carried in `t_s` (and `t_z`),
     /// read from `s` (`z`) first and written back last.
-    fn emit_sequential(&self, name: &'static str, ops: &[Op], src: &mut String) -> KernelDesc {
+    fn emit_sequential(&self, name: &'static str, ops: &[Op], src: &mut String) -> KernelInfo {
         let doc = if self.kind == Kind::Scan {
             "Phase (b), one block per (column block of the state, batch x head): chunks in order."
         } else {
@@ -521,15 +486,15 @@ impl<'a> Kernel<'a> {
         }
         src.push_str("}\n");
         let grid = if self.kind == Kind::Scan {
-            GridKind::Columns((self.plan.dv / self.dvt) as u32)
+            Grid::Columns((self.plan.dv / self.dvt) as u32)
         } else {
-            GridKind::Heads
+            Grid::Heads
         };
         self.desc(name, grid)
     }
 
     /// Softmax: one query tile per block, its key tiles in order.
-    fn emit_softmax(&self, t: &Tiled, src: &mut String) -> KernelDesc {
+    fn emit_softmax(&self, t: &Tiled, src: &mut String) -> KernelInfo {
         let name = "attnc_softmax";
         self.preamble(
             name,
@@ -566,7 +531,7 @@ impl<'a> Kernel<'a> {
             self.emit_op(op, "  ", src);
         }
         src.push_str("}\n");
-        self.desc(name, GridKind::Chunks)
+        self.desc(name, Grid::Chunks)
     }
 
     fn is_key_tile(&self, t: Tile) -> bool {
