@@ -94,13 +94,14 @@ pub mod prelude {
 /// What generated code refers to. Not a public API: it may change in any release.
 #[doc(hidden)]
 pub mod __private {
-    pub use attnc_runtime::api::{forward, output_tensor, step, Config};
+    pub use attnc_codegen::abi::{CudaLaunch, Grid, KernelInfo, Layout, Signature, Tri};
+    pub use attnc_runtime::api::{forward, output_tensor, step};
     pub use attnc_runtime::cuda::{forward_cuda, step_cuda, CudaTensor};
-    pub use attnc_runtime::exec::{Kernel, Phase, PhaseTask, Task, TokenLayout};
+    pub use attnc_runtime::exec::{Kernel, Phase, PhaseTask, Task};
     pub use attnc_runtime::isa::Isa;
-    pub use attnc_runtime::launch::{CudaLaunch, Grid, KernelInfo};
     pub use attnc_runtime::tile;
     pub use attnc_runtime::{Error, Result};
     pub use dfdx::shapes::{Const, Dim, HasShape};
     pub use dfdx::tensor::{Cpu, Tensor};
+    pub use std::borrow::Cow;
 }

@@ -3,9 +3,9 @@
 
 mod common;
 
-use attnc_runtime::exec::TokenLayout;
-use attnc_runtime::launch::{CudaLaunch, Grid, KernelInfo};
+use attnc_codegen::abi::{CudaLaunch, Grid, KernelInfo, Layout, Signature};
 use common::cuda_emu::{self, EmuInputs};
+use std::borrow::Cow;
 
 const THREADS: u32 = 64;
 const CHUNK: usize = 8;
@@ -95,30 +95,33 @@ const KERNELS: &[KernelInfo] = &[
         name: "selftest_reverse",
         grid: Grid::Chunks,
         smem_bytes: (CHUNK * D * 4) as u32,
+        scratch_floats: 0,
     },
     KernelInfo {
         name: "selftest_sum",
         grid: Grid::Heads,
         smem_bytes: 0,
+        scratch_floats: 0,
     },
 ];
 
 fn launch(forward: &'static [KernelInfo]) -> CudaLaunch {
     CudaLaunch {
+        signature: Signature {
+            layout: Layout::Bhnd,
+            chunk: CHUNK,
+            dk: D,
+            dv: D,
+            f: D,
+            normalized: true,
+            uses_beta: false,
+            uses_gates: false,
+            uses_projection: true,
+        },
         threads: THREADS,
-        chunk: CHUNK,
-        dk: D,
-        dv: D,
-        f: D,
-        normalized: true,
-        uses_beta: false,
-        uses_gates: false,
-        uses_projection: true,
-        layout: TokenLayout::Bhnd,
-        forward,
-        step: &[],
+        forward: Cow::Borrowed(forward),
+        step: Cow::Borrowed(&[]),
         work_per_chunk: 1,
-        scratch_per_block: 0,
         chunk_states: false,
     }
 }
@@ -158,7 +161,7 @@ fn kernels_run_in_order_with_shared_memory_and_barriers() {
     let (heads, bh, n) = (3, 6, 21);
     let x = inputs(bh, n);
     let launch = launch(KERNELS);
-    let got = cuda_emu::run(&launch, SOURCE, launch.forward, bh, heads, n, &x).unwrap();
+    let got = cuda_emu::run(&launch, SOURCE, &launch.forward, bh, heads, n, &x).unwrap();
 
     let chunks = n.div_ceil(CHUNK);
     let mut out = vec![0.0; x.v.len()];
@@ -192,7 +195,7 @@ fn kernels_run_in_order_with_shared_memory_and_barriers() {
     }
 
     // The cached binary gives the same answer.
-    let again = cuda_emu::run(&launch, SOURCE, launch.forward, bh, heads, n, &x).unwrap();
+    let again = cuda_emu::run(&launch, SOURCE, &launch.forward, bh, heads, n, &x).unwrap();
     assert_eq!(again.out, got.out);
 }
 
@@ -210,6 +213,7 @@ const fn one(name: &'static str, smem_bytes: u32) -> [KernelInfo; 1] {
         name,
         grid: Grid::Chunks,
         smem_bytes,
+        scratch_floats: 0,
     }]
 }
 

@@ -106,7 +106,7 @@ macro_rules! linear_spec {
                     let z0_opt = (!z0.is_empty()).then_some(&z0[..]);
                     let want = reference(spec, &x, Some(&s0), z0_opt);
                     let got = cuda_emu::run(
-                        &launch, Attn::CUDA_SOURCE, launch.forward, b * h, h, n,
+                        &launch, Attn::CUDA_SOURCE, &launch.forward, b * h, h, n,
                         &kernel_inputs(spec, &x, &s0, &z0),
                     )
                     .unwrap_or_else(|e| panic!("emulated forward, n = {n}: {e}"));
@@ -127,7 +127,7 @@ macro_rules! linear_spec {
                     let mut step_spec = spec.clone();
                     step_spec.layout = Layout::Bhnd;
                     let got = cuda_emu::run(
-                        &launch, Attn::CUDA_SOURCE, launch.step, b * h, h, 1,
+                        &launch, Attn::CUDA_SOURCE, &launch.step, b * h, h, 1,
                         &kernel_inputs(&step_spec, &x1, &s0, &z0),
                     )
                     .unwrap_or_else(|e| panic!("emulated step: {e}"));
@@ -306,7 +306,7 @@ macro_rules! softmax_spec {
                         .map(f64::from)
                         .collect();
                     let got = cuda_emu::run(
-                        &launch, Attn::CUDA_SOURCE, launch.forward, b * h, h, n,
+                        &launch, Attn::CUDA_SOURCE, &launch.forward, b * h, h, n,
                         &kernel_inputs(spec, &x, &[], &[]),
                     )
                     .unwrap_or_else(|e| panic!("emulated softmax, n = {n}: {e}"));

@@ -163,8 +163,10 @@ fn sources() -> Vec<(String, String)> {
                 .unwrap_or_else(|e| panic!("spec `{a}` found in the sources must parse: {e}"))
                 .spec;
             let plan = Plan::new(&spec);
-            let bnhd = spec.layout == attnc::spec::Layout::Bnhd;
-            let source = attnc_codegen::cuda::emit(&plan, bnhd, &spec.to_string()).source;
+            if let Err(errors) = plan.validate() {
+                panic!("the plan of `{a}` is invalid: {errors:?}");
+            }
+            let source = attnc_codegen::cuda::emit(&plan, &spec.to_string()).source;
             (a, source)
         })
         .collect()
@@ -249,8 +251,8 @@ fn cuda_source_constant_is_the_emitters_output() {
         .expect("parses")
         .spec;
     let plan = Plan::new(&spec);
-    let emitted = attnc_codegen::cuda::emit(&plan, false, &spec.to_string());
+    let emitted = attnc_codegen::cuda::emit(&plan, &spec.to_string());
     assert_eq!(Gdn::CUDA_SOURCE, emitted.source);
     assert_eq!(Gdn::CUDA_LAUNCH.forward.len(), 3);
-    assert_eq!(Gdn::CUDA_LAUNCH.work_per_chunk, emitted.work_per_chunk);
+    assert_eq!(Gdn::CUDA_LAUNCH, emitted.launch);
 }

@@ -2,80 +2,65 @@
 //! and `step` only fix the types and call these.
 
 use crate::error::{Error, Result};
-use crate::exec::{checked, run_forward, run_step, Buffers, Kernel, Probe4, Problem, TokenLayout};
+use crate::exec::{checked, run_forward, run_step, Buffers, Kernel, Probe4, Problem};
 #[cfg(doc)]
 use crate::state::DecodeState;
 use crate::state::{State, StepState};
+use attnc_codegen::abi::Signature;
 use dfdx::shapes::{Dim, HasShape, Shape, SliceShape};
 use dfdx::tensor::{Cpu, Tensor, TensorFromVec};
 
-/// A spec's sizes and flags, as the glue needs them.
-#[derive(Clone, Copy, Debug)]
-pub struct Config {
-    /// Axis order of token tensors.
-    pub layout: TokenLayout,
-    /// dk.
-    pub dk: usize,
-    /// dv.
-    pub dv: usize,
-    /// F.
-    pub f: usize,
-    /// Whether the state carries `z`.
-    pub normalized: bool,
+/// dk, dv and F of a spec, in the order the runners take them.
+fn dims(sig: &Signature) -> [usize; 3] {
+    [sig.dk, sig.dv, sig.f]
 }
 
-impl Config {
-    fn dims(&self) -> [usize; 3] {
-        [self.dk, self.dv, self.f]
+/// The FAVOR+ projection w (F x DK), checked, transposed to (DK, F) for the kernels
+/// (`Task::proj`); empty when the spec takes none.
+fn projection<Sp: Shape<Concrete = [usize; 2]>>(
+    sig: &Signature,
+    proj: Option<&Tensor<Sp, f32, Cpu>>,
+) -> Result<Vec<f32>> {
+    let Some(w) = proj else {
+        return Ok(Vec::new());
+    };
+    if w.shape().concrete() != [sig.f, sig.dk] {
+        return Err(Error::Internal(
+            "the projection's shape disagrees with the spec's FEATURE_DIM x HEAD_DIM",
+        ));
     }
-
-    /// The FAVOR+ projection w (F x DK), checked, transposed to (DK, F) for the kernels
-    /// (`Task::proj`); empty when the spec takes none.
-    fn projection<Sp: Shape<Concrete = [usize; 2]>>(
-        &self,
-        proj: Option<&Tensor<Sp, f32, Cpu>>,
-    ) -> Result<Vec<f32>> {
-        let Some(w) = proj else {
-            return Ok(Vec::new());
-        };
-        if w.shape().concrete() != [self.f, self.dk] {
-            return Err(Error::Internal(
-                "the projection's shape disagrees with the spec's FEATURE_DIM x HEAD_DIM",
-            ));
-        }
-        let w = checked("proj", w.as_vec())?;
-        let mut wt = vec![0.0; w.len()];
-        for (i, row) in w.chunks_exact(self.dk.max(1)).enumerate() {
-            for (d, x) in row.iter().enumerate() {
-                if let Some(slot) = wt.get_mut(d * self.f + i) {
-                    *slot = *x;
-                }
+    let w = checked("proj", w.as_vec())?;
+    let mut wt = vec![0.0; w.len()];
+    for (i, row) in w.chunks_exact(sig.dk.max(1)).enumerate() {
+        for (d, x) in row.iter().enumerate() {
+            if let Some(slot) = wt.get_mut(d * sig.f + i) {
+                *slot = *x;
             }
         }
-        Ok(wt)
     }
+    Ok(wt)
+}
 
-    /// Initial state buffers: the given state (checked) or zeros.
-    fn initial_state<B: Dim, H: Dim, const F: usize, const DV: usize>(
-        &self,
-        p: &Problem,
-        initial: Option<&State<B, H, F, DV>>,
-    ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let bh = p.batch * p.heads;
-        match initial {
-            Some(st) => {
-                let (s, z) = st.to_vecs(p.batch, p.heads, self.normalized)?;
-                Ok((s, z.unwrap_or_default()))
-            }
-            None => Ok((
-                vec![0.0; bh * self.f * self.dv],
-                if self.normalized {
-                    vec![0.0; bh * self.f]
-                } else {
-                    Vec::new()
-                },
-            )),
+/// Initial state buffers: the given state (checked) or zeros.
+fn initial_state<B: Dim, H: Dim, const F: usize, const DV: usize>(
+    sig: &Signature,
+    p: &Problem,
+    initial: Option<&State<B, H, F, DV>>,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let bh = p.batch * p.heads;
+    match initial {
+        Some(st) => {
+            let (s, z) = st.to_vecs(p.batch, p.heads, sig.normalized)?;
+            Ok((s, z.unwrap_or_default()))
         }
+        None => Ok((
+            vec![0.0; bh * sig.f * sig.dv],
+            if sig.normalized {
+                vec![0.0; bh * sig.f]
+            } else {
+                Vec::new()
+            },
+        )),
     }
 }
 
@@ -83,7 +68,7 @@ impl Config {
 /// `proj` is FAVOR+'s projection (F x DK), `Some` exactly for `feature_map = favor`.
 #[allow(clippy::too_many_arguments)]
 pub fn forward<K, B, H, Sq, Sv, S3, Sp, const F: usize, const DV: usize>(
-    cfg: &Config,
+    sig: &Signature,
     (b, h): (B, H),
     q: &Tensor<Sq, f32, Cpu>,
     k: &Tensor<Sq, f32, Cpu>,
@@ -102,16 +87,16 @@ where
     S3: Shape<Concrete = [usize; 3]>,
     Sp: Shape<Concrete = [usize; 2]>,
 {
-    let p = Problem::from_q(cfg.layout, q.shape().concrete())?;
-    let (s, z) = cfg.initial_state(&p, initial)?;
+    let p = Problem::from_q(sig.layout, q.shape().concrete())?;
+    let (s, z) = initial_state(sig, &p, initial)?;
     // The three copies run on the pool's threads at once: one thread does not saturate the
     // memory bus, and at H = 1 the copies are otherwise the serial part of a call.
     let (q, (k, v)) = rayon::join(
-        || p.gather_tokens("q", q, cfg.dk),
+        || p.gather_tokens("q", q, sig.dk),
         || {
             rayon::join(
-                || p.gather_tokens("k", k, cfg.dk),
-                || p.gather_tokens("v", v, cfg.dv),
+                || p.gather_tokens("k", k, sig.dk),
+                || p.gather_tokens("v", v, sig.dv),
             )
         },
     );
@@ -121,22 +106,22 @@ where
         v: v?,
         beta: beta.map_or(Ok(Vec::new()), |t| p.gather_scalars("beta", t))?,
         g: g.map_or(Ok(Vec::new()), |t| p.gather_scalars("g", t))?,
-        proj: cfg.projection(proj)?,
+        proj: projection(sig, proj)?,
         s,
         z,
     };
-    let out = run_forward::<K>(&p, cfg.dims(), &mut bufs)?;
+    let out = run_forward::<K>(&p, dims(sig), &mut bufs)?;
     crate::exec::recycle([bufs.q, bufs.k, bufs.v]);
-    let z = cfg.normalized.then_some(bufs.z);
+    let z = sig.normalized.then_some(bufs.z);
     let state = State::from_vecs(b, h, bufs.s, z)?;
-    Ok((p.from_heads_first(out, cfg.dv), state))
+    Ok((p.from_heads_first(out, sig.dv), state))
 }
 
 /// `step` for any spec, on a [`State`] or a [`DecodeState`] ([`StepState`]): updates `state`
 /// and returns o_t, (B, H, DV) flat. `proj` as for [`forward`].
 #[allow(clippy::too_many_arguments)]
 pub fn step<K, St, Sk, Sv, S2, Sp>(
-    cfg: &Config,
+    sig: &Signature,
     state: &mut St,
     q_t: &Tensor<Sk, f32, Cpu>,
     k_t: &Tensor<Sk, f32, Cpu>,
@@ -162,8 +147,8 @@ where
         g_t,
         proj,
     };
-    state.update(batch, heads, cfg.normalized, |s, z| {
-        step_in_place::<K, _, _, _, _>(cfg, s, z, inputs)
+    state.update(batch, heads, sig.normalized, |s, z| {
+        step_in_place::<K, _, _, _, _>(sig, s, z, inputs)
     })
 }
 
@@ -181,7 +166,7 @@ struct StepInputs<'a, Sk: Shape, Sv: Shape, S2: Shape, Sp: Shape> {
 /// updates in place, and returns o_t. The buffers are lent to the kernel and always given back,
 /// even when an input is refused.
 fn step_in_place<K, Sk, Sv, S2, Sp>(
-    cfg: &Config,
+    sig: &Signature,
     s: &mut Vec<f32>,
     z: &mut Vec<f32>,
     x: StepInputs<'_, Sk, Sv, S2, Sp>,
@@ -196,19 +181,19 @@ where
     let [batch, heads, _] = x.q_t.shape().concrete();
     let p = Problem::step(batch, heads);
     let mut bufs = Buffers {
-        q: p.gather_heads("q_t", x.q_t, cfg.dk)?,
-        k: p.gather_heads("k_t", x.k_t, cfg.dk)?,
-        v: p.gather_heads("v_t", x.v_t, cfg.dv)?,
+        q: p.gather_heads("q_t", x.q_t, sig.dk)?,
+        k: p.gather_heads("k_t", x.k_t, sig.dk)?,
+        v: p.gather_heads("v_t", x.v_t, sig.dv)?,
         beta: x
             .beta_t
             .map_or(Ok(Vec::new()), |t| p.gather_head_scalars("beta_t", t))?,
         g: x.g_t
             .map_or(Ok(Vec::new()), |t| p.gather_head_scalars("g_t", t))?,
-        proj: cfg.projection(x.proj)?,
+        proj: projection(sig, x.proj)?,
         s: std::mem::take(s),
         z: std::mem::take(z),
     };
-    let out = run_step::<K>(&p, cfg.dims(), &mut bufs);
+    let out = run_step::<K>(&p, dims(sig), &mut bufs);
     *s = std::mem::take(&mut bufs.s);
     *z = std::mem::take(&mut bufs.z);
     crate::exec::recycle([bufs.q, bufs.k, bufs.v]);

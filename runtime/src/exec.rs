@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::isa::{Avx2, Avx512, CpuIsa, Isa, Portable};
+use attnc_codegen::abi::Layout;
 use dfdx::shapes::{HasShape, Shape, SliceShape};
 use dfdx::tensor::{Cpu, Tensor};
 use dfdx::tensor_ops::ReshapeTo;
@@ -264,15 +265,6 @@ pub fn finite_check() -> bool {
     finite_check_flag().load(Ordering::Relaxed)
 }
 
-/// The axis order of token tensors.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TokenLayout {
-    /// (B, H, N, D)
-    Bhnd,
-    /// (B, N, H, D)
-    Bnhd,
-}
-
 /// The sizes of one call, taken from `q`, against which every other argument is checked.
 #[derive(Clone, Copy, Debug)]
 pub struct Problem {
@@ -283,16 +275,16 @@ pub struct Problem {
     /// Token count.
     pub tokens: usize,
     /// Axis order of q, k, v, o, beta, g.
-    pub layout: TokenLayout,
+    pub layout: Layout,
 }
 
 impl Problem {
     /// Reads the sizes from `q`'s shape, in the given layout.
-    pub fn from_q(layout: TokenLayout, q_dims: [usize; 4]) -> Result<Problem> {
+    pub fn from_q(layout: Layout, q_dims: [usize; 4]) -> Result<Problem> {
         let [b, x, y, _] = q_dims;
         let (heads, tokens) = match layout {
-            TokenLayout::Bhnd => (x, y),
-            TokenLayout::Bnhd => (y, x),
+            Layout::Bhnd => (x, y),
+            Layout::Bnhd => (y, x),
         };
         if tokens == 0 {
             return Err(Error::EmptySequence);
@@ -311,21 +303,21 @@ impl Problem {
             batch,
             heads,
             tokens: 1,
-            layout: TokenLayout::Bhnd,
+            layout: Layout::Bhnd,
         }
     }
 
     fn axes(&self) -> (&'static str, &'static str) {
         match self.layout {
-            TokenLayout::Bhnd => ("(B, H, N, D)", "(B, H, N)"),
-            TokenLayout::Bnhd => ("(B, N, H, D)", "(B, N, H)"),
+            Layout::Bhnd => ("(B, H, N, D)", "(B, H, N)"),
+            Layout::Bnhd => ("(B, N, H, D)", "(B, N, H)"),
         }
     }
 
     fn bhn(&self) -> [usize; 3] {
         match self.layout {
-            TokenLayout::Bhnd => [self.batch, self.heads, self.tokens],
-            TokenLayout::Bnhd => [self.batch, self.tokens, self.heads],
+            Layout::Bhnd => [self.batch, self.heads, self.tokens],
+            Layout::Bnhd => [self.batch, self.tokens, self.heads],
         }
     }
 
@@ -398,16 +390,16 @@ impl Problem {
     /// (B, N, H, D) -> (B, H, N, D); identity for heads-first layouts.
     fn heads_first(&self, data: Vec<f32>, d: usize) -> Vec<f32> {
         match self.layout {
-            TokenLayout::Bhnd => data,
-            TokenLayout::Bnhd => permute_middle(&data, self.batch, self.tokens, self.heads, d),
+            Layout::Bhnd => data,
+            Layout::Bnhd => permute_middle(&data, self.batch, self.tokens, self.heads, d),
         }
     }
 
     /// (B, H, N, D) -> the problem's layout, for outputs.
     pub fn from_heads_first(&self, data: Vec<f32>, d: usize) -> Vec<f32> {
         match self.layout {
-            TokenLayout::Bhnd => data,
-            TokenLayout::Bnhd => permute_middle(&data, self.batch, self.heads, self.tokens, d),
+            Layout::Bhnd => data,
+            Layout::Bnhd => permute_middle(&data, self.batch, self.heads, self.tokens, d),
         }
     }
 }

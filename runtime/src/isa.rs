@@ -2,7 +2,8 @@
 //! runtime instantiates each under `#[target_feature]` and picks one per process, once.
 
 use crate::error::{Error, Result};
-use crate::tile::{Tile, Tri};
+use crate::tile::Tile;
+use attnc_codegen::abi::Tri;
 use std::sync::OnceLock;
 
 /// The instruction-set variants kernels are compiled for.
@@ -286,7 +287,8 @@ impl Isa for Portable {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Avx2, Avx512, Isa};
-    use crate::tile::{Tile, Tri};
+    use crate::tile::Tile;
+    use attnc_codegen::abi::Tri;
     use std::arch::x86_64::*;
 
     outlined_gemm!(Avx2, gemm_avx2, #[target_feature(enable = "avx2,fma")]);
@@ -467,7 +469,8 @@ mod x86 {
 #[cfg(not(target_arch = "x86_64"))]
 mod other {
     use super::{Avx2, Avx512, Isa, Portable};
-    use crate::tile::{Tile, Tri};
+    use crate::tile::Tile;
+    use attnc_codegen::abi::Tri;
     // Never constructed off x86-64 (`detect` returns None); delegate to the portable code.
     macro_rules! delegate {
         ($t:ty) => {

@@ -9,6 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::isa::Isa;
+use attnc_codegen::abi::Tri;
 
 /// A row-major tile of `R` rows and `C` columns.
 pub type Tile<const R: usize, const C: usize> = [[f32; C]; R];
@@ -274,18 +275,6 @@ pub(crate) fn transpose_elements<const R: usize, const C: usize>(
             dst[k][t] = *x;
         }
     }
-}
-
-/// Which part of a product is computed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tri {
-    /// The whole product.
-    Full,
-    /// Only the lower triangle (with diagonal) of the output; the rest is set to zero
-    /// (causal scores: token t sees s <= t).
-    LowerOut,
-    /// `a` is lower triangular: row t only reads `a[t][..=t]` (causal scores times values).
-    LowerA,
 }
 
 /// `c[..rows] (= or +=) a[..rows, ..depth] · b[..depth]` (see `gemm_kernel`). One call: the

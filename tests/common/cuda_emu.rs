@@ -43,11 +43,11 @@ pub struct EmuOutputs {
 
 const SHIM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cuda_emu/attnc_emu.h");
 const HARNESS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cuda_emu/harness.cpp");
-/// Parameter indices (runtime/src/launch.rs's order) the harness writes back.
+/// Parameter indices (`attnc_codegen::abi`'s order) the harness writes back.
 const OUT: u32 = 6;
 const S: u32 = 7;
 const Z: u32 = 8;
-/// Pointer parameters of every kernel (runtime/src/launch.rs).
+/// Pointer parameters of every kernel (`attnc_codegen::abi`).
 const BUFFERS: usize = 13;
 /// The compiler's flags before the sources (then `-x c++ SRC -x c++ HARNESS -ldl -o BIN`).
 const FLAGS: [&str; 6] = [
@@ -192,23 +192,31 @@ fn check_inputs(launch: &CudaLaunch, bh: usize, n: usize, x: &EmuInputs) -> Resu
             Err(format!("{name} has {got} floats, expected {want}"))
         }
     };
-    want("q", x.q.len(), bh * n * launch.dk)?;
-    want("k", x.k.len(), bh * n * launch.dk)?;
-    want("v", x.v.len(), bh * n * launch.dv)?;
-    if launch.uses_beta {
+    want("q", x.q.len(), bh * n * launch.signature.dk)?;
+    want("k", x.k.len(), bh * n * launch.signature.dk)?;
+    want("v", x.v.len(), bh * n * launch.signature.dv)?;
+    if launch.signature.uses_beta {
         want("beta", x.beta.len(), bh * n)?;
     }
-    if launch.uses_gates {
+    if launch.signature.uses_gates {
         want("g", x.g.len(), bh * n)?;
     }
-    if launch.uses_projection {
-        want("proj", x.proj.len(), launch.f * launch.dk)?;
+    if launch.signature.uses_projection {
+        want(
+            "proj",
+            x.proj.len(),
+            launch.signature.f * launch.signature.dk,
+        )?;
     }
     if !x.s.is_empty() {
-        want("s", x.s.len(), bh * launch.f * launch.dv)?;
+        want(
+            "s",
+            x.s.len(),
+            bh * launch.signature.f * launch.signature.dv,
+        )?;
     }
-    if launch.normalized || !x.z.is_empty() {
-        want("z", x.z.len(), bh * launch.f)?;
+    if launch.signature.normalized || !x.z.is_empty() {
+        want("z", x.z.len(), bh * launch.signature.f)?;
     }
     Ok(())
 }

@@ -69,24 +69,24 @@ fn check_spec(
     proj: Option<[usize; 2]>,
     kernels: &[KernelInfo],
 ) -> Result<()> {
-    if f_dv != (launch.f, launch.dv) {
+    if f_dv != (launch.signature.f, launch.signature.dv) {
         return Err(Error::Internal(
             "the state's F and DV disagree with the spec's launch description",
         ));
     }
-    if launch.uses_beta && !beta {
+    if launch.signature.uses_beta && !beta {
         return Err(Error::Internal("the spec reads beta but none was passed"));
     }
-    if launch.uses_gates && !g {
+    if launch.signature.uses_gates && !g {
         return Err(Error::Internal("the spec reads g but none was passed"));
     }
     match proj {
-        None if launch.uses_projection => {
+        None if launch.signature.uses_projection => {
             return Err(Error::Internal(
                 "the spec reads a projection but none was passed",
             ));
         }
-        Some(dims) if dims != [launch.f, launch.dk] => {
+        Some(dims) if dims != [launch.signature.f, launch.signature.dk] => {
             return Err(Error::Internal(
                 "the projection's shape disagrees with the spec's FEATURE_DIM x HEAD_DIM",
             ));
@@ -108,20 +108,20 @@ pub(crate) fn check_forward(launch: &CudaLaunch, x: &ForwardShapes) -> Result<Pr
         x.f_dv,
         (x.beta.is_some(), x.g.is_some()),
         x.proj,
-        launch.forward,
+        &launch.forward,
     )?;
-    let p = Problem::from_q(launch.layout, x.q)?;
+    let p = Problem::from_q(launch.signature.layout, x.q)?;
     if x.out_bh != (p.batch, p.heads) {
         return Err(Error::Internal(
             "the batch and head dims passed for the state disagree with q",
         ));
     }
     if let Some((bh, z)) = x.state {
-        check_state((p.batch, p.heads, launch.normalized), bh, z)?;
+        check_state((p.batch, p.heads, launch.signature.normalized), bh, z)?;
     }
-    p.check_tokens("q", x.q, launch.dk)?;
-    p.check_tokens("k", x.k, launch.dk)?;
-    p.check_tokens("v", x.v, launch.dv)?;
+    p.check_tokens("q", x.q, launch.signature.dk)?;
+    p.check_tokens("k", x.k, launch.signature.dk)?;
+    p.check_tokens("v", x.v, launch.signature.dv)?;
     if let Some(beta) = x.beta {
         p.check_scalars("beta", beta)?;
     }
@@ -151,14 +151,18 @@ pub(crate) fn check_step(launch: &CudaLaunch, x: &StepShapes) -> Result<Problem>
         x.f_dv,
         (x.beta.is_some(), x.g.is_some()),
         x.proj,
-        launch.step,
+        &launch.step,
     )?;
     let [batch, heads, _] = x.q;
     let p = Problem::step(batch, heads);
-    check_state((batch, heads, launch.normalized), x.state.0, x.state.1)?;
-    p.check_heads("q_t", x.q, launch.dk)?;
-    p.check_heads("k_t", x.k, launch.dk)?;
-    p.check_heads("v_t", x.v, launch.dv)?;
+    check_state(
+        (batch, heads, launch.signature.normalized),
+        x.state.0,
+        x.state.1,
+    )?;
+    p.check_heads("q_t", x.q, launch.signature.dk)?;
+    p.check_heads("k_t", x.k, launch.signature.dk)?;
+    p.check_heads("v_t", x.v, launch.signature.dv)?;
     if let Some(beta) = x.beta {
         p.check_head_scalars("beta_t", beta)?;
     }
@@ -271,7 +275,7 @@ where
         ),
         None => (
             ctx.zeros(bh * F * DV)?,
-            match launch.normalized {
+            match launch.signature.normalized {
                 true => Some(ctx.zeros(bh * F)?),
                 false => None,
             },
@@ -279,12 +283,12 @@ where
     };
     let mut out = ctx.zeros(v.len())?;
     let [mut chunk_s, mut chunk_z, mut work, mut scratch] =
-        workspaces(dev, launch, launch.forward, bh, n)?;
+        workspaces(dev, launch, &launch.forward, bh, n)?;
     ctx.run(
         dev,
         source,
         launch,
-        launch.forward,
+        &launch.forward,
         (bh, n, p.heads),
         Params {
             q: q.buf(),
@@ -369,12 +373,12 @@ where
     };
     let mut out = ctx.zeros(v_t.len())?;
     let [mut chunk_s, mut chunk_z, mut work, mut scratch] =
-        workspaces(dev, launch, launch.step, bh, 1)?;
+        workspaces(dev, launch, &launch.step, bh, 1)?;
     ctx.run(
         dev,
         source,
         launch,
-        launch.step,
+        &launch.step,
         (bh, 1, p.heads),
         Params {
             q: q_t.buf(),

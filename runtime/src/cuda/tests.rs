@@ -8,12 +8,13 @@
 use super::api::{check_forward, check_step, ForwardShapes, StepShapes};
 use super::cache::{cache_dir_from, cached, compile_in, key};
 use super::*;
-use crate::exec::TokenLayout;
 use crate::launch::{CudaLaunch, Grid, KernelInfo};
 use crate::Device;
+use attnc_codegen::abi::{Layout, Signature};
 use dfdx::shapes::Rank3;
 use dfdx::tensor::{AsArray, Cpu, TensorFrom};
 use dfdx::tensor_ops::{BroadcastTo, PermuteTo};
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -517,24 +518,26 @@ const KERNELS: &[KernelInfo] = &[KernelInfo {
     name: "attnc_chunk",
     grid: Grid::Chunks,
     smem_bytes: 0,
+    scratch_floats: 0,
 }];
 
-const fn launch(layout: TokenLayout, normalized: bool, uses_beta: bool) -> CudaLaunch {
+const fn launch(layout: Layout, normalized: bool, uses_beta: bool) -> CudaLaunch {
     CudaLaunch {
+        signature: Signature {
+            layout,
+            chunk: 16,
+            dk: 8,
+            dv: 4,
+            f: 8,
+            normalized,
+            uses_beta,
+            uses_gates: false,
+            uses_projection: false,
+        },
         threads: 128,
-        chunk: 16,
-        dk: 8,
-        dv: 4,
-        f: 8,
-        normalized,
-        uses_beta,
-        uses_gates: false,
-        uses_projection: false,
-        layout,
-        forward: KERNELS,
-        step: KERNELS,
+        forward: Cow::Borrowed(KERNELS),
+        step: Cow::Borrowed(KERNELS),
         work_per_chunk: 0,
-        scratch_per_block: 0,
         chunk_states: false,
     }
 }
@@ -555,7 +558,7 @@ fn forward_shapes(b: usize, h: usize, n: usize) -> ForwardShapes {
 
 #[test]
 fn forward_checks_match_the_cpu_errors() {
-    let l = launch(TokenLayout::Bhnd, false, false);
+    let l = launch(Layout::Bhnd, false, false);
     let p = check_forward(&l, &forward_shapes(2, 3, 5)).unwrap();
     assert_eq!((p.batch, p.heads, p.tokens), (2, 3, 5));
 
@@ -605,7 +608,7 @@ fn forward_checks_match_the_cpu_errors() {
         check_forward(&l, &x),
         Err(Error::StateNormalizer(m)) if m.contains("no normaliser")
     ));
-    let normalized = launch(TokenLayout::Bhnd, true, false);
+    let normalized = launch(Layout::Bhnd, true, false);
     x.state = Some(((2, 3), None));
     assert!(matches!(
         check_forward(&normalized, &x),
@@ -622,11 +625,11 @@ fn forward_checks_match_the_cpu_errors() {
 
 #[test]
 fn forward_checks_follow_the_layout_and_scalars() {
-    let l = launch(TokenLayout::Bnhd, false, true);
+    let l = launch(Layout::Bnhd, false, true);
     let mut x = forward_shapes(2, 5, 3); // (B, N, H, D): N = 5, H = 3
     x.beta = Some([2, 5, 3]);
     let p = check_forward(
-        &CudaLaunch { ..l },
+        &l,
         &ForwardShapes {
             out_bh: (2, 3),
             ..x
@@ -652,15 +655,13 @@ fn forward_checks_follow_the_layout_and_scalars() {
     let mut x = forward_shapes(2, 3, 5);
     x.f_dv = (8, 8);
     assert!(matches!(
-        check_forward(&launch(TokenLayout::Bhnd, false, false), &x),
+        check_forward(&launch(Layout::Bhnd, false, false), &x),
         Err(Error::Internal(_))
     ));
 
     // FAVOR+'s projection: required by specs that read it, with their (F, DK) shape.
-    let favor = CudaLaunch {
-        uses_projection: true,
-        ..launch(TokenLayout::Bhnd, false, false)
-    };
+    let mut favor = launch(Layout::Bhnd, false, false);
+    favor.signature.uses_projection = true;
     let mut x = forward_shapes(2, 3, 5);
     assert!(matches!(
         check_forward(&favor, &x),
@@ -677,7 +678,7 @@ fn forward_checks_follow_the_layout_and_scalars() {
 
 #[test]
 fn step_checks_match_the_cpu_errors() {
-    let l = launch(TokenLayout::Bnhd, true, false);
+    let l = launch(Layout::Bnhd, true, false);
     let ok = StepShapes {
         q: [2, 3, 8],
         k: [2, 3, 8],
@@ -735,18 +736,22 @@ fn step_checks_match_the_cpu_errors() {
         ),
         Err(Error::StateMismatch { got_batch: 1, .. })
     ));
-    let no_step = CudaLaunch { step: &[], ..l };
+    let no_step = CudaLaunch {
+        step: Cow::Borrowed(&[]),
+        ..l
+    };
     assert!(matches!(check_step(&no_step, &ok), Err(Error::Internal(_))));
 }
 
 #[cfg(feature = "cuda")]
 #[test]
 fn grids_respect_cuda_limits() {
-    let l = launch(TokenLayout::Bhnd, false, false);
+    let l = launch(Layout::Bhnd, false, false);
     let heads_grid = KernelInfo {
         name: "h",
         grid: Grid::Heads,
         smem_bytes: 0,
+        scratch_floats: 0,
     };
     assert_eq!(backend::grid(&l, &KERNELS[0], 6, 33).unwrap(), (3, 6, 1));
     assert_eq!(
@@ -840,29 +845,32 @@ const TEST_FORWARD: &[KernelInfo] = &[
         name: "attnc_test_heads",
         grid: Grid::Heads,
         smem_bytes: 0,
+        scratch_floats: 1,
     },
     KernelInfo {
         name: "attnc_test_chunks",
         grid: Grid::Chunks,
         smem_bytes: 64 * 1024,
+        scratch_floats: 1,
     },
 ];
 
 const TEST_LAUNCH: CudaLaunch = CudaLaunch {
+    signature: Signature {
+        layout: Layout::Bhnd,
+        chunk: 4,
+        dk: 2,
+        dv: 3,
+        f: 2,
+        normalized: true,
+        uses_beta: true,
+        uses_gates: true,
+        uses_projection: true,
+    },
     threads: 64,
-    chunk: 4,
-    dk: 2,
-    dv: 3,
-    f: 2,
-    normalized: true,
-    uses_beta: true,
-    uses_gates: true,
-    uses_projection: true,
-    layout: TokenLayout::Bhnd,
-    forward: TEST_FORWARD,
-    step: TEST_FORWARD.split_at(1).0,
+    forward: Cow::Borrowed(TEST_FORWARD),
+    step: Cow::Borrowed(TEST_FORWARD.split_at(1).0),
     work_per_chunk: 1,
-    scratch_per_block: 1,
     chunk_states: true,
 };
 
