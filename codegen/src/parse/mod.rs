@@ -77,7 +77,9 @@ pub fn parse_spec(attr: TokenStream) -> syn::Result<ParsedSpec> {
 
 /// Parses a spec from text, e.g. `"head_dim = 64, update = gated"` (for tests and tools).
 pub fn parse_spec_str(text: &str) -> syn::Result<ParsedSpec> {
-    let tokens: TokenStream = syn::parse_str(text)?;
+    // Lexed directly rather than through `syn::parse_str`, whose token buffer recurses once per
+    // bracket level before `parse_spec` can bound the depth (same errors: `LexError` converts).
+    let tokens: TokenStream = text.parse()?;
     parse_spec(tokens)
 }
 
