@@ -137,7 +137,7 @@ fn check_size(key: &syn::Ident, value: &TokenStream) -> syn::Result<()> {
 /// recurses) is abbreviated to its brackets.
 fn shown(t: &TokenTree) -> String {
     match t {
-        TokenTree::Group(g) if !size(&g.stream(), 0).is_some_and(|n| n <= MAX_TOKENS) => {
+        TokenTree::Group(g) if size(&g.stream(), 0).is_none_or(|n| n > MAX_TOKENS) => {
             match g.delimiter() {
                 Delimiter::Parenthesis => "(..)",
                 Delimiter::Brace => "{..}",
