@@ -27,7 +27,7 @@ fn compile_all(spec: &Spec) {
 }
 
 /// Cases per property (the CI budget); `PROPTEST_CASES` overrides it.
-const CASES: u32 = 256;
+const CASES: u32 = 1024;
 
 fn config() -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES")
@@ -451,6 +451,11 @@ fn extreme_literals() {
         "head_dim = 64, feature_map = |x| x * 1e39",
         "head_dim = 64, feature_map = |x| x * 1e-46",
         "head_dim = 64, feature_map = |x| x.powi(99999999999)",
+        // The largest valid feature dimensions.
+        "head_dim = 256, value_dim = 256, feature_map = taylor2, update = gated_delta",
+        "head_dim = 256, value_dim = 256, feature_map = dpfp(nu = 16), chunk = 256",
+        "head_dim = 256, value_dim = 256, feature_map = favor(features = 4096), layout = bnhd",
+        "head_dim = 8, value_dim = 8, feature_map = softmax, chunk = 16, mask = none",
     ] {
         assert_robust(text);
     }
