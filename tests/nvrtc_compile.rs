@@ -13,6 +13,10 @@ use attnc_codegen::plan::Plan;
 use proc_macro2::{TokenStream, TokenTree};
 use std::path::Path;
 
+/// Random valid specs, shared with `codegen/tests/fuzz.rs`.
+#[path = "../codegen/tests/support/valid_spec.rs"]
+mod valid_spec;
+
 /// The spec attributes declared in one Rust file: `#[attention(..)]` with literal contents, and
 /// `*_spec!(name, [extra = [..],] attrs)` calls, with the fixed prefix the file's macro puts in
 /// front of `$($attr)*` (e.g. `feature_map = softmax,`).
@@ -255,4 +259,31 @@ fn cuda_source_constant_is_the_emitters_output() {
     assert_eq!(Gdn::CUDA_SOURCE, emitted.source);
     assert_eq!(Gdn::CUDA_LAUNCH.forward.len(), 3);
     assert_eq!(Gdn::CUDA_LAUNCH, emitted.launch);
+}
+
+/// A fixed sample of random valid specs (the fuzz suite's generator, seeded) compiles for sm_80:
+/// combinations the hand-written matrix above does not list.
+#[test]
+fn random_valid_specs_compile() {
+    if !nvrtc_or_skip("nvrtc_compile random specs") {
+        return;
+    }
+    // Seed 4's twelve specs include a closure, softmax, favor, dpfp, taylor2, every update,
+    // `mask = none`, `normalize = sum`, both layouts and explicit scales.
+    let mut rng = valid_spec::SplitMix(4);
+    let mut failures = Vec::new();
+    for _ in 0..12 {
+        let attr = valid_spec::valid_spec(&mut |n| rng.below(n));
+        println!("nvrtc: random spec #[attention({attr})]");
+        let spec = parse_spec_str(&attr)
+            .unwrap_or_else(|e| panic!("generated spec `{attr}` must parse: {e}"))
+            .spec;
+        let plan = Plan::new(&spec);
+        let bnhd = spec.layout == attnc::spec::Layout::Bnhd;
+        let source = attnc_codegen::cuda::emit(&plan, bnhd, &spec.to_string()).source;
+        if let Err(e) = attnc::cuda::compile_ptx_uncached(&source, "sm_80") {
+            failures.push(format!("#[attention({attr})]: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

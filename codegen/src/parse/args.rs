@@ -102,8 +102,64 @@ pub(super) fn parse_arg(segment: Vec<TokenTree>) -> Result<Arg, ArgError> {
             format!("`{name} =` needs a value: write `{name} = <value>`"),
         )));
     }
+    check_size(&key, &rest).map_err(fail)?;
     let value: syn::Expr = syn::parse2(rest).map_err(fail)?;
     Ok(Arg { key, which, value })
+}
+
+/// How deep brackets may nest in a value. syn, the closure lowering, the planner and both
+/// emitters recurse on the expression; past this a deep value could overflow the compiler's
+/// stack, which aborts it without a message (syn overflows near 1000 on a 2 MiB stack).
+pub(super) const MAX_NESTING: usize = 256;
+
+/// How many tokens a value may have: a long flat chain (`x + x + ..`) nests as deeply in the
+/// parsed expression as brackets do in the tokens.
+const MAX_TOKENS: usize = 4096;
+
+/// Rejects values too deep or too long to parse safely, before syn sees them.
+fn check_size(key: &syn::Ident, value: &TokenStream) -> syn::Result<()> {
+    let first = value.clone().into_iter().next();
+    let span = first.map_or_else(Span::call_site, |t| t.span());
+    match size(value, 0) {
+        Some(n) if n <= MAX_TOKENS => Ok(()),
+        Some(_) => Err(at(
+            span,
+            format!("the value of `{key}` is too long: at most {MAX_TOKENS} tokens"),
+        )),
+        None => Err(at(
+            span,
+            format!("the value of `{key}` nests too deeply: at most {MAX_NESTING} brackets"),
+        )),
+    }
+}
+
+/// A token as quoted in a message: as written, but a group too deep or long to print (printing
+/// recurses) is abbreviated to its brackets.
+fn shown(t: &TokenTree) -> String {
+    match t {
+        TokenTree::Group(g) if size(&g.stream(), 0).is_none_or(|n| n > MAX_TOKENS) => {
+            match g.delimiter() {
+                Delimiter::Parenthesis => "(..)",
+                Delimiter::Brace => "{..}",
+                Delimiter::Bracket => "[..]",
+                Delimiter::None => "..",
+            }
+            .to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The number of tokens in `tokens` (groups counted with their contents), or `None` if its
+/// brackets nest deeper than [`MAX_NESTING`] below `depth`.
+fn size(tokens: &TokenStream, depth: usize) -> Option<usize> {
+    if depth > MAX_NESTING {
+        return None;
+    }
+    tokens.clone().into_iter().try_fold(0, |n, t| match t {
+        TokenTree::Group(g) => Some(n + 1 + size(&g.stream(), depth + 1)?),
+        _ => Some(n + 1),
+    })
 }
 
 /// The argument's first token, which must be a key.
@@ -113,8 +169,9 @@ fn key_ident(first: Option<TokenTree>) -> syn::Result<syn::Ident> {
         Some(other) => Err(at(
             other.span(),
             format!(
-                "expected a key such as `head_dim`, found `{other}`: the spec is a list of \
-                 `key = value` pairs"
+                "expected a key such as `head_dim`, found `{}`: the spec is a list of \
+                 `key = value` pairs",
+                shown(&other)
             ),
         )),
         None => Err(at(Span::call_site(), "expected `key = value`")),
@@ -145,8 +202,9 @@ fn eq_sign(
         Some(other) => Err(at(
             other.span(),
             format!(
-                "expected `=` after `{key}`, found `{other}`: every spec entry is a \
-                 `key = value` pair"
+                "expected `=` after `{key}`, found `{}`: every spec entry is a \
+                 `key = value` pair",
+                shown(&other)
             ),
         )),
     }

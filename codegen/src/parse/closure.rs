@@ -1,10 +1,11 @@
 //! Feature-map closures `|x| expr`, lowered to the small [`Expr`] tree every backend can emit.
 //! Anything outside that grammar is an error at the offending token.
 
+use super::args::MAX_NESTING;
 use super::keys::peel;
 use super::{at, on};
 use crate::spec::*;
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
 use quote::ToTokens;
 
 /// What a closure body may contain, for error messages.
@@ -25,7 +26,12 @@ pub(super) fn parse_closure(c: &syn::ExprClosure) -> syn::Result<Closure> {
         }
     }
     let param = param_name(input)?;
-    let body = lower_expr(&c.body, &param)?;
+    let scope = Scope {
+        param: &param,
+        depth: 0,
+        start: c.or1_token.span,
+    };
+    let body = lower_expr(&c.body, scope)?;
     Ok(Closure { param, body })
 }
 
@@ -135,13 +141,55 @@ fn closure_literal(l: &syn::ExprLit) -> syn::Result<Expr> {
     }
 }
 
-/// Lowers one expression of the closure body, whose parameter is named `param`.
-fn lower_expr(e: &syn::Expr, param: &str) -> syn::Result<Expr> {
-    let sub = |e: &syn::Expr| lower_expr(e, param).map(Box::new);
+/// Where the lowering is: the closure's parameter and how many operations deep.
+#[derive(Clone, Copy)]
+struct Scope<'a> {
+    param: &'a str,
+    depth: usize,
+    /// The closure's first `|`, where a too-deep body is reported: the span of a deep
+    /// sub-expression would cost a walk as deep as the one being cut short.
+    start: Span,
+}
+
+/// How many operations deep a closure may nest. The planner, both emitters and `Display`
+/// recurse on the tree, and `Display` writes up to two brackets per level, which must stay
+/// within the parser's own bracket limit so a printed spec parses back.
+const MAX_DEPTH: usize = MAX_NESTING / 2;
+
+impl Scope<'_> {
+    /// The scope one operation further in, or an error past [`MAX_DEPTH`].
+    fn deeper(self) -> syn::Result<Self> {
+        if self.depth >= MAX_DEPTH {
+            return Err(at(
+                self.start,
+                format!(
+                    "this closure nests more than {MAX_DEPTH} operations deep; write it with fewer"
+                ),
+            ));
+        }
+        Ok(Scope {
+            depth: self.depth + 1,
+            ..self
+        })
+    }
+}
+
+/// Lowers one expression of the closure body. Brackets and blocks are transparent; every
+/// other node is one level deeper.
+fn lower_expr(e: &syn::Expr, s: Scope<'_>) -> syn::Result<Expr> {
     match e {
-        syn::Expr::Paren(p) => lower_expr(&p.expr, param),
-        syn::Expr::Group(g) => lower_expr(&g.expr, param),
-        syn::Expr::Path(p) => lower_path(e, p, param),
+        syn::Expr::Paren(p) => lower_expr(&p.expr, s),
+        syn::Expr::Group(g) => lower_expr(&g.expr, s),
+        syn::Expr::Block(b) if b.label.is_none() && b.attrs.is_empty() => lower_block(&b.block, s),
+        _ => lower_node(e, s.deeper()?),
+    }
+}
+
+/// Lowers one operation (or leaf) of the closure body.
+fn lower_node(e: &syn::Expr, s: Scope<'_>) -> syn::Result<Expr> {
+    let sub = |e: &syn::Expr| lower_expr(e, s).map(Box::new);
+    match e {
+        syn::Expr::Path(p) => lower_path(e, p, s.param),
         syn::Expr::Lit(l) => closure_literal(l),
         syn::Expr::Unary(u) => match u.op {
             syn::UnOp::Neg(_) => Ok(Expr::Neg(sub(&u.expr)?)),
@@ -155,11 +203,8 @@ fn lower_expr(e: &syn::Expr, param: &str) -> syn::Result<Expr> {
             sub(&b.left)?,
             sub(&b.right)?,
         )),
-        syn::Expr::MethodCall(m) => lower_method(m, param),
-        syn::Expr::If(i) => lower_if(i, param),
-        syn::Expr::Block(b) if b.label.is_none() && b.attrs.is_empty() => {
-            lower_block(&b.block, param)
-        }
+        syn::Expr::MethodCall(m) => lower_method(m, s),
+        syn::Expr::If(i) => lower_if(i, s),
         _ => Err(not_allowed(e)),
     }
 }
@@ -238,11 +283,11 @@ fn not_allowed(e: &syn::Expr) -> syn::Error {
 
 /// `x.exp()` and the other one-argument methods, `x.max(y)` and the other two-argument ones,
 /// and `x.powi(n)` with an integer literal `n`.
-fn lower_method(m: &syn::ExprMethodCall, param: &str) -> syn::Result<Expr> {
+fn lower_method(m: &syn::ExprMethodCall, s: Scope<'_>) -> syn::Result<Expr> {
     if let Some(t) = &m.turbofish {
         return Err(on(t, "no type arguments are allowed here"));
     }
-    let recv = Box::new(lower_expr(&m.receiver, param)?);
+    let recv = Box::new(lower_expr(&m.receiver, s)?);
     let name = m.method.to_string();
     let args: Vec<&syn::Expr> = m.args.iter().collect();
     if let Some(f) = UnaryFn::from_keyword(&name) {
@@ -257,7 +302,7 @@ fn lower_method(m: &syn::ExprMethodCall, param: &str) -> syn::Result<Expr> {
     if let Some(f) = BinaryFn::from_keyword(&name) {
         let example = if f == BinaryFn::Powf { "1.5" } else { "0.0" };
         return match args.as_slice() {
-            [a] => Ok(Expr::Binary2(f, recv, Box::new(lower_expr(a, param)?))),
+            [a] => Ok(Expr::Binary2(f, recv, Box::new(lower_expr(a, s)?))),
             _ => Err(on(
                 &m.method,
                 format!("`{name}` takes one argument, e.g. `x.{name}({example})`"),
@@ -329,22 +374,22 @@ fn unparen(e: &syn::Expr) -> &syn::Expr {
     }
 }
 
-fn lower_if(i: &syn::ExprIf, param: &str) -> syn::Result<Expr> {
+fn lower_if(i: &syn::ExprIf, s: Scope<'_>) -> syn::Result<Expr> {
     const ONE_COMPARISON: &str = "the condition must be one comparison (`<`, `<=`, `>`, `>=`, \
         `==` or `!=`) of two expressions, e.g. `x > 0.0`";
     let cond = match unparen(&i.cond) {
         syn::Expr::Binary(b) => match cmp_op(&b.op) {
             Some(op) => Cond {
                 op,
-                lhs: lower_expr(&b.left, param)?,
-                rhs: lower_expr(&b.right, param)?,
+                lhs: lower_expr(&b.left, s)?,
+                rhs: lower_expr(&b.right, s)?,
             },
             None => return Err(on(b.op, ONE_COMPARISON)),
         },
         syn::Expr::Let(l) => return Err(on(l.let_token, ONE_COMPARISON)),
         other => return Err(on(other, ONE_COMPARISON)),
     };
-    let then = lower_block(&i.then_branch, param)?;
+    let then = lower_block(&i.then_branch, s)?;
     let Some((_, otherwise)) = &i.else_branch else {
         return Err(at(
             i.if_token.span,
@@ -354,13 +399,13 @@ fn lower_if(i: &syn::ExprIf, param: &str) -> syn::Result<Expr> {
     Ok(Expr::If {
         cond: Box::new(cond),
         then: Box::new(then),
-        otherwise: Box::new(lower_expr(otherwise, param)?),
+        otherwise: Box::new(lower_expr(otherwise, s)?),
     })
 }
 
-fn lower_block(b: &syn::Block, param: &str) -> syn::Result<Expr> {
+fn lower_block(b: &syn::Block, s: Scope<'_>) -> syn::Result<Expr> {
     match b.stmts.as_slice() {
-        [syn::Stmt::Expr(e, None)] => lower_expr(e, param),
+        [syn::Stmt::Expr(e, None)] => lower_expr(e, s),
         _ => Err(at(
             b.brace_token.span.join(),
             "a block here holds exactly one expression, with no `let` or `;`",

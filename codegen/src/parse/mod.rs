@@ -26,6 +26,9 @@
 //! - `scale` accepts a float or integer literal (finite, > 0) or `auto`.
 //! - In closures, integer literals are read as floats (`x * 2` means `x * 2.0`); a literal may
 //!   carry no suffix or `f32`.
+//! - A value nests brackets at most 256 deep and has at most 4096 tokens, and a closure nests at
+//!   most 128 operations deep: syn, the planner, the emitters and `Display` recurse on the
+//!   expression, and deeper input would overflow the compiler's stack (an abort, no message).
 
 mod args;
 mod closure;
@@ -77,7 +80,9 @@ pub fn parse_spec(attr: TokenStream) -> syn::Result<ParsedSpec> {
 
 /// Parses a spec from text, e.g. `"head_dim = 64, update = gated"` (for tests and tools).
 pub fn parse_spec_str(text: &str) -> syn::Result<ParsedSpec> {
-    let tokens: TokenStream = syn::parse_str(text)?;
+    // Lexed directly rather than through `syn::parse_str`, whose token buffer recurses once per
+    // bracket level before `parse_spec` can bound the depth (same errors: `LexError` converts).
+    let tokens: TokenStream = text.parse()?;
     parse_spec(tokens)
 }
 
