@@ -1,7 +1,7 @@
 //! The CPU emitter: lowers a [`Plan`] to Rust. Each tile op becomes one call of a primitive in
-//! `attnc_runtime::tile`, on statically shaped tiles, inside a loop over chunks. The result is an
-//! `impl Kernel` whose two programs are generic over the ISA marker, so the runtime compiles each
-//! under `#[target_feature]` and picks one at run time.
+//! `attnc_runtime::cpu::tile`, on statically shaped tiles, inside a loop over chunks. The result
+//! is an `impl Kernel` whose two programs are generic over the ISA marker, so the runtime
+//! compiles each under `#[target_feature]` and picks one at run time.
 
 use crate::abi;
 use crate::plan::{Input, Op, Plan, Tile, Tiled, Tri};
@@ -528,7 +528,7 @@ fn emit_op(plan: &Plan, op: &Op) -> TokenStream {
                 Tri::LowerA => abi::Tri::LowerA,
             };
             let (a, b, d) = (by_ref(*a), by_ref(*b), by_mut(*dst));
-            quote! { tile::gemm(isa, #a, #b, #d, #rows, #depth, #tri, #accumulate); }
+            quote! { tile::gemm(isa, #a, #b, #d, tile::Product { rows: #rows, depth: #depth, tri: #tri, accumulate: #accumulate }); }
         }
         Op::RowSums { dst, src } => {
             let (s, d) = (by_ref(*src), by_mut(*dst));
