@@ -27,11 +27,10 @@
 
 pub use attnc_codegen::spec::{self, Spec};
 pub use attnc_dsl::attention;
+pub use attnc_runtime::cuda::launch::{CudaLaunch, Grid, KernelInfo};
 pub use attnc_runtime::cuda::{CudaDevice, CudaState, CudaTensor};
-pub use attnc_runtime::exec::Schedule;
-pub use attnc_runtime::launch::{CudaLaunch, Grid, KernelInfo};
 pub use attnc_runtime::{
-    finite_check, set_finite_check, CpuIsa, DecodeState, Device, Error, State,
+    finite_check, set_finite_check, CpuIsa, DecodeState, Device, Error, Schedule, State,
 };
 
 /// The CUDA side of the runtime: NVRTC compilation with its on-disk PTX cache, and whether a
@@ -96,10 +95,9 @@ pub mod prelude {
 pub mod __private {
     pub use attnc_codegen::abi::{CudaLaunch, Grid, KernelInfo, Layout, Signature, Tri};
     pub use attnc_runtime::api::{forward, output_tensor, step};
+    pub use attnc_runtime::cpu::tile;
+    pub use attnc_runtime::cpu::{Isa, Kernel, Phase, PhaseTask, Task};
     pub use attnc_runtime::cuda::{forward_cuda, step_cuda, CudaTensor};
-    pub use attnc_runtime::exec::{Kernel, Phase, PhaseTask, Task};
-    pub use attnc_runtime::isa::Isa;
-    pub use attnc_runtime::tile;
     pub use attnc_runtime::{Error, Result};
     pub use dfdx::shapes::{Const, Dim, HasShape};
     pub use dfdx::tensor::{Cpu, Tensor};

@@ -279,8 +279,10 @@ fn random_valid_specs_compile() {
             .unwrap_or_else(|e| panic!("generated spec `{attr}` must parse: {e}"))
             .spec;
         let plan = Plan::new(&spec);
-        let bnhd = spec.layout == attnc::spec::Layout::Bnhd;
-        let source = attnc_codegen::cuda::emit(&plan, bnhd, &spec.to_string()).source;
+        if let Err(errors) = plan.validate() {
+            panic!("the plan of `{attr}` is invalid: {errors:?}");
+        }
+        let source = attnc_codegen::cuda::emit(&plan, &spec.to_string()).source;
         if let Err(e) = attnc::cuda::compile_ptx_uncached(&source, "sm_80") {
             failures.push(format!("#[attention({attr})]: {e}"));
         }

@@ -1,5 +1,5 @@
 //! The CPU printer: spells a plan's resolved CPU programs as Rust. Each op becomes one call of a
-//! primitive in `attnc_runtime::tile`, on statically shaped tiles, inside a loop over chunks.
+//! primitive in `attnc_runtime::cpu::tile`, on statically shaped tiles, inside a loop over chunks.
 //! The result is an `impl Kernel` whose programs are generic over the ISA marker, so the
 //! runtime compiles each under `#[target_feature]` and picks one at run time.
 //!
@@ -358,7 +358,9 @@ fn op(op: &CpuOp) -> TokenStream {
         } => {
             let (rows, depth) = (extent(a.live_rows), extent(a.live_cols));
             let (a, b, d) = (by_ref(a), by_ref(b), by_mut(dst));
-            quote! { tile::gemm(isa, #a, #b, #d, #rows, #depth, #tri, #accumulate); }
+            quote! {
+                tile::gemm(isa, #a, #b, #d, tile::Product { rows: #rows, depth: #depth, tri: #tri, accumulate: #accumulate });
+            }
         }
         Op::RowSums { dst, src } => {
             let (s, d) = (by_ref(src), by_mut(dst));

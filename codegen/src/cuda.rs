@@ -1,6 +1,6 @@
 //! The CUDA printer: spells a plan's resolved CUDA programs as CUDA C. Each op becomes one call
 //! of a template in the tile library (`cuda_prelude.cuh`, the CUDA twin of
-//! `attnc_runtime::tile`) on compile-time-sized tiles, followed by a block barrier.
+//! `attnc_runtime::cpu::tile`) on compile-time-sized tiles, followed by a block barrier.
 //!
 //! Kernels, all with the one parameter list of [`crate::abi`] (FAVOR+'s projection is the
 //! `proj` pointer, read in place from global memory):

@@ -10,7 +10,7 @@ mod valid_spec;
 
 use attnc_codegen::parse::{parse_spec, parse_spec_str};
 use attnc_codegen::plan::Plan;
-use attnc_codegen::spec::{Layout, Spec};
+use attnc_codegen::spec::Spec;
 use proc_macro2::{Delimiter, Group, Ident, Span, TokenStream, TokenTree};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -19,8 +19,10 @@ use proptest::test_runner::TestCaseError;
 /// signature change there is a one-line change here.
 fn compile_all(spec: &Spec) {
     let plan = Plan::new(spec);
-    let bnhd = spec.layout == Layout::Bnhd;
-    let cuda = attnc_codegen::cuda::emit(&plan, bnhd, &spec.to_string());
+    if let Err(errors) = plan.validate() {
+        panic!("the plan of `{spec}` is invalid: {errors:?}");
+    }
+    let cuda = attnc_codegen::cuda::emit(&plan, &spec.to_string());
     assert!(!cuda.source.is_empty());
     let cpu = attnc_codegen::cpu::emit_kernel(&plan, &Ident::new("K", Span::call_site()));
     assert!(!cpu.is_empty());

@@ -1,13 +1,16 @@
 //! The generic halves of the generated entry points: the generated `forward`, `forward_with_state`
 //! and `step` only fix the types and call these.
 
+use crate::check::{checked, Problem};
+use crate::cpu::kernel::Kernel;
+use crate::cpu::pool::recycle;
+use crate::cpu::schedule::{run_forward, run_step, Buffers};
 use crate::error::{Error, Result};
-use crate::exec::{checked, run_forward, run_step, Buffers, Kernel, Probe4, Problem};
 #[cfg(doc)]
 use crate::state::DecodeState;
 use crate::state::{State, StepState};
 use attnc_codegen::abi::Signature;
-use dfdx::shapes::{Dim, HasShape, Shape, SliceShape};
+use dfdx::shapes::{Dim, HasShape, Shape};
 use dfdx::tensor::{Cpu, Tensor, TensorFromVec};
 
 /// dk, dv and F of a spec, in the order the runners take them.
@@ -82,8 +85,8 @@ where
     K: Kernel,
     B: Dim,
     H: Dim,
-    Sq: Shape<Concrete = [usize; 4]> + SliceShape<Probe4>,
-    Sv: Shape<Concrete = [usize; 4]> + SliceShape<Probe4>,
+    Sq: Shape<Concrete = [usize; 4]>,
+    Sv: Shape<Concrete = [usize; 4]>,
     S3: Shape<Concrete = [usize; 3]>,
     Sp: Shape<Concrete = [usize; 2]>,
 {
@@ -111,7 +114,7 @@ where
         z,
     };
     let out = run_forward::<K>(&p, dims(sig), &mut bufs)?;
-    crate::exec::recycle([bufs.q, bufs.k, bufs.v]);
+    recycle([bufs.q, bufs.k, bufs.v]);
     let z = sig.normalized.then_some(bufs.z);
     let state = State::from_vecs(b, h, bufs.s, z)?;
     Ok((p.from_heads_first(out, sig.dv), state))
@@ -196,7 +199,7 @@ where
     let out = run_step::<K>(&p, dims(sig), &mut bufs);
     *s = std::mem::take(&mut bufs.s);
     *z = std::mem::take(&mut bufs.z);
-    crate::exec::recycle([bufs.q, bufs.k, bufs.v]);
+    recycle([bufs.q, bufs.k, bufs.v]);
     out
 }
 

@@ -1,8 +1,8 @@
 //! Which device runs the kernels, and why.
 
+use crate::cpu::CpuIsa;
 use crate::cuda::{self, CudaDevice, Unavailable};
 use crate::error::{Error, Result};
-use crate::isa::CpuIsa;
 
 /// Where kernels run. Pick with [`Device::auto`]; print [`Device::describe`] to see why.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,29 +1,32 @@
 //! attnc's runtime: what generated kernels call and what users hold.
 //!
+//! Shared by both devices, at the root:
 //! - [`State`]: the recurrent state shared by every spec;
 //! - [`Error`]: every failure, never a panic on user input;
-//! - [`Device`] and [`CpuIsa`]: where kernels run and which instruction-set variant;
-//! - [`tile`]: the tile primitives the CPU emitter lowers the kernel plan to;
+//! - [`Device`]: where kernels run;
+//! - [`check`]: the argument checks of every entry point (shapes, optional finite check);
 //! - [`favor`]: FAVOR+'s projection sampler and what its feature map computes;
-//! - [`exec`]: argument checks, layout conversion, (batch, head) parallelism, ISA dispatch;
+//! - [`api`]: the generic halves of the generated CPU entry points.
+//!
+//! One module per device:
+//! - [`cpu`]: the kernel ABI, the tile primitives the CPU emitter lowers the kernel plan to,
+//!   instruction-set variants and their dispatch ([`CpuIsa`]), (batch, head) and chunk-parallel
+//!   scheduling ([`Schedule`]), tensor marshalling and the buffer pool;
 //! - [`cuda`]: GPU tensors and state, NVRTC compilation with an on-disk PTX cache, launches.
 
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod check;
+pub mod cpu;
 pub mod cuda;
 pub mod device;
 pub mod error;
-pub mod exec;
 pub mod favor;
-pub mod isa;
-pub mod launch;
 pub mod state;
-pub mod tile;
 
+pub use check::{finite_check, set_finite_check};
+pub use cpu::{CpuIsa, Schedule};
 pub use device::Device;
 pub use error::{Error, Result};
-pub use exec::{finite_check, set_finite_check};
-pub use isa::CpuIsa;
 pub use state::{DecodeState, State, StepState};
-
-pub mod api;

@@ -1,7 +1,8 @@
 //! The recurrent state shared by every spec.
 
+use crate::cpu::marshal::contiguous_data;
+use crate::cpu::pool::recycle;
 use crate::error::{Error, Result};
-use crate::exec::{contiguous_data, read_4d, recycle};
 use dfdx::shapes::{Const, Dim, HasShape};
 use dfdx::tensor::{Cpu, Tensor, TensorFromVec};
 use dfdx::tensor_ops::ReshapeTo;
@@ -71,7 +72,10 @@ impl<B: Dim, H: Dim, const F: usize, const DV: usize> State<B, H, F, DV> {
         normalized: bool,
     ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
         self.check(batch, heads, normalized)?;
-        Ok((read_4d(&self.s), self.z.as_ref().map(|z| z.as_vec())))
+        Ok((
+            contiguous_data(&self.s),
+            self.z.as_ref().map(|z| z.as_vec()),
+        ))
     }
 
     /// Checks the state against the inputs' batch and head counts and the spec's normaliser.
@@ -266,7 +270,7 @@ impl<B: Dim, H: Dim, const F: usize, const DV: usize> DecodeState<B, H, F, DV> {
         DecodeState {
             batch: state.s.shape().0,
             heads: state.s.shape().1,
-            s: read_4d(&state.s),
+            s: contiguous_data(&state.s),
             z: state.z.as_ref().map(|z| z.as_vec()),
         }
     }

@@ -9,7 +9,7 @@
 //! dynamic shared memory or a `__syncthreads()` reached by only some threads are errors.
 #![allow(dead_code)]
 
-use attnc_runtime::launch::{CudaLaunch, KernelInfo};
+use attnc_codegen::abi::{CudaLaunch, KernelInfo};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

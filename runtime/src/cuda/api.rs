@@ -2,13 +2,13 @@
 //!
 //! Arguments are checked exactly as on the CPU (same errors), then the spec's kernels
 //! ([`CudaLaunch::forward`] or [`CudaLaunch::step`]) are launched in order on the device's stream
-//! with the one parameter list every attnc kernel has (see [`crate::launch`]).
+//! with the one parameter list every attnc kernel has (see [`super::launch`]).
 
 use super::backend::Buf;
+use super::launch::{CudaLaunch, KernelInfo};
 use super::{CudaDevice, CudaState, CudaTensor};
+use crate::check::Problem;
 use crate::error::{Error, Result};
-use crate::exec::Problem;
-use crate::launch::{CudaLaunch, KernelInfo};
 use crate::state::check_state;
 use dfdx::shapes::{Const, Dim, Shape};
 

@@ -4,9 +4,9 @@
 //! first; calls that could meet a library lacking a symbol run under `catch_unwind`.
 
 use super::api::Params;
+use super::launch::{CudaLaunch, Grid, KernelInfo};
 use super::{CudaDevice, Unavailable};
 use crate::error::{Error, Result};
-use crate::launch::{CudaLaunch, Grid, KernelInfo};
 use cudarc::driver::sys::{CUfunction_attribute, CUresult};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError, LaunchConfig,
@@ -367,7 +367,7 @@ impl Ctx {
                 .arg(&mut scratch.slice)
                 .arg(&n_arg)
                 .arg(&heads_arg);
-            // SAFETY: the arguments are the parameter list every attnc kernel has (launch.rs):
+            // SAFETY: the arguments are the parameter list every attnc kernel has (`attnc_codegen::abi`):
             // thirteen float pointers, then `int n, int heads`. Inputs hold their shapes' floats;
             // out, s and z were allocated for the problem's sizes, the workspaces with
             // `CudaLaunch::workspace` for these kernels, and the dummy stands only for

@@ -26,6 +26,7 @@
 
 mod api;
 mod cache;
+pub mod launch;
 
 #[cfg(feature = "cuda")]
 #[path = "driver.rs"]
@@ -40,12 +41,12 @@ mod tests;
 pub use api::{forward_cuda, step_cuda};
 pub use cache::cache_dir;
 
+use crate::check::checked;
+use crate::cpu::marshal::contiguous_data;
 use crate::error::{Error, Result};
-use crate::exec::checked;
 use crate::state::State;
 use dfdx::shapes::{Const, Dim, HasShape, Shape};
-use dfdx::tensor::{Cpu, Gradients, Tensor, TensorFromVec};
-use dfdx::tensor_ops::ReshapeTo;
+use dfdx::tensor::{Cpu, Tensor, TensorFromVec};
 use std::fmt;
 use std::sync::Arc;
 
@@ -176,7 +177,7 @@ impl CudaDevice {
     /// With finite checking on ([`crate::set_finite_check`]) a NaN or infinity returns
     /// [`Error::NonFinite`] here: device tensors are not checked again by the CUDA entry points.
     pub fn upload<S: Shape>(&self, t: &Tensor<S, f32, Cpu>) -> Result<CudaTensor<S>> {
-        let data = checked("uploaded tensor", host_data(t)?)?;
+        let data = checked("uploaded tensor", contiguous_data(t))?;
         let buf = self.ctx().upload(&data)?;
         Ok(CudaTensor::wrap(buf, *t.shape(), self))
     }
@@ -332,31 +333,6 @@ impl<B: Dim, H: Dim, const F: usize, const DV: usize> CudaState<B, H, F, DV> {
     /// The GPU it lives on.
     pub fn device(&self) -> &CudaDevice {
         self.s.device()
-    }
-}
-
-/// A CPU tensor's data in logical (row-major) order, whatever its memory layout: dfdx makes
-/// permuted and broadcast views contiguous, then one copy reads the buffer.
-///
-/// dfdx 0.13 exposes no storage length; a gradient buffer has the tensor's physical length, so a
-/// (never expected) buffer longer than the shape falls back to dfdx's strided iteration instead
-/// of a copy that would panic.
-fn host_data<S: Shape>(t: &Tensor<S, f32, Cpu>) -> Result<Vec<f32>> {
-    let c = t
-        .clone()
-        .try_contiguous()
-        .map_err(|e| Error::Tensor(format!("{e:?}")))?;
-    let n = c.shape().num_elements();
-    let physical = {
-        let mut grads = Gradients::<f32, Cpu>::leaky();
-        grads.get_or_alloc_mut(&c).map(|buf| buf.len())
-    };
-    if physical.is_ok_and(|len| len == n) {
-        let mut out = vec![0.0; n];
-        c.copy_into(&mut out);
-        Ok(out)
-    } else {
-        Ok(c.as_vec())
     }
 }
 

@@ -5,9 +5,9 @@
 #![allow(dead_code)]
 
 use super::api::Params;
+use super::launch::{CudaLaunch, KernelInfo};
 use super::{CudaDevice, Unavailable};
 use crate::error::Result;
-use crate::launch::{CudaLaunch, KernelInfo};
 
 /// Never constructed: no device can be opened.
 pub(crate) struct Ctx(());

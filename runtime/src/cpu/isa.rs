@@ -1,9 +1,8 @@
 //! CPU instruction-set variants. Generated kernels are generic over an [`Isa`] marker; the
 //! runtime instantiates each under `#[target_feature]` and picks one per process, once.
 
+use crate::cpu::tile::{Product, Tile};
 use crate::error::{Error, Result};
-use crate::tile::Tile;
-use attnc_codegen::abi::Tri;
 use std::sync::OnceLock;
 
 /// The instruction-set variants kernels are compiled for.
@@ -161,18 +160,14 @@ pub trait Isa: Copy + Send + Sync + 'static {
     fn store(self, v: Self::V, dst: &mut [f32; 16]);
     /// Lane-wise `a * b + c`.
     fn vfma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-    /// [`tile::gemm`](crate::tile::gemm), compiled with this ISA's features once per tile shape
-    /// (an outlined function rather than a copy inlined at every call site).
-    #[allow(clippy::too_many_arguments)]
+    /// [`tile::gemm`](crate::cpu::tile::gemm), compiled with this ISA's features once per tile
+    /// shape (an outlined function rather than a copy inlined at every call site).
     fn gemm<const M: usize, const K: usize, const N: usize>(
         self,
         a: &Tile<M, K>,
         b: &Tile<K, N>,
         c: &mut Tile<M, N>,
-        rows: usize,
-        depth: usize,
-        tri: Tri,
-        accumulate: bool,
+        product: Product,
     );
     /// `dst = src^T`, whole tiles, compiled once per ISA and tile shape.
     fn transpose<const R: usize, const C: usize>(self, src: &Tile<R, C>, dst: &mut Tile<C, R>);
@@ -184,18 +179,14 @@ macro_rules! outlined_gemm {
     ($isa:ty, $outlined:ident, $(#[$attr:meta])* ) => {
         $(#[$attr])*
         #[inline(never)]
-        #[allow(clippy::too_many_arguments)]
         fn $outlined<const M: usize, const K: usize, const N: usize>(
             isa: $isa,
             a: &Tile<M, K>,
             b: &Tile<K, N>,
             c: &mut Tile<M, N>,
-            rows: usize,
-            depth: usize,
-            tri: Tri,
-            accumulate: bool,
+            product: Product,
         ) {
-            crate::tile::gemm_kernel(isa, a, b, c, rows, depth, tri, accumulate);
+            crate::cpu::tile::gemm_kernel(isa, a, b, c, product);
         }
     };
 }
@@ -271,24 +262,20 @@ impl Isa for Portable {
         a: &Tile<M, K>,
         b: &Tile<K, N>,
         c: &mut Tile<M, N>,
-        rows: usize,
-        depth: usize,
-        tri: Tri,
-        accumulate: bool,
+        product: Product,
     ) {
-        gemm_portable(self, a, b, c, rows, depth, tri, accumulate);
+        gemm_portable(self, a, b, c, product);
     }
     #[inline(always)]
     fn transpose<const R: usize, const C: usize>(self, src: &Tile<R, C>, dst: &mut Tile<C, R>) {
-        crate::tile::transpose_elements(src, dst, 0, 0);
+        crate::cpu::tile::transpose_elements(src, dst, 0, 0);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Avx2, Avx512, Isa};
-    use crate::tile::Tile;
-    use attnc_codegen::abi::Tri;
+    use crate::cpu::tile::{Product, Tile};
     use std::arch::x86_64::*;
 
     outlined_gemm!(Avx2, gemm_avx2, #[target_feature(enable = "avx2,fma")]);
@@ -320,7 +307,7 @@ mod x86 {
                 }
             }
         }
-        crate::tile::transpose_elements(src, dst, rb, cb);
+        crate::cpu::tile::transpose_elements(src, dst, rb, cb);
     }
 
     /// The columns of an 8 x 8 block given as 8 rows.
@@ -368,13 +355,10 @@ mod x86 {
                 a: &Tile<M, K>,
                 b: &Tile<K, N>,
                 c: &mut Tile<M, N>,
-                rows: usize,
-                depth: usize,
-                tri: Tri,
-                accumulate: bool,
+                product: Product,
             ) {
                 // SAFETY: `self` proves the CPU has the features the function enables.
-                unsafe { $outlined(self, a, b, c, rows, depth, tri, accumulate) }
+                unsafe { $outlined(self, a, b, c, product) }
             }
             #[inline(always)]
             fn transpose<const R: usize, const C: usize>(
@@ -469,8 +453,7 @@ mod x86 {
 #[cfg(not(target_arch = "x86_64"))]
 mod other {
     use super::{Avx2, Avx512, Isa, Portable};
-    use crate::tile::Tile;
-    use attnc_codegen::abi::Tri;
+    use crate::cpu::tile::{Product, Tile};
     // Never constructed off x86-64 (`detect` returns None); delegate to the portable code.
     macro_rules! delegate {
         ($t:ty) => {
@@ -495,18 +478,14 @@ mod other {
                 fn vfma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
                     Portable.vfma(a, b, c)
                 }
-                #[allow(clippy::too_many_arguments)]
                 fn gemm<const M: usize, const K: usize, const N: usize>(
                     self,
                     a: &Tile<M, K>,
                     b: &Tile<K, N>,
                     c: &mut Tile<M, N>,
-                    rows: usize,
-                    depth: usize,
-                    tri: Tri,
-                    accumulate: bool,
+                    product: Product,
                 ) {
-                    Portable.gemm(a, b, c, rows, depth, tri, accumulate)
+                    Portable.gemm(a, b, c, product)
                 }
                 fn transpose<const R: usize, const C: usize>(
                     self,
