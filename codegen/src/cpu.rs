@@ -17,37 +17,18 @@ use quote::{format_ident, quote};
 type CpuOp = ResolvedOp<CpuPlace>;
 type CpuOperand = Operand<CpuPlace>;
 
-/// The kernel type and its `impl Kernel`. `kernel` names the (private) type to emit.
+/// The kernel type and its `impl Kernel` (and, for linear attention, `impl Recurrent`).
+/// `kernel` names the (private) type to emit.
 pub fn emit_kernel(plan: &Plan, kernel: &Ident) -> TokenStream {
+    let p = quote!(::attnc::__private);
     let phi = back::lower(&Rust, &plan.phi);
-    let sig = &plan.signature;
-    let (forward, step, phase, work, phased, light_scan) = match &plan.cpu {
-        Program::Linear(l) => (
-            sequential(plan, &l.forward),
-            sequential(plan, &l.step),
-            phases(plan, l),
-            l.phases.spills.work_per_chunk,
-            true,
-            l.phases.light_scan,
-        ),
-        Program::Softmax(s) => (
-            tiled(plan, s),
-            quote! {
-                let _ = (isa, task);
-                Err(::attnc::__private::Error::Internal("softmax attention has no step program"))
-            },
-            quote! {
-                let _ = (isa, phase, task);
-                Err(::attnc::__private::Error::Internal("softmax attention has no chunk phases"))
-            },
-            0,
-            false,
-            false,
-        ),
+    let chunk = lit(plan.signature.chunk);
+    let (forward, recurrent) = match &plan.cpu {
+        Program::Linear(l) => (sequential(plan, &l.forward), recurrent(plan, l, kernel)),
+        Program::Softmax(s) => (tiled(plan, s), quote!()),
     };
-    let (chunk, work) = (lit(sig.chunk), lit(work));
     quote! {
-        /// The generated kernel: chunk program and step program of this spec.
+        /// The generated kernel of this spec.
         struct #kernel;
 
         /// The feature map phi, elementwise.
@@ -57,34 +38,40 @@ pub fn emit_kernel(plan: &Plan, kernel: &Ident) -> TokenStream {
             #phi
         }
 
-        impl ::attnc::__private::Kernel for #kernel {
+        impl #p::Kernel for #kernel {
             const CHUNK: usize = #chunk;
+
+            #[inline(always)]
+            fn forward<I: #p::Isa>(isa: I, task: #p::Task<'_>) -> #p::Result<()> {
+                #forward
+            }
+        }
+
+        #recurrent
+    }
+}
+
+/// `impl Recurrent`: the step program and the chunk-parallel phases of a linear spec.
+fn recurrent(plan: &Plan, l: &Linear<CpuPlace>, kernel: &Ident) -> TokenStream {
+    let p = quote!(::attnc::__private);
+    let (step, phase) = (sequential(plan, &l.step), phases(plan, l));
+    let (work, light_scan) = (lit(l.phases.spills.work_per_chunk), l.phases.light_scan);
+    quote! {
+        impl #p::Recurrent for #kernel {
             const WORK: usize = #work;
-            const PHASED: bool = #phased;
             const LIGHT_SCAN: bool = #light_scan;
 
             #[inline(always)]
-            fn forward<I: ::attnc::__private::Isa>(
-                isa: I,
-                task: ::attnc::__private::Task<'_>,
-            ) -> ::attnc::__private::Result<()> {
-                #forward
-            }
-
-            #[inline(always)]
-            fn step<I: ::attnc::__private::Isa>(
-                isa: I,
-                task: ::attnc::__private::Task<'_>,
-            ) -> ::attnc::__private::Result<()> {
+            fn step<I: #p::Isa>(isa: I, task: #p::Task<'_>) -> #p::Result<()> {
                 #step
             }
 
             #[inline(always)]
-            fn phase<I: ::attnc::__private::Isa>(
+            fn phase<I: #p::Isa>(
                 isa: I,
-                phase: ::attnc::__private::Phase,
-                task: ::attnc::__private::PhaseTask<'_>,
-            ) -> ::attnc::__private::Result<()> {
+                phase: #p::Phase,
+                task: #p::PhaseTask<'_>,
+            ) -> #p::Result<()> {
                 #phase
             }
         }
@@ -314,10 +301,10 @@ fn op(op: &CpuOp) -> TokenStream {
                 quote! { tile::load_rows(#input, #at, #rows, #d)?; }
             }
         }
-        Op::L2Norm { t, .. } => {
-            let rows = extent(t.live_rows);
+        Op::L2Norm { t, eps } => {
+            let (rows, eps) = (extent(t.live_rows), Literal::f32_suffixed(*eps));
             let t = by_mut(t);
-            quote! { tile::l2_normalize_rows(isa, #t, #rows); }
+            quote! { tile::l2_normalize_rows(isa, #t, #rows, #eps); }
         }
         Op::FeatureMap(t) => {
             let rows = extent(t.live_rows);

@@ -2,9 +2,9 @@
 //! and `step` only fix the types and call these.
 
 use crate::check::{checked, Problem};
-use crate::cpu::kernel::Kernel;
+use crate::cpu::kernel::{Kernel, Recurrent};
 use crate::cpu::pool::recycle;
-use crate::cpu::schedule::{run_forward, run_step, Buffers};
+use crate::cpu::schedule::{run_forward, run_recurrent, run_step, Buffers};
 use crate::error::{Error, Result};
 #[cfg(doc)]
 use crate::state::DecodeState;
@@ -82,7 +82,7 @@ pub fn forward<K, B, H, Sq, Sv, S3, Sp, const F: usize, const DV: usize>(
     initial: Option<&State<B, H, F, DV>>,
 ) -> Result<(Vec<f32>, State<B, H, F, DV>)>
 where
-    K: Kernel,
+    K: Recurrent,
     B: Dim,
     H: Dim,
     Sq: Shape<Concrete = [usize; 4]>,
@@ -92,17 +92,7 @@ where
 {
     let p = Problem::from_q(sig.layout, q.shape().concrete())?;
     let (s, z) = initial_state(sig, &p, initial)?;
-    // The three copies run on the pool's threads at once: one thread does not saturate the
-    // memory bus, and at H = 1 the copies are otherwise the serial part of a call.
-    let (q, (k, v)) = rayon::join(
-        || p.gather_tokens("q", q, sig.dk),
-        || {
-            rayon::join(
-                || p.gather_tokens("k", k, sig.dk),
-                || p.gather_tokens("v", v, sig.dv),
-            )
-        },
-    );
+    let (q, k, v) = gather_qkv(sig, &p, q, k, v);
     let mut bufs = Buffers {
         q: q?,
         k: k?,
@@ -113,11 +103,68 @@ where
         s,
         z,
     };
-    let out = run_forward::<K>(&p, dims(sig), &mut bufs)?;
+    let out = run_recurrent::<K>(&p, dims(sig), &mut bufs)?;
     recycle([bufs.q, bufs.k, bufs.v]);
     let z = sig.normalized.then_some(bufs.z);
     let state = State::from_vecs(b, h, bufs.s, z)?;
     Ok((p.from_heads_first(out, sig.dv), state))
+}
+
+/// The forward of exact softmax attention (a [`Kernel`] with no state): returns the output in
+/// the spec's layout.
+pub fn forward_tiled<K, Sq, Sv>(
+    sig: &Signature,
+    q: &Tensor<Sq, f32, Cpu>,
+    k: &Tensor<Sq, f32, Cpu>,
+    v: &Tensor<Sv, f32, Cpu>,
+) -> Result<Vec<f32>>
+where
+    K: Kernel,
+    Sq: Shape<Concrete = [usize; 4]>,
+    Sv: Shape<Concrete = [usize; 4]>,
+{
+    let p = Problem::from_q(sig.layout, q.shape().concrete())?;
+    let (q, k, v) = gather_qkv(sig, &p, q, k, v);
+    let mut bufs = Buffers {
+        q: q?,
+        k: k?,
+        v: v?,
+        beta: Vec::new(),
+        g: Vec::new(),
+        proj: Vec::new(),
+        s: Vec::new(),
+        z: Vec::new(),
+    };
+    let out = run_forward::<K>(&p, dims(sig), &mut bufs)?;
+    recycle([bufs.q, bufs.k, bufs.v]);
+    Ok(p.from_heads_first(out, sig.dv))
+}
+
+/// q, k and v checked and copied heads first. The three copies run on the pool's threads at
+/// once: one thread does not saturate the memory bus, and at H = 1 the copies are otherwise the
+/// serial part of a call.
+#[allow(clippy::type_complexity)]
+fn gather_qkv<Sq, Sv>(
+    sig: &Signature,
+    p: &Problem,
+    q: &Tensor<Sq, f32, Cpu>,
+    k: &Tensor<Sq, f32, Cpu>,
+    v: &Tensor<Sv, f32, Cpu>,
+) -> (Result<Vec<f32>>, Result<Vec<f32>>, Result<Vec<f32>>)
+where
+    Sq: Shape<Concrete = [usize; 4]>,
+    Sv: Shape<Concrete = [usize; 4]>,
+{
+    let (q, (k, v)) = rayon::join(
+        || p.gather_tokens("q", q, sig.dk),
+        || {
+            rayon::join(
+                || p.gather_tokens("k", k, sig.dk),
+                || p.gather_tokens("v", v, sig.dv),
+            )
+        },
+    );
+    (q, k, v)
 }
 
 /// `step` for any spec, on a [`State`] or a [`DecodeState`] ([`StepState`]): updates `state`
@@ -134,7 +181,7 @@ pub fn step<K, St, Sk, Sv, S2, Sp>(
     proj: Option<&Tensor<Sp, f32, Cpu>>,
 ) -> Result<Vec<f32>>
 where
-    K: Kernel,
+    K: Recurrent,
     St: StepState,
     Sk: Shape<Concrete = [usize; 3]>,
     Sv: Shape<Concrete = [usize; 3]>,
@@ -175,7 +222,7 @@ fn step_in_place<K, Sk, Sv, S2, Sp>(
     x: StepInputs<'_, Sk, Sv, S2, Sp>,
 ) -> Result<Vec<f32>>
 where
-    K: Kernel,
+    K: Recurrent,
     Sk: Shape<Concrete = [usize; 3]>,
     Sv: Shape<Concrete = [usize; 3]>,
     S2: Shape<Concrete = [usize; 2]>,

@@ -192,24 +192,20 @@ pub fn cpu_methods(plan: &Plan, kernel: &Ident) -> TokenStream {
         sig.dv,
         extra_docs(sig)
     ));
-    let softmax = plan.is_softmax();
-    // Softmax attention has no recurrent state: `forward` only.
-    let (fws_vis, fws_doc) = if softmax {
-        (
-            quote!(),
-            " The tiled softmax kernel (the state it returns is unused).",
-        )
-    } else {
-        (
-            quote!(pub),
-            " As `forward`, from an initial state (`None`: zeros), also returning the final state.",
-        )
-    };
-    let steps = if softmax {
-        quote!()
-    } else {
-        cpu_steps(sig, kernel)
-    };
+    if plan.is_softmax() {
+        // Exact softmax attention has no recurrent state: `forward` only.
+        return quote! {
+            #[doc = #fwd_doc]
+            pub fn forward<B: #p::Dim, H: #p::Dim, N: #p::Dim>(
+                #(#params,)*
+            ) -> ::core::result::Result<#v_ty, ::attnc::Error> {
+                #destructure
+                let out = #p::forward_tiled::<#kernel, _, _>(&#sig, q, k, v)?;
+                #p::output_tensor(q, out, #out_shape)
+            }
+        };
+    }
+    let steps = cpu_steps(sig, kernel);
     quote! {
         #[doc = #fwd_doc]
         pub fn forward<B: #p::Dim, H: #p::Dim, N: #p::Dim>(
@@ -219,8 +215,8 @@ pub fn cpu_methods(plan: &Plan, kernel: &Ident) -> TokenStream {
             Ok(o)
         }
 
-        #[doc = #fws_doc]
-        #fws_vis fn forward_with_state<B: #p::Dim, H: #p::Dim, N: #p::Dim>(
+        /// As `forward`, from an initial state (`None`: zeros), also returning the final state.
+        pub fn forward_with_state<B: #p::Dim, H: #p::Dim, N: #p::Dim>(
             #(#params,)*
             initial: Option<&#state_ty>,
         ) -> ::core::result::Result<(#v_ty, #state_ty), ::attnc::Error> {

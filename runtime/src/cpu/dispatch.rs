@@ -2,24 +2,45 @@
 //! instruction set picked for the process.
 
 use crate::cpu::isa::{Avx2, Avx512, CpuIsa, Isa, Portable};
-use crate::cpu::kernel::{Kernel, Phase, PhaseTask, Task};
+use crate::cpu::kernel::{Kernel, Phase, PhaseTask, Recurrent, Task};
 use crate::error::Result;
+use std::marker::PhantomData;
 
-/// One call of a kernel program.
-pub(super) enum Job<'a> {
-    Forward(Task<'a>),
-    Step(Task<'a>),
-    Phase(Phase, PhaseTask<'a>),
+/// One call of a kernel program, runnable with any ISA marker.
+pub(super) trait Job {
+    /// Runs the program. Implementations are `inline(always)`: they must be compiled inside the
+    /// trampolines' target features, like the kernels they call (else every intrinsic becomes a
+    /// call).
+    fn run<I: Isa>(self, isa: I) -> Result<()>;
 }
 
-/// `inline(always)`: it must be compiled inside the trampolines' target features, like the
-/// kernels it calls (else every intrinsic becomes a call).
-#[inline(always)]
-fn run_program<K: Kernel, I: Isa>(isa: I, job: Job<'_>) -> Result<()> {
-    match job {
-        Job::Forward(task) => K::forward(isa, task),
-        Job::Step(task) => K::step(isa, task),
-        Job::Phase(phase, task) => K::phase(isa, phase, task),
+/// Kernel `K`'s chunk program on one (batch, head).
+pub(super) struct Forward<'a, K>(pub Task<'a>, pub PhantomData<K>);
+
+/// Kernel `K`'s step program on one (batch, head).
+pub(super) struct Step<'a, K>(pub Task<'a>, pub PhantomData<K>);
+
+/// One phase of kernel `K`'s chunk-parallel schedule on a run of chunks.
+pub(super) struct PhaseRun<'a, K>(pub Phase, pub PhaseTask<'a>, pub PhantomData<K>);
+
+impl<K: Kernel> Job for Forward<'_, K> {
+    #[inline(always)]
+    fn run<I: Isa>(self, isa: I) -> Result<()> {
+        K::forward(isa, self.0)
+    }
+}
+
+impl<K: Recurrent> Job for Step<'_, K> {
+    #[inline(always)]
+    fn run<I: Isa>(self, isa: I) -> Result<()> {
+        K::step(isa, self.0)
+    }
+}
+
+impl<K: Recurrent> Job for PhaseRun<'_, K> {
+    #[inline(always)]
+    fn run<I: Isa>(self, isa: I) -> Result<()> {
+        K::phase(isa, self.0, self.1)
     }
 }
 
@@ -27,38 +48,38 @@ fn run_program<K: Kernel, I: Isa>(isa: I, job: Job<'_>) -> Result<()> {
 // these target features.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-fn run_avx512<K: Kernel>(isa: Avx512, job: Job<'_>) -> Result<()> {
-    run_program::<K, _>(isa, job)
+fn run_avx512<J: Job>(isa: Avx512, job: J) -> Result<()> {
+    job.run(isa)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn run_avx2<K: Kernel>(isa: Avx2, job: Job<'_>) -> Result<()> {
-    run_program::<K, _>(isa, job)
+fn run_avx2<J: Job>(isa: Avx2, job: J) -> Result<()> {
+    job.run(isa)
 }
 
 /// The portable variant, outlined like the others: `dispatch` reaches it from three arms, and
 /// inlined there it was compiled three times (40% of the LLVM IR of a crate of 10 specs).
 #[inline(never)]
-fn run_portable<K: Kernel>(job: Job<'_>) -> Result<()> {
-    run_program::<K, _>(Portable, job)
+fn run_portable<J: Job>(job: J) -> Result<()> {
+    job.run(Portable)
 }
 
 /// Runs one kernel program with the given ISA variant.
-pub(super) fn dispatch<K: Kernel>(isa: CpuIsa, job: Job<'_>) -> Result<()> {
+pub(super) fn dispatch<J: Job>(isa: CpuIsa, job: J) -> Result<()> {
     match isa {
         // SAFETY: the marker exists only if the CPU has the features the trampoline enables.
         #[cfg(target_arch = "x86_64")]
         CpuIsa::Avx512 => match Avx512::detect() {
-            Some(m) => unsafe { run_avx512::<K>(m, job) },
-            None => run_portable::<K>(job),
+            Some(m) => unsafe { run_avx512(m, job) },
+            None => run_portable(job),
         },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         CpuIsa::Avx2 => match Avx2::detect() {
-            Some(m) => unsafe { run_avx2::<K>(m, job) },
-            None => run_portable::<K>(job),
+            Some(m) => unsafe { run_avx2(m, job) },
+            None => run_portable(job),
         },
-        _ => run_portable::<K>(job),
+        _ => run_portable(job),
     }
 }

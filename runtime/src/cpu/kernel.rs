@@ -82,24 +82,27 @@ pub struct PhaseTask<'a> {
     pub slot_s: &'a mut [f32],
     /// As `slot_s`, for `z` (F per chunk), or empty.
     pub slot_z: &'a mut [f32],
-    /// Per chunk, [`Kernel::WORK`] floats of tiles spilled by one phase for a later one.
+    /// Per chunk, [`Recurrent::WORK`] floats of tiles spilled by one phase for a later one.
     pub work: &'a mut [f32],
 }
 
-/// A generated kernel: the chunk program over a whole sequence, the step program for one token
-/// and the three phases of the chunk-parallel schedule.
+/// A generated kernel: a program over a whole sequence, run per (batch, head). Every spec has one.
 pub trait Kernel {
-    /// The chunk length C.
+    /// The chunk (or softmax tile) length C.
     const CHUNK: usize;
+    /// Runs the chunk program over `task.n` tokens.
+    fn forward<I: Isa>(isa: I, task: Task<'_>) -> Result<()>;
+}
+
+/// A generated linear-attention kernel: besides the chunk program, the step program for one
+/// token and the three phases of the chunk-parallel schedule. Exact softmax attention has
+/// neither, so its kernel implements [`Kernel`] only and no schedule can ask it for them.
+pub trait Recurrent: Kernel {
     /// Floats of one chunk's `work` slot in the chunk-parallel schedule.
     const WORK: usize;
-    /// Whether [`Kernel::phase`] is implemented (every spec but softmax).
-    const PHASED: bool;
     /// Whether [`Phase::Scan`] is elementwise (additive and gated updates), so the chunk-parallel
     /// schedule pays off; delta rules run two products per chunk in the sequential scan.
     const LIGHT_SCAN: bool;
-    /// Runs the chunk program over `task.n` tokens.
-    fn forward<I: Isa>(isa: I, task: Task<'_>) -> Result<()>;
     /// Runs the step program for one token (`task.n == 1`).
     fn step<I: Isa>(isa: I, task: Task<'_>) -> Result<()>;
     /// Runs one phase of the chunk-parallel schedule over a run of chunks.

@@ -1,7 +1,7 @@
 //! The CPU backend.
 //!
-//! - [`kernel`]: the ABI generated kernels implement ([`Kernel`], [`Task`], [`PhaseTask`],
-//!   [`Phase`]);
+//! - [`kernel`]: the ABI generated kernels implement ([`Kernel`], [`Recurrent`], [`Task`],
+//!   [`PhaseTask`], [`Phase`]);
 //! - [`tile`]: the tile primitives the CPU emitter lowers the kernel plan to;
 //! - [`isa`]: the instruction-set variants ([`CpuIsa`]) and the [`Isa`] markers kernels are
 //!   generic over;
@@ -20,5 +20,5 @@ pub mod schedule;
 pub mod tile;
 
 pub use isa::{CpuIsa, Isa};
-pub use kernel::{Kernel, Phase, PhaseTask, Task};
+pub use kernel::{Kernel, Phase, PhaseTask, Recurrent, Task};
 pub use schedule::Schedule;

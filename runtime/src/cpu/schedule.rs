@@ -2,12 +2,13 @@
 //! the sequential chunk program, or the chunk-parallel schedule's three phases.
 
 use crate::check::Problem;
-use crate::cpu::dispatch::{dispatch, Job};
+use crate::cpu::dispatch::{dispatch, Forward, PhaseRun, Step};
 use crate::cpu::isa::CpuIsa;
-use crate::cpu::kernel::{Kernel, Phase, PhaseTask, Task};
+use crate::cpu::kernel::{Kernel, Phase, PhaseTask, Recurrent, Task};
 use crate::cpu::pool::{pooled_buffer, recycle};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
+use std::marker::PhantomData;
 use std::sync::OnceLock;
 
 /// How `forward` spreads its work over the threads of the current rayon pool.
@@ -62,10 +63,10 @@ impl Schedule {
     }
 
     /// Whether a call of `bh` (batch, head) problems of `chunks` chunks each runs chunk-parallel.
-    fn by_chunks<K: Kernel>(self, bh: usize, chunks: usize) -> bool {
+    fn by_chunks<K: Recurrent>(self, bh: usize, chunks: usize) -> bool {
         let threads = rayon::current_num_threads();
         match self {
-            _ if !K::PHASED || chunks < 2 => false,
+            _ if chunks < 2 => false,
             Schedule::Heads => false,
             Schedule::Chunks => true,
             // Heads keep the sequential program (no scratch, no spills): use chunks only when
@@ -98,7 +99,7 @@ pub struct Buffers {
     pub g: Vec<f32>,
     /// The FAVOR+ projection transposed, (DK, F), or empty (see [`Task::proj`]).
     pub proj: Vec<f32>,
-    /// State S, (B, H, F, DV): initial on entry, final after the run.
+    /// State S, (B, H, F, DV): initial on entry, final after the run; empty for softmax.
     pub s: Vec<f32>,
     /// State z, (B, H, F), or empty.
     pub z: Vec<f32>,
@@ -117,7 +118,7 @@ fn tasks<'a>(
         && bufs.k.len() == bh * n * dk
         && bufs.v.len() == bh * n * dv
         && out.len() == bh * n * dv
-        && bufs.s.len() == bh * f * dv
+        && [0, bh * f * dv].contains(&bufs.s.len())
         && [0, bh * n].contains(&bufs.beta.len())
         && [0, bh * n].contains(&bufs.g.len())
         && [0, bh * f].contains(&bufs.z.len());
@@ -131,11 +132,14 @@ fn tasks<'a>(
     }
     let proj: &[f32] = &bufs.proj;
     let per = |len: usize, total: usize| if total == 0 { 0 } else { len };
-    let (beta_len, g_len, z_len) = (
+    let (beta_len, g_len, s_len, z_len) = (
         per(n, bufs.beta.len()),
         per(n, bufs.g.len()),
+        per(f * dv, bufs.s.len()),
         per(f, bufs.z.len()),
     );
+    // Softmax carries no state: `s` is empty and every task gets an empty slice.
+    let mut s_parts = bufs.s.chunks_mut(s_len.max(1));
     let mut z_parts = bufs.z.chunks_mut(z_len.max(1));
     let mut beta_parts = bufs.beta.chunks(beta_len.max(1));
     let mut g_parts = bufs.g.chunks(g_len.max(1));
@@ -145,8 +149,7 @@ fn tasks<'a>(
         .zip(bufs.k.chunks(n * dk))
         .zip(bufs.v.chunks(n * dv))
         .zip(out.chunks_mut(n * dv))
-        .zip(bufs.s.chunks_mut(f * dv))
-        .map(|((((q, k), v), out), s)| Task {
+        .map(|(((q, k), v), out)| Task {
             q,
             k,
             v,
@@ -163,7 +166,11 @@ fn tasks<'a>(
             proj,
             n,
             out,
-            s,
+            s: if s_len == 0 {
+                &mut []
+            } else {
+                s_parts.next().unwrap_or(&mut [])
+            },
             z: if z_len == 0 {
                 &mut []
             } else {
@@ -183,15 +190,26 @@ pub fn run_forward<K: Kernel>(
 ) -> Result<Vec<f32>> {
     let isa = CpuIsa::selected()?;
     let mut out = vec![0.0; p.batch * p.heads * p.tokens * dims[1]];
-    let chunks = p.tokens.div_ceil(K::CHUNK.max(1));
-    if Schedule::selected().by_chunks::<K>(p.batch * p.heads, chunks) {
-        run_chunked::<K>(isa, p, dims, bufs, &mut out)?;
-        return Ok(out);
-    }
     let list = tasks(p, dims, bufs, &mut out)?;
     list.into_par_iter()
         .with_max_len(1)
-        .try_for_each(|task| dispatch::<K>(isa, Job::Forward(task)))?;
+        .try_for_each(|task| dispatch(isa, Forward::<K>(task, PhantomData)))?;
+    Ok(out)
+}
+
+/// As [`run_forward`], for a recurrent kernel: chunk-parallel when [`Schedule`] says so.
+pub fn run_recurrent<K: Recurrent>(
+    p: &Problem,
+    dims: [usize; 3],
+    bufs: &mut Buffers,
+) -> Result<Vec<f32>> {
+    let chunks = p.tokens.div_ceil(K::CHUNK.max(1));
+    if !Schedule::selected().by_chunks::<K>(p.batch * p.heads, chunks) {
+        return run_forward::<K>(p, dims, bufs);
+    }
+    let isa = CpuIsa::selected()?;
+    let mut out = vec![0.0; p.batch * p.heads * p.tokens * dims[1]];
+    run_chunked::<K>(isa, p, dims, bufs, &mut out)?;
     Ok(out)
 }
 
@@ -204,7 +222,7 @@ struct HeadWork<'a> {
 }
 
 /// The chunk-parallel schedule (see [`Schedule::Chunks`]): three phases, each a parallel loop.
-fn run_chunked<K: Kernel>(
+fn run_chunked<K: Recurrent>(
     isa: CpuIsa,
     p: &Problem,
     dims: [usize; 3],
@@ -236,7 +254,7 @@ fn run_chunked<K: Kernel>(
         phase_tasks::<K>(&mut heads, phase, run, dims, chunks)
             .into_par_iter()
             .with_max_len(1)
-            .try_for_each(|task| dispatch::<K>(isa, Job::Phase(phase, task)))?;
+            .try_for_each(|task| dispatch(isa, PhaseRun::<K>(phase, task, PhantomData)))?;
     }
     recycle([slot_s, slot_z, work]);
     Ok(())
@@ -244,7 +262,7 @@ fn run_chunked<K: Kernel>(
 
 /// The tasks of one phase: runs of `run` chunks per (batch, head), or one per (batch, head) for
 /// the scan.
-fn phase_tasks<'b, K: Kernel>(
+fn phase_tasks<'b, K: Recurrent>(
     heads: &'b mut [HeadWork<'_>],
     phase: Phase,
     run: usize,
@@ -327,11 +345,15 @@ fn parts(buf: &mut [f32], len: usize, count: usize) -> Vec<&mut [f32]> {
 
 /// Runs kernel `K`'s step program on every (batch, head): one token each, in sequence. (Over
 /// rayon's threads a step at H = 8 took 3.5x longer: waking them costs more than the update.)
-pub fn run_step<K: Kernel>(p: &Problem, dims: [usize; 3], bufs: &mut Buffers) -> Result<Vec<f32>> {
+pub fn run_step<K: Recurrent>(
+    p: &Problem,
+    dims: [usize; 3],
+    bufs: &mut Buffers,
+) -> Result<Vec<f32>> {
     let isa = CpuIsa::selected()?;
     let mut out = vec![0.0; p.batch * p.heads * dims[1]];
     for task in tasks(p, dims, bufs, &mut out)? {
-        dispatch::<K>(isa, Job::Step(task))?;
+        dispatch(isa, Step::<K>(task, PhantomData))?;
     }
     Ok(out)
 }
@@ -346,12 +368,14 @@ mod tests {
 
     impl<const LIGHT: bool> Kernel for Consts<LIGHT> {
         const CHUNK: usize = 64;
-        const WORK: usize = 0;
-        const PHASED: bool = true;
-        const LIGHT_SCAN: bool = LIGHT;
         fn forward<I: Isa>(_: I, _: Task<'_>) -> Result<()> {
             Err(Error::Internal("not a kernel"))
         }
+    }
+
+    impl<const LIGHT: bool> Recurrent for Consts<LIGHT> {
+        const WORK: usize = 0;
+        const LIGHT_SCAN: bool = LIGHT;
         fn step<I: Isa>(_: I, _: Task<'_>) -> Result<()> {
             Err(Error::Internal("not a kernel"))
         }

@@ -71,15 +71,17 @@ pub fn scale_rows<const R: usize, const C: usize>(t: &mut Tile<R, C>, rows: usiz
     }
 }
 
-/// Divides each live row by its L2 norm: `x / sqrt(|x|^2 + 1e-6)` (flash-linear-attention's form).
+/// Divides each live row by its L2 norm: `x / sqrt(|x|^2 + eps)` (flash-linear-attention's form; the
+/// plan passes `qk_norm = l2`'s eps).
 #[inline(always)]
 pub fn l2_normalize_rows<I: Isa, const R: usize, const C: usize>(
     isa: I,
     t: &mut Tile<R, C>,
     rows: usize,
+    eps: f32,
 ) {
     for row in t.iter_mut().take(rows) {
-        let inv = 1.0 / (dot(isa, row, row) + 1e-6).sqrt();
+        let inv = 1.0 / (dot(isa, row, row) + eps).sqrt();
         for x in row.iter_mut() {
             *x *= inv;
         }
