@@ -10,7 +10,7 @@ mod common;
 mod grad;
 
 use attnc::spec::{FeatureMap, Mask, Normalize, QkNorm, Spec, Update};
-use common::{reference, Inputs, Rng};
+use common::{quadratic_softmax, reference, Inputs, Rng};
 use grad::*;
 
 const B: usize = 1;
@@ -357,61 +357,17 @@ fn forward64_matches_reference() {
     eprintln!("forward64 vs reference: worst max-rel {worst:.2e} over {idx} specs");
 }
 
-/// Softmax: against a direct quadratic computation (mod.rs's `reference` has none; this one is
-/// tests/softmax.rs's).
+/// Softmax: against the direct quadratic computation of mod.rs.
 #[test]
 fn softmax_forward64_matches_quadratic() {
     for (idx, case) in softmax_cases().iter().enumerate() {
         let spec = &case.spec;
         let x = Inputs::random(B, H, 6, D, D, 77 + idx as u64);
         let got = forward64(spec, &Inputs64::from(&x), None, None);
-        let want = quadratic(spec, &x);
+        let want = quadratic_softmax(spec, &x);
         let e = rel_err(&got.o, &want);
         assert!(e <= 1e-12, "{}: {e:.2e}", case.name);
     }
-}
-
-fn quadratic(spec: &Spec, x: &Inputs) -> Vec<f64> {
-    let (n, dk, dv) = (x.n, x.dk, x.dv);
-    let scale = spec.scale_value() as f64;
-    let row = |src: &[f32], bh: usize, t: usize, d: usize, norm: bool| -> Vec<f64> {
-        let r: Vec<f64> = src[(bh * n + t) * d..(bh * n + t + 1) * d]
-            .iter()
-            .map(|&v| v as f64)
-            .collect();
-        if norm && spec.qk_norm == QkNorm::L2 {
-            let norm = (r.iter().map(|v| v * v).sum::<f64>() + 1e-6).sqrt();
-            r.iter().map(|v| v / norm).collect()
-        } else {
-            r
-        }
-    };
-    let mut out = vec![0.0; x.b * x.h * n * dv];
-    for bh in 0..x.b * x.h {
-        for t in 0..n {
-            let q = row(&x.q, bh, t, dk, true);
-            let last = if spec.mask == Mask::Causal { t } else { n - 1 };
-            let logits: Vec<f64> = (0..=last)
-                .map(|s| {
-                    scale
-                        * q.iter()
-                            .zip(row(&x.k, bh, s, dk, true))
-                            .map(|(a, b)| a * b)
-                            .sum::<f64>()
-                })
-                .collect();
-            let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let w: Vec<f64> = logits.iter().map(|l| (l - m).exp()).collect();
-            let total: f64 = w.iter().sum();
-            for (s, ws) in w.iter().enumerate() {
-                let v = row(&x.v, bh, s, dv, false);
-                for j in 0..dv {
-                    out[(bh * n + t) * dv + j] += ws / total * v[j];
-                }
-            }
-        }
-    }
-    out
 }
 
 /// The loss through the f32 entry point is <o, dO> + <S_N, dS> + <z_N, dz> of mod.rs's forward.

@@ -5,53 +5,9 @@
 mod common;
 
 use attnc::prelude::*;
-use attnc::spec::{Layout, Mask, QkNorm};
+use attnc::spec::Layout;
 use attnc::CpuIsa;
 use common::*;
-
-/// o_t = sum_{s in window(t)} softmax_s(scale q_t . k_s) v_s, computed directly.
-fn quadratic(spec: &Spec, x: &Inputs) -> Vec<f64> {
-    let (n, dk, dv) = (x.n, x.dk, x.dv);
-    let scale = spec.scale_value() as f64;
-    let row = |src: &[f32], bh: usize, t: usize, d: usize, norm: bool| -> Vec<f64> {
-        let r: Vec<f64> = src[(bh * n + t) * d..(bh * n + t + 1) * d]
-            .iter()
-            .map(|&v| v as f64)
-            .collect();
-        if norm && spec.qk_norm == QkNorm::L2 {
-            let norm = (r.iter().map(|v| v * v).sum::<f64>() + 1e-6).sqrt();
-            r.iter().map(|v| v / norm).collect()
-        } else {
-            r
-        }
-    };
-    let mut out = vec![0.0; x.b * x.h * n * dv];
-    for bh in 0..x.b * x.h {
-        for t in 0..n {
-            let q = row(&x.q, bh, t, dk, true);
-            let last = if spec.mask == Mask::Causal { t } else { n - 1 };
-            let logits: Vec<f64> = (0..=last)
-                .map(|s| {
-                    scale
-                        * q.iter()
-                            .zip(row(&x.k, bh, s, dk, true))
-                            .map(|(a, b)| a * b)
-                            .sum::<f64>()
-                })
-                .collect();
-            let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let w: Vec<f64> = logits.iter().map(|l| (l - m).exp()).collect();
-            let total: f64 = w.iter().sum();
-            for (s, ws) in w.iter().enumerate() {
-                let v = row(&x.v, bh, s, dv, false);
-                for j in 0..dv {
-                    out[(bh * n + t) * dv + j] += ws / total * v[j];
-                }
-            }
-        }
-    }
-    out
-}
 
 macro_rules! softmax_spec {
     ($m:ident, $($attr:tt)*) => {
@@ -86,7 +42,7 @@ macro_rules! softmax_spec {
                             Layout::Bhnd => o,
                             Layout::Bnhd => from_bnhd(&o, 2, 2, n, dv),
                         };
-                        let err = max_rel_err(&o, &quadratic(Attn::spec(), &x));
+                        let err = max_rel_err(&o, &quadratic_softmax(Attn::spec(), &x));
                         eprintln!("softmax {isa} N={n}: max-rel {err:.2e} `{}`", Attn::spec());
                         assert!(err <= 1e-4, "{isa} N={n}: error {err:.2e}");
                     }

@@ -455,28 +455,8 @@ fn op(op: &CpuOp) -> TokenStream {
             let (t, at) = (flat(t, true), lit(slot.offset));
             quote! { tile::restore(#t, work, slot * WORK + #at)?; }
         }
-        Op::SaveChunkState { s, z } => {
-            let (stride, st) = (lit(s.len()), flat(s, false));
-            let z = z.iter().map(|z| {
-                let (stride, zt) = (lit(z.len()), flat(z, false));
-                quote! { tile::save(#zt, slot_z, slot * #stride)?; }
-            });
-            quote! {
-                tile::save(#st, slot_s, slot * #stride)?;
-                #(#z)*
-            }
-        }
-        Op::LoadChunkState { s, z } => {
-            let (stride, st) = (lit(s.len()), flat(s, true));
-            let z = z.iter().map(|z| {
-                let (stride, zt) = (lit(z.len()), flat(z, true));
-                quote! { tile::restore(#zt, slot_z, slot * #stride)?; }
-            });
-            quote! {
-                tile::restore(#st, slot_s, slot * #stride)?;
-                #(#z)*
-            }
-        }
+        Op::SaveChunkState { s, z } => slot_traffic("save", s, z.as_ref(), false),
+        Op::LoadChunkState { s, z } => slot_traffic("restore", s, z.as_ref(), true),
         Op::ReadState { s, z } => {
             let st = flat(s, true);
             let z = z.iter().map(|z| {
@@ -489,6 +469,18 @@ fn op(op: &CpuOp) -> TokenStream {
             }
         }
     }
+}
+
+/// `tile::save` or `tile::restore` of `s` (and `z`) at this chunk's slot of the per-chunk
+/// states.
+fn slot_traffic(call: &str, s: &CpuOperand, z: Option<&CpuOperand>, mutable: bool) -> TokenStream {
+    let call = format_ident!("{}", call);
+    let one = |o: &CpuOperand, buf: TokenStream| {
+        let (stride, t) = (lit(o.len()), flat(o, mutable));
+        quote! { tile::#call(#t, #buf, slot * #stride)?; }
+    };
+    let (s, z) = (one(s, quote!(slot_s)), z.map(|z| one(z, quote!(slot_z))));
+    quote! { #s #z }
 }
 
 /// Rust's spelling of the expression language, over the variable `x`.

@@ -290,6 +290,50 @@ fn write_output(spec: &Spec, q: &[f64], s: &[f64], z: &[f64], out: &mut [f64]) {
     }
 }
 
+/// o_t = sum_{s in window(t)} softmax_s(scale q_t . k_s) v_s, computed directly.
+pub fn quadratic_softmax(spec: &Spec, x: &Inputs) -> Vec<f64> {
+    let (n, dk, dv) = (x.n, x.dk, x.dv);
+    let scale = spec.scale_value() as f64;
+    let row = |src: &[f32], bh: usize, t: usize, d: usize, norm: bool| -> Vec<f64> {
+        let r: Vec<f64> = src[(bh * n + t) * d..(bh * n + t + 1) * d]
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        if norm && spec.qk_norm == QkNorm::L2 {
+            let norm = (r.iter().map(|v| v * v).sum::<f64>() + 1e-6).sqrt();
+            r.iter().map(|v| v / norm).collect()
+        } else {
+            r
+        }
+    };
+    let mut out = vec![0.0; x.b * x.h * n * dv];
+    for bh in 0..x.b * x.h {
+        for t in 0..n {
+            let q = row(&x.q, bh, t, dk, true);
+            let last = if spec.mask == Mask::Causal { t } else { n - 1 };
+            let logits: Vec<f64> = (0..=last)
+                .map(|s| {
+                    scale
+                        * q.iter()
+                            .zip(row(&x.k, bh, s, dk, true))
+                            .map(|(a, b)| a * b)
+                            .sum::<f64>()
+                })
+                .collect();
+            let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let w: Vec<f64> = logits.iter().map(|l| (l - m).exp()).collect();
+            let total: f64 = w.iter().sum();
+            for (s, ws) in w.iter().enumerate() {
+                let v = row(&x.v, bh, s, dv, false);
+                for j in 0..dv {
+                    out[(bh * n + t) * dv + j] += ws / total * v[j];
+                }
+            }
+        }
+    }
+    out
+}
+
 /// max |got - want| / max |want| (DESIGN §3's accuracy measure).
 pub fn max_rel_err(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len(), "length mismatch");
