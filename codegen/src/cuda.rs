@@ -12,7 +12,7 @@
 //! Every fact printed here (shapes, live rows, shared-memory and scratch places, slots, launch
 //! sizes) comes from the plan.
 
-use crate::abi::{CudaLaunch, Grid, KernelInfo};
+use crate::abi::{CudaLaunch, KernelInfo};
 use crate::back::{self, binary_symbol, ExprSyntax};
 use crate::plan::{
     tokens_first, CudaPlace, Expansion, Extent, Frame, Op, Operand, Phases, Plan, Program,
@@ -123,7 +123,7 @@ impl Printer<'_> {
             emit_op(op, "  ", src);
         }
         src.push_str("}\n");
-        info(name, Grid::Chunks, &r.frame)
+        self.info(name, &r.frame)
     }
 
     /// Phase (b) and the step routine: chunks in order, the state carried in `t_s` (and
@@ -160,12 +160,7 @@ impl Printer<'_> {
             src.push_str("  if (lead) attnc::copy<F>(z + (long)bh * F, t_z);\n");
         }
         src.push_str("}\n");
-        let grid = if scan {
-            Grid::Columns((self.plan.signature.dv / r.frame.value_cols.max(1)) as u32)
-        } else {
-            Grid::Heads
-        };
-        info(name, grid, &r.frame)
+        self.info(name, &r.frame)
     }
 
     /// Softmax: one query tile per block, its key tiles in order.
@@ -208,7 +203,17 @@ impl Printer<'_> {
             emit_op(op, "  ", src);
         }
         src.push_str("}\n");
-        info(name, Grid::Chunks, &t.frame)
+        self.info(name, &t.frame)
+    }
+
+    /// A kernel's launch facts, from its frame.
+    fn info(&self, name: &'static str, frame: &Frame<CudaPlace>) -> KernelInfo {
+        KernelInfo {
+            name,
+            grid: frame.grid(self.plan.signature.dv),
+            smem_bytes: (frame.memory.near * 4) as u32,
+            scratch_floats: frame.memory.far,
+        }
     }
 
     /// Constants, block indices and tile pointers every kernel starts with.
@@ -286,16 +291,6 @@ impl Printer<'_> {
              (void)tv; (void)tbeta; (void)tg; (void)tout; (void)proj; (void)chunk_s; \
              (void)chunk_z; (void)work; (void)s; (void)z;\n",
         );
-    }
-}
-
-/// A kernel's launch facts, from its frame.
-fn info(name: &'static str, grid: Grid, frame: &Frame<CudaPlace>) -> KernelInfo {
-    KernelInfo {
-        name,
-        grid,
-        smem_bytes: (frame.memory.near * 4) as u32,
-        scratch_floats: frame.memory.far,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::build::BuiltOp;
 use super::ir::{CpuPlace, CudaPlace, Dim, DimOf, Extent, Op, Operand, Slot, Tile};
-use crate::abi::Signature;
+use crate::abi::{Grid, Signature};
 use std::collections::BTreeMap;
 
 /// Threads per CUDA block, every kernel.
@@ -70,6 +70,18 @@ pub struct Frame<P> {
     pub tiles: Vec<Operand<P>>,
     /// Its memory footprint, in floats.
     pub memory: Memory,
+}
+
+impl Frame<CudaPlace> {
+    /// The CUDA grid of the routine's kernel: a block per chunk (phases (a) and (c), softmax's
+    /// query tiles), per column block of the state (the scan) or per (batch, head) (the step).
+    pub fn grid(&self, dv: usize) -> Grid {
+        match self.kind {
+            RoutineKind::Scan => Grid::Columns((dv / self.value_cols.max(1)) as u32),
+            RoutineKind::Step | RoutineKind::Forward => Grid::Heads,
+            RoutineKind::Intra | RoutineKind::Output | RoutineKind::Softmax => Grid::Chunks,
+        }
+    }
 }
 
 impl<P: Copy> Frame<P> {
