@@ -35,11 +35,14 @@ fn main() -> Result<(), Error> {
     let beta = map(&logits, n, |x| 1.0 / (1.0 + (-x).exp())); // sigmoid: beta in (0, 1)
     let g = map(&logits, n, |x| -(1.0 + (-(x + 3.0)).exp()).ln()); // log-sigmoid: g < 0
 
-    let (o, chunked) = best_of_3(|| DeltaNet::forward(&q, &k, &v, &beta))?;
+    let (o, chunked) =
+        best_of_3(|| DeltaNet::forward(q.clone(), k.clone(), v.clone(), beta.clone()))?;
     let (steps, stepped) = decode(n, &q, &k, &v, &beta, None)?;
     report("DeltaNet", chunked, stepped, max_rel(&steps, &o, n));
 
-    let (o, chunked) = best_of_3(|| GatedDeltaNet::forward(&q, &k, &v, &beta, &g))?;
+    let (o, chunked) = best_of_3(|| {
+        GatedDeltaNet::forward(q.clone(), k.clone(), v.clone(), beta.clone(), g.clone())
+    })?;
     let (steps, stepped) = decode(n, &q, &k, &v, &beta, Some(&g))?;
     report("Gated DeltaNet", chunked, stepped, max_rel(&steps, &o, n));
     Ok(())

@@ -47,7 +47,7 @@ fn main() -> Result<(), Error> {
     let w256 = attnc::favor::orthogonal_gaussian(1)?;
     let w2048 = attnc::favor::orthogonal_gaussian(2)?;
 
-    let (exact, ms) = timed(|| Softmax::forward(&q, &k, &v))?;
+    let (exact, ms) = timed(|| Softmax::forward(q.clone(), k.clone(), v.clone()))?;
     let exact = exact.as_vec();
     println!(
         "{:<34} {:>5} {:>9.2} ms   (reference)",
@@ -57,17 +57,17 @@ fn main() -> Result<(), Error> {
         (
             "Based (taylor2)",
             Based::FEATURE_DIM,
-            timed(|| Based::forward(&q, &k, &v))?,
+            timed(|| Based::forward(q.clone(), k.clone(), v.clone()))?,
         ),
         (
             "Performer (favor, m = 256)",
             Performer256::FEATURE_DIM,
-            timed(|| Performer256::forward(&q, &k, &v, &w256))?,
+            timed(|| Performer256::forward(q.clone(), k.clone(), v.clone(), w256.clone()))?,
         ),
         (
             "Performer (favor, m = 2048)",
             Performer2048::FEATURE_DIM,
-            timed(|| Performer2048::forward(&q, &k, &v, &w2048))?,
+            timed(|| Performer2048::forward(q.clone(), k.clone(), v.clone(), w2048.clone()))?,
         ),
     ];
     for (name, f, (o, ms)) in rows {

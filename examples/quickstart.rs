@@ -49,15 +49,15 @@ fn main() -> Result<(), Error> {
         dev.tensor_from_vec(data, (Const, Const, N))
     };
 
-    let ms = timed(|| LinearAttention::forward(&q, &k, &v))?;
+    let ms = timed(|| LinearAttention::forward(q.clone(), k.clone(), v.clone()))?;
     report(
         "LinearAttention (elu+1, causal, normalised)",
         LinearAttention::spec(),
         ms,
     );
-    let ms = timed(|| Retention::forward(&q, &k, &v, &g))?;
+    let ms = timed(|| Retention::forward(q.clone(), k.clone(), v.clone(), g.clone()))?;
     report("Retention (gated, l2 q/k)", Retention::spec(), ms);
-    let ms = timed(|| CustomMap::forward(&q, &k, &v))?;
+    let ms = timed(|| CustomMap::forward(q.clone(), k.clone(), v.clone()))?;
     report("CustomMap (closure feature map)", CustomMap::spec(), ms);
 
     // Bidirectional is tokens-first: (B, N, H, D).
@@ -66,7 +66,7 @@ fn main() -> Result<(), Error> {
     let kt = qt.clone();
     let vt: Tensor<(Const<B>, usize, Const<H>, Const<32>), f32, Cpu> =
         dev.sample_normal_like(&(Const, N, Const, Const));
-    let ms = timed(|| Bidirectional::forward(&qt, &kt, &vt))?;
+    let ms = timed(|| Bidirectional::forward(qt.clone(), kt.clone(), vt.clone()))?;
     report(
         "Bidirectional (relu, non-causal, bnhd)",
         Bidirectional::spec(),
@@ -76,7 +76,7 @@ fn main() -> Result<(), Error> {
     // The recurrent view: decoding token by token with `step` gives what `forward` gives.
     let n = 300;
     let (qs, ks, vs) = (prefix(&q, n), prefix(&k, n), prefix(&v, n));
-    let full = LinearAttention::forward(&qs, &ks, &vs)?.as_vec();
+    let full = LinearAttention::forward(qs.clone(), ks.clone(), vs.clone())?.as_vec();
     let mut state = State::zeros(Const::<B>, Const::<H>, true)?;
     let mut worst = 0.0f32;
     let scale = full.iter().fold(0.0f32, |m, x| m.max(x.abs()));
@@ -156,7 +156,7 @@ fn on_the_gpu(
     let on_gpu = LinearAttention::forward_cuda(&gq, &gk, &gv)?
         .download()?
         .as_vec();
-    let on_cpu = LinearAttention::forward(q, k, v)?.as_vec();
+    let on_cpu = LinearAttention::forward(q.clone(), k.clone(), v.clone())?.as_vec();
     let scale = on_cpu.iter().fold(0.0f32, |m, x| m.max(x.abs()));
     let worst = on_gpu
         .iter()

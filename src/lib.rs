@@ -17,7 +17,8 @@
 //! let q: Tensor<Rank4<1, 2, 40, 16>, f32, _> = dev.sample_normal();
 //! let k: Tensor<Rank4<1, 2, 40, 16>, f32, _> = dev.sample_normal();
 //! let v: Tensor<Rank4<1, 2, 40, 16>, f32, _> = dev.sample_normal();
-//! let o = LinearAttention::forward(&q, &k, &v).unwrap();
+//! // By value, as dfdx's ops: clones are `Arc` clones, no copies.
+//! let o = LinearAttention::forward(q.clone(), k.clone(), v.clone()).unwrap();
 //! assert_eq!(o.shape(), &(Const::<1>, Const::<2>, Const::<40>, Const::<16>));
 //! ```
 //!
@@ -62,12 +63,12 @@ pub mod cuda {
 /// let v: Tensor<Rank4<1, 2, 40, 16>, f32, _> = dev.sample_normal();
 /// // (FEATURE_DIM, HEAD_DIM) = (64, 16), inferred from `forward`'s signature; seeded.
 /// let w = attnc::favor::orthogonal_gaussian(42)?;
-/// let o = Performer::forward(&q, &k, &v, &w)?;
+/// let o = Performer::forward(q.clone(), k.clone(), v.clone(), w.clone())?;
 /// assert_eq!(Performer::FEATURE_DIM, 64);
 /// assert!(o.as_vec().iter().all(|x| x.is_finite()));
 ///
 /// // Decoding continues from forward's state with the same projection.
-/// let (_, mut state) = Performer::forward_with_state(&q, &k, &v, &w, None)?;
+/// let (_, mut state) = Performer::forward_with_state(q, k, v, w.clone(), None)?;
 /// let q_t: Tensor<Rank3<1, 2, 16>, f32, _> = dev.sample_normal();
 /// let o_t = Performer::step(&mut state, &q_t, &q_t, &q_t, &w)?;
 /// assert_eq!(o_t.shape(), &(Const::<1>, Const::<2>, Const::<16>));
@@ -99,7 +100,8 @@ pub mod __private {
     pub use attnc_runtime::cpu::{Isa, Kernel, Phase, PhaseTask, Recurrent, Task};
     pub use attnc_runtime::cuda::{forward_cuda, step_cuda, CudaTensor};
     pub use attnc_runtime::{Error, Result};
+    pub use dfdx::nn::Module;
     pub use dfdx::shapes::{Const, Dim, HasShape};
-    pub use dfdx::tensor::{Cpu, Tensor};
+    pub use dfdx::tensor::{Cpu, Merge, NoneTape, PutTape, SplitTape, Tape, Tensor};
     pub use std::borrow::Cow;
 }

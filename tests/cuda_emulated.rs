@@ -299,7 +299,7 @@ macro_rules! softmax_spec {
                     let q = dev.tensor_from_vec(x.q.clone(), (b, h, n, Const::<DK>));
                     let k = dev.tensor_from_vec(x.k.clone(), (b, h, n, Const::<DK>));
                     let v = dev.tensor_from_vec(x.v.clone(), (b, h, n, Const::<DV>));
-                    let want: Vec<f64> = Attn::forward(&q, &k, &v)
+                    let want: Vec<f64> = Attn::forward(q.clone(), k.clone(), v.clone())
                         .expect("CPU softmax")
                         .as_vec()
                         .into_iter()

@@ -104,7 +104,7 @@ macro_rules! gpu_spec {
                     let gst0 = gpu.upload_state(&st0).expect("upload state");
 
                     let (o_cpu, st_cpu) =
-                        Attn::forward_with_state(&q, &k, &v, $(pick!($extra, &beta, &g, &w),)* Some(&st0)).expect("cpu");
+                        Attn::forward_with_state(q.clone(), k.clone(), v.clone(), $(pick!($extra, beta.clone(), g.clone(), w.clone()),)* Some(&st0)).expect("cpu");
                     let (o_gpu, st_gpu) =
                         Attn::forward_with_state_cuda(&gq, &gk, &gv, $(pick!($extra, &gbeta, &gg, &gw),)* Some(&gst0))
                             .expect("gpu forward");
@@ -262,7 +262,7 @@ macro_rules! gpu_softmax {
                     let x = Inputs::random(b, h, n, DK, DV, 500 + i as u64);
                     let (q, k) = (tok::<DK>(&x.q, b, h, n), tok::<DK>(&x.k, b, h, n));
                     let v = tok::<DV>(&x.v, b, h, n);
-                    let o_cpu = Attn::forward(&q, &k, &v).expect("cpu");
+                    let o_cpu = Attn::forward(q.clone(), k.clone(), v.clone()).expect("cpu");
                     let (gq, gk) = (gpu.upload(&q).expect("up"), gpu.upload(&k).expect("up"));
                     let gv = gpu.upload(&v).expect("up");
                     let o_gpu = Attn::forward_cuda(&gq, &gk, &gv).expect("gpu softmax");

@@ -42,10 +42,10 @@ macro_rules! delta_specs {
         }
     };
     (@call $name:ident, delta, $q:ident, $k:ident, $v:ident, $beta:ident, $_g:ident) => {
-        $name::forward(&$q, &$k, &$v, &$beta).unwrap()
+        $name::forward($q.clone(), $k.clone(), $v.clone(), $beta.clone()).unwrap()
     };
     (@call $name:ident, gated_delta, $q:ident, $k:ident, $v:ident, $beta:ident, $g:ident) => {
-        $name::forward(&$q, &$k, &$v, &$beta, &$g).unwrap()
+        $name::forward($q.clone(), $k.clone(), $v.clone(), $beta.clone(), $g.clone()).unwrap()
     };
 }
 

@@ -16,7 +16,7 @@ fn tok(b: usize, h: usize, n: usize) -> Tok {
 
 #[test]
 fn mismatched_token_counts_are_an_error() {
-    let err = Attn::forward(&tok(1, 2, 10), &tok(1, 2, 11), &tok(1, 2, 10)).unwrap_err();
+    let err = Attn::forward(tok(1, 2, 10), tok(1, 2, 11), tok(1, 2, 10)).unwrap_err();
     assert!(
         matches!(err, Error::ShapeMismatch { arg: "k", .. }),
         "{err}"
@@ -30,7 +30,7 @@ fn mismatched_token_counts_are_an_error() {
 
 #[test]
 fn mismatched_heads_are_an_error() {
-    let err = Attn::forward(&tok(1, 2, 10), &tok(1, 2, 10), &tok(1, 3, 10)).unwrap_err();
+    let err = Attn::forward(tok(1, 2, 10), tok(1, 2, 10), tok(1, 3, 10)).unwrap_err();
     assert!(
         matches!(err, Error::ShapeMismatch { arg: "v", .. }),
         "{err}"
@@ -39,7 +39,7 @@ fn mismatched_heads_are_an_error() {
 
 #[test]
 fn empty_sequence_is_an_error() {
-    let err = Attn::forward(&tok(1, 2, 0), &tok(1, 2, 0), &tok(1, 2, 0)).unwrap_err();
+    let err = Attn::forward(tok(1, 2, 0), tok(1, 2, 0), tok(1, 2, 0)).unwrap_err();
     assert_eq!(err, Error::EmptySequence);
     assert!(err.to_string().contains("pass at least one token"));
 }
@@ -49,9 +49,9 @@ fn gate_shape_follows_the_layout() {
     // Tokens first: q is (B, N, H, D) and g must be (B, N, H).
     let q = tok(1, 10, 2);
     let good: Tensor<(usize, usize, usize), f32, Cpu> = Cpu::default().zeros_like(&(1, 10, 2));
-    assert!(GatedTokensFirst::forward(&q, &q, &q, &good).is_ok());
+    assert!(GatedTokensFirst::forward(q.clone(), q.clone(), q.clone(), good.clone()).is_ok());
     let bad: Tensor<(usize, usize, usize), f32, Cpu> = Cpu::default().zeros_like(&(1, 2, 10));
-    let err = GatedTokensFirst::forward(&q, &q, &q, &bad).unwrap_err();
+    let err = GatedTokensFirst::forward(q.clone(), q.clone(), q.clone(), bad.clone()).unwrap_err();
     assert!(
         err.to_string().contains("`g` has shape [1, 2, 10]"),
         "{err}"
@@ -62,8 +62,8 @@ fn gate_shape_follows_the_layout() {
 #[test]
 fn state_of_the_wrong_batch_is_an_error() {
     let (_, state) =
-        Attn::forward_with_state(&tok(2, 2, 5), &tok(2, 2, 5), &tok(2, 2, 5), None).unwrap();
-    let err = Attn::forward_with_state(&tok(1, 2, 5), &tok(1, 2, 5), &tok(1, 2, 5), Some(&state))
+        Attn::forward_with_state(tok(2, 2, 5), tok(2, 2, 5), tok(2, 2, 5), None).unwrap();
+    let err = Attn::forward_with_state(tok(1, 2, 5), tok(1, 2, 5), tok(1, 2, 5), Some(&state))
         .unwrap_err();
     assert!(
         matches!(
@@ -81,7 +81,7 @@ fn state_of_the_wrong_batch_is_an_error() {
 #[test]
 fn state_without_normaliser_is_an_error_for_a_normalised_spec() {
     let state = State::zeros(1usize, 2usize, false).unwrap();
-    let err = Attn::forward_with_state(&tok(1, 2, 5), &tok(1, 2, 5), &tok(1, 2, 5), Some(&state))
+    let err = Attn::forward_with_state(tok(1, 2, 5), tok(1, 2, 5), tok(1, 2, 5), Some(&state))
         .unwrap_err();
     assert!(err.to_string().contains("needs `z`"), "{err}");
 }
@@ -106,7 +106,7 @@ fn non_finite_inputs_are_rejected_when_checking_is_on() {
     let bad: Tok = Cpu::default().tensor_from_vec(data, (1, 1, 3, Const));
     let good = tok(1, 1, 3);
     attnc::set_finite_check(true);
-    let err = Attn::forward(&bad, &good, &good).unwrap_err();
+    let err = Attn::forward(bad.clone(), good.clone(), good.clone()).unwrap_err();
     attnc::set_finite_check(false);
     assert_eq!(err, Error::NonFinite { arg: "q", index: 0 });
 }

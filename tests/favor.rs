@@ -80,7 +80,9 @@ macro_rules! favor_forward {
         let x: &Inputs = $x;
         let w = attnc::favor::orthogonal_gaussian($seed).expect("projection");
         let (q, k, v) = (tok::<DK>(&x.q, x), tok::<DK>(&x.k, x), tok::<DK>(&x.v, x));
-        <$attn>::forward(&q, &k, &v, &w).expect("forward").as_vec()
+        <$attn>::forward(q.clone(), k.clone(), v.clone(), w.clone())
+            .expect("forward")
+            .as_vec()
     }};
 }
 
@@ -194,7 +196,7 @@ macro_rules! check_large {
         let (q, k, v) = (tok::<DK>(&x.q, &x), tok::<DK>(&x.k, &x), tok::<DK>(&x.v, &x));
         let want = reference(spec, &x, None, None);
         assert!(want.o.iter().all(|v| v.is_finite()), "the oracle overflowed");
-        let (o, st) = <$attn>::forward_with_state(&q, &k, &v, &w, None).expect("forward");
+        let (o, st) = <$attn>::forward_with_state(q.clone(), k.clone(), v.clone(), w.clone(), None).expect("forward");
         let o = o.as_vec();
         assert!(o.iter().chain(&st.s.as_vec()).all(|v| v.is_finite()), "`{spec}`: not finite");
         let err = max_rel_err(&o, &want.o);
@@ -255,10 +257,10 @@ fn the_largest_feature_is_bounded_by_the_projection() {
     let w: Tensor<(Const<64>, Const<DK>), f32, Cpu> =
         Cpu::default().tensor_from_vec(one.proj.clone(), (Const, Const));
     let o = FavorPlain::forward(
-        &tok::<DK>(&one.q, &one),
-        &tok(&one.k, &one),
-        &tok(&one.v, &one),
-        &w,
+        tok::<DK>(&one.q, &one),
+        tok(&one.k, &one),
+        tok(&one.v, &one),
+        w.clone(),
     )
     .expect("forward")
     .as_vec();
@@ -303,7 +305,9 @@ fn the_projection_is_the_last_argument_and_chained_calls_share_it() {
         tok::<DK>(&x.k, &x),
         tok::<DK>(&x.v, &x),
     );
-    let whole = FavorSum::forward(&q, &k, &v, &w).expect("forward").as_vec();
+    let whole = FavorSum::forward(q.clone(), k.clone(), v.clone(), w.clone())
+        .expect("forward")
+        .as_vec();
     let want = reference(spec, &x, None, None);
     assert!(max_rel_err(&whole, &want.o) <= 1e-4);
 
@@ -311,8 +315,11 @@ fn the_projection_is_the_last_argument_and_chained_calls_share_it() {
     let args = |p: &Inputs| (tok::<DK>(&p.q, p), tok::<DK>(&p.k, p), tok::<DK>(&p.v, p));
     let (qa, ka, va) = args(&a);
     let (qb, kb, vb) = args(&b);
-    let (_, st) = FavorSum::forward_with_state(&qa, &ka, &va, &w, None).expect("first half");
-    let (ob, st) = FavorSum::forward_with_state(&qb, &kb, &vb, &w, Some(&st)).expect("second");
+    let (_, st) = FavorSum::forward_with_state(qa.clone(), ka.clone(), va.clone(), w.clone(), None)
+        .expect("first half");
+    let (ob, st) =
+        FavorSum::forward_with_state(qb.clone(), kb.clone(), vb.clone(), w.clone(), Some(&st))
+            .expect("second");
     let want_b: Vec<f64> = (0..x.b * x.h)
         .flat_map(|bh| want.o[(bh * x.n + 9) * DK..(bh * x.n + 20) * DK].to_vec())
         .collect();
@@ -321,7 +328,7 @@ fn the_projection_is_the_last_argument_and_chained_calls_share_it() {
 
     // A different projection is a different feature map.
     let other = attnc::favor::orthogonal_gaussian(73).expect("projection");
-    let changed = FavorSum::forward(&q, &k, &v, &other)
+    let changed = FavorSum::forward(q.clone(), k.clone(), v.clone(), other.clone())
         .expect("forward")
         .as_vec();
     assert!(max_rel_err(&changed, &want.o) > 1e-3);
@@ -341,7 +348,7 @@ fn a_non_finite_projection_is_rejected_when_checking_is_on() {
         tok::<DK>(&x.v, &x),
     );
     attnc::set_finite_check(true);
-    let err = FavorSum::forward(&q, &k, &v, &w).unwrap_err();
+    let err = FavorSum::forward(q.clone(), k.clone(), v.clone(), w.clone()).unwrap_err();
     attnc::set_finite_check(false);
     assert_eq!(
         err,

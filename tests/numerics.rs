@@ -108,7 +108,7 @@ macro_rules! check_spec {
                 let k: Tok<DK> = tokens(&x.k, x, layout);
                 let v: Tok<DV> = tokens(&x.v, x, layout);
                 $(let $extra = forward_arg!($extra, x, layout);)*
-                let (o, st) = Attn::forward_with_state(&q, &k, &v, $(&$extra,)* initial)?;
+                let (o, st) = Attn::forward_with_state(q, k, v, $($extra,)* initial)?;
                 Ok((heads_first(&o, x, layout), st))
             }
 
@@ -118,7 +118,7 @@ macro_rules! check_spec {
                 let k: Tok<DK> = tokens(&x.k, x, layout);
                 let v: Tok<DV> = tokens(&x.v, x, layout);
                 $(let $extra = forward_arg!($extra, x, layout);)*
-                heads_first(&Attn::forward(&q, &k, &v, $(&$extra,)*).unwrap(), x, layout)
+                heads_first(&Attn::forward(q, k, v, $($extra,)*).unwrap(), x, layout)
             }
 
             /// Decodes every token with `step`, returning heads-first outputs and the final state.

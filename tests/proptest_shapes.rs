@@ -43,7 +43,7 @@ fn run(which: usize, x: &Inputs) -> (Vec<f32>, Vec<f64>) {
         ($spec:ident, $dk:literal, $dv:literal $(, $extra:ident)*) => {{
             let (q, k, v) = (tok::<$dk>(&x.q, x), tok::<$dk>(&x.k, x), tok::<$dv>(&x.v, x));
             $(let $extra = per(&x.$extra, x);)*
-            let o = $spec::forward(&q, &k, &v $(, &$extra)*).unwrap().as_vec();
+            let o = $spec::forward(q, k, v $(, $extra)*).unwrap().as_vec();
             (o, reference($spec::spec(), x, None, None).o)
         }};
     }
@@ -87,7 +87,7 @@ proptest! {
     fn step_reproduces_forward(n in 1usize..80, seed in any::<u64>()) {
         let x = Inputs::random(1, 2, n, 16, 16, seed);
         let (q, k, v, g) = (tok::<16>(&x.q, &x), tok::<16>(&x.k, &x), tok::<16>(&x.v, &x), per(&x.g, &x));
-        let full = Gated::forward(&q, &k, &v, &g).unwrap().as_vec();
+        let full = Gated::forward(q.clone(), k.clone(), v.clone(), g.clone()).unwrap().as_vec();
         let mut state = State::zeros(1usize, 2usize, false).unwrap();
         let dev = Cpu::default();
         let scale = full.iter().fold(1e-30f32, |m, v| m.max(v.abs()));

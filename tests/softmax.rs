@@ -37,7 +37,7 @@ macro_rules! softmax_spec {
                         let q = dev.tensor_from_vec(data(&x.q, dk), (qs.0, qs.1, qs.2, Const::<{ Attn::HEAD_DIM }>));
                         let k = dev.tensor_from_vec(data(&x.k, dk), (qs.0, qs.1, qs.2, Const::<{ Attn::HEAD_DIM }>));
                         let v = dev.tensor_from_vec(data(&x.v, dv), (vs.0, vs.1, vs.2, Const::<{ Attn::VALUE_DIM }>));
-                        let o = isa.run_with(|| Attn::forward(&q, &k, &v)).unwrap().unwrap().as_vec();
+                        let o = isa.run_with(|| Attn::forward(q.clone(), k.clone(), v.clone())).unwrap().unwrap().as_vec();
                         let o = match layout {
                             Layout::Bhnd => o,
                             Layout::Bnhd => from_bnhd(&o, 2, 2, n, dv),

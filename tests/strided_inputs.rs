@@ -22,8 +22,12 @@ fn permuted_views_are_read_in_logical_order() {
     // A (B, N, H, D) tensor permuted to (B, H, N, D): same logical values, other strides.
     let v_tokens_first: Tensor<Rank4<2, 20, 3, 16>, f32, Cpu> = dev.sample_normal();
     let v: Q = v_tokens_first.permute::<Rank4<2, 3, 20, 16>, _>();
-    let got = Attn::forward(&q, &k, &v).unwrap().as_vec();
-    let want = Attn::forward(&q, &k, &contiguous(&v)).unwrap().as_vec();
+    let got = Attn::forward(q.clone(), k.clone(), v.clone())
+        .unwrap()
+        .as_vec();
+    let want = Attn::forward(q.clone(), k.clone(), contiguous(&v))
+        .unwrap()
+        .as_vec();
     assert_eq!(got, want);
 }
 
@@ -35,7 +39,11 @@ fn broadcast_views_are_read_in_logical_order() {
     // One key tensor shared across the batch.
     let k_shared: Tensor<Rank3<3, 20, 16>, f32, Cpu> = dev.sample_normal();
     let k: Q = k_shared.broadcast();
-    let got = Attn::forward(&q, &k, &v).unwrap().as_vec();
-    let want = Attn::forward(&q, &contiguous(&k), &v).unwrap().as_vec();
+    let got = Attn::forward(q.clone(), k.clone(), v.clone())
+        .unwrap()
+        .as_vec();
+    let want = Attn::forward(q.clone(), contiguous(&k), v.clone())
+        .unwrap()
+        .as_vec();
     assert_eq!(got, want);
 }

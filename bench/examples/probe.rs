@@ -52,7 +52,7 @@ fn memory(b: usize, h: usize, n: usize) {
         dev.sample_normal_like(&(b, h, n, Const)),
     );
     let before = peak_mib();
-    let o = Plain::forward(&q, &k, &v).unwrap();
+    let o = Plain::forward(q.clone(), k.clone(), v.clone()).unwrap();
     let after = peak_mib();
     let inputs = 3.0 * (b * h * n * 64 * 4) as f64 / (1 << 20) as f64;
     println!(
@@ -85,10 +85,18 @@ fn main() {
             let p = pool(threads);
             for (name, sched) in [("auto", Schedule::Auto), ("chunks", Schedule::Chunks)] {
                 let plain = p.install(|| {
-                    sched.run_with(|| best_ms(10, || drop(Plain::forward(&q, &k, &v).unwrap())))
+                    sched.run_with(|| {
+                        best_ms(10, || {
+                            drop(Plain::forward(q.clone(), k.clone(), v.clone()).unwrap())
+                        })
+                    })
                 });
                 let elu = p.install(|| {
-                    sched.run_with(|| best_ms(10, || drop(Elu::forward(&q, &k, &v).unwrap())))
+                    sched.run_with(|| {
+                        best_ms(10, || {
+                            drop(Elu::forward(q.clone(), k.clone(), v.clone()).unwrap())
+                        })
+                    })
                 });
                 println!(
                     "H={h} N={n} {threads}t {name:6}: plain {plain:8.3} ms  elu+1 {elu:8.3} ms ({:.2}x)",

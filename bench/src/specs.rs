@@ -109,11 +109,21 @@ macro_rules! specs_at_chunk {
             pub fn forward(v: super::Variant, x: &super::Inputs) -> Result<super::Tok, Error> {
                 use super::Variant::*;
                 match v {
-                    Plain => self::Plain::forward(&x.q, &x.k, &x.v),
-                    Elu => self::Elu::forward(&x.q, &x.k, &x.v),
-                    Gated => self::Gated::forward(&x.q, &x.k, &x.v, &x.g),
-                    Delta => self::Delta::forward(&x.q, &x.k, &x.v, &x.beta),
-                    GatedDelta => self::GatedDelta::forward(&x.q, &x.k, &x.v, &x.beta, &x.g),
+                    Plain => self::Plain::forward(x.q.clone(), x.k.clone(), x.v.clone()),
+                    Elu => self::Elu::forward(x.q.clone(), x.k.clone(), x.v.clone()),
+                    Gated => {
+                        self::Gated::forward(x.q.clone(), x.k.clone(), x.v.clone(), x.g.clone())
+                    }
+                    Delta => {
+                        self::Delta::forward(x.q.clone(), x.k.clone(), x.v.clone(), x.beta.clone())
+                    }
+                    GatedDelta => self::GatedDelta::forward(
+                        x.q.clone(),
+                        x.k.clone(),
+                        x.v.clone(),
+                        x.beta.clone(),
+                        x.g.clone(),
+                    ),
                 }
             }
         }
@@ -143,11 +153,30 @@ pub type St = State<usize, usize, 64, 64>;
 pub fn prefill(v: Variant, x: &Inputs) -> Result<St, Error> {
     use Variant::*;
     let (_, st) = match v {
-        Plain => c64::Plain::forward_with_state(&x.q, &x.k, &x.v, None)?,
-        Elu => c64::Elu::forward_with_state(&x.q, &x.k, &x.v, None)?,
-        Gated => c64::Gated::forward_with_state(&x.q, &x.k, &x.v, &x.g, None)?,
-        Delta => c64::Delta::forward_with_state(&x.q, &x.k, &x.v, &x.beta, None)?,
-        GatedDelta => c64::GatedDelta::forward_with_state(&x.q, &x.k, &x.v, &x.beta, &x.g, None)?,
+        Plain => c64::Plain::forward_with_state(x.q.clone(), x.k.clone(), x.v.clone(), None)?,
+        Elu => c64::Elu::forward_with_state(x.q.clone(), x.k.clone(), x.v.clone(), None)?,
+        Gated => c64::Gated::forward_with_state(
+            x.q.clone(),
+            x.k.clone(),
+            x.v.clone(),
+            x.g.clone(),
+            None,
+        )?,
+        Delta => c64::Delta::forward_with_state(
+            x.q.clone(),
+            x.k.clone(),
+            x.v.clone(),
+            x.beta.clone(),
+            None,
+        )?,
+        GatedDelta => c64::GatedDelta::forward_with_state(
+            x.q.clone(),
+            x.k.clone(),
+            x.v.clone(),
+            x.beta.clone(),
+            x.g.clone(),
+            None,
+        )?,
     };
     Ok(st)
 }

@@ -1,5 +1,7 @@
 //! The generic halves of the generated entry points: the generated `forward`, `forward_with_state`
-//! and `step` only fix the types and call these.
+//! and `step` only fix the types and call these. The generated `forward`s take their tensors by
+//! value, each with its dfdx tape: they refuse traced inputs ([`Error::GradientsUnavailable`]),
+//! split the tapes off (no copies) and pass the untaped tensors here by reference.
 
 use crate::check::{checked, Problem};
 use crate::cpu::kernel::{Kernel, Recurrent};

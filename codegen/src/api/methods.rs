@@ -1,5 +1,11 @@
 //! The entry points users call, from one description of the spec's arguments ([`Arg`]),
 //! rendered for each device: dfdx tensors on the CPU, attnc's `CudaTensor`s on a GPU.
+//!
+//! The CPU `forward`s take their tensors by value, each with its own dfdx tape, as dfdx's ops
+//! do (an inference caller passes clones: an `Arc` clone each); the output carries q's tape
+//! merged with the others'. attnc's kernels record no gradients yet, so a traced input is
+//! refused (`Error::GradientsUnavailable`) rather than its gradients silently dropped. `step`,
+//! `decode_step` and the `_cuda` methods take references.
 
 use crate::abi::{Layout, Signature};
 use crate::cpu::lit;
@@ -24,6 +30,8 @@ enum Role {
 struct Arg {
     name: &'static str,
     step_name: &'static str,
+    /// The type parameter of its dfdx tape in the by-value `forward`s.
+    tape: &'static str,
     role: Role,
     /// Whether the spec takes it (optional arguments are passed to the runtime as `Option`s).
     present: bool,
@@ -31,20 +39,26 @@ struct Arg {
 
 /// The arguments in the contract's order: q, k, v, then beta, g, the projection.
 fn args(sig: &Signature) -> [Arg; 6] {
-    let arg = |name, step_name, role, present| Arg {
+    let arg = |name, step_name, tape, role, present| Arg {
         name,
         step_name,
+        tape,
         role,
         present,
     };
     [
-        arg("q", "q_t", Role::Keys, true),
-        arg("k", "k_t", Role::Keys, true),
-        arg("v", "v_t", Role::Values, true),
-        arg("beta", "beta_t", Role::Scalars, sig.uses_beta),
-        arg("g", "g_t", Role::Scalars, sig.uses_gates),
-        arg("proj", "proj", Role::Projection, sig.uses_projection),
+        arg("q", "q_t", "T", Role::Keys, true),
+        arg("k", "k_t", "Tk", Role::Keys, true),
+        arg("v", "v_t", "Tv", Role::Values, true),
+        arg("beta", "beta_t", "Tb", Role::Scalars, sig.uses_beta),
+        arg("g", "g_t", "Tg", Role::Scalars, sig.uses_gates),
+        arg("proj", "proj", "Tp", Role::Projection, sig.uses_projection),
     ]
+}
+
+/// The arguments the spec takes.
+fn present(sig: &Signature) -> impl Iterator<Item = Arg> {
+    args(sig).into_iter().filter(|a| a.present)
 }
 
 /// Where the tensors live.
@@ -100,34 +114,101 @@ fn shape(sig: &Signature, role: Role, step: bool) -> TokenStream {
     }
 }
 
-/// Parameters (`name: &Tensor`) of the arguments the spec takes.
-fn params(sig: &Signature, device: Device, step: bool) -> Vec<TokenStream> {
-    args(sig)
-        .iter()
-        .filter(|a| a.present)
+/// How an entry point takes its tensors.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// `name: &Tensor` (`step`, `decode_step`, the `_cuda` methods).
+    Ref,
+    /// `name: Tensor<.., Tape>`, a dfdx tape each (the CPU `forward`s).
+    Owned,
+}
+
+/// The type of an argument: `&Tensor`, or (`Pass::Owned`, CPU only) a dfdx tensor with its tape.
+fn arg_type(sig: &Signature, a: &Arg, device: Device, step: bool, pass: Pass) -> TokenStream {
+    let p = private();
+    let shape = shape(sig, a.role, step);
+    match pass {
+        Pass::Ref => {
+            let ty = device.tensor(shape);
+            quote!(&#ty)
+        }
+        Pass::Owned => {
+            let tape = format_ident!("{}", a.tape);
+            quote!(#p::Tensor<#shape, f32, #p::Cpu, #tape>)
+        }
+    }
+}
+
+/// Parameters (`name: type`) of the arguments the spec takes.
+fn params(sig: &Signature, device: Device, step: bool, pass: Pass) -> Vec<TokenStream> {
+    present(sig)
         .map(|a| {
             let name = format_ident!("{}", if step { a.step_name } else { a.name });
-            let ty = device.tensor(shape(sig, a.role, step));
-            quote!(#name: &#ty)
+            let ty = arg_type(sig, &a, device, step, pass);
+            quote!(#name: #ty)
         })
         .collect()
 }
 
-/// The runtime's optional arguments (beta, g, projection): `Some(name)` or a typed `None`.
-fn optional_args(sig: &Signature, device: Device, step: bool) -> Vec<TokenStream> {
+/// The runtime's optional arguments (beta, g, projection): `Some(name)` (`Some(&name)` for
+/// owned tensors) or a typed `None`.
+fn optional_args(sig: &Signature, device: Device, step: bool, pass: Pass) -> Vec<TokenStream> {
     args(sig)
         .iter()
         .filter(|a| !matches!(a.role, Role::Keys | Role::Values))
         .map(|a| {
             let name = format_ident!("{}", if step { a.step_name } else { a.name });
             let ty = device.tensor(shape(sig, a.role, step));
-            if a.present {
-                quote!(Some(#name))
-            } else {
-                quote!(None::<&#ty>)
+            match (a.present, pass) {
+                (true, Pass::Ref) => quote!(Some(#name)),
+                (true, Pass::Owned) => quote!(Some(&#name)),
+                (false, _) => quote!(None::<&#ty>),
             }
         })
         .collect()
+}
+
+/// The tape type parameters of the by-value `forward`s: `T` (q's, the output's), `Tk`, `Tv`,
+/// then `Tb`, `Tg`, `Tp` as the spec takes beta, g, the projection.
+fn tapes(sig: &Signature) -> Vec<Ident> {
+    present(sig).map(|a| format_ident!("{}", a.tape)).collect()
+}
+
+/// The where clause over the tapes: each is a dfdx `Tape`, and q's merges all the others.
+fn tape_bounds(sig: &Signature) -> TokenStream {
+    let p = private();
+    let tapes = tapes(sig);
+    let others = &tapes[1..];
+    quote! {
+        where
+            T: #p::Tape<f32, #p::Cpu> #(+ #p::Merge<#others>)*,
+            #(#others: #p::Tape<f32, #p::Cpu>,)*
+    }
+}
+
+/// Refuses traced inputs (attnc records no gradients yet), then splits each argument from its
+/// tape and merges the tapes into `tape`, q's first: the arguments are then untaped tensors
+/// (the same `Arc`s, no copies) for the runtime.
+fn untape(sig: &Signature) -> TokenStream {
+    let p = private();
+    let tapes = tapes(sig);
+    let split: Vec<TokenStream> = present(sig)
+        .skip(1)
+        .map(|a| {
+            let (name, tape) = (format_ident!("{}", a.name), format_ident!("{}", a.tape));
+            quote! {
+                let (#name, t) = #p::SplitTape::split_tape(#name);
+                let tape = <T as #p::Merge<#tape>>::merge(tape, t);
+            }
+        })
+        .collect();
+    quote! {
+        if #(<#tapes as #p::Tape<f32, #p::Cpu>>::OWNS_TAPE)||* {
+            return Err(::attnc::Error::GradientsUnavailable);
+        }
+        let (q, tape) = #p::SplitTape::split_tape(q);
+        #(#split)*
+    }
 }
 
 /// Names of the optional arguments the spec takes, to pass them on.
@@ -161,22 +242,24 @@ fn extra_docs(sig: &Signature) -> String {
 pub fn cpu_methods(plan: &Plan, kernel: &Ident) -> TokenStream {
     let p = private();
     let sig = &plan.signature;
-    let v_ty = Device::Cpu.tensor(shape(sig, Role::Values, false));
+    let out_shape_ty = shape(sig, Role::Values, false);
+    let v_ty = quote!(#p::Tensor<#out_shape_ty, f32, #p::Cpu, T>);
     let state_ty = Device::Cpu.state(sig);
     let (params, opts, names) = (
-        params(sig, Device::Cpu, false),
-        optional_args(sig, Device::Cpu, false),
+        params(sig, Device::Cpu, false, Pass::Owned),
+        optional_args(sig, Device::Cpu, false, Pass::Owned),
         optional_names(sig),
     );
+    let (tapes, bounds, untape) = (tapes(sig), tape_bounds(sig), untape(sig));
     let (f, dv) = (lit(sig.f), lit(sig.dv));
     let (destructure, out_shape) = if sig.layout == Layout::Bnhd {
         (
-            quote!(let (b, n, h, _) = *#p::HasShape::shape(q);),
+            quote!(let (b, n, h, _) = *#p::HasShape::shape(&q);),
             quote!((b, n, h, #p::Const::<#dv>)),
         )
     } else {
         (
-            quote!(let (b, h, n, _) = *#p::HasShape::shape(q);),
+            quote!(let (b, h, n, _) = *#p::HasShape::shape(&q);),
             quote!((b, h, n, #p::Const::<#dv>)),
         )
     };
@@ -187,7 +270,11 @@ pub fn cpu_methods(plan: &Plan, kernel: &Ident) -> TokenStream {
     };
     let fwd_doc = Literal::string(&format!(
         " Whole sequence (prefill/training) with the chunkwise-parallel fused kernel: q, k {axes} \
-         with D = {}, v {axes} with D = {},{} returns the output, shaped like v.",
+         with D = {}, v {axes} with D = {},{} returns the output, shaped like v. The tensors are \
+         taken by value, as dfdx's ops take them (pass `.clone()`s to keep them: an `Arc` \
+         clone each); the output carries q's tape merged with the others'. attnc's kernels \
+         do not record gradients yet: an input that owns a tape (`OwnedTape`) is refused with \
+         `attnc::Error::GradientsUnavailable`.",
         sig.dk,
         sig.dv,
         extra_docs(sig)
@@ -196,39 +283,77 @@ pub fn cpu_methods(plan: &Plan, kernel: &Ident) -> TokenStream {
         // Exact softmax attention has no recurrent state: `forward` only.
         return quote! {
             #[doc = #fwd_doc]
-            pub fn forward<B: #p::Dim, H: #p::Dim, N: #p::Dim>(
+            pub fn forward<B: #p::Dim, H: #p::Dim, N: #p::Dim, #(#tapes),*>(
                 #(#params,)*
-            ) -> ::core::result::Result<#v_ty, ::attnc::Error> {
+            ) -> ::core::result::Result<#v_ty, ::attnc::Error>
+            #bounds
+            {
+                #untape
                 #destructure
-                let out = #p::forward_tiled::<#kernel, _, _>(&#sig, q, k, v)?;
-                #p::output_tensor(q, out, #out_shape)
+                let out = #p::forward_tiled::<#kernel, _, _>(&#sig, &q, &k, &v)?;
+                let o = #p::output_tensor(&q, out, #out_shape)?;
+                Ok(#p::PutTape::put_tape(o, tape))
             }
         };
     }
     let steps = cpu_steps(sig, kernel);
     quote! {
         #[doc = #fwd_doc]
-        pub fn forward<B: #p::Dim, H: #p::Dim, N: #p::Dim>(
+        pub fn forward<B: #p::Dim, H: #p::Dim, N: #p::Dim, #(#tapes),*>(
             #(#params,)*
-        ) -> ::core::result::Result<#v_ty, ::attnc::Error> {
+        ) -> ::core::result::Result<#v_ty, ::attnc::Error>
+        #bounds
+        {
             let (o, _) = Self::forward_with_state(q, k, v, #(#names,)* None)?;
             Ok(o)
         }
 
-        /// As `forward`, from an initial state (`None`: zeros), also returning the final state.
-        pub fn forward_with_state<B: #p::Dim, H: #p::Dim, N: #p::Dim>(
+        /// As `forward` (tensors by value, tapes alike), from an initial state (`None`: zeros),
+        /// also returning the final state.
+        pub fn forward_with_state<B: #p::Dim, H: #p::Dim, N: #p::Dim, #(#tapes),*>(
             #(#params,)*
             initial: Option<&#state_ty>,
-        ) -> ::core::result::Result<(#v_ty, #state_ty), ::attnc::Error> {
+        ) -> ::core::result::Result<(#v_ty, #state_ty), ::attnc::Error>
+        #bounds
+        {
+            #untape
             #destructure
             let (out, state) = #p::forward::<#kernel, _, _, _, _, _, _, #f, #dv>(
-                &#sig, (b, h), q, k, v, #(#opts,)* initial,
+                &#sig, (b, h), &q, &k, &v, #(#opts,)* initial,
             )?;
-            let o = #p::output_tensor(q, out, #out_shape)?;
-            Ok((o, state))
+            let o = #p::output_tensor(&q, out, #out_shape)?;
+            Ok((#p::PutTape::put_tape(o, tape), state))
         }
 
         #steps
+    }
+}
+
+/// `dfdx::nn::Module<(q, k, v[, beta][, g][, proj])>` for the spec, calling `forward`, so that
+/// a spec composes with dfdx's layers: `MySpec.try_forward((q, k, v))`.
+pub fn module_impl(plan: &Plan, name: &Ident) -> TokenStream {
+    let p = private();
+    let sig = &plan.signature;
+    let (tapes, bounds) = (tapes(sig), tape_bounds(sig));
+    let names: Vec<Ident> = present(sig).map(|a| format_ident!("{}", a.name)).collect();
+    let types: Vec<TokenStream> = present(sig)
+        .map(|a| arg_type(sig, &a, Device::Cpu, false, Pass::Owned))
+        .collect();
+    let out_shape = shape(sig, Role::Values, false);
+    quote! {
+        impl<B: #p::Dim, H: #p::Dim, N: #p::Dim, #(#tapes),*> #p::Module<(#(#types,)*)> for #name
+        #bounds
+        {
+            type Output = #p::Tensor<#out_shape, f32, #p::Cpu, T>;
+            type Error = ::attnc::Error;
+
+            fn try_forward(
+                &self,
+                (#(#names,)*): (#(#types,)*),
+            ) -> ::core::result::Result<Self::Output, Self::Error> {
+                Self::forward(#(#names),*)
+            }
+        }
     }
 }
 
@@ -238,8 +363,8 @@ fn cpu_steps(sig: &Signature, kernel: &Ident) -> TokenStream {
     let p = private();
     let (f, dv) = (lit(sig.f), lit(sig.dv));
     let (params, opts) = (
-        params(sig, Device::Cpu, true),
-        optional_args(sig, Device::Cpu, true),
+        params(sig, Device::Cpu, true, Pass::Ref),
+        optional_args(sig, Device::Cpu, true, Pass::Ref),
     );
     let out_ty = Device::Cpu.tensor(shape(sig, Role::Values, true));
     let one = |name: &str, doc: &str, state_ty: TokenStream| {
@@ -283,8 +408,8 @@ pub fn cuda_methods(plan: &Plan) -> TokenStream {
     let v_ty = Device::Cuda.tensor(shape(sig, Role::Values, false));
     let state_ty = Device::Cuda.state(sig);
     let (call_params, opts, names) = (
-        params(sig, Device::Cuda, false),
-        optional_args(sig, Device::Cuda, false),
+        params(sig, Device::Cuda, false, Pass::Ref),
+        optional_args(sig, Device::Cuda, false, Pass::Ref),
         optional_names(sig),
     );
     let (f, dv) = (lit(sig.f), lit(sig.dv));
@@ -299,8 +424,8 @@ pub fn cuda_methods(plan: &Plan) -> TokenStream {
         quote!()
     } else {
         let (step_params, step_opts) = (
-            params(sig, Device::Cuda, true),
-            optional_args(sig, Device::Cuda, true),
+            params(sig, Device::Cuda, true, Pass::Ref),
+            optional_args(sig, Device::Cuda, true, Pass::Ref),
         );
         let out_ty = Device::Cuda.tensor(shape(sig, Role::Values, true));
         quote! {

@@ -77,6 +77,7 @@ fn expand_valid(item: &syn::ItemStruct, spec: &Spec, plan: &Plan) -> TokenStream
     let cuda = crate::cuda::emit(plan, &spec.to_string());
     let methods = methods::cpu_methods(plan, &kernel_ident);
     let cuda_methods = methods::cuda_methods(plan);
+    let module = methods::module_impl(plan, name);
     let consts = consts(spec, plan, &cuda);
     quote! {
         #item
@@ -89,6 +90,8 @@ fn expand_valid(item: &syn::ItemStruct, spec: &Spec, plan: &Plan) -> TokenStream
                 #methods
                 #cuda_methods
             }
+
+            #module
         };
     }
 }
