@@ -349,10 +349,7 @@ fn op(op: &CpuOp) -> TokenStream {
                 tile::gemm(isa, #a, #b, #d, tile::Product { rows: #rows, depth: #depth, tri: #tri, accumulate: #accumulate });
             }
         }
-        Op::RowSums { dst, src } => {
-            let (s, d) = (by_ref(src), by_mut(dst));
-            quote! { tile::row_sums(#s, rows, #d); }
-        }
+        Op::RowSums { dst, src } => reduce("row_sums", src, dst),
         Op::DotRows {
             dst,
             rows: r,
@@ -362,35 +359,17 @@ fn op(op: &CpuOp) -> TokenStream {
             let (r, v, d) = (by_ref(r), by_ref(vec), by_mut(dst));
             quote! { tile::dot_rows(isa, #r, #v, rows, #d, #accumulate); }
         }
-        Op::AddColSums { dst, src } => {
-            let (s, d) = (by_ref(src), by_mut(dst));
-            quote! { tile::add_col_sums(#s, rows, #d); }
-        }
+        Op::AddColSums { dst, src } => reduce("add_col_sums", src, dst),
         Op::DivideRows { dst, den, eps } => {
             let (den, d) = (by_ref(den), by_mut(dst));
             let eps = Literal::f32_suffixed(*eps);
             quote! { tile::divide_rows(#d, #den, rows, #eps); }
         }
-        Op::DecayScores { dst, gates } => {
-            let (g, d) = (by_ref(gates), by_mut(dst));
-            quote! { tile::decay_scores(#d, #g, rows); }
-        }
-        Op::DecayRows { dst, gates } => {
-            let (g, d) = (by_ref(gates), by_mut(dst));
-            quote! { tile::decay_rows(#d, #g, rows); }
-        }
-        Op::DecayColsToEnd { dst, gates } => {
-            let (g, d) = (by_ref(gates), by_mut(dst));
-            quote! { tile::decay_cols_to_end(#d, #g, rows); }
-        }
-        Op::DecayAll { dst, gates } => {
-            let (g, d) = (by_ref(gates), by_mut(dst));
-            quote! { tile::decay_tile(#d, #g, rows); }
-        }
-        Op::SubFrom { dst, src } => {
-            let (s, d) = (by_ref(src), by_mut(dst));
-            quote! { tile::sub_from(#d, #s, rows); }
-        }
+        Op::DecayScores { dst, gates } => in_place("decay_scores", dst, gates),
+        Op::DecayRows { dst, gates } => in_place("decay_rows", dst, gates),
+        Op::DecayColsToEnd { dst, gates } => in_place("decay_cols_to_end", dst, gates),
+        Op::DecayAll { dst, gates } => in_place("decay_tile", dst, gates),
+        Op::SubFrom { dst, src } => in_place("sub_from", dst, src),
         Op::Solve { dst, lower, beta } => {
             let (l, b, d) = (by_ref(lower), by_ref(beta), by_mut(dst));
             quote! { tile::forward_substitute(isa, #d, #l, #b, rows); }
@@ -469,6 +448,18 @@ fn op(op: &CpuOp) -> TokenStream {
             }
         }
     }
+}
+
+/// `tile::f(dst, src, rows)`: `dst` updated in place from `src` over the live rows.
+fn in_place(f: &str, dst: &CpuOperand, src: &CpuOperand) -> TokenStream {
+    let (f, d, s) = (format_ident!("{}", f), by_mut(dst), by_ref(src));
+    quote! { tile::#f(#d, #s, rows); }
+}
+
+/// `tile::f(src, rows, dst)`: a reduction of `src`'s live rows into the vector `dst`.
+fn reduce(f: &str, src: &CpuOperand, dst: &CpuOperand) -> TokenStream {
+    let (f, s, d) = (format_ident!("{}", f), by_ref(src), by_mut(dst));
+    quote! { tile::#f(#s, rows, #d); }
 }
 
 /// `tile::save` or `tile::restore` of `s` (and `z`) at this chunk's slot of the per-chunk

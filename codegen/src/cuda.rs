@@ -574,24 +574,8 @@ fn call(op: &CudaOp) -> String {
         Op::AddTo { dst, src } => {
             format!("attnc::add_to<{}>({}, {});", dst.len(), n(dst), n(src))
         }
-        Op::Spill { t, slot } => {
-            let (r, w) = dims(t);
-            format!(
-                "attnc::copy_2d<{r}, {w}>({}, {}, {}, {w});",
-                slot_of(t, slot.offset),
-                slot.row_len,
-                n(t)
-            )
-        }
-        Op::Fill { t, slot } => {
-            let (r, w) = dims(t);
-            format!(
-                "attnc::copy_2d<{r}, {w}>({}, {w}, {}, {});",
-                n(t),
-                slot_of(t, slot.offset),
-                slot.row_len
-            )
-        }
+        Op::Spill { t, slot } => slot_copy(t, slot, true),
+        Op::Fill { t, slot } => slot_copy(t, slot, false),
         Op::SaveChunkState { s, z } => {
             let mut call = format!("attnc::copy_2d<F, CB>(state_s + col0, DV, {}, CB);", n(s));
             if let Some(z) = z {
@@ -616,6 +600,18 @@ fn call(op: &CudaOp) -> String {
             }
             call
         }
+    }
+}
+
+/// A spilled tile to (`spill`) or from its place in this chunk's workspace slot, whose rows are
+/// `slot.row_len` long (the full width of a column-blocked tile).
+fn slot_copy(t: &CudaOperand, slot: &crate::plan::Slot, spill: bool) -> String {
+    let (r, w) = dims(t);
+    let (tile, at, full) = (n(t), slot_of(t, slot.offset), slot.row_len);
+    if spill {
+        format!("attnc::copy_2d<{r}, {w}>({at}, {full}, {tile}, {w});")
+    } else {
+        format!("attnc::copy_2d<{r}, {w}>({tile}, {w}, {at}, {full});")
     }
 }
 
