@@ -1,11 +1,14 @@
 //! attnc's compiler, in one direction:
 //!
 //! `syn` tokens → [`parse`] (a validated [`Spec`], spanned errors, accumulated) → [`plan`] (the
-//! kernel plan: dims plus a straight-line chunk program and step program of tile ops) → one
-//! emitter per backend ([`cpu`]: Rust tokens; [`cuda`]: CUDA C) → [`api`] (the glue users call).
+//! kernel IR: programs of tile ops with every operand resolved — shape, live rows, memory place,
+//! slot — for each target, checked by [`plan::Plan::validate`]) → one printer per backend
+//! ([`cpu`]: Rust tokens; [`cuda`]: CUDA C; what both share in [`back`]) → [`api`] (the glue users
+//! call). [`abi`] is the data generated code and the runtime share; [`deriv`] differentiates the
+//! expression language.
 //!
-//! Without the default `syn` feature only the plain data types ([`Spec`], [`plan::Plan`]) are built;
-//! that is what the runtime side needs.
+//! Without the default `syn` feature only the plain data (the spec, the plan, the ABI, the CUDA
+//! printer) is built: no syn in the runtime's dependency graph.
 
 #![warn(missing_docs)]
 
