@@ -33,16 +33,16 @@ specs=(
 )
 # The forward call of spec i on a (1, 1, 8, d) input (its extra per-token inputs after v).
 calls=(
-  "S0::forward(&t64, &t64, &t64)"
-  "S1::forward(&t64, &t64, &t64)"
-  "S2::forward(&t64, &t64, &t64, &g)"
-  "S3::forward(&t64, &t64, &t64, &g)"
-  "S4::forward(&t64, &t64, &t64, &g, &g)"
-  "S5::forward(&t64, &t64, &t64)"
-  "S6::forward(&t16, &t16, &t16)"
-  "S7::forward(&t32, &t32, &t32)"
-  "S8::forward(&t64, &t64, &t64)"
-  "S9::forward(&t64, &t64, &t64)"
+  "S0::forward(t64.clone(), t64.clone(), t64.clone())"
+  "S1::forward(t64.clone(), t64.clone(), t64.clone())"
+  "S2::forward(t64.clone(), t64.clone(), t64.clone(), g.clone())"
+  "S3::forward(t64.clone(), t64.clone(), t64.clone(), g.clone())"
+  "S4::forward(t64.clone(), t64.clone(), t64.clone(), g.clone(), g.clone())"
+  "S5::forward(t64.clone(), t64.clone(), t64.clone())"
+  "S6::forward(t16.clone(), t16.clone(), t16.clone())"
+  "S7::forward(t32.clone(), t32.clone(), t32.clone())"
+  "S8::forward(t64.clone(), t64.clone(), t64.clone())"
+  "S9::forward(t64.clone(), t64.clone(), t64.clone())"
 )
 write_main() { # $1 = number of specs; main calls forward of each (so its kernels are built)
   {
