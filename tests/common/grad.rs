@@ -7,7 +7,7 @@
 //! for every input: q, k, v, beta, g, proj, and the initial state s0, z0.
 //!
 //! Conventions at kinks (PyTorch's): relu'(0) = 0, elu+1'(0) = e^0 = 1 (the x <= 0 branch),
-//! |x|'(0) = 0, max/min pass the gradient to the first argument on ties. Closures are
+//! |x|'(0) = 0, max/min split the gradient evenly on ties (DESIGN §7). Closures are
 //! differentiated exactly, with dual numbers over their [`Expr`] in f64.
 //!
 //! The forward here ([`forward64`]) is f64 throughout, inputs included ([`Inputs64`]), so that
@@ -233,15 +233,17 @@ fn expr_dual(e: &Expr, x: f64) -> (f64, f64) {
         Expr::Binary2(f, a, b) => {
             let ((a, da), (b, db)) = (expr_dual(a, x), expr_dual(b, x));
             match f {
+                // DESIGN §7: at a tie the gradient splits evenly (PyTorch's maximum/minimum).
+                BinaryFn::Max | BinaryFn::Min if a == b => (a, 0.5 * (da + db)),
                 BinaryFn::Max => {
-                    if a >= b || b.is_nan() {
+                    if a > b || b.is_nan() {
                         (a, da)
                     } else {
                         (b, db)
                     }
                 }
                 BinaryFn::Min => {
-                    if a <= b || b.is_nan() {
+                    if a < b || b.is_nan() {
                         (a, da)
                     } else {
                         (b, db)
