@@ -22,7 +22,7 @@
 //! assert_eq!(o.shape(), &(Const::<1>, Const::<2>, Const::<40>, Const::<16>));
 //! ```
 //!
-//! The contract (spec language, numerical meaning, API) is DESIGN.md; the README summarises it.
+//! The README has the key table and the runtime rules; [`spec`] documents each key's meaning.
 
 #![warn(missing_docs)]
 
@@ -47,7 +47,7 @@ pub mod cuda {
 /// time, last among the inputs of `forward`, `forward_with_state` and `step` (and of their
 /// `_cuda` siblings, as a [`CudaTensor`]). [`favor::orthogonal_gaussian`] samples it as Performer
 /// does; `phi(x)_i = exp(w_i . x' - |x'|^2 / 2) / sqrt(m)` with `x' = x / dk^(1/4)`, the
-/// stabiliser c of DESIGN §3 being 0 (no overflow for any input norm: the exponent is at most
+/// stabiliser c being 0 (no overflow for any input norm: the exponent is at most
 /// `|w_i|^2 / 2`). The full account: [`attnc_runtime::favor`].
 ///
 /// ```

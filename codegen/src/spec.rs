@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-/// A fully validated attention spec (DESIGN §2). Every field has its default filled in.
+/// A fully validated attention spec. Every field has its default filled in.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Spec {
     /// dk: query/key head dimension.
@@ -340,7 +340,7 @@ impl Cond {
 
 impl FeatureMap {
     /// The maps written as a bare name, each with the map the name means (`dpfp` and `favor` at
-    /// their default sizes), in the order of DESIGN §2: the one table of their spellings.
+    /// their default sizes), in the order of the README's key table: the one table of their spellings.
     pub const NAMED: &'static [(&'static str, FeatureMap)] = &[
         ("identity", FeatureMap::Identity),
         ("elu_plus_one", FeatureMap::EluPlusOne),

@@ -1,4 +1,4 @@
-//! The spec parser (DESIGN §2): defaults, every key and value, every error message, closures
+//! The spec parser: defaults, every key and value, every error message, closures
 //! (checked against the Rust closures they spell), error accumulation and recovery.
 //!
 //! Spans are checked by the trybuild suite (`tests/ui`, at the workspace root): outside a

@@ -5,7 +5,7 @@ use proc_macro::TokenStream;
 
 /// Declares an attention variant on a unit struct and generates its kernels and API.
 ///
-/// See the `attnc` crate docs and DESIGN.md §2 for the keys. Errors are reported at the key or
+/// See the `attnc` crate docs and the README's key table for the keys. Errors are reported at the key or
 /// value at fault, all at once, and the struct itself is still emitted.
 #[proc_macro_attribute]
 pub fn attention(attr: TokenStream, item: TokenStream) -> TokenStream {

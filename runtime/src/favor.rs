@@ -39,7 +39,7 @@
 //!   chained calls, and a per-row stabiliser for keys changes the relative weight of tokens,
 //!   which no normaliser undoes. Only a constant c is consistent.
 //! - **A constant c buys nothing and costs accuracy.** Under `normalize = sum` a constant c
-//!   cancels except against DESIGN §3.5's `+ 1e-6`, which it magnifies by `e^(2c)`; without a
+//!   cancels except against the normaliser's `+ 1e-6`, which it magnifies by `e^(2c)`; without a
 //!   normaliser it only rescales the outputs by `e^(-2c)`. So c = 0: the features keep their
 //!   natural scale, the meaning is exactly the formula above, and `phi(q) . phi(k)` is an
 //!   estimate of `exp(q . k / sqrt(dk))` itself.

@@ -8,7 +8,7 @@ use super::{at, on, one_of, Errors, ParsedSpec};
 use crate::spec::*;
 use proc_macro2::Span;
 
-/// The keys of the spec language (DESIGN §2).
+/// The keys of the spec language.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Key {
     /// `head_dim`
@@ -34,7 +34,7 @@ pub enum Key {
 }
 
 impl Key {
-    /// Every key, in the order of DESIGN §2's table.
+    /// Every key, in the order of the README's key table.
     pub const ALL: [Key; 10] = [
         Key::HeadDim,
         Key::ValueDim,

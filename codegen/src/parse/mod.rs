@@ -15,7 +15,7 @@
 //! closures lowered to [`crate::spec::Expr`]), `rules` (forbidden combinations across keys) and
 //! `hints` ("did you mean" suggestions).
 //!
-//! Choices this parser makes where DESIGN §2 leaves room:
+//! Choices this parser makes where the spec language leaves room:
 //! - `dpfp` alone means `dpfp(nu = 4)`; `nu` must be in 1..=16.
 //! - `favor` alone means `favor(features = 128)`; `features` must be a multiple of 8 in 8..=4096.
 //! - `normalize = sum` needs a non-negative feature map. It is rejected with `identity` (also when

@@ -1,4 +1,4 @@
-//! Forbidden combinations across keys (DESIGN §2), checked once every value is parsed.
+//! Forbidden combinations across keys, checked once every value is parsed.
 
 use super::keys::{Builder, Key};
 use super::{at, Errors};

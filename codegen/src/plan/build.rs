@@ -1,4 +1,4 @@
-//! The programs of a spec, as ops over bare tile names (DESIGN §3's meaning, chunkwise).
+//! The programs of a spec, as ops over bare tile names (attnc's numerical meaning, chunkwise).
 //!
 //! Every program is assembled from named sub-sequences (`scores`, `normalizer`, `outputs`,
 //! `state_update`, ...), so the sequential pass and the phases of the chunk-parallel schedule
@@ -8,9 +8,9 @@ use super::ir::{Expansion, Input, Op, Slot, Tile};
 use crate::abi::Tri;
 use crate::spec::{FeatureMap, Mask, Normalize, QkNorm, Spec, Update};
 
-/// Added to the normaliser's denominator (DESIGN §3.5).
+/// Added to the normaliser's denominator (`normalize = sum`).
 pub const NORMALIZER_EPS: f32 = 1e-6;
-/// Added to the squared norm by `qk_norm = l2` (DESIGN §3.1).
+/// Added to the squared norm by `qk_norm = l2`.
 pub const L2_EPS: f32 = 1e-6;
 
 /// A built op: operands are tile names.
@@ -138,7 +138,7 @@ fn scores(spec: &Spec, values: bool) -> Vec<BuiltOp> {
 }
 
 /// The normaliser's denominators from the incoming `z`: `den = rowsum(A) + Q z` (z and q
-/// undecayed, as DESIGN §3.5 states).
+/// undecayed, as the normaliser is defined).
 fn denominators() -> [BuiltOp; 2] {
     [
         Op::RowSums {
@@ -228,7 +228,7 @@ fn causal_outputs(spec: &Spec) -> Vec<BuiltOp> {
     ops
 }
 
-/// The causal chunk program (DESIGN §3, additive and gated), per chunk with incoming state S, z:
+/// The causal chunk program (additive and gated), per chunk with incoming state S, z:
 ///
 /// ```text
 /// A   = tril(Q K^T)                          scores, token t sees s <= t
@@ -330,7 +330,7 @@ fn output_pass(spec: &Spec) -> Vec<BuiltOp> {
     ops
 }
 
-/// The step program, the recurrent form of DESIGN §3 for one token (flash-linear-attention's
+/// The step program, the recurrent form of attnc's meaning for one token (flash-linear-attention's
 /// `fused_recurrent`), so each step passes over the state once (twice for delta rules):
 ///
 /// ```text

@@ -2,7 +2,7 @@
 //! facade's `tests/nvrtc_compile.rs` (through a fixed-seed RNG, so that test needs no proptest).
 //!
 //! The generator draws every choice from `pick(n)`, a number in `0..n` from any random source,
-//! and respects DESIGN §2's rules, so every string it returns must parse.
+//! and respects the spec language's rules, so every string it returns must parse.
 
 #![allow(dead_code)]
 

@@ -31,7 +31,7 @@ pub struct Task<'a> {
     pub z: &'a mut [f32],
 }
 
-/// A phase of the chunk-parallel schedule (DESIGN §5), which `forward` uses when splitting the
+/// A phase of the chunk-parallel schedule, which `forward` uses when splitting the
 /// work by (batch, head) alone would leave cores idle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {

@@ -5,7 +5,7 @@ use super::{gemm, Product, Tile};
 use crate::cpu::isa::Isa;
 use attnc_codegen::abi::Tri;
 
-/// Based's second-order Taylor feature map, row by row (DESIGN §3), F = 1 + D + D(D+1)/2:
+/// Based's second-order Taylor feature map, row by row (see `attnc::spec::FeatureMap`), F = 1 + D + D(D+1)/2:
 /// `[1, x / D^(1/4), x_i^2 / (sqrt(D) sqrt(2)) for i, x_i x_j / sqrt(D) for i < j]`
 /// (pairs in row-major order, as `torch.triu_indices(D, D, 1)`).
 #[inline(always)]
@@ -59,7 +59,7 @@ pub fn dpfp_rows<const R: usize, const D: usize, const F: usize>(
     }
 }
 
-/// FAVOR+ positive random features (DESIGN §3; the meaning and the stabiliser c = 0 are
+/// FAVOR+ positive random features (the meaning and the stabiliser c = 0 are
 /// documented in `attnc_runtime::favor`), row by row: with `x' = x / D^(1/4)`,
 /// `out[t][i] = exp(w_i . x'_t - |x'_t|^2 / 2) / sqrt(F)`. `wt` is the projection transposed
 /// (`D x F`, column i = w_i), so the products `X W^T` are one register-blocked [`gemm`] and the
