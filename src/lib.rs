@@ -95,10 +95,13 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use attnc_codegen::abi::{CudaLaunch, Grid, KernelInfo, Layout, Signature, Tri};
-    pub use attnc_runtime::api::{forward, forward_tiled, output_tensor, step};
+    pub use attnc_codegen::deriv::eval_derivative;
+    pub use attnc_runtime::api::{contiguous, forward, forward_tiled, output_tensor, step};
+    pub use attnc_runtime::cpu::grad::Elementwise;
     pub use attnc_runtime::cpu::tile;
     pub use attnc_runtime::cpu::{Isa, Kernel, Phase, PhaseTask, Recurrent, Task};
     pub use attnc_runtime::cuda::{forward_cuda, step_cuda, CudaTensor};
+    pub use attnc_runtime::train::{backward, Saved};
     pub use attnc_runtime::{Error, Result};
     pub use dfdx::nn::Module;
     pub use dfdx::shapes::{Const, Dim, HasShape};

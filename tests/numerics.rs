@@ -6,11 +6,15 @@
 #![allow(clippy::needless_range_loop)] // index loops mirror the math in test code
 
 mod common;
+#[path = "common/grad.rs"]
+mod grad;
 
 use attnc::prelude::*;
 use attnc::spec::Layout;
 use attnc::{CpuIsa, Schedule};
 use common::*;
+use dfdx::tensor::{OwnedTape, Trace};
+use dfdx::tensor_ops::{Backward, SumTo};
 
 const TOL: f64 = 1e-4;
 
@@ -82,6 +86,33 @@ macro_rules! step_arg {
     };
 }
 
+/// The gradient of an `extra = [..]` input, heads first (a per-token input) or as it is (`proj`).
+macro_rules! extra_grad {
+    (proj, $grads:expr, $t:expr, $x:expr, $layout:expr) => {
+        $grads.get(&$t).as_vec()
+    };
+    ($name:ident, $grads:expr, $t:expr, $x:expr, $layout:expr) => {
+        match $layout {
+            Layout::Bhnd => $grads.get(&$t).as_vec(),
+            Layout::Bnhd => from_bnhd(&$grads.get(&$t).as_vec(), $x.b, $x.h, $x.n, 1),
+        }
+    };
+}
+
+/// f64 cotangents as f32 data.
+fn f32s(x: &[f64]) -> Vec<f32> {
+    x.iter().map(|&v| v as f32).collect()
+}
+
+/// DESIGN §7's bounds: 1e-4 for q, k, v, the state and the projection; 5e-4 for g and beta,
+/// which go through cumulative sums.
+fn grad_tolerance(name: &str) -> f64 {
+    match name {
+        "g" | "beta" => 5e-4,
+        _ => 1e-4,
+    }
+}
+
 /// Heads-first output data from a tensor in the spec's layout.
 fn heads_first<const D: usize>(o: &Tok<D>, x: &Inputs, layout: Layout) -> Vec<f32> {
     match layout {
@@ -119,6 +150,70 @@ macro_rules! check_spec {
                 let v: Tok<DV> = tokens(&x.v, x, layout);
                 $(let $extra = forward_arg!($extra, x, layout);)*
                 heads_first(&Attn::forward(q, k, v, $($extra,)*).unwrap(), x, layout)
+            }
+
+            /// Gradients through dfdx's tape of L = <o, dO> + <S_N, dS> (+ <z_N, dz>), every input
+            /// traced, from the initial state `init`: (name, heads-first gradient) pairs named as
+            /// the oracle's [`grad::Grads`] fields.
+            fn traced_grads(x: &Inputs, init: &St, ct: &grad::Cotangents) -> Vec<(&'static str, Vec<f32>)> {
+                let layout = Attn::spec().layout;
+                let dev = Cpu::default();
+                let q: Tok<DK> = tokens(&x.q, x, layout);
+                let k: Tok<DK> = tokens(&x.k, x, layout);
+                let v: Tok<DV> = tokens(&x.v, x, layout);
+                $(let $extra = forward_arg!($extra, x, layout);)*
+                let (o, fin) = Attn::forward_with_state(
+                    q.leaky_trace(), k.leaky_trace(), v.leaky_trace(), $($extra.leaky_trace(),)* Some(init),
+                ).unwrap();
+                let d_o: Tok<DV> = tokens(&f32s(&ct.d_o), x, layout);
+                let d_s = dev.tensor_from_vec(f32s(&ct.d_s), *fin.s.shape());
+                let mut loss = (o * d_o).sum::<Rank0, _>()
+                    + (fin.s.retaped::<OwnedTape<f32, Cpu>>() * d_s).sum::<Rank0, _>();
+                if let Some(z) = &fin.z {
+                    let d_z = dev.tensor_from_vec(f32s(&ct.d_z), *z.shape());
+                    loss = loss + (z.retaped::<OwnedTape<f32, Cpu>>() * d_z).sum::<Rank0, _>();
+                }
+                let grads = loss.backward();
+                let mut out = vec![
+                    ("q", heads_first(&grads.get(&q), x, layout)),
+                    ("k", heads_first(&grads.get(&k), x, layout)),
+                    ("v", heads_first(&grads.get(&v), x, layout)),
+                ];
+                $(out.push((stringify!($extra), extra_grad!($extra, grads, $extra, x, layout)));)*
+                out.push(("s0", grads.get(&init.s).as_vec()));
+                if let Some(z) = &init.z {
+                    out.push(("z0", grads.get(z).as_vec()));
+                }
+                out
+            }
+
+            /// The backward on dfdx's tape against the f64 gradient oracle (tests/common/grad.rs,
+            /// itself checked against finite differences): every input's gradient, the initial
+            /// state's included, for N = 1, C - 1, C + 1, 3C + 7, on every ISA variant.
+            #[test]
+            fn backward_matches_gradient_oracle() {
+                let spec = Attn::spec();
+                let c = Attn::CHUNK;
+                let (_, init) = forward_with_state(&random(1, 2, 5, 88), None).unwrap();
+                let s0 = init.s.as_vec();
+                let z0 = init.z.as_ref().map(|z| z.as_vec());
+                for isa in CpuIsa::available() {
+                    for (i, n) in [1, c - 1, c + 1, 3 * c + 7].into_iter().enumerate() {
+                        let x = random(1, 2, n, 90 + i as u64);
+                        let ct = grad::Cotangents::random(spec, 1, 2, n, DV, 7 + i as u64);
+                        let want = grad::backward(spec, &x, Some(&s0), z0.as_deref(), &ct);
+                        let got = isa.run_with(|| traced_grads(&x, &init, &ct)).unwrap();
+                        let want: std::collections::HashMap<_, _> = want.named().into_iter().collect();
+                        assert_eq!(got.len(), want.len(), "gradients {:?} for `{spec}`", got.iter().map(|g| g.0).collect::<Vec<_>>());
+                        for (name, g) in &got {
+                            let g: Vec<f64> = g.iter().map(|&v| v as f64).collect();
+                            let err = grad::rel_err(&g, want[name]);
+                            let tol = grad_tolerance(name);
+                            eprintln!("grad max-rel d{name} {err:.2e} {isa} N={n} `{spec}`");
+                            assert!(err <= tol, "{isa} N={n}: d{name} error {err:.2e} > {tol:e} for `{spec}`");
+                        }
+                    }
+                }
             }
 
             /// Decodes every token with `step`, returning heads-first outputs and the final state.
@@ -361,6 +456,56 @@ check_spec!(
     } else {
         (0.5 * x).exp()
     },
+    chunk = 16
+);
+// A closure whose printed derivative would be too large (40 nested `abs`): phi' by dual
+// numbers at run time.
+check_spec!(
+    closure_dual_c16,
+    extra = [],
+    head_dim = 16,
+    feature_map = |x| 0.5
+        * x.abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+            .abs()
+        + x.tanh(),
     chunk = 16
 );
 check_spec!(

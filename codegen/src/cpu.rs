@@ -22,6 +22,7 @@ type CpuOperand = Operand<CpuPlace>;
 pub fn emit_kernel(plan: &Plan, kernel: &Ident) -> TokenStream {
     let p = quote!(::attnc::__private);
     let phi = back::lower(&Rust, &plan.phi);
+    let (dphi_doc, dphi) = derivative(plan);
     let chunk = lit(plan.signature.chunk);
     let (forward, recurrent) = match &plan.cpu {
         Program::Linear(l) => (sequential(plan, &l.forward), recurrent(plan, l, kernel)),
@@ -38,6 +39,20 @@ pub fn emit_kernel(plan: &Plan, kernel: &Ident) -> TokenStream {
             #phi
         }
 
+        impl #p::Elementwise for #kernel {
+            #[inline(always)]
+            fn phi(x: f32) -> f32 {
+                __phi(x)
+            }
+
+            #[doc = #dphi_doc]
+            #[inline(always)]
+            #[allow(clippy::excessive_precision, clippy::neg_multiply, unused_parens, unused_variables)]
+            fn dphi(x: f32) -> f32 {
+                #dphi
+            }
+        }
+
         impl #p::Kernel for #kernel {
             const CHUNK: usize = #chunk;
 
@@ -48,6 +63,35 @@ pub fn emit_kernel(plan: &Plan, kernel: &Ident) -> TokenStream {
         }
 
         #recurrent
+    }
+}
+
+/// phi'(x) for `impl Elementwise`, with its doc line: the build-time symbolic derivative; dual
+/// numbers over phi at run time when that would be too large to print; nothing for maps that
+/// change the width, whose vector-Jacobian products are runtime primitives.
+fn derivative(plan: &Plan) -> (&'static str, TokenStream) {
+    let p = quote!(::attnc::__private);
+    match &plan.dphi {
+        Some(d) => (
+            " phi'(x), differentiated symbolically at build time.",
+            back::lower(&Rust, d),
+        ),
+        None if plan.dphi_by_dual_numbers => {
+            let body = &plan.phi;
+            let eval = quote! {
+                static BODY: ::std::sync::OnceLock<::attnc::spec::Expr> =
+                    ::std::sync::OnceLock::new();
+                #p::eval_derivative(BODY.get_or_init(|| #body), x).1
+            };
+            (
+                " phi'(x) by dual numbers over phi (its printed derivative would be too large).",
+                eval,
+            )
+        }
+        None => (
+            " Not called: this feature map's vector-Jacobian product is a runtime primitive.",
+            quote!(1.0),
+        ),
     }
 }
 

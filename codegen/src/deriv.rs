@@ -64,12 +64,170 @@ pub fn feature_map_derivative(map: &FeatureMap) -> Option<Expr> {
             let s = elementwise(&FeatureMap::Sigmoid);
             mul(s.clone(), sub(lit(1.0), s))
         }
-        FeatureMap::Closure(c) => derivative(&c.body),
+        FeatureMap::Closure(c) if derivative_size_bound(&c.body) <= MAX_DERIVATIVE_NODES => {
+            derivative(&c.body)
+        }
+        // A closure whose symbolic derivative would be too large to print (nested `abs`,
+        // `max` or `min` double it at each level): [`eval_derivative`] at run time instead.
+        FeatureMap::Closure(_) => return None,
         FeatureMap::Taylor2
         | FeatureMap::Dpfp { .. }
         | FeatureMap::Favor { .. }
         | FeatureMap::Softmax => return None,
     })
+}
+
+/// The most nodes a printed derivative may have (before simplification).
+pub const MAX_DERIVATIVE_NODES: usize = 20_000;
+
+/// An upper bound on the node count of `d(e)` before simplification (saturating), computed
+/// without building it: rules that use a derivative twice (`abs`, `max`, `min`) double it, so
+/// 100 nested `abs` would need 2^100 nodes.
+pub fn derivative_size_bound(e: &Expr) -> usize {
+    bounds(e).1
+}
+
+/// (nodes of e, upper bound on nodes of d(e)).
+fn bounds(e: &Expr) -> (usize, usize) {
+    let plus = |xs: &[usize]| xs.iter().fold(0usize, |a, &b| a.saturating_add(b));
+    let size = expr_size(e);
+    if !has_var(e) {
+        return (size, 1);
+    }
+    let d = match e {
+        Expr::Var | Expr::Lit(_) => 1,
+        Expr::Neg(a) | Expr::Powi(a, _) => {
+            let (sa, da) = bounds(a);
+            plus(&[sa, da, 8])
+        }
+        Expr::Unary(_, a) => {
+            let (sa, da) = bounds(a);
+            plus(&[sa, sa, da, da, 12])
+        }
+        Expr::Binary(_, a, b) | Expr::Binary2(_, a, b) => {
+            let ((sa, da), (sb, db)) = (bounds(a), bounds(b));
+            plus(&[sa, sa, sa, sb, sb, sb, da, da, db, db, 16])
+        }
+        Expr::If {
+            cond,
+            then,
+            otherwise,
+        } => plus(&[
+            expr_size(&cond.lhs),
+            expr_size(&cond.rhs),
+            bounds(then).1,
+            bounds(otherwise).1,
+            2,
+        ]),
+    };
+    (size, d)
+}
+
+/// Nodes of an expression (saturating).
+fn expr_size(e: &Expr) -> usize {
+    let one = |a: &Expr| expr_size(a).saturating_add(1);
+    match e {
+        Expr::Var | Expr::Lit(_) => 1,
+        Expr::Neg(a) | Expr::Unary(_, a) | Expr::Powi(a, _) => one(a),
+        Expr::Binary(_, a, b) | Expr::Binary2(_, a, b) => one(a).saturating_add(expr_size(b)),
+        Expr::If {
+            cond,
+            then,
+            otherwise,
+        } => [&cond.lhs, &cond.rhs, then, otherwise]
+            .iter()
+            .fold(1usize, |n, a| n.saturating_add(expr_size(a))),
+    }
+}
+
+/// phi'(x) by forward-mode differentiation (dual numbers) at run time, with the conventions of
+/// [`derivative`]: the fallback for closures whose printed derivative would be too large, and
+/// an independent check of the symbolic form. Returns (phi(x), phi'(x)).
+pub fn eval_derivative(e: &Expr, x: f32) -> (f32, f32) {
+    if !has_var(e) {
+        return (e.eval(x), 0.0);
+    }
+    match e {
+        Expr::Var => (x, 1.0),
+        Expr::Lit(v) => (*v, 0.0),
+        Expr::Neg(a) => {
+            let (a, da) = eval_derivative(a, x);
+            (-a, -da)
+        }
+        Expr::Binary(op, a, b) => {
+            let ((a, da), (b, db)) = (eval_derivative(a, x), eval_derivative(b, x));
+            match op {
+                BinOp::Add => (a + b, da + db),
+                BinOp::Sub => (a - b, da - db),
+                BinOp::Mul => (a * b, da * b + a * db),
+                BinOp::Div => (a / b, (da - a / b * db) / b),
+            }
+        }
+        Expr::Unary(f, a) => {
+            let (a, da) = eval_derivative(a, x);
+            match f {
+                UnaryFn::Exp => (a.exp(), da * a.exp()),
+                UnaryFn::Ln => (a.ln(), da / a),
+                UnaryFn::Sqrt => (a.sqrt(), da / (2.0 * a.sqrt())),
+                UnaryFn::Tanh => (a.tanh(), da * (1.0 - a.tanh().powi(2))),
+                UnaryFn::Abs if a > 0.0 => (a, da),
+                UnaryFn::Abs if a < 0.0 => (-a, -da),
+                UnaryFn::Abs => (a.abs(), 0.0),
+            }
+        }
+        Expr::Binary2(BinaryFn::Powf, a, b) => {
+            let ((a, da), (b, db)) = (eval_derivative(a, x), eval_derivative(b, x));
+            let mut d = b * a.powf(b - 1.0) * da;
+            if has_var_in_powf_exponent(e) {
+                d += a.powf(b) * a.ln() * db;
+            }
+            (a.powf(b), d)
+        }
+        Expr::Binary2(f, a, b) => {
+            let ((a, da), (b, db)) = (eval_derivative(a, x), eval_derivative(b, x));
+            let a_wins = match f {
+                BinaryFn::Min => a < b,
+                _ => a > b,
+            };
+            let b_wins = match f {
+                BinaryFn::Min => a > b,
+                _ => a < b,
+            };
+            let value = e.eval(x);
+            if a_wins {
+                (value, da)
+            } else if b_wins {
+                (value, db)
+            } else {
+                (value, (da + db) / 2.0)
+            }
+        }
+        Expr::Powi(a, n) => {
+            let (a, da) = eval_derivative(a, x);
+            let d = match *n {
+                0 => 0.0,
+                1 => da,
+                n => n as f32 * a.powi(n - 1) * da,
+            };
+            (a.powi(*n), d)
+        }
+        Expr::If {
+            cond,
+            then,
+            otherwise,
+        } => {
+            if cond.eval(x) {
+                eval_derivative(then, x)
+            } else {
+                eval_derivative(otherwise, x)
+            }
+        }
+    }
+}
+
+/// Whether `e` is `powf(a, b)` with `x` in `b`.
+fn has_var_in_powf_exponent(e: &Expr) -> bool {
+    matches!(e, Expr::Binary2(BinaryFn::Powf, _, b) if has_var(b))
 }
 
 /// Whether `x` occurs in the expression (in an `if`, its condition included).
@@ -593,6 +751,45 @@ mod tests {
     /// Equal, or both NaN.
     fn same(a: f32, b: f32) -> bool {
         a == b || (a.is_nan() && b.is_nan())
+    }
+
+    /// The dual-number fallback agrees with the printed derivative everywhere, kinks included
+    /// (the conventions are the same).
+    #[test]
+    fn dual_numbers_agree_with_the_symbolic_derivative() {
+        for Case { e, kinks } in cases() {
+            let de = derivative(&e);
+            for p in points().chain(kinks.iter().copied()) {
+                let (want, (value, got)) = (de.eval(p as f32), eval_derivative(&e, p as f32));
+                assert!(same(value, e.eval(p as f32)), "{} at {p}", show(&e));
+                let close = (got - want).abs() <= 1e-5 * want.abs().max(1.0);
+                assert!(
+                    close || same(got, want),
+                    "d/dx {} at {p}: dual {got}, symbolic {want}",
+                    show(&e)
+                );
+            }
+        }
+    }
+
+    /// 60 nested `abs` would print a derivative of 2^60 nodes: the bound sees it, the map falls
+    /// back to dual numbers, which give sign(x).
+    #[test]
+    fn huge_derivatives_fall_back_to_dual_numbers() {
+        let mut e = x();
+        for _ in 0..60 {
+            e = e.abs();
+        }
+        assert!(derivative_size_bound(&e.0) > MAX_DERIVATIVE_NODES);
+        let map = FeatureMap::Closure(crate::spec::Closure {
+            param: "x".into(),
+            body: e.0.clone(),
+        });
+        assert!(feature_map_derivative(&map).is_none());
+        assert_eq!(eval_derivative(&e.0, -2.0), (2.0, -1.0));
+        assert_eq!(eval_derivative(&e.0, 0.0), (0.0, 0.0));
+        // A small closure stays symbolic.
+        assert!(derivative_size_bound(&(x() * x().exp()).0) <= MAX_DERIVATIVE_NODES);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The generic halves of the generated entry points: the generated `forward`, `forward_with_state`
 //! and `step` only fix the types and call these. The generated `forward`s take their tensors by
-//! value, each with its dfdx tape: they refuse traced inputs ([`Error::GradientsUnavailable`]),
-//! split the tapes off (no copies) and pass the untaped tensors here by reference.
+//! value, each with its dfdx tape: they split the tapes off (no copies), pass the untaped
+//! tensors here by reference, and record the backward ([`crate::train`]) when the tape owns one.
 
 use crate::check::{checked, Problem};
 use crate::cpu::kernel::{Kernel, Recurrent};
@@ -250,6 +250,14 @@ where
     *z = std::mem::take(&mut bufs.z);
     recycle([bufs.q, bufs.k, bufs.v]);
     out
+}
+
+/// `t` in the standard layout through dfdx's `contiguous` (free when it already is; a traced
+/// copy otherwise, whose backward routes gradients back through the view).
+pub fn contiguous<S: Shape, T: dfdx::tensor::Tape<f32, Cpu>>(
+    t: Tensor<S, f32, Cpu, T>,
+) -> Result<Tensor<S, f32, Cpu, T>> {
+    dfdx::tensor_ops::ReshapeTo::try_contiguous(t).map_err(|e| Error::Tensor(format!("{e:?}")))
 }
 
 /// Wraps output data in a tensor on `like`'s device.

@@ -74,14 +74,6 @@ pub enum Error {
     /// The dfdx CPU device refused to build a tensor.
     #[error("dfdx could not build the output tensor: {0}")]
     Tensor(String),
-    /// An input carries a dfdx tape that records gradients (`OwnedTape`): attnc's kernels do not
-    /// record gradients yet, and dropping them silently would make training wrong.
-    #[error(
-        "attnc's kernels do not record gradients yet: an input carries a gradient tape \
-         (`OwnedTape`); pass inputs with no tape (`NoneTape`, e.g. `.clone()` of untraced \
-         tensors). Training support (backward kernels) is planned"
-    )]
-    GradientsUnavailable,
     /// A broken internal invariant: a bug in attnc, please report it.
     #[error("internal error in attnc (please report): {0}")]
     Internal(&'static str),

@@ -24,6 +24,7 @@ pub mod device;
 pub mod error;
 pub mod favor;
 pub mod state;
+pub mod train;
 
 pub use check::{finite_check, set_finite_check};
 pub use cpu::{CpuIsa, Schedule};

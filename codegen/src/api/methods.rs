@@ -3,8 +3,8 @@
 //!
 //! The CPU `forward`s take their tensors by value, each with its own dfdx tape, as dfdx's ops
 //! do (an inference caller passes clones: an `Arc` clone each); the output carries q's tape
-//! merged with the others'. attnc's kernels record no gradients yet, so a traced input is
-//! refused (`Error::GradientsUnavailable`) rather than its gradients silently dropped. `step`,
+//! merged with the others'. When that tape records, the call saves what its backward reads and
+//! records one closure on it (the runtime's `train::backward`). `step`,
 //! `decode_step` and the `_cuda` methods take references.
 
 use crate::abi::{Layout, Signature};
@@ -186,12 +186,14 @@ fn tape_bounds(sig: &Signature) -> TokenStream {
     }
 }
 
-/// Refuses traced inputs (attnc records no gradients yet), then splits each argument from its
-/// tape and merges the tapes into `tape`, q's first: the arguments are then untaped tensors
-/// (the same `Arc`s, no copies) for the runtime.
+/// Splits each argument from its tape and merges the tapes into `tape`, q's first: the
+/// arguments are then untaped tensors (the same `Arc`s, no copies) for the runtime. When the
+/// tape records (`OwnedTape`), each input first goes through dfdx's traced `contiguous` (free
+/// for standard layouts), so the backward reads and writes buffers in logical order and dfdx
+/// routes the gradients of permuted or broadcast views back through its own op.
 fn untape(sig: &Signature) -> TokenStream {
     let p = private();
-    let tapes = tapes(sig);
+    let names: Vec<Ident> = present(sig).map(|a| format_ident!("{}", a.name)).collect();
     let split: Vec<TokenStream> = present(sig)
         .skip(1)
         .map(|a| {
@@ -203,11 +205,64 @@ fn untape(sig: &Signature) -> TokenStream {
         })
         .collect();
     quote! {
-        if #(<#tapes as #p::Tape<f32, #p::Cpu>>::OWNS_TAPE)||* {
-            return Err(::attnc::Error::GradientsUnavailable);
-        }
+        let traced = <T as #p::Tape<f32, #p::Cpu>>::OWNS_TAPE;
+        #(
+            let #names = if traced { #p::contiguous(#names)? } else { #names };
+        )*
         let (q, tape) = #p::SplitTape::split_tape(q);
         #(#split)*
+    }
+}
+
+/// `Saved { .. }` of the runtime's backward: the untaped inputs, the initial state, the output
+/// `o` and (`state`: linear attention) the final state.
+fn saved(sig: &Signature, state: bool) -> TokenStream {
+    let p = private();
+    let opt = |a: &Arg| {
+        let name = format_ident!("{}", a.name);
+        let ty = Device::Cpu.tensor(shape(sig, a.role, false));
+        if a.present {
+            quote!(#name: Some(#name))
+        } else {
+            quote!(#name: None::<#ty>)
+        }
+    };
+    let opts: Vec<TokenStream> = args(sig)
+        .iter()
+        .filter(|a| !matches!(a.role, Role::Keys | Role::Values))
+        .map(opt)
+        .collect();
+    let (initial, last) = if state {
+        (quote!(initial.cloned()), quote!(Some(state.clone())))
+    } else {
+        (quote!(None), quote!(None))
+    };
+    quote! {
+        #p::Saved {
+            q,
+            k,
+            v,
+            #(#opts,)*
+            initial: #initial,
+            out: o.clone(),
+            last: #last,
+        }
+    }
+}
+
+/// Records the backward on the merged tape when it owns one.
+fn record(sig: &Signature, kernel: &Ident, state: bool) -> TokenStream {
+    let p = private();
+    let saved = saved(sig, state);
+    let (f, dv) = (lit(sig.f), lit(sig.dv));
+    quote! {
+        let mut tape = tape;
+        if traced {
+            let saved = #saved;
+            #p::Tape::<f32, #p::Cpu>::add_backward_op(&mut tape, move |grads| {
+                #p::backward::<#kernel, B, H, _, _, _, _, #f, #dv>(&#sig, Self::spec(), saved, grads)
+            });
+        }
     }
 }
 
@@ -251,6 +306,7 @@ pub fn cpu_methods(plan: &Plan, kernel: &Ident) -> TokenStream {
         optional_names(sig),
     );
     let (tapes, bounds, untape) = (tapes(sig), tape_bounds(sig), untape(sig));
+    let (record_softmax, record_linear) = (record(sig, kernel, false), record(sig, kernel, true));
     let (f, dv) = (lit(sig.f), lit(sig.dv));
     let (destructure, out_shape) = if sig.layout == Layout::Bnhd {
         (
@@ -272,9 +328,9 @@ pub fn cpu_methods(plan: &Plan, kernel: &Ident) -> TokenStream {
         " Whole sequence (prefill/training) with the chunkwise-parallel fused kernel: q, k {axes} \
          with D = {}, v {axes} with D = {},{} returns the output, shaped like v. The tensors are \
          taken by value, as dfdx's ops take them (pass `.clone()`s to keep them: an `Arc` \
-         clone each); the output carries q's tape merged with the others'. attnc's kernels \
-         do not record gradients yet: an input that owns a tape (`OwnedTape`) is refused with \
-         `attnc::Error::GradientsUnavailable`.",
+         clone each); the output carries q's tape merged with the others'. With an `OwnedTape` \
+         (`.leaky_trace()`, `.traced(grads)`, a traced dfdx op) the call records its backward: \
+         `loss.backward()` then holds the gradients of every input by tensor id.",
         sig.dk,
         sig.dv,
         extra_docs(sig)
@@ -292,6 +348,7 @@ pub fn cpu_methods(plan: &Plan, kernel: &Ident) -> TokenStream {
                 #destructure
                 let out = #p::forward_tiled::<#kernel, _, _>(&#sig, &q, &k, &v)?;
                 let o = #p::output_tensor(&q, out, #out_shape)?;
+                #record_softmax
                 Ok(#p::PutTape::put_tape(o, tape))
             }
         };
@@ -322,6 +379,7 @@ pub fn cpu_methods(plan: &Plan, kernel: &Ident) -> TokenStream {
                 &#sig, (b, h), &q, &k, &v, #(#opts,)* initial,
             )?;
             let o = #p::output_tensor(&q, out, #out_shape)?;
+            #record_linear
             Ok((#p::PutTape::put_tape(o, tape), state))
         }
 

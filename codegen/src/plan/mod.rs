@@ -117,6 +117,13 @@ pub struct Plan {
     /// The elementwise feature map as an expression of `x` (`x` itself for the maps that are
     /// not elementwise): the one definition both printers lower.
     pub phi: Expr,
+    /// phi'(x) for the backward pass, differentiated symbolically and constant-folded at build
+    /// time (`None` for taylor2, dpfp, FAVOR+ and softmax, whose vector-Jacobian products are
+    /// runtime primitives).
+    pub dphi: Option<Expr>,
+    /// phi is a closure whose printed derivative would be too large
+    /// ([`crate::deriv::MAX_DERIVATIVE_NODES`]): phi' is evaluated with dual numbers instead.
+    pub dphi_by_dual_numbers: bool,
     /// The CPU's programs.
     pub cpu: Program<CpuPlace>,
     /// CUDA's programs.
@@ -159,10 +166,14 @@ impl Plan {
                 ))),
             )
         };
+        let dphi = crate::deriv::feature_map_derivative(&spec.feature_map);
         Plan {
             signature,
             scale: spec.scale_value(),
             phi: elementwise(&spec.feature_map),
+            dphi_by_dual_numbers: dphi.is_none()
+                && matches!(spec.feature_map, FeatureMap::Closure(_)),
+            dphi,
             cpu,
             cuda,
             problems,

@@ -7,7 +7,7 @@ use crate::error::Result;
 use std::marker::PhantomData;
 
 /// One call of a kernel program, runnable with any ISA marker.
-pub(super) trait Job {
+pub(crate) trait Job {
     /// Runs the program. Implementations are `inline(always)`: they must be compiled inside the
     /// trampolines' target features, like the kernels they call (else every intrinsic becomes a
     /// call).
@@ -66,7 +66,7 @@ fn run_portable<J: Job>(job: J) -> Result<()> {
 }
 
 /// Runs one kernel program with the given ISA variant.
-pub(super) fn dispatch<J: Job>(isa: CpuIsa, job: J) -> Result<()> {
+pub(crate) fn dispatch<J: Job>(isa: CpuIsa, job: J) -> Result<()> {
     match isa {
         // SAFETY: the marker exists only if the CPU has the features the trampoline enables.
         #[cfg(target_arch = "x86_64")]

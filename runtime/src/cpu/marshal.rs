@@ -56,7 +56,7 @@ impl Problem {
     }
 
     /// (B, N, H, D) -> (B, H, N, D); identity for heads-first layouts.
-    fn heads_first(&self, data: Vec<f32>, d: usize) -> Vec<f32> {
+    pub(crate) fn heads_first(&self, data: Vec<f32>, d: usize) -> Vec<f32> {
         match self.layout {
             Layout::Bhnd => data,
             Layout::Bnhd => permute_middle(&data, self.batch, self.tokens, self.heads, d),

@@ -12,6 +12,7 @@
 //! - [`pool`]: the buffer pool that keeps large copies and workspaces between calls.
 
 mod dispatch;
+pub mod grad;
 pub mod isa;
 pub mod kernel;
 pub mod marshal;
