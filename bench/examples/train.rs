@@ -144,20 +144,31 @@ fn main() {
         let x = data(n);
         for threads in [1, 2] {
             pool(threads).install(|| {
-                let rows = [
-                    ("plain", variant!(&x, Plain)),
-                    ("elu+1 sum", variant!(&x, Elu)),
-                    ("gated", variant!(&x, Gated, g)),
-                    ("delta", variant!(&x, Delta, beta)),
-                    ("gated delta", variant!(&x, GatedDelta, beta, g)),
-                    ("softmax", variant!(&x, Softmax)),
+                type Run<'a> = Box<dyn Fn() -> (f64, f64) + 'a>;
+                let rows: [(&str, Run); 6] = [
+                    ("plain", Box::new(|| variant!(&x, Plain))),
+                    ("elu+1 sum", Box::new(|| variant!(&x, Elu))),
+                    ("gated", Box::new(|| variant!(&x, Gated, g))),
+                    ("delta", Box::new(|| variant!(&x, Delta, beta))),
+                    ("gated delta", Box::new(|| variant!(&x, GatedDelta, beta, g))),
+                    ("softmax", Box::new(|| variant!(&x, Softmax))),
                 ];
-                for (name, (f, t)) in rows {
+                // `ATTNC_TRAIN_ONLY=plain` (a variant's name) runs that row alone, e.g. under perf.
+                let only = std::env::var("ATTNC_TRAIN_ONLY").ok();
+                let mut plain = f64::NAN;
+                for (name, run) in &rows {
+                    if only.as_deref().is_some_and(|o| o != *name) {
+                        continue;
+                    }
+                    let (f, t) = run();
+                    if *name == "plain" {
+                        plain = t;
+                    }
                     println!("| {n} | {threads} | {name} | {f:.2} | {t:.2} | {:.2} |", t / f);
                 }
-                if n <= 2048 {
+                if n <= 2048 && only.is_none() {
                     let d = dfdx_train(&x);
-                    let (_, t) = rows[0].1;
+                    let t = plain;
                     println!(
                         "| {n} | {threads} | dfdx composition (plain) | | {d:.2} | attnc {:.1}x faster |",
                         d / t

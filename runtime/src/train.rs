@@ -12,7 +12,7 @@
 //! their gradients back through the view.
 
 use crate::check::Problem;
-use crate::cpu::grad::{self, Config, Elementwise};
+use crate::cpu::grad::{self, dphi_rows, phi_rows, Config, Elementwise};
 use crate::cpu::marshal::contiguous_data;
 use crate::error::Error;
 use crate::state::State;
@@ -100,7 +100,7 @@ where
     S3: Shape<Concrete = [usize; 3]>,
     Sp: Shape<Concrete = [usize; 2]>,
 {
-    let cfg = Config::new(spec);
+    let cfg = Config::new(spec, phi_rows::<K>, dphi_rows::<K>);
     let p = Problem::from_q(sig.layout, saved.q.shape().concrete()).map_err(internal)?;
     let bh = p.batch * p.heads;
     let (f, dv) = (cfg.f, cfg.dv);
@@ -150,10 +150,15 @@ where
         s0,
         z0,
         d_o,
+        o: if cfg.softmax {
+            p.gather_tokens("o", &saved.out, dv).map_err(internal)?
+        } else {
+            Vec::new()
+        },
         d_s,
         d_z,
     };
-    let g = grad::run::<K>(&cfg, &inputs).map_err(internal)?;
+    let g = grad::run(&cfg, &inputs).map_err(internal)?;
     drop(inputs);
     accumulate(grads, &saved.q, &p.from_heads_first(g.q, sig.dk))?;
     accumulate(grads, &saved.k, &p.from_heads_first(g.k, sig.dk))?;

@@ -10,7 +10,7 @@
 //! key, value, gate, beta) read dS there, so dg is the reverse cumulative sum of the gate terms
 //! that the chunkwise form would take within a chunk.
 
-use super::maps::{normalize, normalize_vjp, phi, phi_vjp, Elementwise};
+use super::maps::{normalize, normalize_vjp, phi, phi_vjp};
 use super::vecops::{at, axpy, dot, row, row_mut, rows, rows_mut, scale};
 use super::{Config, HeadGrads, HeadInputs};
 
@@ -18,15 +18,19 @@ use super::{Config, HeadGrads, HeadInputs};
 pub const BLOCK_FLOATS: usize = 1 << 20;
 
 /// Per-token scratch: one token's normalised row, its features and their gradients.
-struct Token {
-    xn: Vec<f32>,
-    feat: Vec<f32>,
-    dfeat: Vec<f32>,
+pub(super) struct Token {
+    /// The row after `qk_norm`.
+    pub(super) xn: Vec<f32>,
+    /// Its features.
+    pub(super) feat: Vec<f32>,
+    /// The features' gradient.
+    pub(super) dfeat: Vec<f32>,
+    /// The normalised row's gradient.
     dxn: Vec<f32>,
 }
 
 impl Token {
-    fn new(cfg: &Config) -> Token {
+    pub(super) fn new(cfg: &Config) -> Token {
         Token {
             xn: vec![0.0; cfg.dk],
             feat: vec![0.0; cfg.f],
@@ -37,15 +41,9 @@ impl Token {
 
     /// Features of raw row `x` (normalised, mapped, times `factor`); returns the l2 factor.
     #[inline(always)]
-    fn features<K: Elementwise>(
-        &mut self,
-        cfg: &Config,
-        x: &[f32],
-        proj: &[f32],
-        factor: f32,
-    ) -> f32 {
+    pub(super) fn features(&mut self, cfg: &Config, x: &[f32], proj: &[f32], factor: f32) -> f32 {
         let inv = normalize(cfg, x, &mut self.xn);
-        phi::<K>(cfg, &self.xn, proj, &mut self.feat);
+        phi(cfg, &self.xn, proj, &mut self.feat);
         if factor != 1.0 {
             scale(&mut self.feat, factor);
         }
@@ -54,7 +52,7 @@ impl Token {
 
     /// dx of the features' gradient `self.dfeat` (times `factor`), into `dx`; d proj into `dproj`.
     #[inline(always)]
-    fn backprop<K: Elementwise>(
+    pub(super) fn backprop(
         &mut self,
         cfg: &Config,
         inv: f32,
@@ -67,7 +65,7 @@ impl Token {
             scale(&mut self.dfeat, factor);
         }
         self.dxn.iter_mut().for_each(|v| *v = 0.0);
-        phi_vjp::<K>(cfg, &self.xn, proj, &self.dfeat, &mut self.dxn, dproj);
+        phi_vjp(cfg, &self.xn, proj, &self.dfeat, &mut self.dxn, dproj);
         normalize_vjp(cfg, &self.xn, inv, &self.dxn, dx);
     }
 }
@@ -247,7 +245,8 @@ struct Block {
 }
 
 /// The backward of one (batch, head).
-pub fn head<K: Elementwise>(cfg: &Config, x: &HeadInputs<'_>, out: &mut HeadGrads<'_>) {
+#[inline(always)]
+pub fn head(cfg: &Config, x: &HeadInputs<'_>, out: &mut HeadGrads<'_>) {
     let (dk, dv, f, n) = (cfg.dk, cfg.dv, cfg.f, x.n);
     let p = f * dv;
     let chunk = cfg.chunk.max(1);
@@ -271,7 +270,7 @@ pub fn head<K: Elementwise>(cfg: &Config, x: &HeadInputs<'_>, out: &mut HeadGrad
         row_mut(&mut starts_s, c, p).copy_from_slice(&s);
         row_mut(&mut starts_z, c, zlen).copy_from_slice(&z);
         for t in c * chunk..((c + 1) * chunk).min(n) {
-            tok.features::<K>(cfg, row(x.k, t, dk), x.proj, 1.0);
+            tok.features(cfg, row(x.k, t, dk), x.proj, 1.0);
             let (a, beta) = gates(cfg, x, t);
             advance(
                 cfg,
@@ -300,7 +299,7 @@ pub fn head<K: Elementwise>(cfg: &Config, x: &HeadInputs<'_>, out: &mut HeadGrad
     let mut num = vec![0.0; dv];
     if !cfg.causal {
         for t in 0..n {
-            let inv = tok.features::<K>(cfg, row(x.q, t, dk), x.proj, cfg.scale);
+            let inv = tok.features(cfg, row(x.q, t, dk), x.proj, cfg.scale);
             tok.dfeat.iter_mut().for_each(|v| *v = 0.0);
             let d_o = row(x.d_o, t, dv);
             output_vjp(
@@ -314,7 +313,7 @@ pub fn head<K: Elementwise>(cfg: &Config, x: &HeadInputs<'_>, out: &mut HeadGrad
                 &mut tok.dfeat,
                 &mut num,
             );
-            tok.backprop::<K>(
+            tok.backprop(
                 cfg,
                 inv,
                 x.proj,
@@ -348,7 +347,7 @@ pub fn head<K: Elementwise>(cfg: &Config, x: &HeadInputs<'_>, out: &mut HeadGrad
                 row_mut(&mut sub_s, b, p).copy_from_slice(&s);
                 row_mut(&mut sub_z, b, zlen).copy_from_slice(&z);
                 for t in c0 + b * len..(c0 + (b + 1) * len).min(c1) {
-                    tok.features::<K>(cfg, row(x.k, t, dk), x.proj, 1.0);
+                    tok.features(cfg, row(x.k, t, dk), x.proj, 1.0);
                     let (a, beta) = gates(cfg, x, t);
                     advance(
                         cfg,
@@ -370,12 +369,12 @@ pub fn head<K: Elementwise>(cfg: &Config, x: &HeadInputs<'_>, out: &mut HeadGrad
             } else {
                 (row(&starts_s, c, p), row(&starts_z, c, zlen))
             };
-            recompute::<K>(cfg, x, t0, t1, start_s, start_z, &mut block, &mut tok);
+            recompute(cfg, x, t0, t1, start_s, start_z, &mut block, &mut tok);
             for t in (t0..t1).rev() {
                 let i = t - t0;
                 let (sp, st) = (row(&block.s, i, p), row(&block.s, i + 1, p));
                 if cfg.causal {
-                    let inv = tok.features::<K>(cfg, row(x.q, t, dk), x.proj, cfg.scale);
+                    let inv = tok.features(cfg, row(x.q, t, dk), x.proj, cfg.scale);
                     tok.dfeat.iter_mut().for_each(|v| *v = 0.0);
                     let zt = row(&block.z, i + 1, zlen);
                     output_vjp(
@@ -389,7 +388,7 @@ pub fn head<K: Elementwise>(cfg: &Config, x: &HeadInputs<'_>, out: &mut HeadGrad
                         &mut tok.dfeat,
                         &mut num,
                     );
-                    tok.backprop::<K>(
+                    tok.backprop(
                         cfg,
                         inv,
                         x.proj,
@@ -429,7 +428,7 @@ pub fn head<K: Elementwise>(cfg: &Config, x: &HeadInputs<'_>, out: &mut HeadGrad
                     *bt = terms.dbeta;
                 }
                 let inv = normalize(cfg, row(x.k, t, dk), &mut tok.xn);
-                tok.backprop::<K>(cfg, inv, x.proj, 1.0, row_mut(out.dk, t, dk), out.dproj);
+                tok.backprop(cfg, inv, x.proj, 1.0, row_mut(out.dk, t, dk), out.dproj);
             }
         }
     }
@@ -441,7 +440,8 @@ pub fn head<K: Elementwise>(cfg: &Config, x: &HeadInputs<'_>, out: &mut HeadGrad
 
 /// Recomputes tokens t0..t1 from the state (s0, z0) into `block`.
 #[allow(clippy::too_many_arguments)]
-fn recompute<K: Elementwise>(
+#[inline(always)]
+fn recompute(
     cfg: &Config,
     x: &HeadInputs<'_>,
     t0: usize,
@@ -458,7 +458,7 @@ fn recompute<K: Elementwise>(
     row_mut(&mut block.z, 0, zlen).copy_from_slice(z0);
     for t in t0..t1 {
         let i = t - t0;
-        tok.features::<K>(cfg, row(x.k, t, dk), x.proj, 1.0);
+        tok.features(cfg, row(x.k, t, dk), x.proj, 1.0);
         row_mut(&mut block.kf, i, f).copy_from_slice(&tok.feat);
         let (a, beta) = gates(cfg, x, t);
         let (before, after) = block.s.split_at_mut((i + 1) * p);

@@ -17,6 +17,24 @@ pub trait Elementwise {
     fn dphi(x: f32) -> f32;
 }
 
+/// [`Elementwise::phi`] over a row, for [`super::Config::phi_rows`]: the one piece of the
+/// backward compiled per spec (the rest is compiled once, in this crate).
+pub fn phi_rows<K: Elementwise>(x: &[f32], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = K::phi(v);
+    }
+}
+
+/// `dx += g * phi'(x)` over a row, for [`super::Config::dphi_rows`]; a zero incoming gradient
+/// stays zero even where phi' is infinite.
+pub fn dphi_rows<K: Elementwise>(x: &[f32], g: &[f32], dx: &mut [f32]) {
+    for ((d, &v), &gi) in dx.iter_mut().zip(x).zip(g) {
+        if gi != 0.0 {
+            *d += gi * K::dphi(v);
+        }
+    }
+}
+
 /// One token's row through `qk_norm`: `xn = x / sqrt(|x|^2 + eps)`; returns `1 / sqrt(..)`
 /// (1 without `qk_norm`, when `xn` is a copy).
 #[inline(always)]
@@ -32,13 +50,9 @@ pub fn normalize(cfg: &Config, x: &[f32], xn: &mut [f32]) -> f32 {
 
 /// `out = phi(xn)` (F values), `proj` the FAVOR+ projection (F x DK, row i = w_i).
 #[inline(always)]
-pub fn phi<K: Elementwise>(cfg: &Config, xn: &[f32], proj: &[f32], out: &mut [f32]) {
+pub fn phi(cfg: &Config, xn: &[f32], proj: &[f32], out: &mut [f32]) {
     match cfg.map {
-        Map::Elementwise => {
-            for (o, &x) in out.iter_mut().zip(xn) {
-                *o = K::phi(x);
-            }
-        }
+        Map::Elementwise => (cfg.phi_rows)(xn, out),
         Map::Taylor2 => taylor2(xn, out),
         Map::Dpfp(nu) => dpfp(xn, nu, out),
         Map::Favor => favor(cfg, xn, proj, out),
@@ -47,7 +61,7 @@ pub fn phi<K: Elementwise>(cfg: &Config, xn: &[f32], proj: &[f32], out: &mut [f3
 
 /// Adds `J_phi(xn)^T dout` to `dxn` (and FAVOR+'s projection gradient to `dproj`).
 #[inline(always)]
-pub fn phi_vjp<K: Elementwise>(
+pub fn phi_vjp(
     cfg: &Config,
     xn: &[f32],
     proj: &[f32],
@@ -56,14 +70,7 @@ pub fn phi_vjp<K: Elementwise>(
     dproj: &mut [f32],
 ) {
     match cfg.map {
-        Map::Elementwise => {
-            for ((d, &x), &g) in dxn.iter_mut().zip(xn).zip(dout) {
-                // A zero incoming gradient stays zero even where phi' is infinite.
-                if g != 0.0 {
-                    *d += g * K::dphi(x);
-                }
-            }
-        }
+        Map::Elementwise => (cfg.dphi_rows)(xn, dout, dxn),
         Map::Taylor2 => taylor2_vjp(xn, dout, dxn),
         Map::Dpfp(nu) => dpfp_vjp(xn, nu, dout, dxn),
         Map::Favor => favor_vjp(cfg, xn, proj, dout, dxn, dproj),
@@ -91,6 +98,7 @@ fn taylor2_factors(d: usize) -> (f32, f32, f32) {
     (1.0 / rd.sqrt(), 1.0 / (rd * 2f32.sqrt()), 1.0 / rd)
 }
 
+#[inline(always)]
 fn taylor2(x: &[f32], out: &mut [f32]) {
     let d = x.len();
     let (c1, c2, c3) = taylor2_factors(d);
@@ -114,6 +122,7 @@ fn taylor2(x: &[f32], out: &mut [f32]) {
     }
 }
 
+#[inline(always)]
 fn taylor2_vjp(x: &[f32], dout: &[f32], dx: &mut [f32]) {
     let d = x.len();
     let (c1, c2, c3) = taylor2_factors(d);
@@ -145,6 +154,7 @@ fn dpfp_r(x: &[f32], i: usize) -> f32 {
     }
 }
 
+#[inline(always)]
 fn dpfp(x: &[f32], nu: usize, out: &mut [f32]) {
     let two_d = 2 * x.len();
     for (idx, o) in out.iter_mut().enumerate().take(two_d * nu) {
@@ -153,6 +163,7 @@ fn dpfp(x: &[f32], nu: usize, out: &mut [f32]) {
     }
 }
 
+#[inline(always)]
 fn dpfp_vjp(x: &[f32], nu: usize, dout: &[f32], dx: &mut [f32]) {
     let d = x.len();
     let two_d = 2 * d;
@@ -174,6 +185,7 @@ fn dpfp_vjp(x: &[f32], nu: usize, dout: &[f32], dx: &mut [f32]) {
 }
 
 /// `x' = s x` with `s = D^(-1/4)`, `out_i = exp(w_i . x' - |x'|^2 / 2) / sqrt(F)`, as the forward.
+#[inline(always)]
 fn favor(cfg: &Config, x: &[f32], proj: &[f32], out: &mut [f32]) {
     let d = x.len();
     let s = 1.0 / (d as f32).sqrt().sqrt();
@@ -185,6 +197,7 @@ fn favor(cfg: &Config, x: &[f32], proj: &[f32], out: &mut [f32]) {
     }
 }
 
+#[inline(always)]
 fn favor_vjp(
     cfg: &Config,
     x: &[f32],

@@ -8,19 +8,20 @@
 //! [`run`] spreads the (batch, head) problems over the threads, each through the ISA
 //! trampoline selected for the process, like the forward's head schedule.
 
+pub mod chunked;
+mod gemm;
 pub mod linear;
 pub mod maps;
 pub mod softmax;
 mod vecops;
 
-pub use maps::Elementwise;
+pub use maps::{dphi_rows, phi_rows, Elementwise};
 
 use crate::cpu::dispatch::{dispatch, Job};
 use crate::cpu::isa::{CpuIsa, Isa};
 use crate::error::Result;
 use attnc_codegen::spec::{FeatureMap, Mask, Normalize, QkNorm, Spec, Update};
 use rayon::prelude::*;
-use std::marker::PhantomData;
 
 /// Which update rule, as the backward needs to know it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,11 +90,21 @@ pub struct Config {
     pub map: Map,
     /// Exact softmax attention.
     pub softmax: bool,
+    /// The elementwise map over a row (generated per spec; unused by the other maps).
+    pub phi_rows: RowMap,
+    /// `dx += g * phi'(x)` over a row, a zero `g` staying zero (generated per spec).
+    pub dphi_rows: RowVjp,
 }
 
+/// An elementwise map over a row: `out = phi(x)`.
+pub type RowMap = fn(x: &[f32], out: &mut [f32]);
+/// Its vector-Jacobian product over a row: `dx += g * phi'(x)`.
+pub type RowVjp = fn(x: &[f32], g: &[f32], dx: &mut [f32]);
+
 impl Config {
-    /// The backward's view of `spec`.
-    pub fn new(spec: &Spec) -> Config {
+    /// The backward's view of `spec`, whose elementwise map (if any) is `phi_rows`, `dphi_rows`
+    /// ([`phi_rows`]/[`dphi_rows`] of the generated kernel).
+    pub fn new(spec: &Spec, phi_rows: RowMap, dphi_rows: RowVjp) -> Config {
         let map = match spec.feature_map {
             FeatureMap::Taylor2 => Map::Taylor2,
             FeatureMap::Dpfp { nu } => Map::Dpfp(nu),
@@ -119,6 +130,8 @@ impl Config {
             sum_eps: attnc_codegen::plan::NORMALIZER_EPS,
             map,
             softmax: spec.feature_map == FeatureMap::Softmax,
+            phi_rows,
+            dphi_rows,
         }
     }
 
@@ -156,6 +169,8 @@ pub struct HeadInputs<'a> {
     pub z0: &'a [f32],
     /// dL/do (N x DV).
     pub d_o: &'a [f32],
+    /// The forward's output (N x DV): softmax's D = rowsum(dO ⊙ O); empty otherwise.
+    pub o: &'a [f32],
     /// dL/dS_N (F x DV) or empty (zero).
     pub d_s: &'a [f32],
     /// dL/dz_N (F) or empty (zero).
@@ -206,6 +221,8 @@ pub struct Inputs {
     pub z0: Vec<f32>,
     /// dL/do, (B, H, N, DV).
     pub d_o: Vec<f32>,
+    /// The forward's output (B, H, N, DV) for softmax attention, else empty.
+    pub o: Vec<f32>,
     /// dL/dS_N (B, H, F, DV) or empty.
     pub d_s: Vec<f32>,
     /// dL/dz_N (B, H, F) or empty.
@@ -252,27 +269,28 @@ fn split(v: &[f32], parts: usize) -> Vec<&[f32]> {
 }
 
 /// One (batch, head)'s backward as an ISA job.
-struct HeadJob<'a, 'b, K> {
+struct HeadJob<'a, 'b> {
     cfg: &'a Config,
     x: HeadInputs<'a>,
     out: HeadGrads<'b>,
-    kernel: PhantomData<K>,
 }
 
-impl<K: Elementwise> Job for HeadJob<'_, '_, K> {
+impl Job for HeadJob<'_, '_> {
     #[inline(always)]
-    fn run<I: Isa>(mut self, _isa: I) -> Result<()> {
+    fn run<I: Isa>(mut self, isa: I) -> Result<()> {
         if self.cfg.softmax {
-            softmax::head(self.cfg, &self.x, &mut self.out);
+            softmax::head(isa, self.cfg, &self.x, &mut self.out);
+        } else if !self.cfg.update.delta() {
+            chunked::head(isa, self.cfg, &self.x, &mut self.out);
         } else {
-            linear::head::<K>(self.cfg, &self.x, &mut self.out);
+            linear::head(self.cfg, &self.x, &mut self.out);
         }
         Ok(())
     }
 }
 
 /// The gradients of every input of a call, (batch, head) problems in parallel.
-pub fn run<K: Elementwise>(cfg: &Config, x: &Inputs) -> Result<Grads> {
+pub fn run(cfg: &Config, x: &Inputs) -> Result<Grads> {
     let isa = CpuIsa::selected()?;
     let (bh, n) = (x.bh, x.n);
     let (f, dv, dk) = (cfg.f, cfg.dv, cfg.dk);
@@ -306,6 +324,7 @@ pub fn run<K: Elementwise>(cfg: &Config, x: &Inputs) -> Result<Grads> {
     let (beta, gl) = (split(&x.beta, bh), split(&x.g, bh));
     let (s0, z0) = (split(&x.s0, bh), split(&x.z0, bh));
     let (d_o, d_s, d_z) = (split(&x.d_o, bh), split(&x.d_s, bh), split(&x.d_z, bh));
+    let o = split(&x.o, bh);
     let outs: Vec<_> = split_mut(&mut g.q, bh)
         .into_iter()
         .zip(split_mut(&mut g.k, bh))
@@ -320,7 +339,7 @@ pub fn run<K: Elementwise>(cfg: &Config, x: &Inputs) -> Result<Grads> {
         .into_par_iter()
         .map(|(i, ((((((dq, dk), dv), dbeta), dg), ds0), dz0))| {
             let mut dproj = vec![0.0; proj_len];
-            let job = HeadJob::<K> {
+            let job = HeadJob {
                 cfg,
                 x: HeadInputs {
                     n,
@@ -333,6 +352,7 @@ pub fn run<K: Elementwise>(cfg: &Config, x: &Inputs) -> Result<Grads> {
                     s0: s0[i],
                     z0: z0[i],
                     d_o: d_o[i],
+                    o: o[i],
                     d_s: d_s[i],
                     d_z: d_z[i],
                 },
@@ -346,7 +366,6 @@ pub fn run<K: Elementwise>(cfg: &Config, x: &Inputs) -> Result<Grads> {
                     ds0,
                     dz0,
                 },
-                kernel: PhantomData,
             };
             dispatch(isa, job)?;
             Ok(dproj)

@@ -1,0 +1,579 @@
+//! The chunkwise backward of additive and gated linear attention (both masks, with or without
+//! the normaliser, any elementwise or expanding feature map): per chunk, matrix products of
+//! C x C and C x F tiles (see [`super::gemm`]), with the state carried by a reverse scan.
+//!
+//! A forward scan saves each chunk's incoming state S (and z). Then, chunk by chunk from the
+//! end, from S, z and the gradient of the outgoing state (dS', dz'), with G the cumulative
+//! log-decay within the chunk, Γ_ts = exp(G_t - G_s), Qd = diag(e^G) Q~, Kd = diag(e^(G_L - G)) K~,
+//! P = Q~ K~^T, A = tril(P ⊙ Γ) and r = 1 / (q~ . z_t + eps):
+//!
+//! ```text
+//! dN = dO ⊙ r;  dden_t = -r_t (dO_t · O_t)           (normalised; else dN = dO, dden = 0)
+//! dA = tril(dN V^T)
+//! dG_t += rowsum(dA ⊙ A)_t - colsum(dA ⊙ A)_t + dN_t · (Qd S)_t
+//! dP = dA ⊙ Γ + dden 1^T (lower)
+//! dQ~ = dP K~ + diag(e^G) dN S^T + dden z^T
+//! dK~ = dP^T Q~ + diag(e^(G_L - G)) V dS'^T + 1 dz'^T
+//! dG_s -= Kd_s · (V dS'^T)_s;  dG_L += sum_s Kd_s · (V dS'^T)_s + <dS', e^(G_L) S>
+//! dV = A^T dN + Kd dS'
+//! dS = e^(G_L) dS' + Qd^T dN;  dz = dz' + Q~^T dden      (the carry of the reverse scan)
+//! dg = reverse cumulative sum of dG within the chunk
+//! ```
+//!
+//! (tests/grad_chunked.rs checks this algorithm in f64 against the token-by-token oracle.)
+//! With `mask = none` every output reads S_N: dS_N += Q~^T dN over the sequence first, then
+//! dK~ = V dS_N^T + 1 dz_N^T and dV = K~ dS_N, chunk by chunk.
+
+use super::gemm::{matmul, transpose};
+use super::linear::Token;
+use super::vecops::{at, dot, row, row_mut};
+use super::{Config, HeadGrads, HeadInputs};
+use crate::cpu::isa::Isa;
+use crate::cpu::tile::exp;
+
+/// Scratch of one chunk.
+struct Chunk {
+    /// Tokens in the chunk.
+    len: usize,
+    /// Whether the update is gated (else every decay is 1).
+    gated: bool,
+    /// Scaled query features, key features (L x F), their transposes (F x L).
+    qf: Vec<f32>,
+    kf: Vec<f32>,
+    qft: Vec<f32>,
+    kft: Vec<f32>,
+    /// Cumulative log-decay within the chunk, e^G, e^(G_L - G) (L each).
+    gcum: Vec<f32>,
+    eg: Vec<f32>,
+    kdec: Vec<f32>,
+    /// L x L tiles.
+    p: Vec<f32>,
+    a: Vec<f32>,
+    da: Vec<f32>,
+    dpt: Vec<f32>,
+    /// L x DV tiles.
+    dn: Vec<f32>,
+    qds: Vec<f32>,
+    /// DV x L (V^T), L x F (products), DV x F (S^T, dS'^T).
+    vt: Vec<f32>,
+    lf: Vec<f32>,
+    lf2: Vec<f32>,
+    dfs: Vec<f32>,
+    /// The normaliser's r and dden (L).
+    r: Vec<f32>,
+    dden: Vec<f32>,
+    /// dG (L).
+    dgl: Vec<f32>,
+}
+
+impl Chunk {
+    fn new(cfg: &Config) -> Chunk {
+        let (c, f, dv) = (cfg.chunk, cfg.f, cfg.dv);
+        let z = |n: usize| vec![0.0f32; n];
+        Chunk {
+            len: 0,
+            gated: cfg.update.gated(),
+            qf: z(c * f),
+            kf: z(c * f),
+            qft: z(c * f),
+            kft: z(c * f),
+            gcum: z(c),
+            eg: z(c),
+            kdec: z(c),
+            p: z(c * c),
+            a: z(c * c),
+            da: z(c * c),
+            dpt: z(c * c),
+            dn: z(c * dv),
+            qds: z(c * dv),
+            vt: z(c * dv),
+            lf: z(c * f),
+            lf2: z(c * f),
+            dfs: z(f * dv),
+            r: z(c),
+            dden: z(c),
+            dgl: z(c),
+        }
+    }
+
+    /// Features (and transposes) and gates of tokens t0..t0+len.
+    #[inline(always)]
+    fn load(
+        &mut self,
+        cfg: &Config,
+        x: &HeadInputs<'_>,
+        t0: usize,
+        len: usize,
+        tok: &mut Token,
+        queries: bool,
+    ) {
+        let (dk, f) = (cfg.dk, cfg.f);
+        self.len = len;
+        for i in 0..len {
+            tok.features(cfg, row(x.k, t0 + i, dk), x.proj, 1.0);
+            row_mut(&mut self.kf, i, f).copy_from_slice(&tok.feat);
+            if queries {
+                tok.features(cfg, row(x.q, t0 + i, dk), x.proj, cfg.scale);
+                row_mut(&mut self.qf, i, f).copy_from_slice(&tok.feat);
+            }
+        }
+        transpose(&self.kf[..len * f], len, f, &mut self.kft);
+        if queries {
+            transpose(&self.qf[..len * f], len, f, &mut self.qft);
+        }
+        let mut g = 0.0;
+        for i in 0..len {
+            if cfg.update.gated() {
+                g += at(x.g, t0 + i, 0.0);
+            }
+            self.gcum[i] = g;
+        }
+        for i in 0..len {
+            self.eg[i] = exp(self.gcum[i]);
+            self.kdec[i] = exp(g - self.gcum[i]);
+        }
+    }
+
+    /// e^(G_L), the chunk's total decay.
+    fn decay(&self) -> f32 {
+        self.len.checked_sub(1).map_or(1.0, |l| exp(self.gcum[l]))
+    }
+}
+
+/// Γ_ts = exp(G_t - G_s) (1 without gates: no exponential).
+#[inline(always)]
+fn gamma(ch: &Chunk, t: usize, s: usize) -> f32 {
+    if ch.gated {
+        exp(ch.gcum[t] - ch.gcum[s])
+    } else {
+        1.0
+    }
+}
+
+/// S' = e^(G_L) S + Kd^T V, z' = z + sum K~ (the chunk already loaded).
+#[inline(always)]
+fn advance<I: Isa>(isa: I, cfg: &Config, ch: &mut Chunk, v: &[f32], s: &mut [f32], z: &mut [f32]) {
+    let (f, dv, len) = (cfg.f, cfg.dv, ch.len);
+    let total = ch.decay();
+    if total != 1.0 {
+        s.iter_mut().for_each(|e| *e *= total);
+    }
+    // Kd^T (F x L): kft scaled by column.
+    let kdt = &mut ch.lf2[..f * len];
+    for (dst, src) in kdt
+        .chunks_exact_mut(len.max(1))
+        .zip(ch.kft.chunks_exact(len.max(1)))
+    {
+        for ((d, &k), &w) in dst.iter_mut().zip(src).zip(&ch.kdec) {
+            *d = k * w;
+        }
+    }
+    matmul(isa, s, kdt, v, f, len, dv, true);
+    if !z.is_empty() {
+        for krow in ch.kf.chunks_exact(f).take(len) {
+            for (zi, &k) in z.iter_mut().zip(krow) {
+                *zi += k;
+            }
+        }
+    }
+}
+
+/// The backward of one (batch, head).
+#[inline(always)]
+pub fn head<I: Isa>(isa: I, cfg: &Config, x: &HeadInputs<'_>, out: &mut HeadGrads<'_>) {
+    let (f, dv, n) = (cfg.f, cfg.dv, x.n);
+    let c = cfg.chunk.max(1);
+    let nc = n.div_ceil(c);
+    let p = f * dv;
+    let zlen = if cfg.normalized { f } else { 0 };
+    let mut tok = Token::new(cfg);
+    let mut ch = Chunk::new(cfg);
+    let span = |ci: usize| (ci * c, ((ci + 1) * c).min(n) - ci * c);
+
+    // 1. The forward scan: each chunk's incoming state.
+    let mut starts_s = vec![0.0; nc * p];
+    let mut starts_z = vec![0.0; nc * zlen];
+    let mut s = x.s0.to_vec();
+    let mut z = if cfg.normalized {
+        x.z0.to_vec()
+    } else {
+        Vec::new()
+    };
+    z.resize(zlen, 0.0);
+    for ci in 0..nc {
+        row_mut(&mut starts_s, ci, p).copy_from_slice(&s);
+        row_mut(&mut starts_z, ci, zlen).copy_from_slice(&z);
+        let (t0, len) = span(ci);
+        ch.load(cfg, x, t0, len, &mut tok, false);
+        advance(
+            isa,
+            cfg,
+            &mut ch,
+            &x.v[t0 * dv..(t0 + len) * dv],
+            &mut s,
+            &mut z,
+        );
+    }
+
+    let mut ds = if x.d_s.is_empty() {
+        vec![0.0; p]
+    } else {
+        x.d_s.to_vec()
+    };
+    let mut dz = if x.d_z.is_empty() || !cfg.normalized {
+        vec![0.0; zlen]
+    } else {
+        x.d_z.to_vec()
+    };
+    if cfg.causal {
+        for ci in (0..nc).rev() {
+            let (t0, len) = span(ci);
+            ch.load(cfg, x, t0, len, &mut tok, true);
+            let (s0, z0) = (row(&starts_s, ci, p), row(&starts_z, ci, zlen));
+            causal_chunk(
+                isa, cfg, x, &mut ch, t0, s0, z0, &mut ds, &mut dz, out, &mut tok,
+            );
+        }
+    } else {
+        // S_N, z_N are in (s, z): the outputs' terms over the whole sequence first.
+        for ci in 0..nc {
+            let (t0, len) = span(ci);
+            ch.load(cfg, x, t0, len, &mut tok, true);
+            full_queries(
+                isa, cfg, x, &mut ch, t0, &s, &z, &mut ds, &mut dz, out, &mut tok,
+            );
+        }
+        for ci in 0..nc {
+            let (t0, len) = span(ci);
+            ch.load(cfg, x, t0, len, &mut tok, false);
+            keys_values(isa, cfg, x, &mut ch, t0, &ds, &dz, out, &mut tok, false);
+        }
+    }
+    out.ds0.copy_from_slice(&ds);
+    if cfg.normalized {
+        out.dz0.copy_from_slice(&dz);
+    }
+}
+
+/// dN and dden of the chunk's rows from the numerator N (in `ch.qds` on entry when normalised):
+/// dN = dO r, dden = -r^2 (dO . N). Without the normaliser dN = dO.
+#[inline(always)]
+fn output_terms(cfg: &Config, ch: &mut Chunk, d_o: &[f32]) {
+    let (dv, len) = (cfg.dv, ch.len);
+    ch.dn[..len * dv].copy_from_slice(&d_o[..len * dv]);
+    if !cfg.normalized {
+        ch.dden[..len].fill(0.0);
+        return;
+    }
+    for i in 0..len {
+        let r = ch.r[i];
+        let num = row(&ch.qds, i, dv);
+        ch.dden[i] = -r * r * dot(row(d_o, i, dv), num);
+        row_mut(&mut ch.dn, i, dv).iter_mut().for_each(|e| *e *= r);
+    }
+}
+
+/// One chunk of the causal reverse scan: the chunk's gradients, and the carry (ds, dz) moved from
+/// its end to its start.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn causal_chunk<I: Isa>(
+    isa: I,
+    cfg: &Config,
+    x: &HeadInputs<'_>,
+    ch: &mut Chunk,
+    t0: usize,
+    s0: &[f32],
+    z0: &[f32],
+    ds: &mut [f32],
+    dz: &mut [f32],
+    out: &mut HeadGrads<'_>,
+    tok: &mut Token,
+) {
+    let (f, dv, len) = (cfg.f, cfg.dv, ch.len);
+    let gated = cfg.update.gated();
+    let v = &x.v[t0 * dv..(t0 + len) * dv];
+    let d_o = &x.d_o[t0 * dv..(t0 + len) * dv];
+    // P = Q~ K~^T; A = tril(P ⊙ Γ).
+    matmul(isa, &mut ch.p, &ch.qf, &ch.kft, len, f, len, false);
+    for t in 0..len {
+        for s in 0..len {
+            let i = t * len + s;
+            ch.a[i] = if s <= t {
+                ch.p[i] * gamma(ch, t, s)
+            } else {
+                0.0
+            };
+        }
+    }
+    // Qd = diag(e^G) Q~ (in lf); Qd S (L x DV, in qds) when gated or normalised.
+    for (dst, (src, &w)) in ch
+        .lf
+        .chunks_exact_mut(f)
+        .zip(ch.qf.chunks_exact(f).zip(&ch.eg))
+        .take(len)
+    {
+        for (d, &q) in dst.iter_mut().zip(src) {
+            *d = q * w;
+        }
+    }
+    if gated || cfg.normalized {
+        matmul(isa, &mut ch.qds, &ch.lf, s0, len, f, dv, false);
+    }
+    if cfg.normalized {
+        // den_t = q~_t . z + sum_{s<=t} P_ts + eps; N = A V + Qd S (into qds).
+        for t in 0..len {
+            let lower: f32 = ch.p[t * len..t * len + t + 1].iter().sum();
+            ch.r[t] = 1.0 / (dot(row(&ch.qf, t, f), z0) + lower + cfg.sum_eps);
+        }
+        matmul(isa, &mut ch.qds, &ch.a, v, len, len, dv, true);
+    }
+    output_terms(cfg, ch, d_o);
+    if cfg.normalized && gated {
+        // dG needs dN . (Qd S): recompute Qd S (qds held N).
+        matmul(isa, &mut ch.qds, &ch.lf, s0, len, f, dv, false);
+    }
+    // dA = tril(dN V^T).
+    transpose(v, len, dv, &mut ch.vt);
+    matmul(isa, &mut ch.da, &ch.dn, &ch.vt, len, dv, len, false);
+    ch.dgl[..len].fill(0.0);
+    for t in 0..len {
+        for s in 0..len {
+            let i = t * len + s;
+            if s > t {
+                ch.da[i] = 0.0;
+                continue;
+            }
+            if gated {
+                let w = ch.da[i] * ch.a[i];
+                ch.dgl[t] += w;
+                ch.dgl[s] -= w;
+            }
+        }
+        if gated {
+            ch.dgl[t] += dot(row(&ch.dn, t, dv), row(&ch.qds, t, dv));
+        }
+    }
+    // dP = dA ⊙ Γ + dden (lower), stored transposed (dP^T) in dpt, dP itself in p.
+    for t in 0..len {
+        for s in 0..len {
+            let i = t * len + s;
+            let d = if s <= t {
+                ch.da[i] * gamma(ch, t, s) + ch.dden[t]
+            } else {
+                0.0
+            };
+            ch.p[i] = d;
+            ch.dpt[s * len + t] = d;
+        }
+    }
+    // dQ~ = dP K~ + diag(e^G) dN S^T + dden z^T  (into lf2).
+    matmul(isa, &mut ch.lf2, &ch.p, &ch.kf, len, len, f, false);
+    transpose(s0, f, dv, &mut ch.dfs);
+    // diag(e^G) dN into vt (V^T is no longer needed).
+    for t in 0..len {
+        let w = ch.eg[t];
+        for (d, &e) in row_mut(&mut ch.vt, t, dv)
+            .iter_mut()
+            .zip(row(&ch.dn, t, dv))
+        {
+            *d = e * w;
+        }
+    }
+    matmul(isa, &mut ch.lf2, &ch.vt, &ch.dfs, len, dv, f, true);
+    if cfg.normalized {
+        for t in 0..len {
+            let dd = ch.dden[t];
+            for (d, &zi) in row_mut(&mut ch.lf2, t, f).iter_mut().zip(z0) {
+                *d += dd * zi;
+            }
+        }
+    }
+    for t in 0..len {
+        tok.dfeat.copy_from_slice(row(&ch.lf2, t, f));
+        let inv = super::maps::normalize(cfg, row(x.q, t0 + t, cfg.dk), &mut tok.xn);
+        tok.backprop(
+            cfg,
+            inv,
+            x.proj,
+            cfg.scale,
+            row_mut(out.dq, t0 + t, cfg.dk),
+            out.dproj,
+        );
+    }
+    // dV = A^T dN + Kd dS'  (A^T via transpose into dpt's buffer after use: use lf as scratch).
+    transpose(&ch.a[..len * len], len, len, &mut ch.da);
+    matmul(
+        isa,
+        &mut out.dv[t0 * dv..(t0 + len) * dv],
+        &ch.da,
+        &ch.dn,
+        len,
+        len,
+        dv,
+        false,
+    );
+    keys_values(isa, cfg, x, ch, t0, ds, dz, out, tok, true);
+    // The gate terms of the outgoing state and dg.
+    if gated {
+        // <dS', e^(G_L) S>.
+        let total = ch.decay();
+        ch.dgl[len - 1] += total * dot(ds, s0);
+        let mut acc = 0.0;
+        for t in (0..len).rev() {
+            acc += ch.dgl[t];
+            if let Some(g) = out.dg.get_mut(t0 + t) {
+                *g = acc;
+            }
+        }
+    }
+    // The carry: dS = e^(G_L) dS' + Qd^T dN; dz = dz' + Q~^T dden.
+    let total = ch.decay();
+    if total != 1.0 {
+        ds.iter_mut().for_each(|e| *e *= total);
+    }
+    transpose(&ch.lf[..len * f], len, f, &mut ch.qft);
+    matmul(isa, ds, &ch.qft, &ch.dn, f, len, dv, true);
+    if cfg.normalized {
+        for t in 0..len {
+            let dd = ch.dden[t];
+            for (zi, &q) in dz.iter_mut().zip(row(&ch.qf, t, f)) {
+                *zi += dd * q;
+            }
+        }
+    }
+}
+
+/// dK~ = dP^T Q~ (causal, `with_scores`) + diag(e^(G_L - G)) V dS'^T + 1 dz'^T and
+/// dV += Kd dS' for the loaded chunk, then through the feature map into dk; the gate terms of
+/// V dS'^T into `ch.dgl`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn keys_values<I: Isa>(
+    isa: I,
+    cfg: &Config,
+    x: &HeadInputs<'_>,
+    ch: &mut Chunk,
+    t0: usize,
+    ds: &[f32],
+    dz: &[f32],
+    out: &mut HeadGrads<'_>,
+    tok: &mut Token,
+    with_scores: bool,
+) {
+    let (f, dv, len) = (cfg.f, cfg.dv, ch.len);
+    let v = &x.v[t0 * dv..(t0 + len) * dv];
+    // W = V dS'^T (L x F).
+    transpose(ds, f, dv, &mut ch.dfs);
+    matmul(isa, &mut ch.lf2, v, &ch.dfs, len, dv, f, false);
+    if cfg.update.gated() {
+        let mut total = 0.0;
+        for s in 0..len {
+            let w = ch.kdec[s] * dot(row(&ch.kf, s, f), row(&ch.lf2, s, f));
+            ch.dgl[s] -= w;
+            total += w;
+        }
+        if len > 0 {
+            ch.dgl[len - 1] += total;
+        }
+    }
+    for s in 0..len {
+        let w = ch.kdec[s];
+        let dkrow = row_mut(&mut ch.lf2, s, f);
+        for (d, &zi) in dkrow
+            .iter_mut()
+            .zip(dz.iter().chain(std::iter::repeat(&0.0)))
+        {
+            *d = *d * w + zi;
+        }
+    }
+    if with_scores {
+        matmul(isa, &mut ch.lf2, &ch.dpt, &ch.qf, len, len, f, true);
+    }
+    // dV += Kd dS'.
+    for (dst, (src, &w)) in ch
+        .qft
+        .chunks_exact_mut(f)
+        .zip(ch.kf.chunks_exact(f).zip(&ch.kdec))
+        .take(len)
+    {
+        for (d, &k) in dst.iter_mut().zip(src) {
+            *d = k * w;
+        }
+    }
+    matmul(
+        isa,
+        &mut out.dv[t0 * dv..(t0 + len) * dv],
+        &ch.qft,
+        ds,
+        len,
+        f,
+        dv,
+        with_scores,
+    );
+    for s in 0..len {
+        tok.dfeat.copy_from_slice(row(&ch.lf2, s, f));
+        let inv = super::maps::normalize(cfg, row(x.k, t0 + s, cfg.dk), &mut tok.xn);
+        tok.backprop(
+            cfg,
+            inv,
+            x.proj,
+            1.0,
+            row_mut(out.dk, t0 + s, cfg.dk),
+            out.dproj,
+        );
+    }
+}
+
+/// `mask = none`: the loaded chunk's outputs read (S_N, z_N): dq, and dS_N += Q~^T dN,
+/// dz_N += Q~^T dden.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn full_queries<I: Isa>(
+    isa: I,
+    cfg: &Config,
+    x: &HeadInputs<'_>,
+    ch: &mut Chunk,
+    t0: usize,
+    s: &[f32],
+    z: &[f32],
+    ds: &mut [f32],
+    dz: &mut [f32],
+    out: &mut HeadGrads<'_>,
+    tok: &mut Token,
+) {
+    let (f, dv, len) = (cfg.f, cfg.dv, ch.len);
+    let d_o = &x.d_o[t0 * dv..(t0 + len) * dv];
+    if cfg.normalized {
+        matmul(isa, &mut ch.qds, &ch.qf, s, len, f, dv, false);
+        for t in 0..len {
+            ch.r[t] = 1.0 / (dot(row(&ch.qf, t, f), z) + cfg.sum_eps);
+        }
+    }
+    output_terms(cfg, ch, d_o);
+    // dQ~ = dN S^T + dden z^T.
+    transpose(s, f, dv, &mut ch.dfs);
+    matmul(isa, &mut ch.lf2, &ch.dn, &ch.dfs, len, dv, f, false);
+    for t in 0..len {
+        let dd = ch.dden[t];
+        if cfg.normalized {
+            for (d, &zi) in row_mut(&mut ch.lf2, t, f).iter_mut().zip(z) {
+                *d += dd * zi;
+            }
+            for (zi, &q) in dz.iter_mut().zip(row(&ch.qf, t, f)) {
+                *zi += dd * q;
+            }
+        }
+        tok.dfeat.copy_from_slice(row(&ch.lf2, t, f));
+        let inv = super::maps::normalize(cfg, row(x.q, t0 + t, cfg.dk), &mut tok.xn);
+        tok.backprop(
+            cfg,
+            inv,
+            x.proj,
+            cfg.scale,
+            row_mut(out.dq, t0 + t, cfg.dk),
+            out.dproj,
+        );
+    }
+    matmul(isa, ds, &ch.qft, &ch.dn, f, len, dv, true);
+}
