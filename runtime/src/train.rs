@@ -14,6 +14,7 @@
 use crate::check::Problem;
 use crate::cpu::grad::{self, dphi_rows, phi_rows, Config, Elementwise};
 use crate::cpu::marshal::contiguous_data;
+use crate::cpu::pool::recycle;
 use crate::error::Error;
 use crate::state::State;
 use attnc_codegen::abi::Signature;
@@ -159,10 +160,16 @@ where
         d_z,
     };
     let g = grad::run(&cfg, &inputs).map_err(internal)?;
-    drop(inputs);
-    accumulate(grads, &saved.q, &p.from_heads_first(g.q, sig.dk))?;
-    accumulate(grads, &saved.k, &p.from_heads_first(g.k, sig.dk))?;
-    accumulate(grads, &saved.v, &p.from_heads_first(g.v, dv))?;
+    recycle([inputs.q, inputs.k, inputs.v, inputs.d_o]);
+    let (gq, gk, gv) = (
+        p.from_heads_first(g.q, sig.dk),
+        p.from_heads_first(g.k, sig.dk),
+        p.from_heads_first(g.v, dv),
+    );
+    accumulate(grads, &saved.q, &gq)?;
+    accumulate(grads, &saved.k, &gk)?;
+    accumulate(grads, &saved.v, &gv)?;
+    recycle([gq, gk, gv]);
     if let Some(beta) = &saved.beta {
         accumulate(grads, beta, &p.from_heads_first(g.beta, 1))?;
     }

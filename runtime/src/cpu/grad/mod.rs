@@ -19,6 +19,7 @@ pub use maps::{dphi_rows, phi_rows, Elementwise};
 
 use crate::cpu::dispatch::{dispatch, Job};
 use crate::cpu::isa::{CpuIsa, Isa};
+use crate::cpu::pool::pooled_buffer;
 use crate::error::Result;
 use attnc_codegen::spec::{FeatureMap, Mask, Normalize, QkNorm, Spec, Update};
 use rayon::prelude::*;
@@ -301,10 +302,16 @@ pub fn run(cfg: &Config, x: &Inputs) -> Result<Grads> {
             vec![0.0; len]
         }
     };
+    // Pooled: fresh multi-MB buffers cost page faults on first touch.
+    let zeroed = |len: usize| {
+        let mut b = pooled_buffer(len);
+        b.fill(0.0);
+        b
+    };
     let mut g = Grads {
-        q: vec![0.0; bh * n * dk],
-        k: vec![0.0; bh * n * dk],
-        v: vec![0.0; bh * n * dv],
+        q: zeroed(bh * n * dk),
+        k: zeroed(bh * n * dk),
+        v: zeroed(bh * n * dv),
         beta: sized(&x.beta, bh * n),
         g: sized(&x.g, bh * n),
         proj: Vec::new(),
