@@ -129,7 +129,46 @@ fn main() -> Result<(), Error> {
     if !same {
         return Err(Error::Internal("decode_step and step disagree"));
     }
+    training(&q, &k, &v)?;
     on_the_gpu(&device, &q, &k, &v)
+}
+
+/// Training: a traced `forward` records its backward on dfdx's tape. The gradient of
+/// L = sum(o * w) is checked along one random direction against a central difference.
+fn training(q: &Tokens<64>, k: &Tokens<64>, v: &Tokens<64>) -> Result<(), Error> {
+    let dev = Cpu::seed_from_u64(7);
+    let w: Tokens<64> = dev.sample_normal_like(q.shape());
+    // The loss summed in f64, so the central difference sees the kernel's rounding only.
+    let wv = w.as_vec();
+    let loss = |q: Tokens<64>| -> Result<f64, Error> {
+        let o = LinearAttention::forward(q, k.clone(), v.clone())?.as_vec();
+        Ok(o.iter().zip(&wv).map(|(a, b)| (a * b) as f64).sum())
+    };
+    let t0 = Instant::now();
+    let o = LinearAttention::forward(q.leaky_trace(), k.leaky_trace(), v.leaky_trace())?;
+    let grads = (o * w.clone()).sum::<Rank0, _>().backward();
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    let dq = grads.get(q).as_vec();
+    let dir: Tokens<64> = dev.sample_normal_like(q.shape());
+    let eps = 1e-2f32;
+    let (plus, minus) = (q.clone() + dir.clone() * eps, q.clone() - dir.clone() * eps);
+    let numeric = (loss(plus)? - loss(minus)?) / (2.0 * eps as f64);
+    let analytic: f64 = dq
+        .iter()
+        .zip(dir.as_vec())
+        .map(|(g, d)| (g * d) as f64)
+        .sum();
+    let rel = (numeric - analytic).abs() / analytic.abs().max(1e-12);
+    println!(
+        "\ntraining: forward + backward of `LinearAttention` in {ms:.1} ms; dL/dq along a random \
+         direction {analytic:.4} vs central difference {numeric:.4} (relative {rel:.1e}, f32)"
+    );
+    if rel > 1e-2 {
+        return Err(Error::Internal(
+            "the gradient disagrees with finite differences",
+        ));
+    }
+    Ok(())
 }
 
 /// Where `Device::auto()` picked a GPU: the same spec through the generated CUDA kernels, checked

@@ -89,6 +89,9 @@ pub mod prelude {
     pub use dfdx::tensor::{
         AsArray, Cpu, OnesTensor, SampleTensor, Tensor, TensorFrom, TensorFromVec, ZerosTensor,
     };
+    // Training: trace inputs, reduce to a loss, run the tape.
+    pub use dfdx::tensor::{Gradients, NoneTape, OwnedTape, Trace};
+    pub use dfdx::tensor_ops::{Backward, SumTo};
 }
 
 /// What generated code refers to. Not a public API: it may change in any release.

@@ -1,6 +1,6 @@
 //! The chunkwise backward of additive and gated linear attention (both masks, with or without
 //! the normaliser, any elementwise or expanding feature map): per chunk, matrix products of
-//! C x C and C x F tiles (see [`super::gemm`]), with the state carried by a reverse scan.
+//! C x C and C x F tiles (the runtime-sized products of `gemm.rs`), with the state carried by a reverse scan.
 //!
 //! A forward scan saves each chunk's incoming state S (and z). Then, chunk by chunk from the
 //! end, from S, z and the gradient of the outgoing state (dS', dz'), with G the cumulative

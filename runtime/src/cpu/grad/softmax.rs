@@ -3,7 +3,7 @@
 //! log-sum-exp (the forward kernel does not hand it over); with D = rowsum(dO ⊙ O) from the
 //! saved output, a second sweep recomputes P = exp(S - lse) and accumulates
 //! dV += P^T dO, dS = P ⊙ (dO V^T - D) scale, dQ += dS K, dK += dS^T Q, tile by tile (no N x N
-//! matrix), every product through [`super::gemm`].
+//! matrix), every product through the runtime-sized products of `gemm.rs`.
 
 use super::gemm::{matmul, transpose};
 use super::maps::{normalize, normalize_vjp};
