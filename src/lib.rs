@@ -26,6 +26,7 @@
 
 #![warn(missing_docs)]
 
+pub use attnc_codegen::abi::{BackwardAlgorithm, BackwardPlan};
 pub use attnc_codegen::spec::{self, Spec};
 pub use attnc_dsl::attention;
 pub use attnc_runtime::cuda::launch::{CudaLaunch, Grid, KernelInfo};
@@ -97,10 +98,12 @@ pub mod prelude {
 /// What generated code refers to. Not a public API: it may change in any release.
 #[doc(hidden)]
 pub mod __private {
-    pub use attnc_codegen::abi::{CudaLaunch, Grid, KernelInfo, Layout, Signature, Tri};
+    pub use attnc_codegen::abi::{
+        BackwardAlgorithm, BackwardPlan, CudaLaunch, Grid, KernelInfo, Layout, Signature, Tri,
+    };
     pub use attnc_codegen::deriv::eval_derivative;
     pub use attnc_runtime::api::{contiguous, forward, forward_tiled, output_tensor, step};
-    pub use attnc_runtime::cpu::grad::Elementwise;
+    pub use attnc_runtime::cpu::grad::Differentiable;
     pub use attnc_runtime::cpu::tile;
     pub use attnc_runtime::cpu::{Isa, Kernel, Phase, PhaseTask, Recurrent, Task};
     pub use attnc_runtime::cuda::{forward_cuda, step_cuda, CudaTensor};

@@ -117,7 +117,19 @@ fn memory(n: usize) {
     let after = peak_mib();
     let mib = |floats: usize| (floats * 4) as f64 / (1 << 20) as f64;
     let io = mib(5 * 8 * n * 64); // q, k, v, o, dO
-    let states = mib(8 * n.div_ceil(64) * 64 * 64);
+    let states = mib(8 * Plain::BACKWARD.saved_floats(n));
+    for (name, plan) in [
+        ("plain", Plain::BACKWARD),
+        ("gated delta", GatedDelta::BACKWARD),
+        ("softmax", Softmax::BACKWARD),
+    ] {
+        let every_token = mib(n * plan.state_floats);
+        println!(
+            "{name}: {:?}, saves {:.2} MiB per (batch, head) at N = {n} (every token's state: {every_token:.1} MiB)",
+            plan.algorithm,
+            mib(plan.saved_floats(n)),
+        );
+    }
     println!(
         "memory N={n}: +{:.1} MiB peak over a training step; inputs+output+dO {io:.1} MiB, \
          saved chunk states {states:.1} MiB (gradients {:.1} MiB)",

@@ -23,6 +23,7 @@ pub fn emit_kernel(plan: &Plan, kernel: &Ident) -> TokenStream {
     let p = quote!(::attnc::__private);
     let phi = back::lower(&Rust, &plan.phi);
     let (dphi_doc, dphi) = derivative(plan);
+    let backward = &plan.backward;
     let chunk = lit(plan.signature.chunk);
     let (forward, recurrent) = match &plan.cpu {
         Program::Linear(l) => (sequential(plan, &l.forward), recurrent(plan, l, kernel)),
@@ -39,7 +40,9 @@ pub fn emit_kernel(plan: &Plan, kernel: &Ident) -> TokenStream {
             #phi
         }
 
-        impl #p::Elementwise for #kernel {
+        impl #p::Differentiable for #kernel {
+            const BACKWARD: ::attnc::BackwardPlan = #backward;
+
             #[inline(always)]
             fn phi(x: f32) -> f32 {
                 __phi(x)
@@ -66,7 +69,7 @@ pub fn emit_kernel(plan: &Plan, kernel: &Ident) -> TokenStream {
     }
 }
 
-/// phi'(x) for `impl Elementwise`, with its doc line: the build-time symbolic derivative; dual
+/// phi'(x) for `impl Differentiable`, with its doc line: the build-time symbolic derivative; dual
 /// numbers over phi at run time when that would be too large to print; nothing for maps that
 /// change the width, whose vector-Jacobian products are runtime primitives.
 fn derivative(plan: &Plan) -> (&'static str, TokenStream) {

@@ -12,7 +12,7 @@
 //! their gradients back through the view.
 
 use crate::check::Problem;
-use crate::cpu::grad::{self, dphi_rows, phi_rows, Config, Elementwise};
+use crate::cpu::grad::{self, dphi_rows, phi_rows, Config, Differentiable};
 use crate::cpu::marshal::contiguous_data;
 use crate::cpu::pool::recycle;
 use crate::error::Error;
@@ -93,7 +93,7 @@ pub fn backward<K, B, H, Sq, Sv, S3, Sp, const F: usize, const DV: usize>(
     grads: &mut Gradients<f32, Cpu>,
 ) -> Result<(), CpuError>
 where
-    K: Elementwise,
+    K: Differentiable,
     B: Dim,
     H: Dim,
     Sq: Shape<Concrete = [usize; 4]>,
@@ -101,7 +101,7 @@ where
     S3: Shape<Concrete = [usize; 3]>,
     Sp: Shape<Concrete = [usize; 2]>,
 {
-    let cfg = Config::new(spec, phi_rows::<K>, dphi_rows::<K>);
+    let cfg = Config::new(spec, K::BACKWARD, phi_rows::<K>, dphi_rows::<K>);
     let p = Problem::from_q(sig.layout, saved.q.shape().concrete()).map_err(internal)?;
     let bh = p.batch * p.heads;
     let (f, dv) = (cfg.f, cfg.dv);

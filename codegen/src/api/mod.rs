@@ -102,6 +102,7 @@ fn consts(spec: &Spec, plan: &Plan, cuda: &CudaProgram) -> TokenStream {
     let (dk, dv, f, c) = (lit(sig.dk), lit(sig.dv), lit(sig.f), lit(sig.chunk));
     let text = Literal::string(&spec.to_string());
     let launch = &cuda.launch;
+    let backward = &plan.backward;
     let cuda = Literal::string(&cuda.source);
     quote! {
         /// dk, the query/key head dimension.
@@ -116,6 +117,9 @@ fn consts(spec: &Spec, plan: &Plan, cuda: &CudaProgram) -> TokenStream {
         pub const CUDA_SOURCE: &'static str = #cuda;
         /// How `CUDA_SOURCE`'s kernels are launched (computed at build time).
         pub const CUDA_LAUNCH: ::attnc::__private::CudaLaunch = #launch;
+        /// How this spec's CPU backward pass runs and what it saves per (batch, head)
+        /// (`BACKWARD.saved_floats(n)`), decided at build time.
+        pub const BACKWARD: ::attnc::BackwardPlan = #backward;
         /// The spec, every key explicit, as attribute text.
         pub const SPEC_TEXT: &'static str = #text;
 

@@ -25,7 +25,7 @@ pub use resolve::{
 };
 pub use validate::PlanError;
 
-use crate::abi::{Layout, Signature};
+use crate::abi::{BackwardAlgorithm, BackwardPlan, Layout, Signature};
 use crate::spec::{BinOp, BinaryFn, CmpOp, Cond, Expr, FeatureMap, Normalize, Spec, UnaryFn};
 use build::BuiltOp;
 
@@ -124,6 +124,8 @@ pub struct Plan {
     /// phi is a closure whose printed derivative would be too large
     /// ([`crate::deriv::MAX_DERIVATIVE_NODES`]): phi' is evaluated with dual numbers instead.
     pub dphi_by_dual_numbers: bool,
+    /// How the CPU's backward pass runs and what it saves (training).
+    pub backward: BackwardPlan,
     /// The CPU's programs.
     pub cpu: Program<CpuPlace>,
     /// CUDA's programs.
@@ -167,7 +169,9 @@ impl Plan {
             )
         };
         let dphi = crate::deriv::feature_map_derivative(&spec.feature_map);
+        let backward = backward_plan(spec);
         Plan {
+            backward,
             signature,
             scale: spec.scale_value(),
             phi: elementwise(&spec.feature_map),
@@ -198,6 +202,40 @@ fn signature(spec: &Spec) -> Signature {
         uses_beta: spec.has_beta(),
         uses_gates: spec.has_gate(),
         uses_projection: matches!(spec.feature_map, FeatureMap::Favor { .. }),
+    }
+}
+
+/// The most floats of per-token states the recurrent backward holds at once (4 MiB per thread).
+pub const BACKWARD_BLOCK_FLOATS: usize = 1 << 20;
+
+/// The backward pass of `spec`: FlashAttention-2 tiles for softmax; the recurrence reversed for
+/// delta rules (blocks of per-token states as large as [`BACKWARD_BLOCK_FLOATS`] allows, at most
+/// a chunk); chunkwise products for additive and gated updates. One state is saved per chunk
+/// and everything else recomputed (features, scores, per-token states), so what is held beyond
+/// the inputs grows with F x DV / C per token: a quarter of the inputs' size for an elementwise
+/// map at DK = DV = C = 64, and the recomputation of taylor2's wide features costs no memory.
+fn backward_plan(spec: &Spec) -> BackwardPlan {
+    let state_floats = spec.feature_dim() * spec.value_dim;
+    let chunk = spec.chunk;
+    if spec.feature_map == FeatureMap::Softmax {
+        return BackwardPlan {
+            algorithm: BackwardAlgorithm::FlashTiles,
+            state_stride: 0,
+            block: chunk,
+            state_floats: 0,
+        };
+    }
+    let (algorithm, block) = if spec.has_beta() {
+        let block = (BACKWARD_BLOCK_FLOATS / state_floats.max(1)).clamp(1, chunk);
+        (BackwardAlgorithm::Recurrent, block)
+    } else {
+        (BackwardAlgorithm::Chunkwise, chunk)
+    };
+    BackwardPlan {
+        algorithm,
+        state_stride: chunk,
+        block,
+        state_floats,
     }
 }
 

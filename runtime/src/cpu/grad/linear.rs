@@ -4,7 +4,7 @@
 //!
 //! Memory is decided from the sizes: the state at the start of every chunk is saved by one
 //! forward scan; a chunk's per-token states are then recomputed into a block buffer of at most
-//! [`BLOCK_FLOATS`] floats, in sub-blocks when F x DV is too large for a whole chunk (taylor2),
+//! `BackwardPlan::block` tokens (the plan's choice from the sizes), in sub-blocks when F x DV is too large for a whole chunk (taylor2),
 //! whose starting states a second scan of the chunk saves. The reverse scan carries dS (and dz)
 //! from the end of the sequence to its start, token by token: each token's local terms (output,
 //! key, value, gate, beta) read dS there, so dg is the reverse cumulative sum of the gate terms
@@ -13,9 +13,6 @@
 use super::maps::{normalize, normalize_vjp, phi, phi_vjp};
 use super::vecops::{at, axpy, dot, row, row_mut, rows, rows_mut, scale};
 use super::{Config, HeadGrads, HeadInputs};
-
-/// The most floats of per-token states kept at once (4 MiB per thread).
-pub const BLOCK_FLOATS: usize = 1 << 20;
 
 /// Per-token scratch: one token's normalised row, its features and their gradients.
 pub(super) struct Token {
@@ -325,7 +322,7 @@ pub fn head(cfg: &Config, x: &HeadInputs<'_>, out: &mut HeadGrads<'_>) {
     }
 
     // 3. The reverse scan, block by block.
-    let len = (BLOCK_FLOATS / p.max(1)).clamp(1, chunk);
+    let len = cfg.plan.block.clamp(1, chunk);
     let mut block = Block {
         s: vec![0.0; (len + 1) * p],
         z: vec![0.0; (len + 1) * zlen],

@@ -1,25 +1,29 @@
 //! The input side of the backward pass: `qk_norm`, the feature map and its vector-Jacobian
-//! product, token by token. Elementwise maps come from the generated kernel ([`Elementwise`]:
+//! product, token by token. Elementwise maps come from the generated kernel ([`Differentiable`]:
 //! phi and its build-time symbolic derivative); taylor2, dpfp and FAVOR+ are written here, with
 //! the same f32 formulas as the forward's tile primitives.
 
 use super::vecops::{axpy, dot, row};
 use super::{Config, Map};
 use crate::cpu::tile::exp;
+use attnc_codegen::abi::BackwardPlan;
 
-/// An elementwise feature map and its derivative, generated per spec: `phi` as the forward
-/// kernel computes it, `dphi` differentiated symbolically at build time (PyTorch's conventions
-/// at kinks). Maps that change the width (taylor2, dpfp, FAVOR+) and softmax never call these.
-pub trait Elementwise {
+/// What a generated kernel tells the backward pass: its plan, and the elementwise feature map
+/// with its derivative: `phi` as the forward kernel computes it, `dphi` differentiated
+/// symbolically at build time (PyTorch's conventions at kinks). Maps that change the width
+/// (taylor2, dpfp, FAVOR+) and softmax never call these.
+pub trait Differentiable {
+    /// How the spec's backward pass runs and what it saves, decided at build time.
+    const BACKWARD: BackwardPlan;
     /// phi(x).
     fn phi(x: f32) -> f32;
     /// phi'(x).
     fn dphi(x: f32) -> f32;
 }
 
-/// [`Elementwise::phi`] over a row, for [`super::Config::phi_rows`]: the one piece of the
+/// [`Differentiable::phi`] over a row, for [`super::Config::phi_rows`]: the one piece of the
 /// backward compiled per spec (the rest is compiled once, in this crate).
-pub fn phi_rows<K: Elementwise>(x: &[f32], out: &mut [f32]) {
+pub fn phi_rows<K: Differentiable>(x: &[f32], out: &mut [f32]) {
     for (o, &v) in out.iter_mut().zip(x) {
         *o = K::phi(v);
     }
@@ -27,7 +31,7 @@ pub fn phi_rows<K: Elementwise>(x: &[f32], out: &mut [f32]) {
 
 /// `dx += g * phi'(x)` over a row, for [`super::Config::dphi_rows`]; a zero incoming gradient
 /// stays zero even where phi' is infinite.
-pub fn dphi_rows<K: Elementwise>(x: &[f32], g: &[f32], dx: &mut [f32]) {
+pub fn dphi_rows<K: Differentiable>(x: &[f32], g: &[f32], dx: &mut [f32]) {
     for ((d, &v), &gi) in dx.iter_mut().zip(x).zip(g) {
         if gi != 0.0 {
             *d += gi * K::dphi(v);

@@ -3,7 +3,7 @@
 //! - [`linear`]: linear attention, every update, mask, normaliser and feature map;
 //! - [`softmax`]: exact softmax attention (FlashAttention-2's backward);
 //! - [`maps`]: `qk_norm` and the feature maps with their vector-Jacobian products; elementwise
-//!   maps come from the generated kernel ([`Elementwise`], phi' differentiated at build time).
+//!   maps come from the generated kernel ([`Differentiable`], phi' differentiated at build time).
 //!
 //! [`run`] spreads the (batch, head) problems over the threads, each through the ISA
 //! trampoline selected for the process, like the forward's head schedule.
@@ -15,12 +15,13 @@ pub mod maps;
 pub mod softmax;
 mod vecops;
 
-pub use maps::{dphi_rows, phi_rows, Elementwise};
+pub use maps::{dphi_rows, phi_rows, Differentiable};
 
 use crate::cpu::dispatch::{dispatch, Job};
 use crate::cpu::isa::{CpuIsa, Isa};
 use crate::cpu::pool::pooled_buffer;
 use crate::error::Result;
+use attnc_codegen::abi::{BackwardAlgorithm, BackwardPlan};
 use attnc_codegen::spec::{FeatureMap, Mask, Normalize, QkNorm, Spec, Update};
 use rayon::prelude::*;
 
@@ -52,7 +53,7 @@ impl UpdateKind {
 /// The feature map's family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Map {
-    /// phi applied to each element ([`Elementwise`]).
+    /// phi applied to each element ([`Differentiable::phi`]).
     Elementwise,
     /// Based's second-order Taylor map.
     Taylor2,
@@ -91,6 +92,8 @@ pub struct Config {
     pub map: Map,
     /// Exact softmax attention.
     pub softmax: bool,
+    /// The algorithm and what is saved (from the plan).
+    pub plan: BackwardPlan,
     /// The elementwise map over a row (generated per spec; unused by the other maps).
     pub phi_rows: RowMap,
     /// `dx += g * phi'(x)` over a row, a zero `g` staying zero (generated per spec).
@@ -105,7 +108,7 @@ pub type RowVjp = fn(x: &[f32], g: &[f32], dx: &mut [f32]);
 impl Config {
     /// The backward's view of `spec`, whose elementwise map (if any) is `phi_rows`, `dphi_rows`
     /// ([`phi_rows`]/[`dphi_rows`] of the generated kernel).
-    pub fn new(spec: &Spec, phi_rows: RowMap, dphi_rows: RowVjp) -> Config {
+    pub fn new(spec: &Spec, plan: BackwardPlan, phi_rows: RowMap, dphi_rows: RowVjp) -> Config {
         let map = match spec.feature_map {
             FeatureMap::Taylor2 => Map::Taylor2,
             FeatureMap::Dpfp { nu } => Map::Dpfp(nu),
@@ -131,20 +134,10 @@ impl Config {
             sum_eps: attnc_codegen::plan::NORMALIZER_EPS,
             map,
             softmax: spec.feature_map == FeatureMap::Softmax,
+            plan,
             phi_rows,
             dphi_rows,
         }
-    }
-
-    /// Floats of the states the backward keeps per (batch, head) for `n` tokens: one per chunk,
-    /// plus one block of per-token states (see [`linear`]); 0 for softmax.
-    pub fn saved_floats(&self, n: usize) -> usize {
-        if self.softmax {
-            return 0;
-        }
-        let p = self.f * self.dv;
-        let len = (linear::BLOCK_FLOATS / p.max(1)).clamp(1, self.chunk.max(1));
-        n.div_ceil(self.chunk.max(1)) * p + (len + 1) * p
     }
 }
 
@@ -279,12 +272,10 @@ struct HeadJob<'a, 'b> {
 impl Job for HeadJob<'_, '_> {
     #[inline(always)]
     fn run<I: Isa>(mut self, isa: I) -> Result<()> {
-        if self.cfg.softmax {
-            softmax::head(isa, self.cfg, &self.x, &mut self.out);
-        } else if !self.cfg.update.delta() {
-            chunked::head(isa, self.cfg, &self.x, &mut self.out);
-        } else {
-            linear::head(self.cfg, &self.x, &mut self.out);
+        match self.cfg.plan.algorithm {
+            BackwardAlgorithm::FlashTiles => softmax::head(isa, self.cfg, &self.x, &mut self.out),
+            BackwardAlgorithm::Chunkwise => chunked::head(isa, self.cfg, &self.x, &mut self.out),
+            BackwardAlgorithm::Recurrent => linear::head(self.cfg, &self.x, &mut self.out),
         }
         Ok(())
     }
