@@ -2,7 +2,8 @@
 """External anchors: CPU timings of published linear-attention implementations.
 
 These numbers are reference points ("anchors") for attnc's own kernels: the
-same shapes, float32, forward only, on the same machine and thread count.
+same shapes, float32, on the same machine and thread count; forward only by
+default, forward + backward with --train (below).
 
 Implementations timed (forward, torch.no_grad(), best of --reps after one
 warm-up, wall clock):
@@ -26,13 +27,31 @@ N = 65536 for the linear-time implementations. A case is skipped when its
 memory estimate exceeds --max-gb or when its time, extrapolated from the
 previous N of the same implementation, exceeds --max-seconds.
 
+Training mode (--train): forward + backward under torch autograd, for
+ft.causal_dot_product (the C++ kernel's own backward), the five fla naive
+chunk forms above and torch.sdpa(causal); B = 1, H = 8, N = 4096 by default
+(--quick: 512 and 4096; --all-n: the list above; --n N: any). Every input
+(q, k, v and, where used, g and beta, already feature-mapped / normalised as
+above) is a leaf with requires_grad=True; the loss is (o * do).sum() with a
+fixed random do, then loss.backward(), gradients reset to None before each
+step. Two columns, each the best of --reps after one warm-up: "forward" (the
+forward with autograd recording, graph dropped without a backward) and
+"forward+backward" (one whole step). The correctness checks then also compare
+each timed backward's input gradients with an independent autograd reference
+(dense masked torch, fla's token-by-token recurrences, explicit softmax).
+
 Setup (a virtualenv outside the repository; only PyPI is needed):
 
     python3 -m venv /tmp/anchors-venv
     /tmp/anchors-venv/bin/pip install -r bench/requirements-anchors.txt
     # fast-transformers compiles C++ extensions against the installed torch,
-    # so it needs torch present and no build isolation (CPU-only without nvcc):
+    # so it needs torch present and no build isolation (CPU-only without nvcc;
+    # about 4-5 minutes on 2 cores):
     /tmp/anchors-venv/bin/pip install --no-build-isolation pytorch-fast-transformers==0.4.0
+
+The CPU-only torch wheel (pip install torch --index-url
+https://download.pytorch.org/whl/cpu) avoids the CUDA runtime wheels where that
+index is reachable; the plain PyPI wheel works the same on the CPU.
 
 Run (from the repository root):
 
@@ -40,8 +59,11 @@ Run (from the repository root):
     /tmp/anchors-venv/bin/python bench/anchors.py --quick    # N = 512 and 4096 only
     /tmp/anchors-venv/bin/python bench/anchors.py --threads 1 --json bench-out/anchors-1t.json
     /tmp/anchors-venv/bin/python bench/anchors.py --wait-idle 300 --impl fla. --impl ft.
+    /tmp/anchors-venv/bin/python bench/anchors.py --train            # fwd and fwd+bwd, N = 4096
+    /tmp/anchors-venv/bin/python bench/anchors.py --train --quick    # N = 512 and 4096
 
-It prints a markdown table and writes JSON (default bench-out/anchors.json).
+It prints a markdown table and writes JSON (default bench-out/anchors.json;
+bench-out/anchors-train.json with --train).
 The "others" column is how many cores other processes kept busy during a
 case's timed runs: anything well above 0 means the number is contaminated.
 On a shared machine, --wait-idle SECONDS waits (up to that long) before each
@@ -140,7 +162,12 @@ def betas(*shape: int, gen: torch.Generator) -> torch.Tensor:
 
 # --------------------------------------------------------------------------
 # Implementations. Each make_* builds its inputs (outside the timed region)
-# and returns a zero-argument callable that runs one forward pass.
+# and returns (op, inputs): op(*inputs) runs one forward pass. inputs[2] is
+# always v, whose shape the output has. The forward-only mode times
+# op(*inputs) under torch.no_grad(); --train makes every input a leaf that
+# requires grad (the inputs are already feature-mapped / normalised, so only
+# the attention operator itself is differentiated) and times forward and
+# forward + backward (see train_callables).
 # --------------------------------------------------------------------------
 
 
@@ -153,7 +180,7 @@ def make_ft_causal_dot_product(B, H, N, gen):
     q = elu1(randn(B, H, N, D, gen=gen))
     k = elu1(randn(B, H, N, D, gen=gen))
     v = randn(B, H, N, D, gen=gen)
-    return lambda: ft_causal_dot_product(q, k, v)
+    return ft_causal_dot_product, (q, k, v)
 
 
 def make_ft_causal_linear_attention(B, H, N, gen):
@@ -168,7 +195,7 @@ def make_ft_causal_linear_attention(B, H, N, gen):
     v = randn(B, N, H, D, gen=gen)
     attn_mask = TriangularCausalMask(N)
     lengths = LengthMask(torch.full((B,), N, dtype=torch.int64), max_len=N)
-    return lambda: attn(q, k, v, attn_mask, lengths, lengths)
+    return (lambda q, k, v: attn(q, k, v, attn_mask, lengths, lengths)), (q, k, v)
 
 
 def make_fla_linear_attn(B, H, N, gen, normalize=False):
@@ -180,7 +207,7 @@ def make_fla_linear_attn(B, H, N, gen, normalize=False):
     q = elu1(randn(B, N, H, D, gen=gen))
     k = elu1(randn(B, N, H, D, gen=gen))
     v = randn(B, N, H, D, gen=gen)
-    return lambda: naive_chunk_linear_attn(q, k, v, scale=1.0, normalize=normalize)
+    return (lambda q, k, v: naive_chunk_linear_attn(q, k, v, scale=1.0, normalize=normalize)), (q, k, v)
 
 
 def make_fla_linear_attn_norm(B, H, N, gen):
@@ -193,7 +220,7 @@ def make_fla_simple_gla(B, H, N, gen):
     k = randn(B, N, H, D, gen=gen)
     v = randn(B, N, H, D, gen=gen)
     g = decay_logits(B, N, H, gen=gen)
-    return lambda: naive_chunk_simple_gla(q, k, v, g, chunk_size=64)
+    return (lambda q, k, v, g: naive_chunk_simple_gla(q, k, v, g, chunk_size=64)), (q, k, v, g)
 
 
 def make_fla_delta_rule(B, H, N, gen):
@@ -202,7 +229,7 @@ def make_fla_delta_rule(B, H, N, gen):
     k = F.normalize(randn(B, H, N, D, gen=gen), p=2, dim=-1)
     v = randn(B, H, N, D, gen=gen)
     beta = betas(B, H, N, gen=gen)
-    return lambda: delta_rule_chunkwise(q, k, v, beta)
+    return delta_rule_chunkwise, (q, k, v, beta)
 
 
 def make_fla_gated_delta_rule(B, H, N, gen):
@@ -212,7 +239,7 @@ def make_fla_gated_delta_rule(B, H, N, gen):
     v = randn(B, N, H, D, gen=gen)
     g = decay_logits(B, N, H, gen=gen)
     beta = betas(B, N, H, gen=gen)
-    return lambda: naive_chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=64)
+    return (lambda q, k, v, g, beta: naive_chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=64)), (q, k, v, g, beta)
 
 
 def make_sdpa(B, H, N, gen):
@@ -220,7 +247,7 @@ def make_sdpa(B, H, N, gen):
     q = randn(B, H, N, D, gen=gen)
     k = randn(B, H, N, D, gen=gen)
     v = randn(B, H, N, D, gen=gen)
-    return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)), (q, k, v)
 
 
 # name -> (factory, package it needs, time exponent in N, extra notes)
@@ -242,6 +269,59 @@ IMPLS = {
     "torch.sdpa(causal)": (make_sdpa, "torch", 2, "softmax attention, quadratic"),
 }
 
+# The implementations --train times (forward + backward under autograd).
+# ft.CausalLinearAttention is left out: its cost is ft.causal_dot_product's
+# plus torch element-wise work.
+TRAIN_IMPLS = [
+    "ft.causal_dot_product",  # the C++ kernel's own backward (CausalDotProduct)
+    "fla.naive_chunk_linear_attn",
+    "fla.naive_chunk_linear_attn+norm",
+    "fla.naive_chunk_simple_gla",
+    "fla.delta_rule_chunkwise",
+    "fla.naive_chunk_gated_delta_rule",
+    "torch.sdpa(causal)",
+]
+TRAIN_NS = [4096]
+
+
+def first(out):
+    """The output tensor (fla's naive functions return (o, final_state))."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+def forward_callable(op, inputs):
+    """One forward pass (the caller wraps it in torch.no_grad())."""
+    return lambda: op(*inputs)
+
+
+def train_callables(op, inputs, gen):
+    """(forward, forward + backward) callables for --train.
+
+    Every floating-point input becomes a leaf with requires_grad=True; the
+    loss is (o * do).sum() with a fixed random do of o's shape (v's), so the
+    backward pass starts from a dense upstream gradient. Gradients are reset
+    to None before each step, so no accumulation is timed. The forward
+    callable builds the autograd graph and drops it without a backward.
+    """
+    leaves = tuple(x.detach().clone().requires_grad_() if torch.is_tensor(x) and x.is_floating_point()
+                   else x for x in inputs)
+    grads = [x for x in leaves if torch.is_tensor(x) and x.requires_grad]
+    do = randn(*inputs[2].shape, gen=gen)
+
+    def fwd():
+        with torch.enable_grad():
+            return first(op(*leaves))
+
+    def step():
+        for x in grads:
+            x.grad = None
+        with torch.enable_grad():
+            o = first(op(*leaves))
+            (o * do).sum().backward()
+        return o
+
+    return fwd, step
+
 
 # --------------------------------------------------------------------------
 # Memory estimate, timing, skipping
@@ -258,13 +338,18 @@ def sdpa_backend(B: int, H: int, N: int) -> str:
     return {0: "math", 1: "flash", 2: "efficient", 3: "cudnn"}.get(choice, f"#{choice}")
 
 
-def memory_estimate_gb(name: str, B: int, H: int, N: int) -> float:
+def memory_estimate_gb(name: str, B: int, H: int, N: int, train: bool = False) -> float:
     """Rough peak working set: ~16 (B,H,N,d) tensors plus chunk-sized extras;
-    the math SDPA backend also materialises two (B,H,N,N) matrices."""
+    the math SDPA backend also materialises two (B,H,N,N) matrices. With
+    --train, autograd keeps the forward's intermediates: 4x the linear part
+    (the gated delta rule's per-row clones of 64 x 64 chunk blocks dominate),
+    and the math backend's probabilities plus their gradients (4 N x N)."""
     linear = 4 * B * H * N * (16 * D + 4 * 64)
     quadratic = 0
     if name == "torch.sdpa(causal)" and sdpa_backend(B, H, N) == "math":
-        quadratic = 2 * 4 * B * H * N * N
+        quadratic = (4 if train else 2) * 4 * B * H * N * N
+    if train:
+        linear *= 4
     return (linear + quadratic) / 1e9
 
 
@@ -384,6 +469,84 @@ def sanity_checks() -> list[dict]:
     return out
 
 
+def input_grads(op, inputs, do) -> torch.Tensor:
+    """d (op(*inputs) * do).sum() / d inputs, flattened and concatenated."""
+    leaves = [x.detach().clone().requires_grad_() for x in inputs]
+    with torch.enable_grad():
+        (first(op(*leaves)) * do).sum().backward()
+    return torch.cat([x.grad.flatten() for x in leaves])
+
+
+def gradient_checks() -> list[dict]:
+    """--train: each timed backward against an independent autograd reference
+    (dense masked torch, or fla's token-by-token recurrences), on small shapes.
+    The diff is over the gradients of all inputs together."""
+    gen = torch.Generator().manual_seed(2)
+    B, H, N = 1, 2, 128
+    out = []
+
+    def record(what, a, b):
+        out.append({"check": what, "max_abs_diff": (a - b).abs().max().item(),
+                    "max_abs_ref": b.abs().max().item()})
+
+    def dense(q, k, v, normalize=False):  # (B, H, N, d), scale 1
+        a = (q @ k.transpose(-1, -2)).tril()
+        o = a @ v
+        return o / (a.sum(-1, keepdim=True) + 1e-10) if normalize else o
+
+    to_bhnd = lambda x: x.transpose(1, 2)  # noqa: E731
+    qf, kf = elu1(randn(B, H, N, D, gen=gen)), elu1(randn(B, H, N, D, gen=gen))
+    v = randn(B, H, N, D, gen=gen)
+    do = randn(B, H, N, D, gen=gen)
+    ref = input_grads(dense, (qf, kf, v), do)
+    if ft_causal_dot_product is not None:
+        record("grad: ft.causal_dot_product vs dense masked (torch)",
+               input_grads(ft_causal_dot_product, (qf, kf, v), do), ref)
+    if naive_chunk_linear_attn is not None:
+        # fla takes (B, N, H, d): permute its q, k, v gradients back to (B, H, N, d)
+        bnhd = [to_bhnd(x).contiguous() for x in (qf, kf, v, do)]
+        n = B * H * N * D
+
+        def fla_grads(normalize):
+            g = input_grads(lambda q, k, v: naive_chunk_linear_attn(q, k, v, scale=1.0, normalize=normalize),
+                            bnhd[:3], bnhd[3])
+            return torch.cat([to_bhnd(g[i * n:(i + 1) * n].view(B, N, H, D)).flatten() for i in range(3)])
+
+        record("grad: fla.naive_chunk_linear_attn vs dense masked (torch)", fla_grads(False), ref)
+        ref_n = input_grads(lambda q, k, v: dense(q, k, v, normalize=True), (qf, kf, v), do)
+        record("grad: fla.naive_chunk_linear_attn+norm vs dense normalised (torch)", fla_grads(True), ref_n)
+
+        q, k, v2 = (randn(B, N, H, D, gen=gen) for _ in range(3))
+        gl = decay_logits(B, N, H, gen=gen)
+        do2 = randn(B, N, H, D, gen=gen)
+        record("grad: fla.naive_chunk_simple_gla vs naive_recurrent_simple_gla",
+               input_grads(lambda q, k, v, g: naive_chunk_simple_gla(q, k, v, g, chunk_size=64),
+                           (q, k, v2, gl), do2),
+               input_grads(naive_recurrent_simple_gla, (q, k, v2, gl), do2))
+        qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        beta = betas(B, N, H, gen=gen)
+        record("grad: fla.naive_chunk_gated_delta_rule vs naive_recurrent_gated_delta_rule",
+               input_grads(lambda q, k, v, g, b: naive_chunk_gated_delta_rule(q, k, v, g, b, chunk_size=64),
+                           (qn, kn, v2, gl, beta), do2),
+               input_grads(lambda q, k, v, g, b: naive_recurrent_gated_delta_rule(q, k, v, b, g),
+                           (qn, kn, v2, gl, beta), do2))
+        hb = [to_bhnd(x).contiguous() for x in (qn, kn, v2, beta, do2)]
+        record("grad: fla.delta_rule_chunkwise vs delta_rule_recurrence",
+               input_grads(delta_rule_chunkwise, hb[:4], hb[4]),
+               input_grads(delta_rule_recurrence, hb[:4], hb[4]))
+    q, k = randn(B, H, N, D, gen=gen), randn(B, H, N, D, gen=gen)
+
+    def softmax_ref(q, k, v):
+        s = (q @ k.transpose(-1, -2)) * D ** -0.5
+        s = s.masked_fill(torch.ones(N, N, dtype=torch.bool).triu(1), float("-inf"))
+        return s.softmax(-1) @ v
+
+    record("grad: torch.sdpa(causal) vs explicit softmax (torch)",
+           input_grads(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), (q, k, v), do),
+           input_grads(softmax_ref, (q, k, v), do))
+    return out
+
+
 # --------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------
@@ -432,24 +595,64 @@ def load_average() -> list[float] | None:
         return None
 
 
-def cases(quick: bool) -> list[tuple[int, int, int]]:
-    ns = QUICK_NS if quick else MAIN_NS
+def cases(args) -> list[tuple[int, int, int]]:
+    """(B, H, N) cases. Forward-only: MAIN_NS plus (1, 1, LONG_N), or QUICK_NS
+    with --quick. --train: N = 4096 (TRAIN_NS), QUICK_NS with --quick, the
+    forward-only list with --all-n. --n overrides the B = 1, H = 8 list in
+    either mode (and drops the long case)."""
+    if args.n:
+        return [(1, 8, n) for n in args.n]
+    if args.train and not args.all_n:
+        ns = QUICK_NS if args.quick else TRAIN_NS
+        return [(1, 8, n) for n in ns]
+    ns = QUICK_NS if args.quick else MAIN_NS
     out = [(1, 8, n) for n in ns]
-    if not quick:
+    if not args.quick:
         out.append((1, 1, LONG_N))
     return out
+
+
+def train_case(name, row, factory, B, H, N, gen, args) -> dict:
+    """--train: time the forward (with autograd recording) and forward +
+    backward of one case; the row carries both (fwd_ms, fwd_bwd_ms)."""
+    try:
+        fwd, step = train_callables(*factory(B, H, N, gen), gen)
+        f_times, f_why, f_others = time_case(fwd, args.reps, args.max_seconds)
+        if f_why:
+            # the forward alone is over budget: do not start a backward
+            return {**row, "status": "over-budget", "fwd_ms": min(f_times) * 1e3,
+                    "fwd_all_ms": [t * 1e3 for t in f_times], "reason": f"forward {f_why}"}
+        s_times, s_why, s_others = time_case(step, args.reps, args.max_seconds)
+    except Exception as e:  # report, keep going
+        print(f"  {name:36s} H={H} N={N:6d}  ERROR {e}", file=sys.stderr, flush=True)
+        return {**row, "status": "error", "reason": f"{type(e).__name__}: {e}"}
+    finally:
+        fwd = step = None
+    others = [o for o in (f_others, s_others) if o is not None]
+    others = max(others) if others else None
+    rec = {**row, "status": "ok" if not s_why else "over-budget",
+           "fwd_ms": min(f_times) * 1e3, "fwd_bwd_ms": min(s_times) * 1e3,
+           "fwd_all_ms": [t * 1e3 for t in f_times], "fwd_bwd_all_ms": [t * 1e3 for t in s_times],
+           "other_processes_cores": None if others is None else round(others, 3)}
+    if s_why:
+        rec["reason"] = f"forward + backward {s_why}"
+    busy = "" if others is None else f"  (others busy: {others:.2f} cores)"
+    print(f"  {name:36s} H={H} N={N:6d}  fwd {rec['fwd_ms']:10.2f} ms  fwd+bwd {rec['fwd_bwd_ms']:10.2f} ms{busy}",
+          file=sys.stderr, flush=True)
+    return rec
 
 
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     load_before = load_average()
-    selected = [n for n in IMPLS if not args.impl or any(s in n for s in args.impl)]
+    pool = TRAIN_IMPLS if args.train else list(IMPLS)
+    selected = [n for n in pool if not args.impl or any(s in n for s in args.impl)]
     results = []
     last_ok: dict[str, dict] = {}
 
     for name in selected:
         factory, package, exponent, note = IMPLS[name]
-        for B, H, N in cases(args.quick):
+        for B, H, N in cases(args):
             row = {"impl": name, "B": B, "H": H, "N": N, "d": D, "note": note}
             if name == "torch.sdpa(causal)":
                 row["note"] = f"{note}; backend {sdpa_backend(B, H, N)}"
@@ -460,7 +663,7 @@ def run(args) -> dict:
                 results.append({**row, "status": "skipped",
                                 "reason": "quadratic: the N = 65536 case is for linear-time implementations"})
                 continue
-            mem = memory_estimate_gb(name, B, H, N)
+            mem = memory_estimate_gb(name, B, H, N, args.train)
             row["mem_estimate_gb"] = round(mem, 3)
             if mem > args.max_gb:
                 results.append({**row, "status": "skipped",
@@ -474,9 +677,15 @@ def run(args) -> dict:
             if args.wait_idle > 0:
                 wait_until_idle(args.wait_idle, window=2.0)
             gen = torch.Generator().manual_seed(0)
+            if args.train:
+                rec = train_case(name, row, factory, B, H, N, gen, args)
+                results.append(rec)
+                if "fwd_bwd_ms" in rec:
+                    last_ok[name] = {"seconds": rec["fwd_bwd_ms"] / 1e3, "H": H, "N": N}
+                continue
             with torch.no_grad():
                 try:
-                    fn = factory(B, H, N, gen)
+                    fn = forward_callable(*factory(B, H, N, gen))
                     times, why, others = time_case(fn, args.reps, args.max_seconds)
                 except Exception as e:  # report, keep going
                     results.append({**row, "status": "error", "reason": f"{type(e).__name__}: {e}"})
@@ -503,7 +712,11 @@ def run(args) -> dict:
         "threads": args.threads,
         "torch_num_threads": torch.get_num_threads(),
         "reps": args.reps,
-        "method": f"wall clock, best of {args.reps} after 1 warm-up, torch.no_grad(), float32",
+        "mode": "train" if args.train else "forward",
+        "method": (f"wall clock, best of {args.reps} after 1 warm-up, float32, autograd: forward "
+                   "(graph built, no backward) and forward + backward of (o * do).sum(), "
+                   "all inputs requires_grad" if args.train else
+                   f"wall clock, best of {args.reps} after 1 warm-up, torch.no_grad(), float32"),
         "versions": versions(),
         "unavailable": UNAVAILABLE,
         "results": results,
@@ -513,6 +726,8 @@ def run(args) -> dict:
 def markdown(report: dict) -> str:
     """Results as a markdown table; 'others' is how many cores other processes
     kept busy during the timed runs (near 0 means the numbers are clean)."""
+    if report.get("mode") == "train":
+        return markdown_train(report)
     lines = ["| implementation | B x H | N | ms | others | notes |",
              "|---|---|---:|---:|---:|---|"]
     for r in report["results"]:
@@ -526,12 +741,36 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown_train(report: dict) -> str:
+    """--train results: forward (autograd recording) and forward + backward."""
+    lines = ["| implementation | B x H | N | forward ms | forward+backward ms | others | notes |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for r in report["results"]:
+        fwd = f"{r['fwd_ms']:.2f}" if "fwd_ms" in r else "-"
+        step = f"{r['fwd_bwd_ms']:.2f}" if "fwd_bwd_ms" in r else "-"
+        others = r.get("other_processes_cores")
+        others = "-" if others is None else f"{others:.2f}"
+        notes = r.get("note", "")
+        if r["status"] != "ok":
+            notes = f"{r['status']}: {r.get('reason', notes)}"
+        lines.append(f"| {r['impl']} | {r['B']} x {r['H']} | {r['N']} | {fwd} | {step} | {others} | {notes} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads (default 2)")
     p.add_argument("--quick", action="store_true", help="N = 512 and 4096 only")
-    p.add_argument("--json", default="bench-out/anchors.json", help="where to write the JSON")
+    p.add_argument("--train", action="store_true",
+                   help="time forward and forward + backward under autograd (default N = 4096)")
+    p.add_argument("--all-n", action="store_true",
+                   help="with --train: the forward-only N list (512 ... 16384 and H = 1, N = 65536)")
+    p.add_argument("--n", type=int, action="append", metavar="N",
+                   help="only this N, with B = 1, H = 8 (repeatable; overrides --quick / --all-n)")
+    p.add_argument("--json", default=None,
+                   help="where to write the JSON (default bench-out/anchors.json, "
+                        "bench-out/anchors-train.json with --train)")
     p.add_argument("--reps", type=int, default=3, help="timed runs after the warm-up (best is kept)")
     p.add_argument("--max-seconds", type=float, default=60.0, help="skip cases predicted to take longer per run")
     p.add_argument("--max-gb", type=float, default=8.0, help="skip cases whose memory estimate is larger")
@@ -540,6 +779,8 @@ def main(argv=None) -> int:
                    help="before each case, wait up to SECONDS for other processes to leave the CPU idle")
     p.add_argument("--no-check", action="store_true", help="skip the small correctness cross-checks")
     args = p.parse_args(argv)
+    if args.json is None:
+        args.json = "bench-out/anchors-train.json" if args.train else "bench-out/anchors.json"
 
     torch.set_num_threads(args.threads)
     load = load_average()
@@ -553,6 +794,8 @@ def main(argv=None) -> int:
     if not args.no_check:
         with torch.no_grad():
             checks = sanity_checks()
+        if args.train:
+            checks += gradient_checks()
         for c in checks:
             print(f"check: {c['check']}: max |diff| = {c['max_abs_diff']:.2e} "
                   f"(max |ref| = {c['max_abs_ref']:.2e})", file=sys.stderr)

@@ -1,15 +1,12 @@
 //! Runtime-sized matrix products for the backward pass (its shapes are the spec's, read at run
 //! time, where the forward's tile primitives take them as const generics). Row-major slices;
-//! a register-blocked micro-kernel of 4 rows x 16 columns (one AVX-512 register per row, four
-//! accumulators), vectorised inside the ISA trampolines; edges by plain loops.
+//! register-blocked micro-kernels vectorised inside the ISA trampolines: 8 rows x 32 columns
+//! (16 accumulators) where the ISA has 32 vector registers (AVX-512), 4 x 16 otherwise; edges by
+//! plain loops.
 
 use crate::cpu::isa::Isa;
 
-/// Rows of the micro-kernel.
-const MR: usize = 4;
-
-/// `c (m x n) (+)= a (m x k) . b (k x n)`; `accumulate = false` overwrites `c`. Blocks of 4 rows
-/// x 32 columns keep 8 accumulators in registers (4 x 16 and then plain loops at the edges).
+/// `c (m x n) (+)= a (m x k) . b (k x n)`; `accumulate = false` overwrites `c`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn matmul<I: Isa>(
@@ -29,37 +26,56 @@ pub fn matmul<I: Isa>(
     if k == 0 || n == 0 {
         return;
     }
-    let mut rows = c.chunks_exact_mut(n * MR);
-    let mut arows = a.chunks_exact(k * MR);
-    for (cblk, ablk) in rows.by_ref().zip(arows.by_ref()) {
-        let mut j = 0;
-        while j + 32 <= n {
-            block::<I, 2>(isa, cblk, ablk, b, k, n, j);
-            j += 32;
-        }
-        if j + 16 <= n {
-            block::<I, 1>(isa, cblk, ablk, b, k, n, j);
-            j += 16;
-        }
-        if j < n {
-            for (crow, arow) in cblk.chunks_exact_mut(n).zip(ablk.chunks_exact(k)) {
-                edge(&mut crow[j..], arow, b, n, j);
-            }
+    let mut i = 0;
+    if I::WIDE {
+        while i + 8 <= m {
+            rows::<I, 8, 2>(isa, c, a, b, i, k, n);
+            i += 8;
         }
     }
-    for (crow, arow) in rows
-        .into_remainder()
-        .chunks_exact_mut(n)
-        .zip(arows.remainder().chunks_exact(k))
-    {
-        edge(crow, arow, b, n, 0);
+    while i + 4 <= m {
+        rows::<I, 4, 1>(isa, c, a, b, i, k, n);
+        i += 4;
+    }
+    for r in i..m {
+        edge(&mut c[r * n..(r + 1) * n], &a[r * k..(r + 1) * k], b, n, 0);
     }
 }
 
-/// Columns `j..j + 16 W` of 4 rows of `c`: `4 x W` vector accumulators over the depth.
+/// Rows `i..i + R` of `c`: blocks of `16 W` columns, then 16, then the edge.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn rows<I: Isa, const R: usize, const W: usize>(
+    isa: I,
+    c: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    i: usize,
+    k: usize,
+    n: usize,
+) {
+    let cblk = &mut c[i * n..(i + R) * n];
+    let ablk = &a[i * k..(i + R) * k];
+    let mut j = 0;
+    while j + 16 * W <= n {
+        block::<I, R, W>(isa, cblk, ablk, b, k, n, j);
+        j += 16 * W;
+    }
+    while j + 16 <= n {
+        block::<I, R, 1>(isa, cblk, ablk, b, k, n, j);
+        j += 16;
+    }
+    if j < n {
+        for (crow, arow) in cblk.chunks_exact_mut(n).zip(ablk.chunks_exact(k)) {
+            edge(&mut crow[j..], arow, b, n, j);
+        }
+    }
+}
+
+/// Columns `j..j + 16 W` of `R` rows of `c`: `R x W` vector accumulators over the depth.
 #[inline(always)]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // fixed-size register blocks
-fn block<I: Isa, const W: usize>(
+fn block<I: Isa, const R: usize, const W: usize>(
     isa: I,
     cblk: &mut [f32],
     ablk: &[f32],
@@ -68,22 +84,22 @@ fn block<I: Isa, const W: usize>(
     n: usize,
     j: usize,
 ) {
-    let mut acc = [[isa.zero(); W]; MR];
-    let (a0, rest) = ablk.split_at(k);
-    let (a1, rest) = rest.split_at(k);
-    let (a2, a3) = rest.split_at(k);
-    for ((((brow, &x0), &x1), &x2), &x3) in b.chunks_exact(n).zip(a0).zip(a1).zip(a2).zip(a3) {
-        let xs = [isa.splat(x0), isa.splat(x1), isa.splat(x2), isa.splat(x3)];
+    let mut acc = [[isa.zero(); W]; R];
+    for (p, brow) in b.chunks_exact(n).enumerate().take(k) {
+        let mut bv = [isa.zero(); W];
         for w in 0..W {
-            let Some(bv) = brow.get(j + 16 * w..j + 16 * (w + 1)) else {
-                continue;
+            let Some(src) = brow.get(j + 16 * w..j + 16 * (w + 1)) else {
+                return;
             };
-            let Ok(bv) = <&[f32; 16]>::try_from(bv) else {
-                continue;
+            let Ok(src) = <&[f32; 16]>::try_from(src) else {
+                return;
             };
-            let bv = isa.load(bv);
-            for r in 0..MR {
-                acc[r][w] = isa.vfma(xs[r], bv, acc[r][w]);
+            bv[w] = isa.load(src);
+        }
+        for r in 0..R {
+            let x = isa.splat(ablk[r * k + p]);
+            for w in 0..W {
+                acc[r][w] = isa.vfma(x, bv[w], acc[r][w]);
             }
         }
     }
