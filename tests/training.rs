@@ -235,3 +235,39 @@ fn one_sgd_step_equals_the_oracle_step() {
         );
     }
 }
+
+/// A loss on the final state alone (the output's term multiplied by zero, so the closure on the
+/// output's tape runs): dq, dk, dv and dS_0 are those of <S_N, dS> alone.
+#[test]
+fn a_loss_on_the_final_state_alone() {
+    let dev = Cpu::default();
+    let spec = Elu::spec();
+    let x = common::Inputs::random(1, 2, 24, 16, 16, 9);
+    let tensor = |d: &[f32]| -> X { dev.tensor(d.to_vec()) };
+    let (q, k, v) = (tensor(&x.q), tensor(&x.k), tensor(&x.v));
+    let mut ct = grad::Cotangents::random(spec, 1, 2, 24, 16, 11);
+    ct.d_o.iter_mut().for_each(|g| *g = 0.0);
+    ct.d_z.iter_mut().for_each(|g| *g = 0.0);
+    let d_s: Tensor<Rank4<1, 2, 16, 16>, f32, Cpu> =
+        dev.tensor(ct.d_s.iter().map(|&g| g as f32).collect::<Vec<f32>>());
+    let (o, fin) = Elu::forward_with_state(
+        q.leaky_trace(),
+        k.leaky_trace(),
+        v.leaky_trace(),
+        None::<&State<Const<1>, Const<2>, 16, 16>>,
+    )
+    .unwrap();
+    let loss = (fin.s.retaped::<OwnedTape<f32, Cpu>>() * d_s).sum::<Rank0, _>()
+        + o.sum::<Rank0, _>() * 0.0;
+    let grads = loss.backward();
+    let want = grad::backward(spec, &x, None, None, &ct);
+    for (name, got, want) in [
+        ("q", grads.get(&q).as_vec(), &want.q),
+        ("k", grads.get(&k).as_vec(), &want.k),
+        ("v", grads.get(&v).as_vec(), &want.v),
+    ] {
+        let got: Vec<f64> = got.iter().map(|&g| g as f64).collect();
+        let err = grad::rel_err(&got, want);
+        assert!(err <= TOL, "d{name}: {err:.2e}");
+    }
+}
