@@ -189,7 +189,7 @@ macro_rules! check_spec {
 
             /// The backward on dfdx's tape against the f64 gradient oracle (tests/common/grad.rs,
             /// itself checked against finite differences): every input's gradient, the initial
-            /// state's included, for N = 1, C - 1, C + 1, 3C + 7, on every ISA variant.
+            /// state's included, for N = 1, C - 1, C + 1, 3C + 7, on every ISA variant and both schedules.
             #[test]
             fn backward_matches_gradient_oracle() {
                 let spec = Attn::spec();
@@ -202,15 +202,20 @@ macro_rules! check_spec {
                         let x = random(1, 2, n, 90 + i as u64);
                         let ct = grad::Cotangents::random(spec, 1, 2, n, DV, 7 + i as u64);
                         let want = grad::backward(spec, &x, Some(&s0), z0.as_deref(), &ct);
-                        let got = isa.run_with(|| traced_grads(&x, &init, &ct)).unwrap();
                         let want: std::collections::HashMap<_, _> = want.named().into_iter().collect();
-                        assert_eq!(got.len(), want.len(), "gradients {:?} for `{spec}`", got.iter().map(|g| g.0).collect::<Vec<_>>());
-                        for (name, g) in &got {
-                            let g: Vec<f64> = g.iter().map(|&v| v as f64).collect();
-                            let err = grad::rel_err(&g, want[name]);
-                            let tol = grad_tolerance(name);
-                            eprintln!("grad max-rel d{name} {err:.2e} {isa} N={n} `{spec}`");
-                            assert!(err <= tol, "{isa} N={n}: d{name} error {err:.2e} > {tol:e} for `{spec}`");
+                        // By (batch, head), and with the chunk-parallel schedule forced (the
+                        // chunkwise backward of causal specs; the others ignore it).
+                        for schedule in [Schedule::Heads, Schedule::Chunks] {
+                            let run = || schedule.run_with(|| traced_grads(&x, &init, &ct));
+                            let got = isa.run_with(run).unwrap();
+                            assert_eq!(got.len(), want.len(), "gradients {:?} for `{spec}`", got.iter().map(|g| g.0).collect::<Vec<_>>());
+                            for (name, g) in &got {
+                                let g: Vec<f64> = g.iter().map(|&v| v as f64).collect();
+                                let err = grad::rel_err(&g, want[name]);
+                                let tol = grad_tolerance(name);
+                                eprintln!("grad max-rel d{name} {err:.2e} {isa} {schedule:?} N={n} `{spec}`");
+                                assert!(err <= tol, "{isa} {schedule:?} N={n}: d{name} error {err:.2e} > {tol:e} for `{spec}`");
+                            }
                         }
                     }
                 }

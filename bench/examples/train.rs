@@ -64,11 +64,20 @@ struct Data {
     g: Sc,
 }
 
+/// Heads of the problem: 8, or `ATTNC_TRAIN_HEADS` (1 exercises the chunk-parallel backward).
+fn heads() -> usize {
+    std::env::var("ATTNC_TRAIN_HEADS")
+        .ok()
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(8)
+}
+
 fn data(n: usize) -> Data {
+    let h = heads();
     let dev = Cpu::seed_from_u64(0);
-    let tok = || -> Tok { dev.sample_normal_like(&(1, 8, n, Const)) };
-    let beta: Sc = dev.sample_uniform_like(&(1, 8, n));
-    let g: Sc = dev.sample_uniform_like(&(1, 8, n));
+    let tok = || -> Tok { dev.sample_normal_like(&(1, h, n, Const)) };
+    let beta: Sc = dev.sample_uniform_like(&(1, h, n));
+    let g: Sc = dev.sample_uniform_like(&(1, h, n));
     Data {
         q: tok(),
         k: tok(),

@@ -28,8 +28,11 @@ use super::gemm::{matmul, transpose};
 use super::linear::Token;
 use super::vecops::{at, dot, row, row_mut};
 use super::{Config, HeadGrads, HeadInputs};
-use crate::cpu::isa::Isa;
+use crate::cpu::dispatch::{dispatch, Job};
+use crate::cpu::isa::{CpuIsa, Isa};
 use crate::cpu::tile::exp;
+use crate::error::Result;
+use rayon::prelude::*;
 
 /// Scratch of one chunk.
 struct Chunk {
@@ -576,4 +579,358 @@ fn full_queries<I: Isa>(
         );
     }
     matmul(isa, ds, &ch.qft, &ch.dn, f, len, dv, true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The chunk-parallel schedule (causal), for calls with fewer (batch, head) problems than threads:
+// the forward's three phases, reversed. Per run of chunks in parallel, each chunk's own state
+// contribution; a scan over chunk states; per run in parallel, each chunk's carry term
+// Qd^T dN (and Q~^T dden); the reverse scan over chunk states giving every chunk's dS' (and dz');
+// then per run in parallel, each chunk's gradients from (S, z, dS', dz').
+
+/// Rows `t0..t0 + len` of a head's inputs, as a head of `len` tokens.
+fn sub_inputs<'a>(cfg: &Config, x: &HeadInputs<'a>, t0: usize, len: usize) -> HeadInputs<'a> {
+    let (dk, dv) = (cfg.dk, cfg.dv);
+    let part = |v: &'a [f32], d: usize| v.get(t0 * d..(t0 + len) * d).unwrap_or(&[]);
+    HeadInputs {
+        n: len,
+        q: part(x.q, dk),
+        k: part(x.k, dk),
+        v: part(x.v, dv),
+        beta: part(x.beta, 1),
+        g: part(x.g, 1),
+        proj: x.proj,
+        s0: &[],
+        z0: &[],
+        d_o: part(x.d_o, dv),
+        o: &[],
+        d_s: &[],
+        d_z: &[],
+    }
+}
+
+/// What one phase computes for one chunk.
+#[derive(Clone, Copy)]
+enum ChunkPhase {
+    /// Its own state contribution Kd^T V (and sum K~) into `s`, `z`; its decay into `decay`.
+    States,
+    /// Its carry term Qd^T dN into `s` (Q~^T dden into `z`), from its incoming state `s0`, `z0`.
+    Carry,
+    /// Its gradients, from `s0`, `z0` and the gradient of its outgoing state in `s`, `z`.
+    Grads,
+}
+
+/// One chunk's slots: the state buffers a phase reads and writes.
+struct Slots<'a> {
+    s0: &'a [f32],
+    z0: &'a [f32],
+    s: &'a mut [f32],
+    z: &'a mut [f32],
+    decay: &'a mut f32,
+}
+
+/// A run of consecutive chunks of one head for one phase, as an ISA job.
+struct ChunkRun<'a, 'b> {
+    cfg: &'a Config,
+    phase: ChunkPhase,
+    /// The run's rows of the head's inputs.
+    x: HeadInputs<'a>,
+    /// The run's rows of the gradients (`Grads` only).
+    out: HeadGrads<'b>,
+    slots: Vec<Slots<'b>>,
+}
+
+impl Job for ChunkRun<'_, '_> {
+    #[inline(always)]
+    fn run<I: Isa>(mut self, isa: I) -> Result<()> {
+        let (cfg, c, dv) = (self.cfg, self.cfg.chunk.max(1), self.cfg.dv);
+        let mut tok = Token::new(cfg);
+        let mut ch = Chunk::new(cfg);
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let (t0, len) = (i * c, c.min(self.x.n - i * c));
+            let queries = !matches!(self.phase, ChunkPhase::States);
+            ch.load(cfg, &self.x, t0, len, &mut tok, queries);
+            match self.phase {
+                ChunkPhase::States => {
+                    slot.s.fill(0.0);
+                    slot.z.fill(0.0);
+                    let v = &self.x.v[t0 * dv..(t0 + len) * dv];
+                    advance(isa, cfg, &mut ch, v, slot.s, slot.z);
+                    *slot.decay = ch.decay();
+                }
+                ChunkPhase::Carry => carry_term(isa, cfg, &self.x, &mut ch, t0, slot),
+                ChunkPhase::Grads => {
+                    let (s0, z0) = (slot.s0, slot.z0);
+                    causal_chunk(
+                        isa,
+                        cfg,
+                        &self.x,
+                        &mut ch,
+                        t0,
+                        s0,
+                        z0,
+                        slot.s,
+                        slot.z,
+                        &mut self.out,
+                        &mut tok,
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The chunk's carry term: Qd^T dN into `slot.s`, Q~^T dden into `slot.z` (the chunk loaded).
+#[inline(always)]
+fn carry_term<I: Isa>(
+    isa: I,
+    cfg: &Config,
+    x: &HeadInputs<'_>,
+    ch: &mut Chunk,
+    t0: usize,
+    slot: &mut Slots<'_>,
+) {
+    let (f, dv, len) = (cfg.f, cfg.dv, ch.len);
+    let d_o = &x.d_o[t0 * dv..(t0 + len) * dv];
+    for (dst, (src, &w)) in ch
+        .lf
+        .chunks_exact_mut(f)
+        .zip(ch.qf.chunks_exact(f).zip(&ch.eg))
+        .take(len)
+    {
+        for (d, &q) in dst.iter_mut().zip(src) {
+            *d = q * w;
+        }
+    }
+    if cfg.normalized {
+        // The numerator N = A V + Qd S and r, as `causal_chunk` computes them.
+        let v = &x.v[t0 * dv..(t0 + len) * dv];
+        matmul(isa, &mut ch.p, &ch.qf, &ch.kft, len, f, len, false);
+        for t in 0..len {
+            for s in 0..len {
+                let i = t * len + s;
+                ch.a[i] = if s <= t {
+                    ch.p[i] * gamma(ch, t, s)
+                } else {
+                    0.0
+                };
+            }
+            let lower: f32 = ch.p[t * len..t * len + t + 1].iter().sum();
+            ch.r[t] = 1.0 / (dot(row(&ch.qf, t, f), slot.z0) + lower + cfg.sum_eps);
+        }
+        matmul(isa, &mut ch.qds, &ch.lf, slot.s0, len, f, dv, false);
+        matmul(isa, &mut ch.qds, &ch.a, v, len, len, dv, true);
+    }
+    output_terms(cfg, ch, d_o);
+    transpose(&ch.lf[..len * f], len, f, &mut ch.qft);
+    matmul(isa, slot.s, &ch.qft, &ch.dn, f, len, dv, false);
+    slot.z.fill(0.0);
+    if cfg.normalized {
+        for t in 0..len {
+            let dd = ch.dden[t];
+            for (zi, &q) in slot.z.iter_mut().zip(row(&ch.qf, t, f)) {
+                *zi += dd * q;
+            }
+        }
+    }
+}
+
+/// Splits `v` into `parts` slices of `len` (empty slices when `v` is empty).
+fn slices_mut(v: &mut [f32], len: usize, parts: usize) -> Vec<&mut [f32]> {
+    if v.is_empty() || len == 0 {
+        return (0..parts).map(|_| <&mut [f32]>::default()).collect();
+    }
+    v.chunks_mut(len).collect()
+}
+
+/// A gradient's rows split per run (`grads`), or empty slices.
+fn run_rows(v: &mut [f32], grads: bool, len: usize, runs: usize) -> Vec<&mut [f32]> {
+    if grads && !v.is_empty() {
+        v.chunks_mut(len.max(1)).collect()
+    } else {
+        (0..runs).map(|_| <&mut [f32]>::default()).collect()
+    }
+}
+
+/// Runs `phase` over every chunk of the head, runs of chunks in parallel.
+#[allow(clippy::too_many_arguments)]
+fn phase_runs(
+    isa: CpuIsa,
+    cfg: &Config,
+    x: &HeadInputs<'_>,
+    out: &mut HeadGrads<'_>,
+    phase: ChunkPhase,
+    starts: (&[f32], &[f32]),
+    slots: (&mut [f32], &mut [f32]),
+    decays: &mut [f32],
+) -> Result<Vec<f32>> {
+    let (c, n, p, dk, dv) = (cfg.chunk.max(1), x.n, cfg.f * cfg.dv, cfg.dk, cfg.dv);
+    let zlen = if cfg.normalized { cfg.f } else { 0 };
+    let nc = n.div_ceil(c);
+    let per_run = nc.div_ceil(4 * rayon::current_num_threads().max(1)).max(1);
+    let grads = matches!(phase, ChunkPhase::Grads);
+    let runs_n = nc.div_ceil(per_run);
+    let (dq, dk_, dvv, dg) = (
+        run_rows(out.dq, grads, per_run * c * dk, runs_n),
+        run_rows(out.dk, grads, per_run * c * dk, runs_n),
+        run_rows(out.dv, grads, per_run * c * dv, runs_n),
+        run_rows(out.dg, grads, per_run * c, runs_n),
+    );
+    let (ss, zs) = (slices_mut(slots.0, p, nc), slices_mut(slots.1, zlen, nc));
+    let mut chunk_slots: Vec<Slots<'_>> = ss
+        .into_iter()
+        .zip(zs)
+        .zip(decays.iter_mut())
+        .enumerate()
+        .map(|(ci, ((s, z), decay))| Slots {
+            s0: row(starts.0, ci, p),
+            z0: row(starts.1, ci, zlen),
+            s,
+            z,
+            decay,
+        })
+        .collect();
+    let mut runs = Vec::new();
+    while !chunk_slots.is_empty() {
+        let rest = chunk_slots.split_off(per_run.min(chunk_slots.len()));
+        runs.push(std::mem::replace(&mut chunk_slots, rest));
+    }
+    let proj_len = out.dproj.len();
+    let dprojs: Vec<Result<Vec<f32>>> = runs
+        .into_par_iter()
+        .zip(dq)
+        .zip(dk_)
+        .zip(dvv)
+        .zip(dg)
+        .enumerate()
+        .map(|(r, ((((slots, dq), dk), dv), dg))| {
+            let t0 = r * per_run * c;
+            let len = (per_run * c).min(n - t0);
+            let mut dproj = vec![0.0; if grads { proj_len } else { 0 }];
+            let job = ChunkRun {
+                cfg,
+                phase,
+                x: sub_inputs(cfg, x, t0, len),
+                out: HeadGrads {
+                    dq,
+                    dk,
+                    dv,
+                    dbeta: &mut [],
+                    dg,
+                    dproj: &mut dproj,
+                    ds0: &mut [],
+                    dz0: &mut [],
+                },
+                slots,
+            };
+            dispatch(isa, job)?;
+            Ok(dproj)
+        })
+        .collect();
+    let mut dproj = vec![0.0; proj_len];
+    for d in dprojs {
+        for (a, b) in dproj.iter_mut().zip(d?) {
+            *a += b;
+        }
+    }
+    Ok(dproj)
+}
+
+/// The chunk-parallel backward of one (batch, head) with a causal mask.
+pub fn head_by_chunks(
+    isa: CpuIsa,
+    cfg: &Config,
+    x: &HeadInputs<'_>,
+    out: &mut HeadGrads<'_>,
+) -> Result<()> {
+    let (c, n, p) = (cfg.chunk.max(1), x.n, cfg.f * cfg.dv);
+    let zlen = if cfg.normalized { cfg.f } else { 0 };
+    let nc = n.div_ceil(c);
+    let (mut slot_s, mut slot_z) = (vec![0.0; nc * p], vec![0.0; nc * zlen]);
+    let (mut starts_s, mut starts_z) = (vec![0.0; nc * p], vec![0.0; nc * zlen]);
+    let mut decays = vec![1.0; nc];
+    // Each chunk's contribution, then the scan: starts[c] is chunk c's incoming state.
+    let none = (&[][..], &[][..]);
+    phase_runs(
+        isa,
+        cfg,
+        x,
+        out,
+        ChunkPhase::States,
+        none,
+        (&mut slot_s, &mut slot_z),
+        &mut decays,
+    )?;
+    let mut s = x.s0.to_vec();
+    let mut z = if cfg.normalized {
+        x.z0.to_vec()
+    } else {
+        Vec::new()
+    };
+    z.resize(zlen, 0.0);
+    for (ci, &d) in decays.iter().enumerate() {
+        row_mut(&mut starts_s, ci, p).copy_from_slice(&s);
+        row_mut(&mut starts_z, ci, zlen).copy_from_slice(&z);
+        for (e, &a) in s.iter_mut().zip(row(&slot_s, ci, p)) {
+            *e = d * *e + a;
+        }
+        for (e, &a) in z.iter_mut().zip(row(&slot_z, ci, zlen)) {
+            *e += a;
+        }
+    }
+    // Each chunk's carry term, then the reverse scan: slot[c] becomes dS' of chunk c.
+    let starts = (&starts_s[..], &starts_z[..]);
+    phase_runs(
+        isa,
+        cfg,
+        x,
+        out,
+        ChunkPhase::Carry,
+        starts,
+        (&mut slot_s, &mut slot_z),
+        &mut decays,
+    )?;
+    let mut ds = if x.d_s.is_empty() {
+        vec![0.0; p]
+    } else {
+        x.d_s.to_vec()
+    };
+    let mut dz = if x.d_z.is_empty() || !cfg.normalized {
+        vec![0.0; zlen]
+    } else {
+        x.d_z.to_vec()
+    };
+    for ci in (0..nc).rev() {
+        let (term_s, term_z) = (row_mut(&mut slot_s, ci, p), row_mut(&mut slot_z, ci, zlen));
+        let d = decays[ci];
+        for (e, t) in ds.iter_mut().zip(term_s.iter_mut()) {
+            let incoming = d * *e + *t;
+            *t = *e;
+            *e = incoming;
+        }
+        for (e, t) in dz.iter_mut().zip(term_z.iter_mut()) {
+            let incoming = *e + *t;
+            *t = *e;
+            *e = incoming;
+        }
+    }
+    let dproj = phase_runs(
+        isa,
+        cfg,
+        x,
+        out,
+        ChunkPhase::Grads,
+        starts,
+        (&mut slot_s, &mut slot_z),
+        &mut decays,
+    )?;
+    for (a, b) in out.dproj.iter_mut().zip(dproj) {
+        *a += b;
+    }
+    out.ds0.copy_from_slice(&ds);
+    if cfg.normalized {
+        out.dz0.copy_from_slice(&dz);
+    }
+    Ok(())
 }

@@ -6,7 +6,10 @@
 //!   maps come from the generated kernel ([`Differentiable`], phi' differentiated at build time).
 //!
 //! [`run`] spreads the (batch, head) problems over the threads, each through the ISA
-//! trampoline selected for the process, like the forward's head schedule.
+//! trampoline selected for the process, like the forward's head schedule; when that would leave
+//! threads idle (the forward's [`Schedule`] rule), the chunkwise algorithm runs each head's
+//! chunks in parallel instead ([`chunked::head_by_chunks`]: per-chunk terms in parallel, scans
+//! over chunk states for S and, in reverse, for dS and dz).
 
 pub mod chunked;
 mod gemm;
@@ -20,6 +23,7 @@ pub use maps::{dphi_rows, phi_rows, Differentiable};
 use crate::cpu::dispatch::{dispatch, Job};
 use crate::cpu::isa::{CpuIsa, Isa};
 use crate::cpu::pool::pooled_buffer;
+use crate::cpu::schedule::Schedule;
 use crate::error::Result;
 use attnc_codegen::abi::{BackwardAlgorithm, BackwardPlan};
 use attnc_codegen::spec::{FeatureMap, Mask, Normalize, QkNorm, Spec, Update};
@@ -281,6 +285,26 @@ impl Job for HeadJob<'_, '_> {
     }
 }
 
+/// Whether the call runs the chunk-parallel backward: the forward's rule ([`Schedule`]) for the
+/// chunkwise algorithm with a causal mask: forced by `Schedule::Chunks`, or under `Auto` when
+/// splitting by (batch, head) would leave threads idle.
+fn by_chunks(cfg: &Config, bh: usize, n: usize) -> bool {
+    if cfg.plan.algorithm != BackwardAlgorithm::Chunkwise || !cfg.causal {
+        return false;
+    }
+    let chunks = n.div_ceil(cfg.chunk.max(1));
+    let threads = rayon::current_num_threads();
+    match Schedule::selected() {
+        _ if chunks < 2 => false,
+        Schedule::Heads => false,
+        Schedule::Chunks => true,
+        Schedule::Auto => {
+            let rounds = bh.div_ceil(threads.max(1));
+            threads > 1 && 4 * bh < 3 * rounds * threads && chunks >= 2 * threads
+        }
+    }
+}
+
 /// The gradients of every input of a call, (batch, head) problems in parallel.
 pub fn run(cfg: &Config, x: &Inputs) -> Result<Grads> {
     let isa = CpuIsa::selected()?;
@@ -333,42 +357,50 @@ pub fn run(cfg: &Config, x: &Inputs) -> Result<Grads> {
         .zip(split_mut(&mut g.z0, bh))
         .enumerate()
         .collect();
-    let dprojs: Vec<Result<Vec<f32>>> = outs
-        .into_par_iter()
-        .map(|(i, ((((((dq, dk), dv), dbeta), dg), ds0), dz0))| {
-            let mut dproj = vec![0.0; proj_len];
-            let job = HeadJob {
-                cfg,
-                x: HeadInputs {
-                    n,
-                    q: q[i],
-                    k: k[i],
-                    v: v[i],
-                    beta: beta[i],
-                    g: gl[i],
-                    proj: &x.proj,
-                    s0: s0[i],
-                    z0: z0[i],
-                    d_o: d_o[i],
-                    o: o[i],
-                    d_s: d_s[i],
-                    d_z: d_z[i],
-                },
-                out: HeadGrads {
-                    dq,
-                    dk,
-                    dv,
-                    dbeta,
-                    dg,
-                    dproj: &mut dproj,
-                    ds0,
-                    dz0,
-                },
-            };
+    let chunk_parallel = by_chunks(cfg, bh, n);
+    let one_head = |(i, ((((((dq, dk), dv), dbeta), dg), ds0), dz0))| {
+        let mut dproj = vec![0.0; proj_len];
+        let mut job = HeadJob {
+            cfg,
+            x: HeadInputs {
+                n,
+                q: q[i],
+                k: k[i],
+                v: v[i],
+                beta: beta[i],
+                g: gl[i],
+                proj: &x.proj,
+                s0: s0[i],
+                z0: z0[i],
+                d_o: d_o[i],
+                o: o[i],
+                d_s: d_s[i],
+                d_z: d_z[i],
+            },
+            out: HeadGrads {
+                dq,
+                dk,
+                dv,
+                dbeta,
+                dg,
+                dproj: &mut dproj,
+                ds0,
+                dz0,
+            },
+        };
+        if chunk_parallel {
+            chunked::head_by_chunks(isa, cfg, &job.x, &mut job.out)?;
+        } else {
             dispatch(isa, job)?;
-            Ok(dproj)
-        })
-        .collect();
+        }
+        Ok(dproj)
+    };
+    // Heads in parallel, or one head at a time with its chunks in parallel.
+    let dprojs: Vec<Result<Vec<f32>>> = if chunk_parallel {
+        outs.into_iter().map(one_head).collect()
+    } else {
+        outs.into_par_iter().map(one_head).collect()
+    };
     let mut proj = vec![0.0; proj_len];
     for d in dprojs {
         for (p, x) in proj.iter_mut().zip(d?) {
