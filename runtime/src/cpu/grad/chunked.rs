@@ -276,6 +276,106 @@ fn output_terms(cfg: &Config, ch: &mut Chunk, d_o: &[f32]) {
     }
 }
 
+/// The loaded chunk's forward terms that the backward reads: A = tril(P ⊙ Γ) with P = Q~ K~^T,
+/// Qd = diag(e^G) Q~ (in `lf`), and, with the normaliser, r and the numerator N = A V + Qd S (in
+/// `qds`); with gates and no normaliser, Qd S (in `qds`, for dG).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn forward_terms<I: Isa>(isa: I, cfg: &Config, ch: &mut Chunk, v: &[f32], s0: &[f32], z0: &[f32]) {
+    let (f, dv, len) = (cfg.f, cfg.dv, ch.len);
+    matmul(isa, &mut ch.p, &ch.qf, &ch.kft, len, f, len, false);
+    for t in 0..len {
+        for s in 0..len {
+            let i = t * len + s;
+            ch.a[i] = if s <= t {
+                ch.p[i] * gamma(ch, t, s)
+            } else {
+                0.0
+            };
+        }
+    }
+    scale_queries(cfg, ch);
+    if cfg.update.gated() || cfg.normalized {
+        matmul(isa, &mut ch.qds, &ch.lf, s0, len, f, dv, false);
+    }
+    if cfg.normalized {
+        // den_t = q~_t . z + sum_{s<=t} P_ts + eps.
+        for t in 0..len {
+            let lower: f32 = ch.p[t * len..t * len + t + 1].iter().sum();
+            ch.r[t] = 1.0 / (dot(row(&ch.qf, t, f), z0) + lower + cfg.sum_eps);
+        }
+        matmul(isa, &mut ch.qds, &ch.a, v, len, len, dv, true);
+    }
+}
+
+/// Qd = diag(e^G) Q~ into `ch.lf`.
+#[inline(always)]
+fn scale_queries(cfg: &Config, ch: &mut Chunk) {
+    let f = cfg.f;
+    for (dst, (src, &w)) in ch
+        .lf
+        .chunks_exact_mut(f)
+        .zip(ch.qf.chunks_exact(f).zip(&ch.eg))
+        .take(ch.len)
+    {
+        for (d, &q) in dst.iter_mut().zip(src) {
+            *d = q * w;
+        }
+    }
+}
+
+/// `dQ~ += dden z^T` (in `ch.lf2`): the normaliser's term of the queries' gradient.
+#[inline(always)]
+fn add_dden_z(cfg: &Config, ch: &mut Chunk, z: &[f32]) {
+    if !cfg.normalized {
+        return;
+    }
+    for t in 0..ch.len {
+        let dd = ch.dden[t];
+        for (d, &zi) in row_mut(&mut ch.lf2, t, cfg.f).iter_mut().zip(z) {
+            *d += dd * zi;
+        }
+    }
+}
+
+/// `dz += Q~^T dden` over the loaded chunk (the normaliser's carry).
+#[inline(always)]
+fn add_dden_q(cfg: &Config, ch: &Chunk, dz: &mut [f32]) {
+    if !cfg.normalized {
+        return;
+    }
+    for t in 0..ch.len {
+        let dd = ch.dden[t];
+        for (zi, &q) in dz.iter_mut().zip(row(&ch.qf, t, cfg.f)) {
+            *zi += dd * q;
+        }
+    }
+}
+
+/// Rows `t0..t0 + len` of dq from the features' gradient dQ~ (in `ch.lf2`).
+#[inline(always)]
+fn queries_backprop(
+    cfg: &Config,
+    x: &HeadInputs<'_>,
+    ch: &Chunk,
+    t0: usize,
+    out: &mut HeadGrads<'_>,
+    tok: &mut Token,
+) {
+    for t in 0..ch.len {
+        tok.dfeat.copy_from_slice(row(&ch.lf2, t, cfg.f));
+        let inv = super::maps::normalize(cfg, row(x.q, t0 + t, cfg.dk), &mut tok.xn);
+        tok.backprop(
+            cfg,
+            inv,
+            x.proj,
+            cfg.scale,
+            row_mut(out.dq, t0 + t, cfg.dk),
+            out.dproj,
+        );
+    }
+}
+
 /// One chunk of the causal reverse scan: the chunk's gradients, and the carry (ds, dz) moved from
 /// its end to its start.
 #[inline(always)]
@@ -297,40 +397,7 @@ fn causal_chunk<I: Isa>(
     let gated = cfg.update.gated();
     let v = &x.v[t0 * dv..(t0 + len) * dv];
     let d_o = &x.d_o[t0 * dv..(t0 + len) * dv];
-    // P = Q~ K~^T; A = tril(P ⊙ Γ).
-    matmul(isa, &mut ch.p, &ch.qf, &ch.kft, len, f, len, false);
-    for t in 0..len {
-        for s in 0..len {
-            let i = t * len + s;
-            ch.a[i] = if s <= t {
-                ch.p[i] * gamma(ch, t, s)
-            } else {
-                0.0
-            };
-        }
-    }
-    // Qd = diag(e^G) Q~ (in lf); Qd S (L x DV, in qds) when gated or normalised.
-    for (dst, (src, &w)) in ch
-        .lf
-        .chunks_exact_mut(f)
-        .zip(ch.qf.chunks_exact(f).zip(&ch.eg))
-        .take(len)
-    {
-        for (d, &q) in dst.iter_mut().zip(src) {
-            *d = q * w;
-        }
-    }
-    if gated || cfg.normalized {
-        matmul(isa, &mut ch.qds, &ch.lf, s0, len, f, dv, false);
-    }
-    if cfg.normalized {
-        // den_t = q~_t . z + sum_{s<=t} P_ts + eps; N = A V + Qd S (into qds).
-        for t in 0..len {
-            let lower: f32 = ch.p[t * len..t * len + t + 1].iter().sum();
-            ch.r[t] = 1.0 / (dot(row(&ch.qf, t, f), z0) + lower + cfg.sum_eps);
-        }
-        matmul(isa, &mut ch.qds, &ch.a, v, len, len, dv, true);
-    }
+    forward_terms(isa, cfg, ch, v, s0, z0);
     output_terms(cfg, ch, d_o);
     if cfg.normalized && gated {
         // dG needs dN . (Qd S): recompute Qd S (qds held N).
@@ -384,26 +451,8 @@ fn causal_chunk<I: Isa>(
         }
     }
     matmul(isa, &mut ch.lf2, &ch.vt, &ch.dfs, len, dv, f, true);
-    if cfg.normalized {
-        for t in 0..len {
-            let dd = ch.dden[t];
-            for (d, &zi) in row_mut(&mut ch.lf2, t, f).iter_mut().zip(z0) {
-                *d += dd * zi;
-            }
-        }
-    }
-    for t in 0..len {
-        tok.dfeat.copy_from_slice(row(&ch.lf2, t, f));
-        let inv = super::maps::normalize(cfg, row(x.q, t0 + t, cfg.dk), &mut tok.xn);
-        tok.backprop(
-            cfg,
-            inv,
-            x.proj,
-            cfg.scale,
-            row_mut(out.dq, t0 + t, cfg.dk),
-            out.dproj,
-        );
-    }
+    add_dden_z(cfg, ch, z0);
+    queries_backprop(cfg, x, ch, t0, out, tok);
     // dV = A^T dN + Kd dS'  (A^T via transpose into dpt's buffer after use: use lf as scratch).
     transpose(&ch.a[..len * len], len, len, &mut ch.da);
     matmul(
@@ -437,14 +486,7 @@ fn causal_chunk<I: Isa>(
     }
     transpose(&ch.lf[..len * f], len, f, &mut ch.qft);
     matmul(isa, ds, &ch.qft, &ch.dn, f, len, dv, true);
-    if cfg.normalized {
-        for t in 0..len {
-            let dd = ch.dden[t];
-            for (zi, &q) in dz.iter_mut().zip(row(&ch.qf, t, f)) {
-                *zi += dd * q;
-            }
-        }
-    }
+    add_dden_q(cfg, ch, dz);
 }
 
 /// dK~ = dP^T Q~ (causal, `with_scores`) + diag(e^(G_L - G)) V dS'^T + 1 dz'^T and
@@ -557,27 +599,9 @@ fn full_queries<I: Isa>(
     // dQ~ = dN S^T + dden z^T.
     transpose(s, f, dv, &mut ch.dfs);
     matmul(isa, &mut ch.lf2, &ch.dn, &ch.dfs, len, dv, f, false);
-    for t in 0..len {
-        let dd = ch.dden[t];
-        if cfg.normalized {
-            for (d, &zi) in row_mut(&mut ch.lf2, t, f).iter_mut().zip(z) {
-                *d += dd * zi;
-            }
-            for (zi, &q) in dz.iter_mut().zip(row(&ch.qf, t, f)) {
-                *zi += dd * q;
-            }
-        }
-        tok.dfeat.copy_from_slice(row(&ch.lf2, t, f));
-        let inv = super::maps::normalize(cfg, row(x.q, t0 + t, cfg.dk), &mut tok.xn);
-        tok.backprop(
-            cfg,
-            inv,
-            x.proj,
-            cfg.scale,
-            row_mut(out.dq, t0 + t, cfg.dk),
-            out.dproj,
-        );
-    }
+    add_dden_z(cfg, ch, z);
+    add_dden_q(cfg, ch, dz);
+    queries_backprop(cfg, x, ch, t0, out, tok);
     matmul(isa, ds, &ch.qft, &ch.dn, f, len, dv, true);
 }
 
@@ -693,47 +717,18 @@ fn carry_term<I: Isa>(
 ) {
     let (f, dv, len) = (cfg.f, cfg.dv, ch.len);
     let d_o = &x.d_o[t0 * dv..(t0 + len) * dv];
-    for (dst, (src, &w)) in ch
-        .lf
-        .chunks_exact_mut(f)
-        .zip(ch.qf.chunks_exact(f).zip(&ch.eg))
-        .take(len)
-    {
-        for (d, &q) in dst.iter_mut().zip(src) {
-            *d = q * w;
-        }
-    }
     if cfg.normalized {
-        // The numerator N = A V + Qd S and r, as `causal_chunk` computes them.
+        // dN and dden need r and the numerator, as in `causal_chunk`.
         let v = &x.v[t0 * dv..(t0 + len) * dv];
-        matmul(isa, &mut ch.p, &ch.qf, &ch.kft, len, f, len, false);
-        for t in 0..len {
-            for s in 0..len {
-                let i = t * len + s;
-                ch.a[i] = if s <= t {
-                    ch.p[i] * gamma(ch, t, s)
-                } else {
-                    0.0
-                };
-            }
-            let lower: f32 = ch.p[t * len..t * len + t + 1].iter().sum();
-            ch.r[t] = 1.0 / (dot(row(&ch.qf, t, f), slot.z0) + lower + cfg.sum_eps);
-        }
-        matmul(isa, &mut ch.qds, &ch.lf, slot.s0, len, f, dv, false);
-        matmul(isa, &mut ch.qds, &ch.a, v, len, len, dv, true);
+        forward_terms(isa, cfg, ch, v, slot.s0, slot.z0);
+    } else {
+        scale_queries(cfg, ch);
     }
     output_terms(cfg, ch, d_o);
     transpose(&ch.lf[..len * f], len, f, &mut ch.qft);
     matmul(isa, slot.s, &ch.qft, &ch.dn, f, len, dv, false);
     slot.z.fill(0.0);
-    if cfg.normalized {
-        for t in 0..len {
-            let dd = ch.dden[t];
-            for (zi, &q) in slot.z.iter_mut().zip(row(&ch.qf, t, f)) {
-                *zi += dd * q;
-            }
-        }
-    }
+    add_dden_q(cfg, ch, slot.z);
 }
 
 /// Splits `v` into `parts` slices of `len` (empty slices when `v` is empty).
