@@ -1,4 +1,4 @@
-//! Compile-fail tests: one per rule of the spec language (DESIGN §2), each with its reviewed
+//! Compile-fail tests: one per rule of the spec language (the README's key table), each with its reviewed
 //! message and span in `tests/ui/*.stderr`.
 
 #[test]

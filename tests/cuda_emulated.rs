@@ -2,10 +2,10 @@
 //! with the host C++ compiler against a CUDA shim and run block by block on CPU threads with real
 //! barriers (tests/common/cuda_emu.rs), on the launch configuration the runtime uses
 //! (`CUDA_LAUNCH`). Outputs and final states are compared with the step-by-step f64 oracle of
-//! DESIGN §3 (tests/common), softmax with the CPU kernel (itself checked against a quadratic
+//! the README's Meaning (tests/common), softmax with the CPU kernel (itself checked against a quadratic
 //! reference in tests/softmax.rs).
 //!
-//! Tolerance: max |cuda - oracle| / max |oracle| <= 1e-4 (DESIGN §3), over tails (N = 1, C - 1,
+//! Tolerance: max |cuda - oracle| / max |oracle| <= 1e-4 (the README's accuracy bound), over tails (N = 1, C - 1,
 //! C + 1, 3C + 7), a non-zero initial state, both layouts, and `step` from that state.
 //! What this cannot show: races a GPU's memory model would expose but barriers on a CPU hide,
 //! and anything about speed. GPU execution tests live in tests/cuda_gpu.rs.

@@ -1,7 +1,7 @@
-//! Every supported variant against the step-by-step oracle of DESIGN §3 (tests/common), over
+//! Every supported variant against the step-by-step oracle of the README's Meaning (tests/common), over
 //! chunk sizes, tail lengths, both layouts and every ISA variant this CPU has.
 //!
-//! Tolerance: max |attnc - oracle| / max |oracle| <= 1e-4 (DESIGN §3).
+//! Tolerance: max |attnc - oracle| / max |oracle| <= 1e-4 (the README's accuracy bound).
 
 #![allow(clippy::needless_range_loop)] // index loops mirror the math in test code
 
@@ -104,7 +104,7 @@ fn f32s(x: &[f64]) -> Vec<f32> {
     x.iter().map(|&v| v as f32).collect()
 }
 
-/// DESIGN §7's bounds: 1e-4 for q, k, v, the state and the projection; 5e-4 for g and beta,
+/// The README's gradient bounds: 1e-4 for q, k, v, the state and the projection; 5e-4 for g and beta,
 /// which go through cumulative sums.
 fn grad_tolerance(name: &str) -> f64 {
     match name {

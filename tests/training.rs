@@ -1,9 +1,9 @@
-//! Training through dfdx's tape (DESIGN §7): the tape plumbing against dfdx's own autograd of
+//! Training through dfdx's tape (the README's Training section): the tape plumbing against dfdx's own autograd of
 //! the quadratic masked composition, gradients by tensor id through one tensor used twice,
 //! permuted and broadcast views, the final state's gradient, and one SGD step of a small model
 //! against the step computed from the f64 gradient oracle (tests/common/grad.rs).
 //!
-//! Tolerance: max |attnc - reference| / max |reference| <= 1e-4 (DESIGN §7).
+//! Tolerance: max |attnc - reference| / max |reference| <= 1e-4 (the README's gradient bound).
 
 mod common;
 #[path = "common/grad.rs"]

@@ -1,4 +1,4 @@
-//! The gradient oracle: the exact reverse-mode derivative of DESIGN §3's recurrence (the forward
+//! The gradient oracle: the exact reverse-mode derivative of the recurrence in the README's Meaning (the forward
 //! oracle of `tests/common/mod.rs`), in f64, token by token, written as plainly as possible. Every
 //! state is stored (O(N F DV) memory per head), then the recurrence is walked backwards.
 //!
@@ -7,7 +7,7 @@
 //! for every input: q, k, v, beta, g, proj, and the initial state s0, z0.
 //!
 //! Conventions at kinks (PyTorch's): relu'(0) = 0, elu+1'(0) = e^0 = 1 (the x <= 0 branch),
-//! |x|'(0) = 0, max/min split the gradient evenly on ties (DESIGN §7). Closures are
+//! |x|'(0) = 0, max/min split the gradient evenly on ties (the README's Training section). Closures are
 //! differentiated exactly, with dual numbers over their [`Expr`] in f64.
 //!
 //! The forward here ([`forward64`]) is f64 throughout, inputs included ([`Inputs64`]), so that
@@ -233,7 +233,7 @@ fn expr_dual(e: &Expr, x: f64) -> (f64, f64) {
         Expr::Binary2(f, a, b) => {
             let ((a, da), (b, db)) = (expr_dual(a, x), expr_dual(b, x));
             match f {
-                // DESIGN §7: at a tie the gradient splits evenly (PyTorch's maximum/minimum).
+                // At a tie the gradient splits evenly (PyTorch's maximum/minimum).
                 BinaryFn::Max | BinaryFn::Min if a == b => (a, 0.5 * (da + db)),
                 BinaryFn::Max => {
                     if a > b || b.is_nan() {
@@ -869,7 +869,7 @@ fn backward_head(
 // ---------------------------------------------------------------------------------------------
 // The API.
 
-/// DESIGN §3's forward in f64 (softmax included), from state (s0, z0) (zeros when None; both
+/// The README's recurrence (Meaning) in f64 (softmax included), from state (s0, z0) (zeros when None; both
 /// must be None for softmax).
 pub fn forward64(spec: &Spec, x: &Inputs64, s0: Option<&[f64]>, z0: Option<&[f64]>) -> Forward64 {
     let (bhs, n, dv) = (x.b * x.h, x.n, x.dv);

@@ -1,4 +1,4 @@
-//! The oracle: DESIGN §3's recurrence, token by token, in f64, written as plainly as possible.
+//! The oracle: the recurrence of the README's Meaning, token by token, in f64, written as plainly as possible.
 #![allow(dead_code)]
 
 use attnc::spec::{FeatureMap, Mask, Normalize, QkNorm, Spec, Update};
@@ -140,7 +140,7 @@ fn phi(spec: &Spec, x: &[f32], proj: &[f32]) -> Vec<f64> {
             }
             out
         }
-        // DESIGN §3 with the stabiliser c = 0: exp(w_i . x' - |x'|^2 / 2) / sqrt(m).
+        // FAVOR+ with the stabiliser c = 0: exp(w_i . x' - |x'|^2 / 2) / sqrt(m).
         FeatureMap::Favor { features: m } => {
             let d = x.len();
             assert_eq!(
@@ -171,7 +171,7 @@ fn l2(x: &[f32]) -> Vec<f32> {
     x.iter().map(|&v| (v as f64 * inv) as f32).collect()
 }
 
-/// Runs DESIGN §3 token by token from state (s0, z0) (zeros when None).
+/// Runs the README's recurrence token by token from state (s0, z0) (zeros when None).
 pub fn reference(spec: &Spec, x: &Inputs, s0: Option<&[f32]>, z0: Option<&[f32]>) -> Reference {
     let (b, h, n, dk, dv) = (x.b, x.h, x.n, x.dk, x.dv);
     let f = spec.feature_dim();
@@ -334,7 +334,7 @@ pub fn quadratic_softmax(spec: &Spec, x: &Inputs) -> Vec<f64> {
     out
 }
 
-/// max |got - want| / max |want| (DESIGN §3's accuracy measure).
+/// max |got - want| / max |want| (the README's accuracy measure).
 pub fn max_rel_err(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len(), "length mismatch");
     let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
