@@ -352,27 +352,28 @@ fn add_dden_q(cfg: &Config, ch: &Chunk, dz: &mut [f32]) {
     }
 }
 
-/// Rows `t0..t0 + len` of dq from the features' gradient dQ~ (in `ch.lf2`).
+/// Rows `t0..t0 + ch.len` of dq (`keys`: dk) from the features' gradient dQ~ (dK~) in `ch.lf2`,
+/// back through the feature map and `qk_norm`.
 #[inline(always)]
-fn queries_backprop(
+fn features_backprop(
     cfg: &Config,
     x: &HeadInputs<'_>,
     ch: &Chunk,
     t0: usize,
     out: &mut HeadGrads<'_>,
     tok: &mut Token,
+    keys: bool,
 ) {
+    let (raw, dst, factor) = if keys {
+        (x.k, &mut *out.dk, 1.0)
+    } else {
+        (x.q, &mut *out.dq, cfg.scale)
+    };
     for t in 0..ch.len {
         tok.dfeat.copy_from_slice(row(&ch.lf2, t, cfg.f));
-        let inv = super::maps::normalize(cfg, row(x.q, t0 + t, cfg.dk), &mut tok.xn);
-        tok.backprop(
-            cfg,
-            inv,
-            x.proj,
-            cfg.scale,
-            row_mut(out.dq, t0 + t, cfg.dk),
-            out.dproj,
-        );
+        let inv = super::maps::normalize(cfg, row(raw, t0 + t, cfg.dk), &mut tok.xn);
+        let dx = row_mut(dst, t0 + t, cfg.dk);
+        tok.backprop(cfg, inv, x.proj, factor, dx, out.dproj);
     }
 }
 
@@ -452,7 +453,7 @@ fn causal_chunk<I: Isa>(
     }
     matmul(isa, &mut ch.lf2, &ch.vt, &ch.dfs, len, dv, f, true);
     add_dden_z(cfg, ch, z0);
-    queries_backprop(cfg, x, ch, t0, out, tok);
+    features_backprop(cfg, x, ch, t0, out, tok, false);
     // dV = A^T dN + Kd dS'  (A^T via transpose into dpt's buffer after use: use lf as scratch).
     transpose(&ch.a[..len * len], len, len, &mut ch.da);
     matmul(
@@ -556,18 +557,7 @@ fn keys_values<I: Isa>(
         dv,
         with_scores,
     );
-    for s in 0..len {
-        tok.dfeat.copy_from_slice(row(&ch.lf2, s, f));
-        let inv = super::maps::normalize(cfg, row(x.k, t0 + s, cfg.dk), &mut tok.xn);
-        tok.backprop(
-            cfg,
-            inv,
-            x.proj,
-            1.0,
-            row_mut(out.dk, t0 + s, cfg.dk),
-            out.dproj,
-        );
-    }
+    features_backprop(cfg, x, ch, t0, out, tok, true);
 }
 
 /// `mask = none`: the loaded chunk's outputs read (S_N, z_N): dq, and dS_N += Q~^T dN,
@@ -601,7 +591,7 @@ fn full_queries<I: Isa>(
     matmul(isa, &mut ch.lf2, &ch.dn, &ch.dfs, len, dv, f, false);
     add_dden_z(cfg, ch, z);
     add_dden_q(cfg, ch, dz);
-    queries_backprop(cfg, x, ch, t0, out, tok);
+    features_backprop(cfg, x, ch, t0, out, tok, false);
     matmul(isa, ds, &ch.qft, &ch.dn, f, len, dv, true);
 }
 
