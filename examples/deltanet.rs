@@ -25,7 +25,7 @@ fn main() -> Result<(), Error> {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(4096);
-    println!("{}", Device::auto()?.describe());
+    println!("{}", attnc::Device::auto()?.describe());
     println!("B = 1, H = {H}, N = {n}, dk = dv = 64, chunk = 64\n");
     let dev = Cpu::seed_from_u64(7);
     let q: Tokens = dev.sample_normal_like(&(Const, Const, n, Const));

@@ -36,7 +36,7 @@ fn main() -> Result<(), Error> {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(2048);
-    println!("{}", Device::auto()?.describe());
+    println!("{}", attnc::Device::auto()?.describe());
     println!("B = 1, H = {H}, N = {n}, dk = 16, dv = 64, causal\n");
     let dev = Cpu::seed_from_u64(3);
     // Queries and keys of moderate norm (the regime where both approximations are meant to work).

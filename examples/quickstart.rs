@@ -29,7 +29,7 @@ const N: usize = 4096;
 type Tokens<const D: usize> = Tensor<(Const<B>, Const<H>, usize, Const<D>), f32, Cpu>;
 
 fn main() -> Result<(), Error> {
-    let device = Device::auto()?;
+    let device = attnc::Device::auto()?;
     println!("attnc quickstart: {}", device.describe());
     println!("shapes: B = {B}, H = {H}, N = {N}, dk = 64\n");
 
@@ -174,7 +174,7 @@ fn training(q: &Tokens<64>, k: &Tokens<64>, v: &Tokens<64>) -> Result<(), Error>
 /// Where `Device::auto()` picked a GPU: the same spec through the generated CUDA kernels, checked
 /// against the CPU's output. Elsewhere it says why not (the CPU path above is the whole demo).
 fn on_the_gpu(
-    device: &Device,
+    device: &attnc::Device,
     q: &Tokens<64>,
     k: &Tokens<64>,
     v: &Tokens<64>,

@@ -1,10 +1,10 @@
 //! # attnc — attention kernels compiled from one attribute
 //!
-//! Declare an attention variant on a unit struct; the `#[attention(...)]` macro turns it at build
+//! Declare an attention variant on a unit struct; the [`attention`] macro turns it at build
 //! time into a fused chunkwise-parallel CPU kernel (AVX-512, AVX2+FMA and portable variants,
 //! picked at run time) and CUDA C kernels (compiled with NVRTC on first use on a GPU) behind
 //! statically shaped dfdx tensors, with `forward`, `forward_with_state` and a recurrent `step`
-//! (and their `_cuda` siblings on [`CudaTensor`]s).
+//! (and their `_cuda` siblings on [`CudaTensor`]s), differentiable on dfdx's tape.
 //!
 //! ```
 //! use attnc::prelude::*;
@@ -18,16 +18,30 @@
 //! let k: Tensor<Rank4<1, 2, 40, 16>, f32, _> = dev.sample_normal();
 //! let v: Tensor<Rank4<1, 2, 40, 16>, f32, _> = dev.sample_normal();
 //! // By value, as dfdx's ops: clones are `Arc` clones, no copies.
-//! let o = LinearAttention::forward(q.clone(), k.clone(), v.clone()).unwrap();
+//! let o = LinearAttention::forward(q.clone(), k.clone(), v.clone())?;
 //! assert_eq!(o.shape(), &(Const::<1>, Const::<2>, Const::<40>, Const::<16>));
+//! # Ok::<(), attnc::Error>(())
 //! ```
 //!
-//! The README has the key table and the runtime rules; [`spec`] documents each key's meaning.
-
+//! - The keys of the spec language, their rules and which tensor axis is which: [`attention`].
+//! - What every spec generates, with an example per method on real specs: [`showcase`].
+//! - Gradients: with an `OwnedTape` on any input (`.leaky_trace()`), `forward` records its
+//!   backward on dfdx's tape; `loss.backward()` then holds the gradients of q, k, v, beta, g,
+//!   FAVOR+'s projection and the initial state by tensor id. `step` is inference only.
+//! - Errors: every entry point returns [`Error`], whose messages say what to do; library code
+//!   never panics on user input.
+//!
+#![doc = include_str!("../docs/meaning.md")]
+//!
+#![doc = include_str!("../docs/runtime.md")]
 #![warn(missing_docs)]
+
+// The generated code names `::attnc`, which inside this crate (the showcase) is itself.
+extern crate self as attnc;
 
 pub use attnc_codegen::abi::{BackwardAlgorithm, BackwardPlan};
 pub use attnc_codegen::spec::{self, Spec};
+#[doc = include_str!("../docs/keys.md")]
 pub use attnc_dsl::attention;
 pub use attnc_runtime::cuda::launch::{CudaLaunch, Grid, KernelInfo};
 pub use attnc_runtime::cuda::{CudaDevice, CudaState, CudaTensor};
@@ -49,7 +63,7 @@ pub mod cuda {
 /// `_cuda` siblings, as a [`CudaTensor`]). [`favor::orthogonal_gaussian`] samples it as Performer
 /// does; `phi(x)_i = exp(w_i . x' - |x'|^2 / 2) / sqrt(m)` with `x' = x / dk^(1/4)`, the
 /// stabiliser c being 0 (no overflow for any input norm: the exponent is at most
-/// `|w_i|^2 / 2`). The full account: [`attnc_runtime::favor`].
+/// `|w_i|^2 / 2`). The full account: [`orthogonal_gaussian`](favor::orthogonal_gaussian).
 ///
 /// ```
 /// use attnc::prelude::*;
@@ -81,8 +95,10 @@ pub mod favor {
 
 /// Everything needed to declare a spec, build inputs and read outputs.
 pub mod prelude {
+    // `Device` (attnc's device choice) stays at `attnc::Device`: dfdx's prelude has a trait of
+    // that name, and importing both preludes must not make either ambiguous.
     pub use crate::{
-        attention, CudaDevice, CudaState, CudaTensor, DecodeState, Device, Error, Spec, State,
+        attention, CudaDevice, CudaState, CudaTensor, DecodeState, Error, Spec, State,
     };
     pub use dfdx::shapes::{
         Const, ConstDim, Dim, HasShape, Rank0, Rank1, Rank2, Rank3, Rank4, Shape,
@@ -94,6 +110,8 @@ pub mod prelude {
     pub use dfdx::tensor::{Gradients, NoneTape, OwnedTape, Trace};
     pub use dfdx::tensor_ops::{Backward, SumTo};
 }
+
+pub mod showcase;
 
 /// What generated code refers to. Not a public API: it may change in any release.
 #[doc(hidden)]

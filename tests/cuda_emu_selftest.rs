@@ -117,6 +117,7 @@ fn launch(forward: &'static [KernelInfo]) -> CudaLaunch {
             uses_beta: false,
             uses_gates: false,
             uses_projection: true,
+            heads: None,
         },
         threads: THREADS,
         forward: Cow::Borrowed(forward),

@@ -147,6 +147,6 @@ fn forced_isa_is_used_by_a_child_process() {
 #[ignore = "run as a child process by forced_isa_is_used_by_a_child_process"]
 fn describe_device_child() {
     if std::env::var("ATTNC_CHILD").is_ok() {
-        println!("{}", Device::auto().unwrap().describe());
+        println!("{}", attnc::Device::auto().unwrap().describe());
     }
 }

@@ -18,14 +18,14 @@ fn expand(attr: &str) -> String {
 /// The CUDA C is one long escaped string literal in the expansion; it is snapshotted readably,
 /// on its own, by tests/cuda_snapshots.rs.
 fn elide_cuda_source(rust: &str) -> String {
-    const START: &str = "pub const CUDA_SOURCE: &'static str = \"";
+    const START: &str = "pub const CUDA_SOURCE: &'static str = ::core::convert::identity(";
     let Some(at) = rust.find(START) else {
         return rust.to_string();
     };
     let body = at + START.len();
-    let end = rust[body..].find("\";\n").map_or(rust.len(), |e| body + e);
+    let end = rust[body..].find(");\n").map_or(rust.len(), |e| body + e);
     format!(
-        "{}<the CUDA C: see tests/snapshots/cuda_snapshots__*.snap>{}",
+        "{}\"<the CUDA C: see tests/snapshots/cuda_snapshots__*.snap>\"{}",
         &rust[..body],
         &rust[end..]
     )

@@ -58,6 +58,8 @@ pub struct Signature {
     pub uses_gates: bool,
     /// Whether the kernels read FAVOR+'s projection w (F x DK).
     pub uses_projection: bool,
+    /// H when the spec fixes it (`heads = H`): the generated signatures then take `Const<H>`.
+    pub heads: Option<usize>,
 }
 
 /// The grid of one CUDA kernel, as a function of batch x heads (`bh`) and tokens.
@@ -275,7 +277,15 @@ mod tokens {
                 uses_beta,
                 uses_gates,
                 uses_projection,
+                heads,
             } = *self;
+            let heads = match heads {
+                Some(h) => {
+                    let h = Literal::usize_unsuffixed(h);
+                    quote!(::core::option::Option::Some(#h))
+                }
+                None => quote!(::core::option::Option::None),
+            };
             let [chunk, dk, dv, f] = [chunk, dk, dv, f].map(Literal::usize_unsuffixed);
             out.extend(quote! {
                 #p::Signature {
@@ -288,6 +298,7 @@ mod tokens {
                     uses_beta: #uses_beta,
                     uses_gates: #uses_gates,
                     uses_projection: #uses_projection,
+                    heads: #heads,
                 }
             });
         }
@@ -374,6 +385,7 @@ mod tests {
                 uses_beta: false,
                 uses_gates: false,
                 uses_projection: false,
+                heads: None,
             },
             threads: 256,
             forward: Cow::Borrowed(KERNELS),

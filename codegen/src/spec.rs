@@ -29,6 +29,10 @@ pub struct Spec {
     pub chunk: usize,
     /// Axis order of q, k, v, o (and beta, g).
     pub layout: Layout,
+    /// The head count H when the spec fixes it (`heads = H`): H is then `Const<H>` in every
+    /// generated signature, so tensors with their axes in the wrong order do not compile.
+    /// `None`: H is any `Dim`, checked at run time against q's.
+    pub heads: Option<usize>,
 }
 
 /// The feature map phi.
@@ -55,7 +59,7 @@ pub enum FeatureMap {
     },
     /// Performer's FAVOR+ positive random features, F = features:
     /// `exp(w_i . x' - |x'|^2 / 2) / sqrt(F)` with `x' = x / dk^(1/4)` and the projection w
-    /// (F x dk) a runtime input (the stabiliser is 0; see `attnc_runtime::favor`).
+    /// (F x dk) a runtime input (the stabiliser is 0; see `attnc::favor`).
     Favor {
         /// Number of random features m.
         features: usize,
@@ -240,6 +244,7 @@ impl Spec {
             scale: Scale::Auto,
             chunk: 64,
             layout: Layout::Bhnd,
+            heads: None,
         }
     }
 
@@ -410,7 +415,11 @@ impl fmt::Display for Spec {
             self.scale,
             self.chunk,
             self.layout
-        )
+        )?;
+        match self.heads {
+            Some(h) => write!(f, ", heads = {h}"),
+            None => Ok(()),
+        }
     }
 }
 

@@ -89,6 +89,7 @@ fn every_key_at_once_in_any_order_with_trailing_comma() {
             scale: Scale::Value(0.5),
             chunk: 32,
             layout: Layout::Bnhd,
+            heads: None,
         }
     );
 }
@@ -212,6 +213,7 @@ fn printing_round_trips() {
         "head_dim = 16, feature_map = dpfp(nu = 3), normalize = sum",
         "head_dim = 16, feature_map = favor(features = 256), normalize = sum",
         "head_dim = 16, feature_map = taylor2",
+        "head_dim = 16, heads = 8, layout = bnhd",
         "head_dim = 16, feature_map = softmax, mask = none",
         "head_dim = 8, feature_map = |v: f32| if v > 0.5 { v.powi(-2) } else if v == 0.0 { 1e-7 } \
          else { -(v * 2).exp().min(3.0).powf(0.5) / v.abs().sqrt().ln() + v.tanh() }",
@@ -457,6 +459,17 @@ fn bad_chunks() {
     for bad in ["0", "8", "48", "100", "512", "64.0", "auto", "-64"] {
         err64(&format!("chunk = {bad}"), &[msg]);
     }
+}
+
+#[test]
+fn bad_heads() {
+    let msg =
+        "`heads` must be an integer in 1..=1024, the number of heads H of q, k and v (e.g. 8)";
+    for bad in ["0", "2000", "8.0", "-1", "auto", "H"] {
+        err64(&format!("heads = {bad}"), &[msg]);
+    }
+    assert_eq!(ok("head_dim = 64, heads = 12").heads, Some(12));
+    assert_eq!(ok("head_dim = 64").heads, None);
 }
 
 // ---------------------------------------------------------------------------------------------

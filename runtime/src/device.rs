@@ -33,7 +33,8 @@ impl Device {
     /// running on the CPU.
     ///
     /// ```
-    /// let dev = attnc_runtime::Device::auto().unwrap();
+    /// # use attnc_runtime as attnc;
+    /// let dev = attnc::Device::auto().unwrap();
     /// println!("{}", dev.describe());
     /// ```
     pub fn auto() -> Result<Device> {

@@ -66,7 +66,8 @@ use dfdx::tensor::{Cpu, Tensor, TensorFromVec};
 /// same matrix everywhere; the values are [`orthogonal_gaussian_vec`]`(M, DK, seed)`.
 ///
 /// ```
-/// use attnc_runtime::favor::orthogonal_gaussian;
+/// # use attnc_runtime as attnc;
+/// use attnc::favor::orthogonal_gaussian;
 /// use dfdx::shapes::Const;
 /// use dfdx::tensor::Tensor;
 ///
@@ -91,7 +92,8 @@ pub fn orthogonal_gaussian<const M: usize, const DK: usize>(
 /// w_i). Empty when `m` or `dk` is 0.
 ///
 /// ```
-/// let w = attnc_runtime::favor::orthogonal_gaussian_vec(20, 8, 1);
+/// # use attnc_runtime as attnc;
+/// let w = attnc::favor::orthogonal_gaussian_vec(20, 8, 1);
 /// assert_eq!(w.len(), 20 * 8);
 /// // Row lengths are chi(8)-distributed: around sqrt(8).
 /// let norm = |i: usize| w[i * 8..(i + 1) * 8].iter().map(|x| x * x).sum::<f32>().sqrt();

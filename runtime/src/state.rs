@@ -14,7 +14,8 @@ use dfdx::tensor_ops::ReshapeTo;
 /// passed to another of different dims. `forward_with_state` returns it; `step` updates it.
 ///
 /// ```
-/// use attnc_runtime::State;
+/// # use attnc_runtime as attnc;
+/// use attnc::State;
 /// use dfdx::shapes::Const;
 /// let state: State<usize, Const<4>, 16, 16> = State::zeros(2, Const, false).unwrap();
 /// assert_eq!((state.batch(), state.heads()), (2, 4));
@@ -238,7 +239,8 @@ pub(crate) fn check_state(
 /// Layouts: `S` is (batch, head, F, DV) row-major, `z` (batch, head, F), as in [`State`].
 ///
 /// ```
-/// use attnc_runtime::{DecodeState, State};
+/// # use attnc_runtime as attnc;
+/// use attnc::{DecodeState, State};
 /// use dfdx::shapes::Const;
 /// let state: State<usize, Const<2>, 4, 4> = State::zeros(1, Const, true).unwrap();
 /// let dec = DecodeState::from_state(&state);

@@ -7,15 +7,15 @@
 //! records one closure on it (the runtime's `train::backward`). `step`,
 //! `decode_step` and the `_cuda` methods take references.
 
+use super::examples::{example, Method};
 use crate::abi::{Layout, Signature};
 use crate::cpu::lit;
-use crate::plan::Plan;
 use proc_macro2::{Ident, Literal, TokenStream};
 use quote::{format_ident, quote};
 
 /// What an argument holds.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
+pub(super) enum Role {
     /// q or k: one DK row per token.
     Keys,
     /// v: one DV row per token.
@@ -27,12 +27,12 @@ enum Role {
 }
 
 /// One argument of `forward` (and, renamed, of `step`).
-struct Arg {
-    name: &'static str,
-    step_name: &'static str,
+pub(super) struct Arg {
+    pub(super) name: &'static str,
+    pub(super) step_name: &'static str,
     /// The type parameter of its dfdx tape in the by-value `forward`s.
     tape: &'static str,
-    role: Role,
+    pub(super) role: Role,
     /// Whether the spec takes it (optional arguments are passed to the runtime as `Option`s).
     present: bool,
 }
@@ -57,7 +57,7 @@ fn args(sig: &Signature) -> [Arg; 6] {
 }
 
 /// The arguments the spec takes.
-fn present(sig: &Signature) -> impl Iterator<Item = Arg> {
+pub(super) fn present(sig: &Signature) -> impl Iterator<Item = Arg> {
     args(sig).into_iter().filter(|a| a.present)
 }
 
@@ -74,6 +74,28 @@ fn private() -> TokenStream {
     quote!(::attnc::__private)
 }
 
+/// The type of the head axis: `Const<H>` when the spec fixes it (`heads = H`), else the
+/// methods' type parameter `H`.
+fn heads_ty(sig: &Signature) -> TokenStream {
+    let p = private();
+    match sig.heads {
+        Some(h) => {
+            let h = lit(h);
+            quote!(#p::Const<#h>)
+        }
+        None => quote!(H),
+    }
+}
+
+/// The head axis' type parameter, `H: Dim,` (nothing when the spec fixes H).
+fn heads_param(sig: &Signature) -> TokenStream {
+    let p = private();
+    match sig.heads {
+        Some(_) => quote!(),
+        None => quote!(H: #p::Dim,),
+    }
+}
+
 impl Device {
     fn tensor(self, shape: TokenStream) -> TokenStream {
         let p = private();
@@ -84,10 +106,10 @@ impl Device {
     }
 
     fn state(self, sig: &Signature) -> TokenStream {
-        let (f, dv) = (lit(sig.f), lit(sig.dv));
+        let (f, dv, h) = (lit(sig.f), lit(sig.dv), heads_ty(sig));
         match self {
-            Device::Cpu => quote!(::attnc::State<B, H, #f, #dv>),
-            Device::Cuda => quote!(::attnc::CudaState<B, H, #f, #dv>),
+            Device::Cpu => quote!(::attnc::State<B, #h, #f, #dv>),
+            Device::Cuda => quote!(::attnc::CudaState<B, #h, #f, #dv>),
         }
     }
 }
@@ -100,17 +122,18 @@ fn shape(sig: &Signature, role: Role, step: bool) -> TokenStream {
         _ => lit(sig.dv),
     };
     let tokens_first = sig.layout == Layout::Bnhd;
+    let h = heads_ty(sig);
     match (role, step, tokens_first) {
         (Role::Projection, ..) => {
             let (f, dk) = (lit(sig.f), lit(sig.dk));
             quote!((#p::Const<#f>, #p::Const<#dk>))
         }
-        (Role::Scalars, true, _) => quote!((B, H)),
-        (Role::Scalars, false, false) => quote!((B, H, N)),
-        (Role::Scalars, false, true) => quote!((B, N, H)),
-        (_, true, _) => quote!((B, H, #p::Const<#d>)),
-        (_, false, false) => quote!((B, H, N, #p::Const<#d>)),
-        (_, false, true) => quote!((B, N, H, #p::Const<#d>)),
+        (Role::Scalars, true, _) => quote!((B, #h)),
+        (Role::Scalars, false, false) => quote!((B, #h, N)),
+        (Role::Scalars, false, true) => quote!((B, N, #h)),
+        (_, true, _) => quote!((B, #h, #p::Const<#d>)),
+        (_, false, false) => quote!((B, #h, N, #p::Const<#d>)),
+        (_, false, true) => quote!((B, N, #h, #p::Const<#d>)),
     }
 }
 
@@ -254,13 +277,13 @@ fn saved(sig: &Signature, state: bool) -> TokenStream {
 fn record(sig: &Signature, kernel: &Ident, state: bool) -> TokenStream {
     let p = private();
     let saved = saved(sig, state);
-    let (f, dv) = (lit(sig.f), lit(sig.dv));
+    let (f, dv, h) = (lit(sig.f), lit(sig.dv), heads_ty(sig));
     quote! {
         let mut tape = tape;
         if traced {
             let saved = #saved;
             #p::Tape::<f32, #p::Cpu>::add_backward_op(&mut tape, move |grads| {
-                #p::backward::<#kernel, B, H, _, _, _, _, #f, #dv>(&#sig, Self::spec(), saved, grads)
+                #p::backward::<#kernel, B, #h, _, _, _, _, #f, #dv>(&#sig, Self::spec(), saved, grads)
             });
         }
     }
@@ -294,9 +317,16 @@ fn extra_docs(sig: &Signature) -> String {
 }
 
 /// `forward`, `forward_with_state`, `step` and `decode_step` on the CPU.
-pub fn cpu_methods(plan: &Plan, kernel: &Ident) -> TokenStream {
+pub fn cpu_methods(
+    sig: &Signature,
+    softmax: bool,
+    kernel: &Ident,
+    name: &Ident,
+    runnable: bool,
+) -> TokenStream {
     let p = private();
-    let sig = &plan.signature;
+    let ex = |m| example(sig, name, m, runnable);
+    let (ex_fwd, ex_fws) = (ex(Method::Forward), ex(Method::ForwardWithState));
     let out_shape_ty = shape(sig, Role::Values, false);
     let v_ty = quote!(#p::Tensor<#out_shape_ty, f32, #p::Cpu, T>);
     let state_ty = Device::Cpu.state(sig);
@@ -306,6 +336,7 @@ pub fn cpu_methods(plan: &Plan, kernel: &Ident) -> TokenStream {
         optional_names(sig),
     );
     let (tapes, bounds, untape) = (tapes(sig), tape_bounds(sig), untape(sig));
+    let hp = heads_param(sig);
     let (record_softmax, record_linear) = (record(sig, kernel, false), record(sig, kernel, true));
     let (f, dv) = (lit(sig.f), lit(sig.dv));
     let (destructure, out_shape) = if sig.layout == Layout::Bnhd {
@@ -335,11 +366,13 @@ pub fn cpu_methods(plan: &Plan, kernel: &Ident) -> TokenStream {
         sig.dv,
         extra_docs(sig)
     ));
-    if plan.is_softmax() {
+    if softmax {
         // Exact softmax attention has no recurrent state: `forward` only.
         return quote! {
             #[doc = #fwd_doc]
-            pub fn forward<B: #p::Dim, H: #p::Dim, N: #p::Dim, #(#tapes),*>(
+            ///
+            #[doc = #ex_fwd]
+            pub fn forward<B: #p::Dim, #hp N: #p::Dim, #(#tapes),*>(
                 #(#params,)*
             ) -> ::core::result::Result<#v_ty, ::attnc::Error>
             #bounds
@@ -353,10 +386,16 @@ pub fn cpu_methods(plan: &Plan, kernel: &Ident) -> TokenStream {
             }
         };
     }
-    let steps = cpu_steps(sig, kernel);
+    let steps = cpu_steps(
+        sig,
+        kernel,
+        [ex(Method::Step), ex(Method::DecodeStep), ex_fws.clone()],
+    );
     quote! {
         #[doc = #fwd_doc]
-        pub fn forward<B: #p::Dim, H: #p::Dim, N: #p::Dim, #(#tapes),*>(
+        ///
+        #[doc = #ex_fwd]
+        pub fn forward<B: #p::Dim, #hp N: #p::Dim, #(#tapes),*>(
             #(#params,)*
         ) -> ::core::result::Result<#v_ty, ::attnc::Error>
         #bounds
@@ -367,7 +406,9 @@ pub fn cpu_methods(plan: &Plan, kernel: &Ident) -> TokenStream {
 
         /// As `forward` (tensors by value, tapes alike), from an initial state (`None`: zeros),
         /// also returning the final state.
-        pub fn forward_with_state<B: #p::Dim, H: #p::Dim, N: #p::Dim, #(#tapes),*>(
+        ///
+        #[doc = #ex_fws]
+        pub fn forward_with_state<B: #p::Dim, #hp N: #p::Dim, #(#tapes),*>(
             #(#params,)*
             initial: Option<&#state_ty>,
         ) -> ::core::result::Result<(#v_ty, #state_ty), ::attnc::Error>
@@ -389,17 +430,16 @@ pub fn cpu_methods(plan: &Plan, kernel: &Ident) -> TokenStream {
 
 /// `dfdx::nn::Module<(q, k, v[, beta][, g][, proj])>` for the spec, calling `forward`, so that
 /// a spec composes with dfdx's layers: `MySpec.try_forward((q, k, v))`.
-pub fn module_impl(plan: &Plan, name: &Ident) -> TokenStream {
+pub fn module_impl(sig: &Signature, name: &Ident) -> TokenStream {
     let p = private();
-    let sig = &plan.signature;
-    let (tapes, bounds) = (tapes(sig), tape_bounds(sig));
+    let (tapes, bounds, hp) = (tapes(sig), tape_bounds(sig), heads_param(sig));
     let names: Vec<Ident> = present(sig).map(|a| format_ident!("{}", a.name)).collect();
     let types: Vec<TokenStream> = present(sig)
         .map(|a| arg_type(sig, &a, Device::Cpu, false, Pass::Owned))
         .collect();
     let out_shape = shape(sig, Role::Values, false);
     quote! {
-        impl<B: #p::Dim, H: #p::Dim, N: #p::Dim, #(#tapes),*> #p::Module<(#(#types,)*)> for #name
+        impl<B: #p::Dim, #hp N: #p::Dim, #(#tapes),*> #p::Module<(#(#types,)*)> for #name
         #bounds
         {
             type Output = #p::Tensor<#out_shape, f32, #p::Cpu, T>;
@@ -417,7 +457,7 @@ pub fn module_impl(plan: &Plan, name: &Ident) -> TokenStream {
 
 /// `step` on the contract's `State`, and `decode_step` on a `DecodeState` (owned buffers,
 /// updated in place): the same arguments and the same runtime function.
-fn cpu_steps(sig: &Signature, kernel: &Ident) -> TokenStream {
+fn cpu_steps(sig: &Signature, kernel: &Ident, examples: [String; 3]) -> TokenStream {
     let p = private();
     let (f, dv) = (lit(sig.f), lit(sig.dv));
     let (params, opts) = (
@@ -425,11 +465,14 @@ fn cpu_steps(sig: &Signature, kernel: &Ident) -> TokenStream {
         optional_args(sig, Device::Cpu, true, Pass::Ref),
     );
     let out_ty = Device::Cpu.tensor(shape(sig, Role::Values, true));
-    let one = |name: &str, doc: &str, state_ty: TokenStream| {
+    let (h, hp) = (heads_ty(sig), heads_param(sig));
+    let one = |name: &str, doc: &str, example: &str, state_ty: TokenStream| {
         let name = format_ident!("{}", name);
         quote! {
             #[doc = #doc]
-            pub fn #name<B: #p::Dim, H: #p::Dim>(
+            ///
+            #[doc = #example]
+            pub fn #name<B: #p::Dim, #hp>(
                 state: &mut #state_ty,
                 #(#params,)*
             ) -> ::core::result::Result<#out_ty, ::attnc::Error> {
@@ -446,23 +489,56 @@ fn cpu_steps(sig: &Signature, kernel: &Ident) -> TokenStream {
         " One token of autoregressive decoding (the recurrent form): q_t, k_t (B, H, DK), \
          v_t (B, H, DV), then the per-token scalars as (B, H) tensors (and FAVOR+'s \
          projection, the one `forward` took); updates `state` and returns o_t (B, H, DV).",
-        quote!(::attnc::State<B, H, #f, #dv>),
+        &examples[0],
+        quote!(::attnc::State<B, #h, #f, #dv>),
     );
     let decode = one(
         "decode_step",
         " `step` on an `attnc::DecodeState`, whose buffers the kernel updates in place: the \
          same numbers without the copies of `S` that a `State`'s dfdx tensors force (the \
          fast path for generating token by token).",
-        quote!(::attnc::DecodeState<B, H, #f, #dv>),
+        &examples[1],
+        quote!(::attnc::DecodeState<B, #h, #f, #dv>),
     );
-    quote!(#step #decode)
+    let normalized = sig.normalized;
+    let (ex_decode, ex_fws) = (&examples[1], &examples[2]);
+    quote! {
+        /// An all-zero `State` for this spec (what `forward` starts from): `z` is present
+        /// exactly when the spec normalises.
+        ///
+        #[doc = #ex_fws]
+        pub fn zero_state<B: #p::Dim, #hp>(
+            batch: B,
+            heads: #h,
+        ) -> ::core::result::Result<::attnc::State<B, #h, #f, #dv>, ::attnc::Error> {
+            ::attnc::State::zeros(batch, heads, #normalized)
+        }
+
+        /// An all-zero `DecodeState` for this spec, for `decode_step`.
+        ///
+        #[doc = #ex_decode]
+        pub fn zero_decode_state<B: #p::Dim, #hp>(
+            batch: B,
+            heads: #h,
+        ) -> ::attnc::DecodeState<B, #h, #f, #dv> {
+            ::attnc::DecodeState::zeros(batch, heads, #normalized)
+        }
+
+        #step
+        #decode
+    }
 }
 
 /// `forward_cuda`, `forward_with_state_cuda` and `step_cuda`: the CPU entry points' siblings on
 /// attnc's device tensors, same argument order.
-pub fn cuda_methods(plan: &Plan) -> TokenStream {
+pub fn cuda_methods(sig: &Signature, softmax: bool, name: &Ident, runnable: bool) -> TokenStream {
     let p = private();
-    let sig = &plan.signature;
+    let ex_cuda = example(sig, name, Method::Cuda, runnable);
+    // Softmax has no state: its `forward_with_state_cuda` is private and has no example.
+    let ex_state = match softmax {
+        true => String::new(),
+        false => example(sig, name, Method::CudaState, runnable),
+    };
     let v_ty = Device::Cuda.tensor(shape(sig, Role::Values, false));
     let state_ty = Device::Cuda.state(sig);
     let (call_params, opts, names) = (
@@ -476,7 +552,7 @@ pub fn cuda_methods(plan: &Plan) -> TokenStream {
     } else {
         quote!(let (b, h, _, _) = *q.shape();)
     };
-    let softmax = plan.is_softmax();
+    let hp = heads_param(sig);
     let fws_vis = if softmax { quote!() } else { quote!(pub) };
     let step = if softmax {
         quote!()
@@ -487,8 +563,11 @@ pub fn cuda_methods(plan: &Plan) -> TokenStream {
         );
         let out_ty = Device::Cuda.tensor(shape(sig, Role::Values, true));
         quote! {
-            /// `step` on the GPU: one token of decoding, `state` updated on the device.
-            pub fn step_cuda<B: #p::Dim, H: #p::Dim>(
+            /// `step` on the GPU: one token of decoding, `state` updated on the device. Inputs as
+            /// `step`'s, uploaded like `forward_cuda`'s.
+            ///
+            #[doc = #ex_state]
+            pub fn step_cuda<B: #p::Dim, #hp>(
                 state: &mut #state_ty,
                 #(#step_params,)*
             ) -> ::core::result::Result<#out_ty, ::attnc::Error> {
@@ -501,15 +580,20 @@ pub fn cuda_methods(plan: &Plan) -> TokenStream {
     quote! {
         /// `forward` on the GPU: the same computation on attnc's device tensors
         /// (`CudaDevice::upload` / `CudaTensor::download` convert from and to dfdx).
-        pub fn forward_cuda<B: #p::Dim, H: #p::Dim, N: #p::Dim>(
+        ///
+        #[doc = #ex_cuda]
+        pub fn forward_cuda<B: #p::Dim, #hp N: #p::Dim>(
             #(#call_params,)*
         ) -> ::core::result::Result<#v_ty, ::attnc::Error> {
             let (o, _) = Self::forward_with_state_cuda(q, k, v, #(#names,)* None)?;
             Ok(o)
         }
 
-        /// `forward_with_state` on the GPU.
-        #fws_vis fn forward_with_state_cuda<B: #p::Dim, H: #p::Dim, N: #p::Dim>(
+        /// `forward_with_state` on the GPU: as `forward_cuda`, from an initial state (`None`:
+        /// zeros), also returning the final state.
+        ///
+        #[doc = #ex_state]
+        #fws_vis fn forward_with_state_cuda<B: #p::Dim, #hp N: #p::Dim>(
             #(#call_params,)*
             initial: Option<&#state_ty>,
         ) -> ::core::result::Result<(#v_ty, #state_ty), ::attnc::Error> {

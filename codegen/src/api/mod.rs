@@ -3,12 +3,13 @@
 //! On any error the user's struct is still emitted unchanged next to the errors (thiserror's
 //! fallback pattern), so one mistake in the attribute does not cascade into "cannot find type".
 
+mod examples;
 mod methods;
 mod tokens;
 
 use crate::cpu::{emit_kernel, lit};
 use crate::cuda::CudaProgram;
-use crate::parse::parse_spec;
+use crate::parse::parse_spec_recovering;
 use crate::plan::Plan;
 use crate::spec::Spec;
 use proc_macro2::{Literal, TokenStream};
@@ -30,9 +31,9 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
             return fallback(item, syn::Error::new(span, NOT_A_UNIT_STRUCT));
         }
     };
-    let parsed = match parse_spec(attr) {
-        Ok(p) => p,
-        Err(e) => return fallback(item, e),
+    let parsed = match parse_spec_recovering(attr) {
+        (p, None) => p,
+        (p, Some(e)) => return fallback_with_stubs(&item_struct, e, &p.spec),
     };
     let plan = Plan::new(&parsed.spec);
     // A plan that fails its own checks is attnc's bug, not the user's: say so, in debug builds
@@ -70,16 +71,95 @@ fn fallback(item: TokenStream, err: syn::Error) -> TokenStream {
     quote! { #item #errors }
 }
 
+/// The struct, the errors, and (when `head_dim` is known) the entry points of the best-effort
+/// spec with `unreachable!()` bodies: the build fails on the errors anyway, and each use of
+/// `X::forward` and friends type-checks instead of adding "no function `forward`" (or a
+/// mismatched `Const<DK>`) to the real error.
+fn fallback_with_stubs(item: &syn::ItemStruct, err: syn::Error, spec: &Spec) -> TokenStream {
+    let errors = err.to_compile_error();
+    if spec.head_dim == 0 {
+        return quote! { #item #errors };
+    }
+    let name = &item.ident;
+    let sig = crate::plan::signature(spec);
+    let softmax = spec.feature_map == crate::spec::FeatureMap::Softmax;
+    let kernel = format_ident!("__AttncKernel{}", name);
+    let methods = methods::cpu_methods(&sig, softmax, &kernel, name, false);
+    let cuda_methods = methods::cuda_methods(&sig, softmax, name, false);
+    let module = methods::module_impl(&sig, name);
+    let stubs = quote! {
+        impl #name { #methods #cuda_methods }
+        #module
+    };
+    let stubs = stub_bodies(stubs);
+    quote! {
+        #item
+        #errors
+        const _: () = { #stubs };
+    }
+}
+
+/// Replaces every function body in `items` (impl blocks) with `unreachable!()`, dropping docs.
+fn stub_bodies(items: TokenStream) -> TokenStream {
+    let Ok(file) = syn::parse2::<syn::File>(items) else {
+        return TokenStream::new();
+    };
+    let impls = file.items.into_iter().filter_map(|item| match item {
+        syn::Item::Impl(mut imp) => {
+            for it in &mut imp.items {
+                if let syn::ImplItem::Fn(f) = it {
+                    f.attrs.retain(|a| !a.path().is_ident("doc"));
+                    f.attrs.push(syn::parse_quote!(#[allow(unused_variables)]));
+                    f.block = syn::parse_quote!({ ::core::unreachable!() });
+                }
+            }
+            Some(imp)
+        }
+        _ => None,
+    });
+    quote!(#(#impls)*)
+}
+
+/// Where `ATTNC_EXPAND_DIR` asks for each spec's expansion to be written.
+const EXPAND_DIR: &str = "ATTNC_EXPAND_DIR";
+
+/// With `ATTNC_EXPAND_DIR=dir` set, writes `dir/<Name>.rs` (the Rust this macro generates,
+/// formatted) and `dir/<Name>.cu` (the CUDA C). A failure is a compile error saying why: the
+/// user asked for the files.
+fn write_expansion(name: &syn::Ident, rust: &TokenStream, cuda: &str) -> Option<syn::Error> {
+    let dir = std::path::PathBuf::from(std::env::var_os(EXPAND_DIR)?);
+    let text = match syn::parse2::<syn::File>(rust.clone()) {
+        Ok(file) => prettyplease::unparse(&file),
+        Err(_) => rust.to_string(),
+    };
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(format!("{name}.rs")), text)?;
+        std::fs::write(dir.join(format!("{name}.cu")), cuda)
+    };
+    write().err().map(|e| {
+        let msg = format!(
+            "{EXPAND_DIR}={}: could not write this spec's expansion there ({e}); unset it or \
+             point it at a writable folder",
+            dir.display()
+        );
+        syn::Error::new(name.span(), msg)
+    })
+}
+
 fn expand_valid(item: &syn::ItemStruct, spec: &Spec, plan: &Plan) -> TokenStream {
     let name = &item.ident;
     let kernel_ident = format_ident!("__AttncKernel{}", name);
     let kernel = emit_kernel(plan, &kernel_ident);
     let cuda = crate::cuda::emit(plan, &spec.to_string());
-    let methods = methods::cpu_methods(plan, &kernel_ident);
-    let cuda_methods = methods::cuda_methods(plan);
-    let module = methods::module_impl(plan, name);
-    let consts = consts(spec, plan, &cuda);
-    quote! {
+    let runnable = examples::runnable();
+    let (sig, softmax) = (&plan.signature, plan.is_softmax());
+    let methods = methods::cpu_methods(sig, softmax, &kernel_ident, name, runnable);
+    let cuda_methods = methods::cuda_methods(sig, softmax, name, runnable);
+    let module = methods::module_impl(sig, name);
+    let ex_spec = examples::example(&plan.signature, name, examples::Method::Spec, runnable);
+    let consts = consts(spec, plan, &cuda, &ex_spec);
+    let expansion = quote! {
         #item
 
         const _: () = {
@@ -93,11 +173,18 @@ fn expand_valid(item: &syn::ItemStruct, spec: &Spec, plan: &Plan) -> TokenStream
 
             #module
         };
+    };
+    match write_expansion(name, &expansion, &cuda.source) {
+        Some(err) => {
+            let err = err.to_compile_error();
+            quote!(#expansion #err)
+        }
+        None => expansion,
     }
 }
 
 /// `HEAD_DIM`, `VALUE_DIM`, `FEATURE_DIM`, `CHUNK`, `CUDA_SOURCE`, `CUDA_LAUNCH` and `spec()`.
-fn consts(spec: &Spec, plan: &Plan, cuda: &CudaProgram) -> TokenStream {
+fn consts(spec: &Spec, plan: &Plan, cuda: &CudaProgram, example: &str) -> TokenStream {
     let sig = &plan.signature;
     let (dk, dv, f, c) = (lit(sig.dk), lit(sig.dv), lit(sig.f), lit(sig.chunk));
     let text = Literal::string(&spec.to_string());
@@ -113,8 +200,11 @@ fn consts(spec: &Spec, plan: &Plan, cuda: &CudaProgram) -> TokenStream {
         pub const FEATURE_DIM: usize = #f;
         /// The chunk length of the chunkwise-parallel kernel.
         pub const CHUNK: usize = #c;
-        /// The generated CUDA C for this spec (compiled with NVRTC on first use on a GPU).
-        pub const CUDA_SOURCE: &'static str = #cuda;
+        /// The generated CUDA C for this spec, always present (GPU or not) so that what runs can
+        /// be read: `println!("{}", X::CUDA_SOURCE)`. Compiled with NVRTC for the device's
+        /// compute capability on first use on a GPU, and cached on disk.
+        // Through a const fn call, so that rustdoc does not print the whole source as the value.
+        pub const CUDA_SOURCE: &'static str = ::core::convert::identity(#cuda);
         /// How `CUDA_SOURCE`'s kernels are launched (computed at build time).
         pub const CUDA_LAUNCH: ::attnc::__private::CudaLaunch = #launch;
         /// How this spec's CPU backward pass runs and what it saves per (batch, head)
@@ -124,6 +214,8 @@ fn consts(spec: &Spec, plan: &Plan, cuda: &CudaProgram) -> TokenStream {
         pub const SPEC_TEXT: &'static str = #text;
 
         /// The parsed spec, for introspection and printing.
+        ///
+        #[doc = #example]
         pub fn spec() -> &'static ::attnc::Spec {
             static SPEC: ::std::sync::OnceLock<::attnc::Spec> = ::std::sync::OnceLock::new();
             SPEC.get_or_init(|| #spec)

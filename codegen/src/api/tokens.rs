@@ -22,8 +22,16 @@ impl ToTokens for Spec {
             qk_norm,
             scale,
             layout,
+            heads,
             ..
         } = self;
+        let heads = match heads {
+            Some(h) => {
+                let h = Literal::usize_unsuffixed(*h);
+                quote!(::core::option::Option::Some(#h))
+            }
+            None => quote!(::core::option::Option::None),
+        };
         let layout = match layout {
             Layout::Bhnd => quote!(#s::Layout::Bhnd),
             Layout::Bnhd => quote!(#s::Layout::Bnhd),
@@ -40,6 +48,7 @@ impl ToTokens for Spec {
                 scale: #scale,
                 chunk: #chunk,
                 layout: #layout,
+                heads: #heads,
             }
         });
     }

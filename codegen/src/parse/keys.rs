@@ -31,11 +31,13 @@ pub enum Key {
     Chunk,
     /// `layout`
     Layout,
+    /// `heads`
+    Heads,
 }
 
 impl Key {
     /// Every key, in the order of the README's key table.
-    pub const ALL: [Key; 10] = [
+    pub const ALL: [Key; 11] = [
         Key::HeadDim,
         Key::ValueDim,
         Key::FeatureMap,
@@ -46,6 +48,7 @@ impl Key {
         Key::Scale,
         Key::Chunk,
         Key::Layout,
+        Key::Heads,
     ];
 
     /// The key as written in the attribute, e.g. `"head_dim"`.
@@ -61,6 +64,7 @@ impl Key {
             Key::Scale => "scale",
             Key::Chunk => "chunk",
             Key::Layout => "layout",
+            Key::Heads => "heads",
         }
     }
 
@@ -152,6 +156,7 @@ impl Builder {
             Key::Scale => s.scale = parse_scale(v)?,
             Key::Chunk => s.chunk = parse_chunk(v)?,
             Key::Layout => s.layout = keyword(v, key, layout_gloss)?,
+            Key::Heads => s.heads = Some(parse_heads(v)?),
         }
         Ok(())
     }
@@ -263,6 +268,22 @@ fn parse_dim(v: &syn::Expr, key: Key) -> syn::Result<usize> {
             format!(
                 "`{}` must be an integer, a multiple of 8 in 8..=256 (e.g. 64)",
                 key.name()
+            ),
+        )),
+    }
+}
+
+/// The most heads `heads = H` accepts (CUDA launches one block row per batch x head).
+pub const MAX_HEADS: usize = 1024;
+
+fn parse_heads(v: &syn::Expr) -> syn::Result<usize> {
+    match int_literal(v) {
+        Some(Ok(h)) if (1..=MAX_HEADS).contains(&h) => Ok(h),
+        _ => Err(on(
+            v,
+            format!(
+                "`heads` must be an integer in 1..={MAX_HEADS}, the number of heads H of q, k \
+                 and v (e.g. 8): it fixes H as `Const<H>` in every signature"
             ),
         )),
     }

@@ -60,6 +60,18 @@ pub struct ParsedSpec {
 /// trusts closures to be non-negative (that is the user's promise) and rejects `identity`, which
 /// is not.
 pub fn parse_spec(attr: TokenStream) -> syn::Result<ParsedSpec> {
+    let (parsed, errors) = parse_spec_recovering(attr);
+    match errors {
+        Some(e) => Err(e),
+        None => Ok(parsed),
+    }
+}
+
+/// As [`parse_spec`], but also returns a best-effort spec next to the errors: the accepted
+/// values, defaults for the rejected ones. The macro uses it to emit the methods' signatures
+/// of a spec with errors, so that each use of the struct does not add a second error.
+/// `head_dim` is `0` in it when it was missing or rejected.
+pub fn parse_spec_recovering(attr: TokenStream) -> (ParsedSpec, Option<syn::Error>) {
     let mut errors = Errors::default();
     let mut b = keys::Builder::default();
     for segment in args::split_args(attr, &mut errors) {
@@ -74,8 +86,7 @@ pub fn parse_spec(attr: TokenStream) -> syn::Result<ParsedSpec> {
     }
     b.require_head_dim(&mut errors);
     rules::check(&b, &mut errors);
-    errors.finish()?;
-    Ok(b.finish())
+    (b.finish(), errors.finish().err())
 }
 
 /// Parses a spec from text, e.g. `"head_dim = 64, update = gated"` (for tests and tools).

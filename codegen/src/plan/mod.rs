@@ -191,7 +191,7 @@ impl Plan {
 }
 
 /// The signature of a spec.
-fn signature(spec: &Spec) -> Signature {
+pub fn signature(spec: &Spec) -> Signature {
     Signature {
         layout: spec.layout,
         chunk: spec.chunk,
@@ -202,6 +202,7 @@ fn signature(spec: &Spec) -> Signature {
         uses_beta: spec.has_beta(),
         uses_gates: spec.has_gate(),
         uses_projection: matches!(spec.feature_map, FeatureMap::Favor { .. }),
+        heads: spec.heads,
     }
 }
 

@@ -96,7 +96,8 @@ impl CpuIsa {
     /// comparisons of variants in one process, e.g. tests and benchmarks).
     ///
     /// ```
-    /// use attnc_runtime::CpuIsa;
+    /// # use attnc_runtime as attnc;
+    /// use attnc::CpuIsa;
     /// let used = CpuIsa::Portable.run_with(|| CpuIsa::selected()).unwrap().unwrap();
     /// assert_eq!(used, CpuIsa::Portable);
     /// ```

@@ -14,7 +14,8 @@ use std::sync::OnceLock;
 /// How `forward` spreads its work over the threads of the current rayon pool.
 ///
 /// ```
-/// use attnc_runtime::cpu::Schedule;
+/// # use attnc_runtime as attnc;
+/// use attnc::Schedule;
 /// // Force the chunk-parallel schedule for the calls inside the closure, on this thread.
 /// let used = Schedule::Chunks.run_with(Schedule::selected);
 /// assert_eq!(used, Schedule::Chunks);

@@ -7,7 +7,8 @@
 //! saying what to install, never a panic, and attnc builds on machines without CUDA.
 //!
 //! ```
-//! use attnc_runtime::cuda::CudaDevice;
+//! # mod attnc { pub use attnc_runtime::cuda::CudaDevice; }
+//! use attnc::CudaDevice;
 //! use dfdx::prelude::*;
 //!
 //! match CudaDevice::new(0) {

@@ -60,7 +60,7 @@ pub fn dpfp_rows<const R: usize, const D: usize, const F: usize>(
 }
 
 /// FAVOR+ positive random features (the meaning and the stabiliser c = 0 are
-/// documented in `attnc_runtime::favor`), row by row: with `x' = x / D^(1/4)`,
+/// documented in `crate::favor`), row by row: with `x' = x / D^(1/4)`,
 /// `out[t][i] = exp(w_i . x'_t - |x'_t|^2 / 2) / sqrt(F)`. `wt` is the projection transposed
 /// (`D x F`, column i = w_i), so the products `X W^T` are one register-blocked [`gemm`] and the
 /// exponentials run along contiguous rows. Rows past `rows` become zero.
