@@ -113,4 +113,15 @@ fn extreme_gates() {
         *g = if t % 3 == 0 { -20.0 } else { 0.0 };
     }
     check("g alternating -20 and 0", &x, 1e-3);
+    // -inf, a decay of exactly 0, every third token (read as attnc's floor, g = -40), the random
+    // log-sigmoid gates between: the kernels' cumulative sums of -inf would be NaN.
+    let random = Inputs::random(1, 1, 777, 64, 64, 9).g;
+    for (t, g) in x.g.iter_mut().enumerate() {
+        *g = if t % 3 == 0 {
+            f32::NEG_INFINITY
+        } else {
+            random[t]
+        };
+    }
+    check("g = -inf every third token", &x, 1e-3);
 }

@@ -150,3 +150,31 @@ fn describe_device_child() {
         println!("{}", attnc::Device::auto().unwrap().describe());
     }
 }
+
+/// `fn main() -> Result<(), attnc::Error>` prints an error with `Debug`: it shows the message,
+/// not the bare variant name.
+#[test]
+fn debug_shows_the_message() {
+    let err = Attn::forward(tok(1, 2, 0), tok(1, 2, 0), tok(1, 2, 0)).unwrap_err();
+    assert_eq!(
+        format!("{err:?}"),
+        "the sequence is empty (N = 0): pass at least one token"
+    );
+}
+
+/// An empty state built from the spec has the normaliser exactly when the spec normalises.
+#[test]
+fn zero_states_follow_the_spec() {
+    let with_z = Attn::zero_state(1, 2).unwrap();
+    assert!(with_z
+        .z
+        .is_some_and(|z| z.as_vec().iter().all(|&x| x == 0.0)));
+    assert!(with_z.s.as_vec().iter().all(|&x| x == 0.0));
+    let without_z = GatedTokensFirst::zero_state(1, 2).unwrap();
+    assert!(without_z.z.is_none());
+    let decode = GatedTokensFirst::zero_decode_state(3, 2);
+    assert_eq!(
+        (decode.batch(), decode.heads(), decode.z().is_none()),
+        (3, 2, true)
+    );
+}

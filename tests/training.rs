@@ -12,6 +12,7 @@ mod grad;
 use attnc::prelude::*;
 use dfdx::nn::{builders, BuildOnDevice, Module};
 use dfdx::optim::{Optimizer, Sgd, SgdConfig};
+use dfdx::shapes::Rank5;
 use dfdx::tensor::{OwnedTape, Trace};
 use dfdx::tensor_ops::{Backward, BroadcastTo, PermuteTo, ReshapeTo, SumTo, TryMatMul, TryMul};
 
@@ -270,4 +271,47 @@ fn a_loss_on_the_final_state_alone() {
         let err = grad::rel_err(&got, want);
         assert!(err <= TOL, "d{name}: {err:.2e}");
     }
+}
+
+/// Grouped-query attention (k, v with fewer heads, each shared by a group of q heads) composes
+/// from dfdx's ops: a new axis broadcast over the group, then a reshape to H heads (one copy,
+/// which the runtime's heads-first gather would make anyway). Its output equals the forward of
+/// explicitly repeated k, v, and the tape sums each group's gradients into the shared head.
+#[test]
+fn grouped_kv_heads_compose_by_broadcast() {
+    let dev = Cpu::default();
+    let q: X = dev.sample_normal();
+    let (k1, v1): (
+        Tensor<Rank4<1, 1, 24, 16>, f32, Cpu>,
+        Tensor<Rank4<1, 1, 24, 16>, f32, Cpu>,
+    ) = (dev.sample_normal(), dev.sample_normal());
+    let d_o: X = dev.sample_normal();
+    // One kv head shared by both q heads.
+    let repeat = |t: Tensor<Rank4<1, 1, 24, 16>, f32, Cpu, OwnedTape<f32, Cpu>>| {
+        t.broadcast::<Rank5<1, 1, 2, 24, 16>, _>()
+            .reshape::<Rank4<1, 2, 24, 16>>()
+    };
+    let o = Elu::forward(
+        q.leaky_trace(),
+        repeat(k1.leaky_trace()),
+        repeat(v1.leaky_trace()),
+    )
+    .unwrap();
+    let o_vals = o.as_vec();
+    let grads = o.try_mul(d_o.clone()).unwrap().sum::<Rank0, _>().backward();
+
+    // The reference: k and v repeated by hand, as independent leaves.
+    let twice = |t: &Tensor<Rank4<1, 1, 24, 16>, f32, Cpu>| -> X {
+        let data = t.as_vec();
+        dev.tensor([data.clone(), data].concat())
+    };
+    let (k2, v2) = (twice(&k1), twice(&v1));
+    let o_ref = Elu::forward(q.leaky_trace(), k2.leaky_trace(), v2.leaky_trace()).unwrap();
+    assert!(rel(&o_vals, &o_ref.as_vec()) <= TOL);
+    let want = o_ref.try_mul(d_o).unwrap().sum::<Rank0, _>().backward();
+    let group_sum = |g: Vec<f32>| add(&g[..24 * 16], &g[24 * 16..]);
+    let dk = group_sum(want.get(&k2).as_vec());
+    let dv = group_sum(want.get(&v2).as_vec());
+    assert!(rel(&grads.get(&k1).as_vec(), &dk) <= TOL);
+    assert!(rel(&grads.get(&v1).as_vec(), &dv) <= TOL);
 }

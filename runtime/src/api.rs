@@ -3,7 +3,7 @@
 //! value, each with its dfdx tape: they split the tapes off (no copies), pass the untaped
 //! tensors here by reference, and record the backward ([`crate::train`]) when the tape owns one.
 
-use crate::check::{checked, Problem};
+use crate::check::{checked, Problem, ScalarRule};
 use crate::cpu::kernel::{Kernel, Recurrent};
 use crate::cpu::pool::recycle;
 use crate::cpu::schedule::{run_forward, run_recurrent, run_step, Buffers};
@@ -99,8 +99,12 @@ where
         q: q?,
         k: k?,
         v: v?,
-        beta: beta.map_or(Ok(Vec::new()), |t| p.gather_scalars("beta", t))?,
-        g: g.map_or(Ok(Vec::new()), |t| p.gather_scalars("g", t))?,
+        beta: beta.map_or(Ok(Vec::new()), |t| {
+            p.gather_rule_scalars("beta", ScalarRule::WriteStrength, t)
+        })?,
+        g: g.map_or(Ok(Vec::new()), |t| {
+            p.gather_rule_scalars("g", ScalarRule::LogDecay, t)
+        })?,
         proj: projection(sig, proj)?,
         s,
         z,
@@ -236,11 +240,12 @@ where
         q: p.gather_heads("q_t", x.q_t, sig.dk)?,
         k: p.gather_heads("k_t", x.k_t, sig.dk)?,
         v: p.gather_heads("v_t", x.v_t, sig.dv)?,
-        beta: x
-            .beta_t
-            .map_or(Ok(Vec::new()), |t| p.gather_head_scalars("beta_t", t))?,
-        g: x.g_t
-            .map_or(Ok(Vec::new()), |t| p.gather_head_scalars("g_t", t))?,
+        beta: x.beta_t.map_or(Ok(Vec::new()), |t| {
+            p.gather_rule_head_scalars("beta_t", ScalarRule::WriteStrength, t)
+        })?,
+        g: x.g_t.map_or(Ok(Vec::new()), |t| {
+            p.gather_rule_head_scalars("g_t", ScalarRule::LogDecay, t)
+        })?,
         proj: projection(sig, x.proj)?,
         s: std::mem::take(s),
         z: std::mem::take(z),

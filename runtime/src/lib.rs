@@ -4,7 +4,8 @@
 //! - [`State`]: the recurrent state shared by every spec;
 //! - [`Error`]: every failure, never a panic on user input;
 //! - [`Device`]: where kernels run;
-//! - [`check`]: the argument checks of every entry point (shapes, optional finite check);
+//! - [`check`]: the argument checks of every entry point (shapes, the rules of `g` and `beta`,
+//!   optional finite check);
 //! - [`favor`]: FAVOR+'s projection sampler and what its feature map computes;
 //! - [`api`]: the generic halves of the generated CPU entry points.
 //!

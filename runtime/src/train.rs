@@ -11,7 +11,7 @@
 //! `contiguous` before the call, so the buffers here are in logical order; dfdx's op routes
 //! their gradients back through the view.
 
-use crate::check::Problem;
+use crate::check::{Problem, ScalarRule};
 use crate::cpu::grad::{self, dphi_rows, phi_rows, Config, Differentiable};
 use crate::cpu::marshal::contiguous_data;
 use crate::cpu::pool::recycle;
@@ -107,8 +107,10 @@ where
     let (f, dv) = (cfg.f, cfg.dv);
     let tokens =
         |name, t: &Tensor<Sq, f32, Cpu>| p.gather_tokens(name, t, sig.dk).map_err(internal);
-    let scalars = |name, t: &Option<Tensor<S3, f32, Cpu>>| match t {
-        Some(t) => p.gather_scalars(name, t).map_err(internal),
+    // Through the forward's checks, so the backward reads the log-decays the forward read
+    // (clamped to LOG_DECAY_FLOOR: `-inf` would make its gradients NaN).
+    let scalars = |name, rule, t: &Option<Tensor<S3, f32, Cpu>>| match t {
+        Some(t) => p.gather_rule_scalars(name, rule, t).map_err(internal),
         None => Ok(Vec::new()),
     };
     let (s0, z0) = match (&saved.initial, cfg.softmax) {
@@ -145,8 +147,8 @@ where
         q: tokens("q", &saved.q)?,
         k: tokens("k", &saved.k)?,
         v: p.gather_tokens("v", &saved.v, dv).map_err(internal)?,
-        beta: scalars("beta", &saved.beta)?,
-        g: scalars("g", &saved.g)?,
+        beta: scalars("beta", ScalarRule::WriteStrength, &saved.beta)?,
+        g: scalars("g", ScalarRule::LogDecay, &saved.g)?,
         proj: saved.proj.as_ref().map(contiguous_data).unwrap_or_default(),
         s0,
         z0,

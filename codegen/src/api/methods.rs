@@ -302,7 +302,7 @@ fn optional_names(sig: &Signature) -> Vec<Ident> {
 fn extra_docs(sig: &Signature) -> String {
     let mut docs = String::new();
     if sig.uses_beta {
-        docs.push_str(" `beta` (write strengths),");
+        docs.push_str(" `beta` (write strengths, in [0, 2]),");
     }
     if sig.uses_gates {
         docs.push_str(" `g` (log-decays, <= 0),");

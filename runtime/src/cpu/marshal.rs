@@ -1,7 +1,7 @@
 //! Between dfdx tensors and the kernels' flat buffers: reading a tensor in logical order
 //! whatever its strides, and the (B, N, H, D) <-> (B, H, N, D) permutes of token-major layouts.
 
-use crate::check::{checked, Problem};
+use crate::check::{checked, Problem, ScalarRule};
 use crate::cpu::pool::pooled_buffer;
 use crate::error::Result;
 use attnc_codegen::abi::Layout;
@@ -23,7 +23,9 @@ impl Problem {
         Ok(self.heads_first(data, d))
     }
 
-    /// Checks a per-token (B, H, N)-or-(B, N, H) tensor and returns it heads first.
+    /// Checks a per-token (B, H, N)-or-(B, N, H) tensor and returns it heads first: its shape,
+    /// and its values only when finite checking is on (the entry points check `beta` and `g`
+    /// against their rules too, see [`crate::Error::InvalidScalar`]).
     pub fn gather_scalars<S: Shape<Concrete = [usize; 3]>>(
         &self,
         arg: &'static str,
@@ -31,6 +33,22 @@ impl Problem {
     ) -> Result<Vec<f32>> {
         self.check_scalars(arg, t.shape().concrete())?;
         let data = checked(arg, t.as_vec())?;
+        Ok(self.heads_first(data, 1))
+    }
+
+    /// [`Problem::gather_scalars`] for `beta` or `g`, whose values are also checked against
+    /// `rule` (always, finite checking on or off). The check is one pass over the copy just
+    /// made, B·H·N floats: nothing next to q, k and v.
+    pub(crate) fn gather_rule_scalars<S: Shape<Concrete = [usize; 3]>>(
+        &self,
+        arg: &'static str,
+        rule: ScalarRule,
+        t: &Tensor<S, f32, Cpu>,
+    ) -> Result<Vec<f32>> {
+        self.check_scalars(arg, t.shape().concrete())?;
+        let mut data = checked(arg, t.as_vec())?;
+        // In the caller's layout, so that the error names the caller's (batch, head, token).
+        self.check_scalar_values(arg, rule, &mut data)?;
         Ok(self.heads_first(data, 1))
     }
 
@@ -53,6 +71,19 @@ impl Problem {
     ) -> Result<Vec<f32>> {
         self.check_head_scalars(arg, t.shape().concrete())?;
         checked(arg, contiguous_data(t))
+    }
+
+    /// [`Problem::gather_head_scalars`] for `beta_t` or `g_t`, whose values are also checked
+    /// against `rule` (always).
+    pub(crate) fn gather_rule_head_scalars<S: Shape<Concrete = [usize; 2]>>(
+        &self,
+        arg: &'static str,
+        rule: ScalarRule,
+        t: &Tensor<S, f32, Cpu>,
+    ) -> Result<Vec<f32>> {
+        let mut data = self.gather_head_scalars(arg, t)?;
+        self.check_head_scalar_values(arg, rule, &mut data)?;
+        Ok(data)
     }
 
     /// (B, N, H, D) -> (B, H, N, D); identity for heads-first layouts.

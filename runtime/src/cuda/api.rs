@@ -7,7 +7,7 @@
 use super::backend::Buf;
 use super::launch::{CudaLaunch, KernelInfo};
 use super::{CudaDevice, CudaState, CudaTensor};
-use crate::check::Problem;
+use crate::check::{Problem, ScalarRule};
 use crate::error::{Error, Result};
 use crate::state::check_state;
 use dfdx::shapes::{Const, Dim, Shape};
@@ -172,6 +172,31 @@ pub(crate) fn check_step(launch: &CudaLaunch, x: &StepShapes) -> Result<Problem>
     Ok(p)
 }
 
+/// Checks a device tensor of `beta` or `g` against `rule` on the host: its values are downloaded
+/// (one copy of B·H·N floats, small next to q, k and v, which stay on the GPU; the copy waits
+/// for the work that writes them). Returns the buffer to launch with: `None` to use `t`'s own,
+/// `Some` when log-decays were clamped ([`crate::check::LOG_DECAY_FLOOR`]) and uploaded again.
+/// `per_token`: (B, H, N)-or-(B, N, H) forward scalars; otherwise a step's (B, H).
+fn checked_scalars<S: Shape>(
+    p: &Problem,
+    arg: &'static str,
+    rule: ScalarRule,
+    t: &CudaTensor<S>,
+    per_token: bool,
+) -> Result<Option<Buf>> {
+    let ctx = t.device().ctx();
+    let mut data = ctx.download(t.buf())?;
+    let clamped = if per_token {
+        p.check_scalar_values(arg, rule, &mut data)?
+    } else {
+        p.check_head_scalar_values(arg, rule, &mut data)?
+    };
+    match clamped {
+        true => Ok(Some(ctx.upload(&data)?)),
+        false => Ok(None),
+    }
+}
+
 /// `Err` unless `other` is the GPU `q` is on.
 /// Checks that every argument present lives on `q`'s device.
 fn same_device(q: &CudaDevice, args: &[(&str, Option<&CudaDevice>)]) -> Result<()> {
@@ -217,6 +242,9 @@ fn workspaces(
 /// and head dims of the returned state; `proj` is FAVOR+'s projection (F x DK), `Some` exactly
 /// for `feature_map = favor`. The module is compiled (NVRTC, through the PTX cache) and loaded
 /// once per process and device. `initial` is copied, never modified.
+///
+/// `beta` and `g` are checked like the CPU path's ([`Error::InvalidScalar`], always on), on the
+/// host: this costs one device-to-host copy of each (B·H·N floats) before the launch.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_cuda<B: Dim, H: Dim, Sq, Sv, S3, Sp, const F: usize, const DV: usize>(
     launch: &CudaLaunch,
@@ -262,6 +290,14 @@ where
             ("the state", initial.map(CudaState::device)),
         ],
     )?;
+    let beta_clamped = match beta {
+        Some(t) => checked_scalars(&p, "beta", ScalarRule::WriteStrength, t, true)?,
+        None => None,
+    };
+    let g_clamped = match g {
+        Some(t) => checked_scalars(&p, "g", ScalarRule::LogDecay, t, true)?,
+        None => None,
+    };
 
     let ctx = dev.ctx();
     let (bh, n) = (p.batch * p.heads, p.tokens);
@@ -294,8 +330,8 @@ where
             q: q.buf(),
             k: k.buf(),
             v: v.buf(),
-            beta: beta.map(CudaTensor::buf),
-            g: g.map(CudaTensor::buf),
+            beta: beta_clamped.as_ref().or(beta.map(CudaTensor::buf)),
+            g: g_clamped.as_ref().or(g.map(CudaTensor::buf)),
             proj: proj.map(CudaTensor::buf),
             out: &mut out,
             s: &mut s,
@@ -320,6 +356,9 @@ where
 /// `feature_map = favor` (the one `forward` took). The kernels run on a copy
 /// of the state, which replaces `state` only when every launch was accepted, so an error leaves
 /// `state` as it was.
+///
+/// `beta_t` and `g_t` are checked like the CPU path's ([`Error::InvalidScalar`], always on), on
+/// the host: this costs one device-to-host copy of each (B·H floats) before the launch.
 #[allow(clippy::too_many_arguments)]
 pub fn step_cuda<B: Dim, H: Dim, Sk, Sv, S2, Sp, const F: usize, const DV: usize>(
     launch: &CudaLaunch,
@@ -363,6 +402,14 @@ where
             ("the state", Some(state.device())),
         ],
     )?;
+    let beta_clamped = match beta_t {
+        Some(t) => checked_scalars(&p, "beta_t", ScalarRule::WriteStrength, t, false)?,
+        None => None,
+    };
+    let g_clamped = match g_t {
+        Some(t) => checked_scalars(&p, "g_t", ScalarRule::LogDecay, t, false)?,
+        None => None,
+    };
 
     let ctx = dev.ctx();
     let bh = p.batch * p.heads;
@@ -384,8 +431,8 @@ where
             q: q_t.buf(),
             k: k_t.buf(),
             v: v_t.buf(),
-            beta: beta_t.map(CudaTensor::buf),
-            g: g_t.map(CudaTensor::buf),
+            beta: beta_clamped.as_ref().or(beta_t.map(CudaTensor::buf)),
+            g: g_clamped.as_ref().or(g_t.map(CudaTensor::buf)),
             proj: proj.map(CudaTensor::buf),
             out: &mut out,
             s: &mut s,
