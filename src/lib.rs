@@ -121,7 +121,9 @@ pub mod __private {
     };
     pub use attnc_codegen::deriv::eval_derivative;
     pub use attnc_runtime::api::{contiguous, forward, forward_tiled, output_tensor, step};
-    pub use attnc_runtime::cpu::grad::Differentiable;
+    pub use attnc_runtime::check::Problem;
+    pub use attnc_runtime::cpu::grad::{dphi_rows, phi_rows, Differentiable};
+    pub use attnc_runtime::cpu::schedule::{run_forward, run_recurrent, run_step, Buffers};
     pub use attnc_runtime::cpu::tile;
     pub use attnc_runtime::cpu::{Isa, Kernel, Phase, PhaseTask, Recurrent, Task};
     pub use attnc_runtime::cuda::{forward_cuda, step_cuda, CudaTensor};

@@ -25,9 +25,13 @@ pub fn emit_kernel(plan: &Plan, kernel: &Ident) -> TokenStream {
     let (dphi_doc, dphi) = derivative(plan);
     let backward = &plan.backward;
     let chunk = lit(plan.signature.chunk);
-    let (forward, recurrent) = match &plan.cpu {
-        Program::Linear(l) => (sequential(plan, &l.forward), recurrent(plan, l, kernel)),
-        Program::Softmax(s) => (tiled(plan, s), quote!()),
+    let (forward, recurrent, run_all) = match &plan.cpu {
+        Program::Linear(l) => (
+            sequential(plan, &l.forward),
+            recurrent(plan, l, kernel),
+            format_ident!("run_recurrent"),
+        ),
+        Program::Softmax(s) => (tiled(plan, s), quote!(), format_ident!("run_forward")),
     };
     quote! {
         /// The generated kernel of this spec.
@@ -54,6 +58,14 @@ pub fn emit_kernel(plan: &Plan, kernel: &Ident) -> TokenStream {
             fn dphi(x: f32) -> f32 {
                 #dphi
             }
+
+            fn phi_rows(x: &[f32], out: &mut [f32]) {
+                #p::phi_rows::<Self>(x, out)
+            }
+
+            fn dphi_rows(x: &[f32], g: &[f32], dx: &mut [f32]) {
+                #p::dphi_rows::<Self>(x, g, dx)
+            }
         }
 
         impl #p::Kernel for #kernel {
@@ -62,6 +74,14 @@ pub fn emit_kernel(plan: &Plan, kernel: &Ident) -> TokenStream {
             #[inline(always)]
             fn forward<I: #p::Isa>(isa: I, task: #p::Task<'_>) -> #p::Result<()> {
                 #forward
+            }
+
+            fn run_all(
+                p: &#p::Problem,
+                dims: [usize; 3],
+                bufs: &mut #p::Buffers,
+            ) -> #p::Result<::std::vec::Vec<f32>> {
+                #p::#run_all::<Self>(p, dims, bufs)
             }
         }
 
@@ -111,6 +131,14 @@ fn recurrent(plan: &Plan, l: &Linear<CpuPlace>, kernel: &Ident) -> TokenStream {
             #[inline(always)]
             fn step<I: #p::Isa>(isa: I, task: #p::Task<'_>) -> #p::Result<()> {
                 #step
+            }
+
+            fn run_step_all(
+                p: &#p::Problem,
+                dims: [usize; 3],
+                bufs: &mut #p::Buffers,
+            ) -> #p::Result<::std::vec::Vec<f32>> {
+                #p::run_step::<Self>(p, dims, bufs)
             }
 
             #[inline(always)]

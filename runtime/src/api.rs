@@ -6,7 +6,7 @@
 use crate::check::{checked, Problem, ScalarRule};
 use crate::cpu::kernel::{Kernel, Recurrent};
 use crate::cpu::pool::recycle;
-use crate::cpu::schedule::{run_forward, run_recurrent, run_step, Buffers};
+use crate::cpu::schedule::Buffers;
 use crate::error::{Error, Result};
 #[cfg(doc)]
 use crate::state::DecodeState;
@@ -109,7 +109,7 @@ where
         s,
         z,
     };
-    let out = run_recurrent::<K>(&p, dims(sig), &mut bufs)?;
+    let out = K::run_all(&p, dims(sig), &mut bufs)?;
     recycle([bufs.q, bufs.k, bufs.v]);
     let z = sig.normalized.then_some(bufs.z);
     let state = State::from_vecs(b, h, bufs.s, z)?;
@@ -141,7 +141,7 @@ where
         s: Vec::new(),
         z: Vec::new(),
     };
-    let out = run_forward::<K>(&p, dims(sig), &mut bufs)?;
+    let out = K::run_all(&p, dims(sig), &mut bufs)?;
     recycle([bufs.q, bufs.k, bufs.v]);
     Ok(p.from_heads_first(out, sig.dv))
 }
@@ -250,7 +250,7 @@ where
         s: std::mem::take(s),
         z: std::mem::take(z),
     };
-    let out = run_step::<K>(&p, dims(sig), &mut bufs);
+    let out = K::run_step_all(&p, dims(sig), &mut bufs);
     *s = std::mem::take(&mut bufs.s);
     *z = std::mem::take(&mut bufs.z);
     recycle([bufs.q, bufs.k, bufs.v]);

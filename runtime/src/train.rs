@@ -12,7 +12,7 @@
 //! their gradients back through the view.
 
 use crate::check::{Problem, ScalarRule};
-use crate::cpu::grad::{self, dphi_rows, phi_rows, Config, Differentiable};
+use crate::cpu::grad::{self, Config, Differentiable};
 use crate::cpu::marshal::contiguous_data;
 use crate::cpu::pool::recycle;
 use crate::error::Error;
@@ -101,7 +101,7 @@ where
     S3: Shape<Concrete = [usize; 3]>,
     Sp: Shape<Concrete = [usize; 2]>,
 {
-    let cfg = Config::new(spec, K::BACKWARD, phi_rows::<K>, dphi_rows::<K>);
+    let cfg = Config::new(spec, K::BACKWARD, K::phi_rows, K::dphi_rows);
     let p = Problem::from_q(sig.layout, saved.q.shape().concrete()).map_err(internal)?;
     let bh = p.batch * p.heads;
     let (f, dv) = (cfg.f, cfg.dv);

@@ -2,7 +2,9 @@
 //! (batch, head) of a call ([`Task`]) or a run of its chunks in one [`Phase`] of the
 //! chunk-parallel schedule ([`PhaseTask`]).
 
+use crate::check::Problem;
 use crate::cpu::isa::Isa;
+use crate::cpu::schedule::Buffers;
 use crate::error::Result;
 
 /// One (batch, head) problem, inputs contiguous heads-first: `q, k` are (N, DK), `v` and `out`
@@ -92,6 +94,11 @@ pub trait Kernel {
     const CHUNK: usize;
     /// Runs the chunk program over `task.n` tokens.
     fn forward<I: Isa>(isa: I, task: Task<'_>) -> Result<()>;
+    /// A whole call, scheduled over (batch, head) or chunks: `schedule::run_forward::<Self>`
+    /// (`run_recurrent` for linear attention). Generated as a plain, non-generic function, so
+    /// that the kernels are compiled (and optimised) in the crate that declares the spec, not
+    /// in each crate that calls it: a dev build can optimise the specs' crate alone.
+    fn run_all(p: &Problem, dims: [usize; 3], bufs: &mut Buffers) -> Result<Vec<f32>>;
 }
 
 /// A generated linear-attention kernel: besides the chunk program, the step program for one
@@ -105,6 +112,9 @@ pub trait Recurrent: Kernel {
     const LIGHT_SCAN: bool;
     /// Runs the step program for one token (`task.n == 1`).
     fn step<I: Isa>(isa: I, task: Task<'_>) -> Result<()>;
+    /// One token on every (batch, head), `schedule::run_step::<Self>`; non-generic for the
+    /// reason of [`Kernel::run_all`].
+    fn run_step_all(p: &Problem, dims: [usize; 3], bufs: &mut Buffers) -> Result<Vec<f32>>;
     /// Runs one phase of the chunk-parallel schedule over a run of chunks.
     fn phase<I: Isa>(isa: I, phase: Phase, task: PhaseTask<'_>) -> Result<()>;
 }

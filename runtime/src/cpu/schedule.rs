@@ -372,6 +372,9 @@ mod tests {
         fn forward<I: Isa>(_: I, _: Task<'_>) -> Result<()> {
             Err(Error::Internal("not a kernel"))
         }
+        fn run_all(_: &Problem, _: [usize; 3], _: &mut Buffers) -> Result<Vec<f32>> {
+            Err(Error::Internal("not a kernel"))
+        }
     }
 
     impl<const LIGHT: bool> Recurrent for Consts<LIGHT> {
@@ -381,6 +384,9 @@ mod tests {
             Err(Error::Internal("not a kernel"))
         }
         fn phase<I: Isa>(_: I, _: Phase, _: PhaseTask<'_>) -> Result<()> {
+            Err(Error::Internal("not a kernel"))
+        }
+        fn run_step_all(_: &Problem, _: [usize; 3], _: &mut Buffers) -> Result<Vec<f32>> {
             Err(Error::Internal("not a kernel"))
         }
     }

@@ -19,6 +19,11 @@ pub trait Differentiable {
     fn phi(x: f32) -> f32;
     /// phi'(x).
     fn dphi(x: f32) -> f32;
+    /// [`phi_rows::<Self>`](phi_rows), generated as a plain function of the spec's crate (the
+    /// reason of [`crate::cpu::Kernel::run_all`]).
+    fn phi_rows(x: &[f32], out: &mut [f32]);
+    /// [`dphi_rows::<Self>`](dphi_rows), likewise.
+    fn dphi_rows(x: &[f32], g: &[f32], dx: &mut [f32]);
 }
 
 /// [`Differentiable::phi`] over a row, for [`super::Config::phi_rows`]: the one piece of the

@@ -24,7 +24,7 @@ use crate::cpu::dispatch::{dispatch, Job};
 use crate::cpu::isa::{CpuIsa, Isa};
 use crate::cpu::pool::pooled_buffer;
 use crate::cpu::schedule::Schedule;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use attnc_codegen::abi::{BackwardAlgorithm, BackwardPlan};
 use attnc_codegen::spec::{FeatureMap, Mask, Normalize, QkNorm, Spec, Update};
 use rayon::prelude::*;
@@ -279,7 +279,16 @@ impl Job for HeadJob<'_, '_> {
         match self.cfg.plan.algorithm {
             BackwardAlgorithm::FlashTiles => softmax::head(isa, self.cfg, &self.x, &mut self.out),
             BackwardAlgorithm::Chunkwise => chunked::head(isa, self.cfg, &self.x, &mut self.out),
-            BackwardAlgorithm::Recurrent => linear::head(self.cfg, &self.x, &mut self.out),
+            BackwardAlgorithm::Recurrent => {
+                // The plan picks it for delta rules only, which are causal and unnormalised.
+                let c = self.cfg;
+                if !c.update.delta() || c.normalized || !c.causal {
+                    return Err(Error::Internal(
+                        "the token-level backward is the delta rules'",
+                    ));
+                }
+                linear::head(c, &self.x, &mut self.out)
+            }
         }
         Ok(())
     }
