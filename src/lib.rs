@@ -24,7 +24,8 @@
 //! ```
 //!
 //! - The keys of the spec language, their rules and which tensor axis is which: [`attention`].
-//! - What every spec generates, with an example per method on real specs: [`showcase`].
+//! - What every spec generates, with an example per method on real specs: `attnc::showcase`
+//!   (with the `showcase` feature, on by default on docs.rs).
 //! - Gradients: with an `OwnedTape` on any input (`.leaky_trace()`), `forward` records its
 //!   backward on dfdx's tape; `loss.backward()` then holds the gradients of q, k, v, beta, g,
 //!   FAVOR+'s projection and the initial state by tensor id. `step` is inference only.
@@ -111,6 +112,7 @@ pub mod prelude {
     pub use dfdx::tensor_ops::{Backward, SumTo};
 }
 
+#[cfg(feature = "showcase")]
 pub mod showcase;
 
 /// What generated code refers to. Not a public API: it may change in any release.
