@@ -24,7 +24,7 @@
 //! With `mask = none` every output reads S_N: dS_N += Q~^T dN over the sequence first, then
 //! dK~ = V dS_N^T + 1 dz_N^T and dV = K~ dS_N, chunk by chunk.
 
-use super::gemm::{matmul, transpose};
+use super::gemm::{matmul, matmul_tri, transpose, Tri};
 use super::linear::Token;
 use super::vecops::{at, dot, row, row_mut};
 use super::{Config, HeadGrads, HeadInputs};
@@ -283,7 +283,9 @@ fn output_terms(cfg: &Config, ch: &mut Chunk, d_o: &[f32]) {
 #[allow(clippy::too_many_arguments)]
 fn forward_terms<I: Isa>(isa: I, cfg: &Config, ch: &mut Chunk, v: &[f32], s0: &[f32], z0: &[f32]) {
     let (f, dv, len) = (cfg.f, cfg.dv, ch.len);
-    matmul(isa, &mut ch.p, &ch.qf, &ch.kft, len, f, len, false);
+    // Causal: only P's lower triangle is read.
+    let dims = (len, f, len);
+    matmul_tri(isa, &mut ch.p, &ch.qf, &ch.kft, dims, false, Tri::LowerOut);
     for t in 0..len {
         for s in 0..len {
             let i = t * len + s;
@@ -406,7 +408,8 @@ fn causal_chunk<I: Isa>(
     }
     // dA = tril(dN V^T).
     transpose(v, len, dv, &mut ch.vt);
-    matmul(isa, &mut ch.da, &ch.dn, &ch.vt, len, dv, len, false);
+    let dims = (len, dv, len);
+    matmul_tri(isa, &mut ch.da, &ch.dn, &ch.vt, dims, false, Tri::LowerOut);
     ch.dgl[..len].fill(0.0);
     for t in 0..len {
         for s in 0..len {
@@ -439,7 +442,8 @@ fn causal_chunk<I: Isa>(
         }
     }
     // dQ~ = dP K~ + diag(e^G) dN S^T + dden z^T  (into lf2).
-    matmul(isa, &mut ch.lf2, &ch.p, &ch.kf, len, len, f, false);
+    let dims = (len, len, f);
+    matmul_tri(isa, &mut ch.lf2, &ch.p, &ch.kf, dims, false, Tri::LowerA);
     transpose(s0, f, dv, &mut ch.dfs);
     // diag(e^G) dN into vt (V^T is no longer needed).
     for t in 0..len {
@@ -456,16 +460,8 @@ fn causal_chunk<I: Isa>(
     features_backprop(cfg, x, ch, t0, out, tok, false);
     // dV = A^T dN + Kd dS'  (A^T via transpose into dpt's buffer after use: use lf as scratch).
     transpose(&ch.a[..len * len], len, len, &mut ch.da);
-    matmul(
-        isa,
-        &mut out.dv[t0 * dv..(t0 + len) * dv],
-        &ch.da,
-        &ch.dn,
-        len,
-        len,
-        dv,
-        false,
-    );
+    let dvs = &mut out.dv[t0 * dv..(t0 + len) * dv];
+    matmul_tri(isa, dvs, &ch.da, &ch.dn, (len, len, dv), false, Tri::UpperA);
     keys_values(isa, cfg, x, ch, t0, ds, dz, out, tok, true);
     // The gate terms of the outgoing state and dg.
     if gated {
@@ -534,7 +530,8 @@ fn keys_values<I: Isa>(
         }
     }
     if with_scores {
-        matmul(isa, &mut ch.lf2, &ch.dpt, &ch.qf, len, len, f, true);
+        let dims = (len, len, f);
+        matmul_tri(isa, &mut ch.lf2, &ch.dpt, &ch.qf, dims, true, Tri::UpperA);
     }
     // dV += Kd dS'.
     for (dst, (src, &w)) in ch

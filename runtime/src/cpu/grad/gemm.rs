@@ -6,6 +6,23 @@
 
 use crate::cpu::isa::Isa;
 
+/// Which part of a product is needed, so that the register blocks of a causal chunk's
+/// products skip the other triangle (of 64 x 64 products, about a quarter of the output blocks
+/// of `LowerOut`, and 44% of the depth of `LowerA` and `UpperA`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tri {
+    /// Every entry.
+    Full,
+    /// Only `c[i][j]` for `j <= i` is read afterwards: blocks wholly above the diagonal are
+    /// skipped (left at zero, or untouched when accumulating); entries above the diagonal
+    /// inside a computed block hold products all the same.
+    LowerOut,
+    /// `a` (m x k, m == k) is lower triangular: row `i` sums over depth `..=i` only.
+    LowerA,
+    /// `a` is upper triangular: row `i` sums over depth `i..` only.
+    UpperA,
+}
+
 /// `c (m x n) (+)= a (m x k) . b (k x n)`; `accumulate = false` overwrites `c`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -19,6 +36,20 @@ pub fn matmul<I: Isa>(
     n: usize,
     accumulate: bool,
 ) {
+    matmul_tri(isa, c, a, b, (m, k, n), accumulate, Tri::Full);
+}
+
+/// [`matmul`] of which only the [`Tri`] part is needed or nonzero.
+#[inline(always)]
+pub fn matmul_tri<I: Isa>(
+    isa: I,
+    c: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+    tri: Tri,
+) {
     let (c, a, b) = (&mut c[..m * n], &a[..m * k], &b[..k * n]);
     if !accumulate {
         c.fill(0.0);
@@ -29,16 +60,29 @@ pub fn matmul<I: Isa>(
     let mut i = 0;
     if I::WIDE {
         while i + 8 <= m {
-            rows::<I, 8, 2>(isa, c, a, b, i, k, n);
+            rows::<I, 8, 2>(isa, c, a, b, i, (k, n), tri);
             i += 8;
         }
     }
     while i + 4 <= m {
-        rows::<I, 4, 1>(isa, c, a, b, i, k, n);
+        rows::<I, 4, 1>(isa, c, a, b, i, (k, n), tri);
         i += 4;
     }
     for r in i..m {
-        edge(&mut c[r * n..(r + 1) * n], &a[r * k..(r + 1) * k], b, n, 0);
+        let (k0, k1, n1) = extent(tri, r, r + 1, k, n);
+        let crow = &mut c[r * n..r * n + n1];
+        edge(crow, &a[r * k + k0..r * k + k1], &b[k0 * n..], n, 0);
+    }
+}
+
+/// Depth range and column end of rows `i0..i1` under `tri`.
+#[inline(always)]
+fn extent(tri: Tri, i0: usize, i1: usize, k: usize, n: usize) -> (usize, usize, usize) {
+    match tri {
+        Tri::Full => (0, k, n),
+        Tri::LowerOut => (0, k, n.min(i1)),
+        Tri::LowerA => (0, k.min(i1), n),
+        Tri::UpperA => (i0.min(k), k, n),
     }
 }
 
@@ -51,28 +95,31 @@ fn rows<I: Isa, const R: usize, const W: usize>(
     a: &[f32],
     b: &[f32],
     i: usize,
-    k: usize,
-    n: usize,
+    (k, n): (usize, usize),
+    tri: Tri,
 ) {
+    let (k0, k1, n1) = extent(tri, i, i + R, k, n);
     let cblk = &mut c[i * n..(i + R) * n];
     let ablk = &a[i * k..(i + R) * k];
+    let depth = (k0, k1, k);
     let mut j = 0;
-    while j + 16 * W <= n {
-        block::<I, R, W>(isa, cblk, ablk, b, k, n, j);
+    while j + 16 * W <= n && j < n1 {
+        block::<I, R, W>(isa, cblk, ablk, b, depth, n, j);
         j += 16 * W;
     }
-    while j + 16 <= n {
-        block::<I, R, 1>(isa, cblk, ablk, b, k, n, j);
+    while j + 16 <= n && j < n1 {
+        block::<I, R, 1>(isa, cblk, ablk, b, depth, n, j);
         j += 16;
     }
-    if j < n {
+    if j < n1 {
         for (crow, arow) in cblk.chunks_exact_mut(n).zip(ablk.chunks_exact(k)) {
-            edge(&mut crow[j..], arow, b, n, j);
+            edge(&mut crow[j..n1], &arow[k0..k1], &b[k0 * n..], n, j);
         }
     }
 }
 
-/// Columns `j..j + 16 W` of `R` rows of `c`: `R x W` vector accumulators over the depth.
+/// Columns `j..j + 16 W` of `R` rows of `c`: `R x W` vector accumulators over the depth
+/// `k0..k1` (`k` the row length of `a`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // fixed-size register blocks
 fn block<I: Isa, const R: usize, const W: usize>(
@@ -80,12 +127,12 @@ fn block<I: Isa, const R: usize, const W: usize>(
     cblk: &mut [f32],
     ablk: &[f32],
     b: &[f32],
-    k: usize,
+    (k0, k1, k): (usize, usize, usize),
     n: usize,
     j: usize,
 ) {
     let mut acc = [[isa.zero(); W]; R];
-    for (p, brow) in b.chunks_exact(n).enumerate().take(k) {
+    for (p, brow) in b.chunks_exact(n).enumerate().take(k1).skip(k0) {
         let mut bv = [isa.zero(); W];
         for w in 0..W {
             let Some(src) = brow.get(j + 16 * w..j + 16 * (w + 1)) else {
@@ -117,7 +164,8 @@ fn block<I: Isa, const R: usize, const W: usize>(
     }
 }
 
-/// One row of `c` from column `from`: `crow += arow . b[:, from..]`.
+/// One row of `c` from column `from` (`crow` is `c[row][from..from + crow.len()]`):
+/// `crow += arow . b[.., from..]`.
 #[inline(always)]
 fn edge(crow: &mut [f32], arow: &[f32], b: &[f32], n: usize, from: usize) {
     for (brow, &x) in b.chunks_exact(n).zip(arow) {
@@ -175,5 +223,66 @@ mod tests {
             let twice: Vec<f32> = want.iter().map(|x| 2.0 * x).collect();
             assert_eq!(c, twice, "accumulate {m}x{k}x{n}");
         }
+    }
+
+    /// Each triangle mode against the full product: of a triangular `a` for `LowerA` and
+    /// `UpperA` (exact), and on and below the diagonal for `LowerOut`.
+    #[test]
+    fn triangles_match_the_full_product_where_they_are_read() {
+        for isa_wide in [false, true] {
+            for m in [1, 5, 8, 13, 16, 33, 64] {
+                for n in [m, 17, 48] {
+                    let k = m;
+                    let full: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+                    let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 13) as f32 - 6.0).collect();
+                    let lower: Vec<f32> = (0..m * k)
+                        .map(|i| if i % k <= i / k { full[i] } else { 0.0 })
+                        .collect();
+                    let upper: Vec<f32> = (0..m * k)
+                        .map(|i| if i % k >= i / k { full[i] } else { 0.0 })
+                        .collect();
+                    let run = |a: &[f32], tri: Tri| {
+                        let mut c = vec![0.0; m * n];
+                        if isa_wide {
+                            run_wide(&mut c, a, &b, (m, k, n), tri);
+                        } else {
+                            matmul_tri(Portable, &mut c, a, &b, (m, k, n), false, tri);
+                        }
+                        c
+                    };
+                    assert_eq!(run(&lower, Tri::LowerA), naive(&lower, &b, m, k, n));
+                    assert_eq!(run(&upper, Tri::UpperA), naive(&upper, &b, m, k, n));
+                    let (got, want) = (run(&full, Tri::LowerOut), naive(&full, &b, m, k, n));
+                    for i in 0..m {
+                        for j in 0..=i.min(n - 1) {
+                            assert_eq!(got[i * n + j], want[i * n + j], "{m}x{n} ({i}, {j})");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The 8 x 32 blocks where the machine has AVX-512, else the portable ones again.
+    fn run_wide(c: &mut [f32], a: &[f32], b: &[f32], dims: (usize, usize, usize), tri: Tri) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(isa) = crate::cpu::isa::Avx512::detect() {
+            // SAFETY: `detect` returned the marker, so the CPU has AVX-512.
+            return unsafe { wide(isa, c, a, b, dims, tri) };
+        }
+        matmul_tri(Portable, c, a, b, dims, false, tri);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+    unsafe fn wide(
+        isa: crate::cpu::isa::Avx512,
+        c: &mut [f32],
+        a: &[f32],
+        b: &[f32],
+        dims: (usize, usize, usize),
+        tri: Tri,
+    ) {
+        matmul_tri(isa, c, a, b, dims, false, tri);
     }
 }
