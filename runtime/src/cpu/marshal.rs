@@ -23,21 +23,9 @@ impl Problem {
         Ok(self.heads_first(data, d))
     }
 
-    /// Checks a per-token (B, H, N)-or-(B, N, H) tensor and returns it heads first: its shape,
-    /// and its values only when finite checking is on (the entry points check `beta` and `g`
-    /// against their rules too, see [`crate::Error::InvalidScalar`]).
-    pub fn gather_scalars<S: Shape<Concrete = [usize; 3]>>(
-        &self,
-        arg: &'static str,
-        t: &Tensor<S, f32, Cpu>,
-    ) -> Result<Vec<f32>> {
-        self.check_scalars(arg, t.shape().concrete())?;
-        let data = checked(arg, t.as_vec())?;
-        Ok(self.heads_first(data, 1))
-    }
-
-    /// [`Problem::gather_scalars`] for `beta` or `g`, whose values are also checked against
-    /// `rule` (always, finite checking on or off). The check is one pass over the copy just
+    /// Checks a per-token (B, H, N)-or-(B, N, H) `beta` or `g` and returns it heads first: its
+    /// shape, its values against `rule` (always, finite checking on or off) and, when finite
+    /// checking is on, for NaN and infinity. The rule's check is one pass over the copy just
     /// made, B·H·N floats: nothing next to q, k and v.
     pub(crate) fn gather_rule_scalars<S: Shape<Concrete = [usize; 3]>>(
         &self,
