@@ -168,13 +168,11 @@ impl CudaLaunch {
 /// sizes ([`crate::plan::Plan::backward`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BackwardAlgorithm {
-    /// Additive and gated updates: per chunk, C x C and C x F products from the chunk's saved
+    /// Linear attention, every update: per chunk, C x C and C x F products from the chunk's saved
     /// incoming state, a reverse scan over chunk states carrying dS (and dz); dg as a reverse
-    /// cumulative sum within the chunk.
+    /// cumulative sum within the chunk. Delta rules recompute the chunk's WY system
+    /// (I + L) U = diag(β)(V - diag(γ) K S) and take dR = (I + L)^-T dU by back substitution.
     Chunkwise,
-    /// Delta rules: the state recurrence reversed token by token from the saved chunk states,
-    /// per-token states recomputed in blocks of [`BackwardPlan::block`] tokens.
-    Recurrent,
     /// Exact softmax: FlashAttention-2's backward, tiles of C queries and C keys, scores and the
     /// row log-sum-exp recomputed, D = rowsum(dO ⊙ O) from the saved output.
     FlashTiles,
@@ -187,26 +185,19 @@ pub struct BackwardPlan {
     pub algorithm: BackwardAlgorithm,
     /// Tokens between saved states (F x DV each; the chunk). 0 for softmax, which has none.
     pub state_stride: usize,
-    /// Tokens whose per-token states are recomputed and held at once ([`BackwardAlgorithm::Recurrent`]);
-    /// the chunk otherwise.
-    pub block: usize,
     /// F x DV, the floats of one state.
     pub state_floats: usize,
 }
 
 impl BackwardPlan {
     /// Floats the backward holds per (batch, head) for `n` tokens beyond the inputs and their
-    /// gradients: one state per `state_stride` tokens, plus a block of per-token states for the
-    /// recurrent algorithm. Recomputing instead of saving every token's state saves
-    /// `n x state_floats` minus this.
+    /// gradients: one state per `state_stride` tokens (everything else is recomputed per chunk).
+    /// Saving every token's state instead would hold `n x state_floats`.
     pub fn saved_floats(&self, n: usize) -> usize {
         match self.algorithm {
             BackwardAlgorithm::FlashTiles => 0,
             BackwardAlgorithm::Chunkwise => {
                 n.div_ceil(self.state_stride.max(1)) * self.state_floats
-            }
-            BackwardAlgorithm::Recurrent => {
-                (n.div_ceil(self.state_stride.max(1)) + self.block + 1) * self.state_floats
             }
         }
     }
@@ -238,16 +229,14 @@ mod tokens {
         fn to_tokens(&self, out: &mut TokenStream) {
             let algorithm = match self.algorithm {
                 BackwardAlgorithm::Chunkwise => quote!(::attnc::BackwardAlgorithm::Chunkwise),
-                BackwardAlgorithm::Recurrent => quote!(::attnc::BackwardAlgorithm::Recurrent),
                 BackwardAlgorithm::FlashTiles => quote!(::attnc::BackwardAlgorithm::FlashTiles),
             };
-            let [stride, block, floats] =
-                [self.state_stride, self.block, self.state_floats].map(Literal::usize_unsuffixed);
+            let [stride, floats] =
+                [self.state_stride, self.state_floats].map(Literal::usize_unsuffixed);
             out.extend(quote! {
                 ::attnc::BackwardPlan {
                     algorithm: #algorithm,
                     state_stride: #stride,
-                    block: #block,
                     state_floats: #floats,
                 }
             });

@@ -206,37 +206,24 @@ pub fn signature(spec: &Spec) -> Signature {
     }
 }
 
-/// The most floats of per-token states the recurrent backward holds at once (4 MiB per thread).
-pub const BACKWARD_BLOCK_FLOATS: usize = 1 << 20;
-
-/// The backward pass of `spec`: FlashAttention-2 tiles for softmax; the recurrence reversed for
-/// delta rules (blocks of per-token states as large as [`BACKWARD_BLOCK_FLOATS`] allows, at most
-/// a chunk); chunkwise products for additive and gated updates. One state is saved per chunk
-/// and everything else recomputed (features, scores, per-token states), so what is held beyond
-/// the inputs grows with F x DV / C per token: a quarter of the inputs' size for an elementwise
-/// map at DK = DV = C = 64, and the recomputation of taylor2's wide features costs no memory.
+/// The backward pass of `spec`: FlashAttention-2 tiles for softmax; chunkwise products for
+/// every linear update (the delta rules' WY system recomputed per chunk). One state is saved per
+/// chunk and everything else recomputed (features, scores, the delta rules' U), so what is held
+/// beyond the inputs grows with F x DV / C per token: a quarter of the inputs' size for an
+/// elementwise map at DK = DV = C = 64, and the recomputation of taylor2's wide features costs
+/// no memory.
 fn backward_plan(spec: &Spec) -> BackwardPlan {
-    let state_floats = spec.feature_dim() * spec.value_dim;
-    let chunk = spec.chunk;
     if spec.feature_map == FeatureMap::Softmax {
         return BackwardPlan {
             algorithm: BackwardAlgorithm::FlashTiles,
             state_stride: 0,
-            block: chunk,
             state_floats: 0,
         };
     }
-    let (algorithm, block) = if spec.has_beta() {
-        let block = (BACKWARD_BLOCK_FLOATS / state_floats.max(1)).clamp(1, chunk);
-        (BackwardAlgorithm::Recurrent, block)
-    } else {
-        (BackwardAlgorithm::Chunkwise, chunk)
-    };
     BackwardPlan {
-        algorithm,
-        state_stride: chunk,
-        block,
-        state_floats,
+        algorithm: BackwardAlgorithm::Chunkwise,
+        state_stride: spec.chunk,
+        state_floats: spec.feature_dim() * spec.value_dim,
     }
 }
 

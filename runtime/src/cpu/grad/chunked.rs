@@ -25,7 +25,7 @@
 //! dK~ = V dS_N^T + 1 dz_N^T and dV = K~ dS_N, chunk by chunk.
 
 use super::gemm::{matmul, matmul_tri, transpose, Tri};
-use super::linear::Token;
+use super::maps::Token;
 use super::vecops::{at, dot, row, row_mut};
 use super::{Config, HeadGrads, HeadInputs};
 use crate::cpu::dispatch::{dispatch, Job};
@@ -35,42 +35,42 @@ use crate::error::Result;
 use rayon::prelude::*;
 
 /// Scratch of one chunk.
-struct Chunk {
+pub(super) struct Chunk {
     /// Tokens in the chunk.
-    len: usize,
+    pub(super) len: usize,
     /// Whether the update is gated (else every decay is 1).
-    gated: bool,
+    pub(super) gated: bool,
     /// Scaled query features, key features (L x F), their transposes (F x L).
-    qf: Vec<f32>,
-    kf: Vec<f32>,
-    qft: Vec<f32>,
-    kft: Vec<f32>,
+    pub(super) qf: Vec<f32>,
+    pub(super) kf: Vec<f32>,
+    pub(super) qft: Vec<f32>,
+    pub(super) kft: Vec<f32>,
     /// Cumulative log-decay within the chunk, e^G, e^(G_L - G) (L each).
-    gcum: Vec<f32>,
-    eg: Vec<f32>,
-    kdec: Vec<f32>,
+    pub(super) gcum: Vec<f32>,
+    pub(super) eg: Vec<f32>,
+    pub(super) kdec: Vec<f32>,
     /// L x L tiles.
-    p: Vec<f32>,
-    a: Vec<f32>,
-    da: Vec<f32>,
-    dpt: Vec<f32>,
+    pub(super) p: Vec<f32>,
+    pub(super) a: Vec<f32>,
+    pub(super) da: Vec<f32>,
+    pub(super) dpt: Vec<f32>,
     /// L x DV tiles.
-    dn: Vec<f32>,
-    qds: Vec<f32>,
+    pub(super) dn: Vec<f32>,
+    pub(super) qds: Vec<f32>,
     /// DV x L (V^T), L x F (products), DV x F (S^T, dS'^T).
-    vt: Vec<f32>,
-    lf: Vec<f32>,
-    lf2: Vec<f32>,
-    dfs: Vec<f32>,
+    pub(super) vt: Vec<f32>,
+    pub(super) lf: Vec<f32>,
+    pub(super) lf2: Vec<f32>,
+    pub(super) dfs: Vec<f32>,
     /// The normaliser's r and dden (L).
-    r: Vec<f32>,
-    dden: Vec<f32>,
+    pub(super) r: Vec<f32>,
+    pub(super) dden: Vec<f32>,
     /// dG (L).
-    dgl: Vec<f32>,
+    pub(super) dgl: Vec<f32>,
 }
 
 impl Chunk {
-    fn new(cfg: &Config) -> Chunk {
+    pub(super) fn new(cfg: &Config) -> Chunk {
         let (c, f, dv) = (cfg.chunk, cfg.f, cfg.dv);
         let z = |n: usize| vec![0.0f32; n];
         Chunk {
@@ -101,7 +101,7 @@ impl Chunk {
 
     /// Features (and transposes) and gates of tokens t0..t0+len.
     #[inline(always)]
-    fn load(
+    pub(super) fn load(
         &mut self,
         cfg: &Config,
         x: &HeadInputs<'_>,
@@ -138,24 +138,42 @@ impl Chunk {
     }
 
     /// e^(G_L), the chunk's total decay.
-    fn decay(&self) -> f32 {
+    pub(super) fn decay(&self) -> f32 {
         self.len.checked_sub(1).map_or(1.0, |l| exp(self.gcum[l]))
     }
 }
 
-/// Γ_ts = exp(G_t - G_s) (1 without gates: no exponential).
+/// `xs[s] *= Γ_ts = exp(G_t - G_s)` for s < xs.len(), with `gcum` the chunk's cumulative
+/// log-decay (`None` without gates: nothing to do): row t of a causal chunk's decay, as one
+/// vectorisable loop.
 #[inline(always)]
-fn gamma(ch: &Chunk, t: usize, s: usize) -> f32 {
-    if ch.gated {
-        exp(ch.gcum[t] - ch.gcum[s])
-    } else {
-        1.0
+pub(super) fn decay_row(gcum: Option<&[f32]>, t: usize, xs: &mut [f32]) {
+    let Some(gcum) = gcum else { return };
+    let gt = gcum[t];
+    for (x, &gs) in xs.iter_mut().zip(gcum) {
+        *x *= exp(gt - gs);
     }
+}
+
+/// Keeps the first `keep` entries of row `t` of the `len x len` tile `m`, zeroing the rest.
+#[inline(always)]
+pub(super) fn lower_row(m: &mut [f32], t: usize, len: usize, keep: usize) -> &mut [f32] {
+    let r = row_mut(m, t, len);
+    let keep = keep.min(r.len());
+    r[keep..].fill(0.0);
+    &mut r[..keep]
 }
 
 /// S' = e^(G_L) S + Kd^T V, z' = z + sum K~ (the chunk already loaded).
 #[inline(always)]
-fn advance<I: Isa>(isa: I, cfg: &Config, ch: &mut Chunk, v: &[f32], s: &mut [f32], z: &mut [f32]) {
+pub(super) fn advance<I: Isa>(
+    isa: I,
+    cfg: &Config,
+    ch: &mut Chunk,
+    v: &[f32],
+    s: &mut [f32],
+    z: &mut [f32],
+) {
     let (f, dv, len) = (cfg.f, cfg.dv, ch.len);
     let total = ch.decay();
     if total != 1.0 {
@@ -249,7 +267,7 @@ pub fn head<I: Isa>(isa: I, cfg: &Config, x: &HeadInputs<'_>, out: &mut HeadGrad
         for ci in 0..nc {
             let (t0, len) = span(ci);
             ch.load(cfg, x, t0, len, &mut tok, false);
-            keys_values(isa, cfg, x, &mut ch, t0, &ds, &dz, out, &mut tok, false);
+            keys_values(isa, cfg, x, &mut ch, t0, &ds, &dz, out, &mut tok);
         }
     }
     out.ds0.copy_from_slice(&ds);
@@ -261,7 +279,7 @@ pub fn head<I: Isa>(isa: I, cfg: &Config, x: &HeadInputs<'_>, out: &mut HeadGrad
 /// dN and dden of the chunk's rows from the numerator N (in `ch.qds` on entry when normalised):
 /// dN = dO r, dden = -r^2 (dO . N). Without the normaliser dN = dO.
 #[inline(always)]
-fn output_terms(cfg: &Config, ch: &mut Chunk, d_o: &[f32]) {
+pub(super) fn output_terms(cfg: &Config, ch: &mut Chunk, d_o: &[f32]) {
     let (dv, len) = (cfg.dv, ch.len);
     ch.dn[..len * dv].copy_from_slice(&d_o[..len * dv]);
     if !cfg.normalized {
@@ -281,20 +299,22 @@ fn output_terms(cfg: &Config, ch: &mut Chunk, d_o: &[f32]) {
 /// `qds`); with gates and no normaliser, Qd S (in `qds`, for dG).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn forward_terms<I: Isa>(isa: I, cfg: &Config, ch: &mut Chunk, v: &[f32], s0: &[f32], z0: &[f32]) {
+pub(super) fn forward_terms<I: Isa>(
+    isa: I,
+    cfg: &Config,
+    ch: &mut Chunk,
+    v: &[f32],
+    s0: &[f32],
+    z0: &[f32],
+) {
     let (f, dv, len) = (cfg.f, cfg.dv, ch.len);
     // Causal: only P's lower triangle is read.
     let dims = (len, f, len);
     matmul_tri(isa, &mut ch.p, &ch.qf, &ch.kft, dims, false, Tri::LowerOut);
+    ch.a[..len * len].copy_from_slice(&ch.p[..len * len]);
     for t in 0..len {
-        for s in 0..len {
-            let i = t * len + s;
-            ch.a[i] = if s <= t {
-                ch.p[i] * gamma(ch, t, s)
-            } else {
-                0.0
-            };
-        }
+        let arow = lower_row(&mut ch.a, t, len, t + 1);
+        decay_row(ch.gated.then_some(&ch.gcum), t, arow);
     }
     scale_queries(cfg, ch);
     if cfg.update.gated() || cfg.normalized {
@@ -357,7 +377,7 @@ fn add_dden_q(cfg: &Config, ch: &Chunk, dz: &mut [f32]) {
 /// Rows `t0..t0 + ch.len` of dq (`keys`: dk) from the features' gradient dQ~ (dK~) in `ch.lf2`,
 /// back through the feature map and `qk_norm`.
 #[inline(always)]
-fn features_backprop(
+pub(super) fn features_backprop(
     cfg: &Config,
     x: &HeadInputs<'_>,
     ch: &Chunk,
@@ -397,51 +417,83 @@ fn causal_chunk<I: Isa>(
     tok: &mut Token,
 ) {
     let (f, dv, len) = (cfg.f, cfg.dv, ch.len);
-    let gated = cfg.update.gated();
     let v = &x.v[t0 * dv..(t0 + len) * dv];
     let d_o = &x.d_o[t0 * dv..(t0 + len) * dv];
     forward_terms(isa, cfg, ch, v, s0, z0);
     output_terms(cfg, ch, d_o);
-    if cfg.normalized && gated {
+    if cfg.normalized && cfg.update.gated() {
         // dG needs dN . (Qd S): recompute Qd S (qds held N).
         matmul(isa, &mut ch.qds, &ch.lf, s0, len, f, dv, false);
     }
-    // dA = tril(dN V^T).
+    score_grads(isa, cfg, ch, v);
+    query_grads(isa, cfg, x, ch, t0, s0, z0, out, tok);
+    scores_values(isa, cfg, ch, &mut out.dv[t0 * dv..(t0 + len) * dv]);
+    key_terms(isa, cfg, ch, v, ds, dz, true);
+    state_values(
+        isa,
+        cfg,
+        ch,
+        ds,
+        &mut out.dv[t0 * dv..(t0 + len) * dv],
+        true,
+    );
+    features_backprop(cfg, x, ch, t0, out, tok, true);
+    finish_gates(cfg, ch, t0, ds, s0, out);
+    carry(isa, cfg, ch, ds, dz);
+}
+
+/// dA = tril(dN V^T) and dP = dA ⊙ Γ + dden (lower; in `p`, transposed in `dpt`) of the loaded
+/// chunk whose values are `v`; dG's score terms into `ch.dgl` (reset here):
+/// rowsum(dA ⊙ A) - colsum(dA ⊙ A) + dN ⊙ (Qd S).
+#[inline(always)]
+pub(super) fn score_grads<I: Isa>(isa: I, cfg: &Config, ch: &mut Chunk, v: &[f32]) {
+    let (dv, len) = (cfg.dv, ch.len);
+    let gated = cfg.update.gated();
     transpose(v, len, dv, &mut ch.vt);
     let dims = (len, dv, len);
     matmul_tri(isa, &mut ch.da, &ch.dn, &ch.vt, dims, false, Tri::LowerOut);
     ch.dgl[..len].fill(0.0);
+    let gcum = gated.then_some(&ch.gcum[..]);
     for t in 0..len {
-        for s in 0..len {
-            let i = t * len + s;
-            if s > t {
-                ch.da[i] = 0.0;
-                continue;
-            }
-            if gated {
-                let w = ch.da[i] * ch.a[i];
-                ch.dgl[t] += w;
-                ch.dgl[s] -= w;
-            }
-        }
+        let darow = lower_row(&mut ch.da, t, len, t + 1);
         if gated {
-            ch.dgl[t] += dot(row(&ch.dn, t, dv), row(&ch.qds, t, dv));
+            // dG_t += Σ_s (dA ⊙ A)_ts; dG_s -= (dA ⊙ A)_ts.
+            let arow = row(&ch.a, t, len);
+            let mut sum = 0.0;
+            for ((d, &da), &a) in ch.dgl.iter_mut().zip(&*darow).zip(arow) {
+                let w = da * a;
+                *d -= w;
+                sum += w;
+            }
+            ch.dgl[t] += sum + dot(row(&ch.dn, t, dv), row(&ch.qds, t, dv));
+        }
+        // dP = dA ⊙ Γ + dden (lower).
+        let prow = lower_row(&mut ch.p, t, len, t + 1);
+        prow.copy_from_slice(darow);
+        decay_row(gcum, t, prow);
+        let dd = ch.dden[t];
+        if dd != 0.0 {
+            prow.iter_mut().for_each(|e| *e += dd);
         }
     }
-    // dP = dA ⊙ Γ + dden (lower), stored transposed (dP^T) in dpt, dP itself in p.
-    for t in 0..len {
-        for s in 0..len {
-            let i = t * len + s;
-            let d = if s <= t {
-                ch.da[i] * gamma(ch, t, s) + ch.dden[t]
-            } else {
-                0.0
-            };
-            ch.p[i] = d;
-            ch.dpt[s * len + t] = d;
-        }
-    }
-    // dQ~ = dP K~ + diag(e^G) dN S^T + dden z^T  (into lf2).
+    transpose(&ch.p[..len * len], len, len, &mut ch.dpt);
+}
+
+/// dQ~ = dP K~ + diag(e^G) dN S^T + dden z^T, then through the feature map into dq.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn query_grads<I: Isa>(
+    isa: I,
+    cfg: &Config,
+    x: &HeadInputs<'_>,
+    ch: &mut Chunk,
+    t0: usize,
+    s0: &[f32],
+    z0: &[f32],
+    out: &mut HeadGrads<'_>,
+    tok: &mut Token,
+) {
+    let (f, dv, len) = (cfg.f, cfg.dv, ch.len);
     let dims = (len, len, f);
     matmul_tri(isa, &mut ch.lf2, &ch.p, &ch.kf, dims, false, Tri::LowerA);
     transpose(s0, f, dv, &mut ch.dfs);
@@ -458,25 +510,53 @@ fn causal_chunk<I: Isa>(
     matmul(isa, &mut ch.lf2, &ch.vt, &ch.dfs, len, dv, f, true);
     add_dden_z(cfg, ch, z0);
     features_backprop(cfg, x, ch, t0, out, tok, false);
-    // dV = A^T dN + Kd dS'  (A^T via transpose into dpt's buffer after use: use lf as scratch).
+}
+
+/// `dv = A^T dN` (overwritten): the values' gradient through the scores.
+#[inline(always)]
+pub(super) fn scores_values<I: Isa>(isa: I, cfg: &Config, ch: &mut Chunk, dv: &mut [f32]) {
+    let len = ch.len;
     transpose(&ch.a[..len * len], len, len, &mut ch.da);
-    let dvs = &mut out.dv[t0 * dv..(t0 + len) * dv];
-    matmul_tri(isa, dvs, &ch.da, &ch.dn, (len, len, dv), false, Tri::UpperA);
-    keys_values(isa, cfg, x, ch, t0, ds, dz, out, tok, true);
-    // The gate terms of the outgoing state and dg.
-    if gated {
-        // <dS', e^(G_L) S>.
-        let total = ch.decay();
-        ch.dgl[len - 1] += total * dot(ds, s0);
-        let mut acc = 0.0;
-        for t in (0..len).rev() {
-            acc += ch.dgl[t];
-            if let Some(g) = out.dg.get_mut(t0 + t) {
-                *g = acc;
-            }
+    matmul_tri(
+        isa,
+        dv,
+        &ch.da,
+        &ch.dn,
+        (len, len, cfg.dv),
+        false,
+        Tri::UpperA,
+    );
+}
+
+/// The gate terms of the outgoing state, <dS', e^(G_L) S>, then dg = the reverse cumulative
+/// sum of dG within the chunk (gated updates only).
+#[inline(always)]
+pub(super) fn finish_gates(
+    cfg: &Config,
+    ch: &mut Chunk,
+    t0: usize,
+    ds: &[f32],
+    s0: &[f32],
+    out: &mut HeadGrads<'_>,
+) {
+    let len = ch.len;
+    if !cfg.update.gated() || len == 0 {
+        return;
+    }
+    ch.dgl[len - 1] += ch.decay() * dot(ds, s0);
+    let mut acc = 0.0;
+    for t in (0..len).rev() {
+        acc += ch.dgl[t];
+        if let Some(g) = out.dg.get_mut(t0 + t) {
+            *g = acc;
         }
     }
-    // The carry: dS = e^(G_L) dS' + Qd^T dN; dz = dz' + Q~^T dden.
+}
+
+/// The carry: dS = e^(G_L) dS' + Qd^T dN; dz = dz' + Q~^T dden.
+#[inline(always)]
+pub(super) fn carry<I: Isa>(isa: I, cfg: &Config, ch: &mut Chunk, ds: &mut [f32], dz: &mut [f32]) {
+    let (f, dv, len) = (cfg.f, cfg.dv, ch.len);
     let total = ch.decay();
     if total != 1.0 {
         ds.iter_mut().for_each(|e| *e *= total);
@@ -486,25 +566,20 @@ fn causal_chunk<I: Isa>(
     add_dden_q(cfg, ch, dz);
 }
 
-/// dK~ = dP^T Q~ (causal, `with_scores`) + diag(e^(G_L - G)) V dS'^T + 1 dz'^T and
-/// dV += Kd dS' for the loaded chunk, then through the feature map into dk; the gate terms of
-/// V dS'^T into `ch.dgl`.
+/// dK~ = dP^T Q~ (causal, `with_scores`) + diag(e^(G_L - G)) V dS'^T + 1 dz'^T for the loaded
+/// chunk whose values are `v`, into `ch.lf2`; the gate terms of V dS'^T into `ch.dgl`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn keys_values<I: Isa>(
+pub(super) fn key_terms<I: Isa>(
     isa: I,
     cfg: &Config,
-    x: &HeadInputs<'_>,
     ch: &mut Chunk,
-    t0: usize,
+    v: &[f32],
     ds: &[f32],
     dz: &[f32],
-    out: &mut HeadGrads<'_>,
-    tok: &mut Token,
     with_scores: bool,
 ) {
     let (f, dv, len) = (cfg.f, cfg.dv, ch.len);
-    let v = &x.v[t0 * dv..(t0 + len) * dv];
     // W = V dS'^T (L x F).
     transpose(ds, f, dv, &mut ch.dfs);
     matmul(isa, &mut ch.lf2, v, &ch.dfs, len, dv, f, false);
@@ -533,7 +608,19 @@ fn keys_values<I: Isa>(
         let dims = (len, len, f);
         matmul_tri(isa, &mut ch.lf2, &ch.dpt, &ch.qf, dims, true, Tri::UpperA);
     }
-    // dV += Kd dS'.
+}
+
+/// `dv (+)= Kd dS'`: the values' gradient through the outgoing state.
+#[inline(always)]
+pub(super) fn state_values<I: Isa>(
+    isa: I,
+    cfg: &Config,
+    ch: &mut Chunk,
+    ds: &[f32],
+    dv: &mut [f32],
+    accumulate: bool,
+) {
+    let (f, len) = (cfg.f, ch.len);
     for (dst, (src, &w)) in ch
         .qft
         .chunks_exact_mut(f)
@@ -544,15 +631,34 @@ fn keys_values<I: Isa>(
             *d = k * w;
         }
     }
-    matmul(
+    matmul(isa, dv, &ch.qft, ds, len, f, cfg.dv, accumulate);
+}
+
+/// dK~ and dV of the loaded chunk from the outgoing state's gradient (and the scores,
+/// `with_scores`), then through the feature map into dk.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn keys_values<I: Isa>(
+    isa: I,
+    cfg: &Config,
+    x: &HeadInputs<'_>,
+    ch: &mut Chunk,
+    t0: usize,
+    ds: &[f32],
+    dz: &[f32],
+    out: &mut HeadGrads<'_>,
+    tok: &mut Token,
+) {
+    let (dv, len) = (cfg.dv, ch.len);
+    let v = &x.v[t0 * dv..(t0 + len) * dv];
+    key_terms(isa, cfg, ch, v, ds, dz, false);
+    state_values(
         isa,
-        &mut out.dv[t0 * dv..(t0 + len) * dv],
-        &ch.qft,
+        cfg,
+        ch,
         ds,
-        len,
-        f,
-        dv,
-        with_scores,
+        &mut out.dv[t0 * dv..(t0 + len) * dv],
+        false,
     );
     features_backprop(cfg, x, ch, t0, out, tok, true);
 }

@@ -3,7 +3,7 @@
 //! phi and its build-time symbolic derivative); taylor2, dpfp and FAVOR+ are written here, with
 //! the same f32 formulas as the forward's tile primitives.
 
-use super::vecops::{axpy, dot, row};
+use super::vecops::{axpy, dot, row, scale};
 use super::{Config, Map};
 use crate::cpu::tile::exp;
 use attnc_codegen::abi::BackwardPlan;
@@ -238,5 +238,58 @@ fn favor_vjp(
     // dxs -= gsum x', and dx = s dxs.
     for ((g, &a), &xi) in dx.iter_mut().zip(&dxs).zip(x) {
         *g += s * (a - gsum * s * xi);
+    }
+}
+
+/// Per-token scratch: one token's normalised row, its features and their gradients.
+pub(super) struct Token {
+    /// The row after `qk_norm`.
+    pub(super) xn: Vec<f32>,
+    /// Its features.
+    pub(super) feat: Vec<f32>,
+    /// The features' gradient.
+    pub(super) dfeat: Vec<f32>,
+    /// The normalised row's gradient.
+    dxn: Vec<f32>,
+}
+
+impl Token {
+    pub(super) fn new(cfg: &Config) -> Token {
+        Token {
+            xn: vec![0.0; cfg.dk],
+            feat: vec![0.0; cfg.f],
+            dfeat: vec![0.0; cfg.f],
+            dxn: vec![0.0; cfg.dk],
+        }
+    }
+
+    /// Features of raw row `x` (normalised, mapped, times `factor`); returns the l2 factor.
+    #[inline(always)]
+    pub(super) fn features(&mut self, cfg: &Config, x: &[f32], proj: &[f32], factor: f32) -> f32 {
+        let inv = normalize(cfg, x, &mut self.xn);
+        phi(cfg, &self.xn, proj, &mut self.feat);
+        if factor != 1.0 {
+            scale(&mut self.feat, factor);
+        }
+        inv
+    }
+
+    /// dx of the features' gradient `self.dfeat` (times `factor`), into `dx`; d proj into `dproj`.
+    #[inline(always)]
+    pub(super) fn backprop(
+        &mut self,
+        cfg: &Config,
+        inv: f32,
+        proj: &[f32],
+        factor: f32,
+        dx: &mut [f32],
+        dproj: &mut [f32],
+    ) {
+        if factor != 1.0 {
+            scale(&mut self.dfeat, factor);
+        }
+        self.dxn.iter_mut().for_each(|v| *v = 0.0);
+        phi_vjp(cfg, &self.xn, proj, &self.dfeat, &mut self.dxn, dproj);
+        normalize_vjp(cfg, &self.xn, inv, &self.dxn, dx);
     }
 }

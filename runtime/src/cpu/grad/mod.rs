@@ -1,6 +1,7 @@
 //! The backward pass on the CPU: what a traced `forward` records on dfdx's tape.
 //!
-//! - [`linear`]: linear attention, every update, mask, normaliser and feature map;
+//! - [`chunked`]: linear attention with additive and gated updates, both masks, the normaliser
+//!   and every feature map; `delta`: the delta rules in the WY form, on `chunked`'s pieces;
 //! - [`softmax`]: exact softmax attention (FlashAttention-2's backward);
 //! - [`maps`]: `qk_norm` and the feature maps with their vector-Jacobian products; elementwise
 //!   maps come from the generated kernel ([`Differentiable`], phi' differentiated at build time).
@@ -12,8 +13,8 @@
 //! over chunk states for S and, in reverse, for dS and dz).
 
 pub mod chunked;
+mod delta;
 mod gemm;
-pub mod linear;
 pub mod maps;
 pub mod softmax;
 mod vecops;
@@ -24,7 +25,7 @@ use crate::cpu::dispatch::{dispatch, Job};
 use crate::cpu::isa::{CpuIsa, Isa};
 use crate::cpu::pool::pooled_buffer;
 use crate::cpu::schedule::Schedule;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use attnc_codegen::abi::{BackwardAlgorithm, BackwardPlan};
 use attnc_codegen::spec::{FeatureMap, Mask, Normalize, QkNorm, Spec, Update};
 use rayon::prelude::*;
@@ -278,17 +279,10 @@ impl Job for HeadJob<'_, '_> {
     fn run<I: Isa>(mut self, isa: I) -> Result<()> {
         match self.cfg.plan.algorithm {
             BackwardAlgorithm::FlashTiles => softmax::head(isa, self.cfg, &self.x, &mut self.out),
-            BackwardAlgorithm::Chunkwise => chunked::head(isa, self.cfg, &self.x, &mut self.out),
-            BackwardAlgorithm::Recurrent => {
-                // The plan picks it for delta rules only, which are causal and unnormalised.
-                let c = self.cfg;
-                if !c.update.delta() || c.normalized || !c.causal {
-                    return Err(Error::Internal(
-                        "the token-level backward is the delta rules'",
-                    ));
-                }
-                linear::head(c, &self.x, &mut self.out)
+            BackwardAlgorithm::Chunkwise if self.cfg.update.delta() => {
+                delta::head(isa, self.cfg, &self.x, &mut self.out)
             }
+            BackwardAlgorithm::Chunkwise => chunked::head(isa, self.cfg, &self.x, &mut self.out),
         }
         Ok(())
     }
@@ -298,7 +292,7 @@ impl Job for HeadJob<'_, '_> {
 /// chunkwise algorithm with a causal mask: forced by `Schedule::Chunks`, or under `Auto` when
 /// splitting by (batch, head) would leave threads idle.
 fn by_chunks(cfg: &Config, bh: usize, n: usize) -> bool {
-    if cfg.plan.algorithm != BackwardAlgorithm::Chunkwise || !cfg.causal {
+    if cfg.plan.algorithm != BackwardAlgorithm::Chunkwise || !cfg.causal || cfg.update.delta() {
         return false;
     }
     let chunks = n.div_ceil(cfg.chunk.max(1));

@@ -39,18 +39,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// The row-major `rows x cols` matrix `m` as rows.
-#[inline(always)]
-pub fn rows(m: &[f32], cols: usize) -> std::slice::ChunksExact<'_, f32> {
-    m.chunks_exact(cols.max(1))
-}
-
-/// As [`rows`], mutable.
-#[inline(always)]
-pub fn rows_mut(m: &mut [f32], cols: usize) -> std::slice::ChunksExactMut<'_, f32> {
-    m.chunks_exact_mut(cols.max(1))
-}
-
 /// Row `i` of a row-major matrix with `cols` columns (empty past the end).
 #[inline(always)]
 pub fn row(m: &[f32], i: usize, cols: usize) -> &[f32] {
