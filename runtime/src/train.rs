@@ -14,7 +14,7 @@
 use crate::check::{Problem, ScalarRule};
 use crate::cpu::grad::{self, Config, Differentiable};
 use crate::cpu::marshal::contiguous_data;
-use crate::cpu::pool::recycle;
+use crate::cpu::pool::{pooled_buffer, recycle};
 use crate::error::Error;
 use crate::state::State;
 use attnc_codegen::abi::Signature;
@@ -60,12 +60,16 @@ fn internal(_: Error) -> CpuError {
     CpuError::WrongNumElements
 }
 
-/// A gradient's current value by id (zeros when nothing consumed the tensor), copied.
+/// A gradient's current value by id (zeros when nothing consumed the tensor), copied into a
+/// pooled buffer (a fresh one would fault in every page of dL/do).
 fn gradient_of<S: Shape>(
     grads: &mut Gradients<f32, Cpu>,
     t: &Tensor<S, f32, Cpu>,
 ) -> Result<Vec<f32>, CpuError> {
-    Ok(grads.get_or_alloc_mut(t)?.to_vec())
+    let g = grads.get_or_alloc_mut(t)?;
+    let mut out = pooled_buffer(g.len());
+    out.copy_from_slice(g);
+    Ok(out)
 }
 
 /// Adds `delta` (logical order) into the gradient of `t`.

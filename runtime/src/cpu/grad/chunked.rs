@@ -25,7 +25,7 @@
 //! dK~ = V dS_N^T + 1 dz_N^T and dV = K~ dS_N, chunk by chunk.
 
 use super::gemm::{matmul, matmul_tri, transpose, Tri};
-use super::maps::Token;
+use super::maps::{backprop, features};
 use super::vecops::{at, dot, row, row_mut};
 use super::{Config, HeadGrads, HeadInputs};
 use crate::cpu::dispatch::{dispatch, Job};
@@ -40,6 +40,13 @@ pub(super) struct Chunk {
     pub(super) len: usize,
     /// Whether the update is gated (else every decay is 1).
     pub(super) gated: bool,
+    /// Queries and keys after `qk_norm` (L x DK), with their l2 factors (L), and the
+    /// gradient scratch of one such row (DK).
+    pub(super) qx: Vec<f32>,
+    pub(super) kx: Vec<f32>,
+    pub(super) qinv: Vec<f32>,
+    pub(super) kinv: Vec<f32>,
+    pub(super) dxn: Vec<f32>,
     /// Scaled query features, key features (L x F), their transposes (F x L).
     pub(super) qf: Vec<f32>,
     pub(super) kf: Vec<f32>,
@@ -76,6 +83,11 @@ impl Chunk {
         Chunk {
             len: 0,
             gated: cfg.update.gated(),
+            qx: z(c * cfg.dk),
+            kx: z(c * cfg.dk),
+            qinv: z(c),
+            kinv: z(c),
+            dxn: z(cfg.dk),
             qf: z(c * f),
             kf: z(c * f),
             qft: z(c * f),
@@ -107,17 +119,16 @@ impl Chunk {
         x: &HeadInputs<'_>,
         t0: usize,
         len: usize,
-        tok: &mut Token,
         queries: bool,
     ) {
         let (dk, f) = (cfg.dk, cfg.f);
         self.len = len;
         for i in 0..len {
-            tok.features(cfg, row(x.k, t0 + i, dk), x.proj, 1.0);
-            row_mut(&mut self.kf, i, f).copy_from_slice(&tok.feat);
+            let (xn, feat) = (row_mut(&mut self.kx, i, dk), row_mut(&mut self.kf, i, f));
+            self.kinv[i] = features(cfg, row(x.k, t0 + i, dk), x.proj, 1.0, xn, feat);
             if queries {
-                tok.features(cfg, row(x.q, t0 + i, dk), x.proj, cfg.scale);
-                row_mut(&mut self.qf, i, f).copy_from_slice(&tok.feat);
+                let (xn, feat) = (row_mut(&mut self.qx, i, dk), row_mut(&mut self.qf, i, f));
+                self.qinv[i] = features(cfg, row(x.q, t0 + i, dk), x.proj, cfg.scale, xn, feat);
             }
         }
         transpose(&self.kf[..len * f], len, f, &mut self.kft);
@@ -207,7 +218,6 @@ pub fn head<I: Isa>(isa: I, cfg: &Config, x: &HeadInputs<'_>, out: &mut HeadGrad
     let nc = n.div_ceil(c);
     let p = f * dv;
     let zlen = if cfg.normalized { f } else { 0 };
-    let mut tok = Token::new(cfg);
     let mut ch = Chunk::new(cfg);
     let span = |ci: usize| (ci * c, ((ci + 1) * c).min(n) - ci * c);
 
@@ -225,7 +235,7 @@ pub fn head<I: Isa>(isa: I, cfg: &Config, x: &HeadInputs<'_>, out: &mut HeadGrad
         row_mut(&mut starts_s, ci, p).copy_from_slice(&s);
         row_mut(&mut starts_z, ci, zlen).copy_from_slice(&z);
         let (t0, len) = span(ci);
-        ch.load(cfg, x, t0, len, &mut tok, false);
+        ch.load(cfg, x, t0, len, false);
         advance(
             isa,
             cfg,
@@ -249,25 +259,21 @@ pub fn head<I: Isa>(isa: I, cfg: &Config, x: &HeadInputs<'_>, out: &mut HeadGrad
     if cfg.causal {
         for ci in (0..nc).rev() {
             let (t0, len) = span(ci);
-            ch.load(cfg, x, t0, len, &mut tok, true);
+            ch.load(cfg, x, t0, len, true);
             let (s0, z0) = (row(&starts_s, ci, p), row(&starts_z, ci, zlen));
-            causal_chunk(
-                isa, cfg, x, &mut ch, t0, s0, z0, &mut ds, &mut dz, out, &mut tok,
-            );
+            causal_chunk(isa, cfg, x, &mut ch, t0, s0, z0, &mut ds, &mut dz, out);
         }
     } else {
         // S_N, z_N are in (s, z): the outputs' terms over the whole sequence first.
         for ci in 0..nc {
             let (t0, len) = span(ci);
-            ch.load(cfg, x, t0, len, &mut tok, true);
-            full_queries(
-                isa, cfg, x, &mut ch, t0, &s, &z, &mut ds, &mut dz, out, &mut tok,
-            );
+            ch.load(cfg, x, t0, len, true);
+            full_queries(isa, cfg, x, &mut ch, t0, &s, &z, &mut ds, &mut dz, out);
         }
         for ci in 0..nc {
             let (t0, len) = span(ci);
-            ch.load(cfg, x, t0, len, &mut tok, false);
-            keys_values(isa, cfg, x, &mut ch, t0, &ds, &dz, out, &mut tok);
+            ch.load(cfg, x, t0, len, false);
+            keys_values(isa, cfg, x, &mut ch, t0, &ds, &dz, out);
         }
     }
     out.ds0.copy_from_slice(&ds);
@@ -380,22 +386,32 @@ fn add_dden_q(cfg: &Config, ch: &Chunk, dz: &mut [f32]) {
 pub(super) fn features_backprop(
     cfg: &Config,
     x: &HeadInputs<'_>,
-    ch: &Chunk,
+    ch: &mut Chunk,
     t0: usize,
     out: &mut HeadGrads<'_>,
-    tok: &mut Token,
     keys: bool,
 ) {
-    let (raw, dst, factor) = if keys {
-        (x.k, &mut *out.dk, 1.0)
+    let (xn, inv, dst, factor) = if keys {
+        (&ch.kx, &ch.kinv, &mut *out.dk, 1.0)
     } else {
-        (x.q, &mut *out.dq, cfg.scale)
+        (&ch.qx, &ch.qinv, &mut *out.dq, cfg.scale)
     };
+    let (dk, f) = (cfg.dk, cfg.f);
     for t in 0..ch.len {
-        tok.dfeat.copy_from_slice(row(&ch.lf2, t, cfg.f));
-        let inv = super::maps::normalize(cfg, row(raw, t0 + t, cfg.dk), &mut tok.xn);
-        let dx = row_mut(dst, t0 + t, cfg.dk);
-        tok.backprop(cfg, inv, x.proj, factor, dx, out.dproj);
+        let dfeat = row_mut(&mut ch.lf2, t, f);
+        let dx = row_mut(dst, t0 + t, dk);
+        let xn = row(xn, t, dk);
+        backprop(
+            cfg,
+            xn,
+            inv[t],
+            x.proj,
+            factor,
+            dfeat,
+            &mut ch.dxn,
+            dx,
+            out.dproj,
+        );
     }
 }
 
@@ -414,7 +430,6 @@ fn causal_chunk<I: Isa>(
     ds: &mut [f32],
     dz: &mut [f32],
     out: &mut HeadGrads<'_>,
-    tok: &mut Token,
 ) {
     let (f, dv, len) = (cfg.f, cfg.dv, ch.len);
     let v = &x.v[t0 * dv..(t0 + len) * dv];
@@ -426,7 +441,7 @@ fn causal_chunk<I: Isa>(
         matmul(isa, &mut ch.qds, &ch.lf, s0, len, f, dv, false);
     }
     score_grads(isa, cfg, ch, v);
-    query_grads(isa, cfg, x, ch, t0, s0, z0, out, tok);
+    query_grads(isa, cfg, x, ch, t0, s0, z0, out);
     scores_values(isa, cfg, ch, &mut out.dv[t0 * dv..(t0 + len) * dv]);
     key_terms(isa, cfg, ch, v, ds, dz, true);
     state_values(
@@ -437,7 +452,7 @@ fn causal_chunk<I: Isa>(
         &mut out.dv[t0 * dv..(t0 + len) * dv],
         true,
     );
-    features_backprop(cfg, x, ch, t0, out, tok, true);
+    features_backprop(cfg, x, ch, t0, out, true);
     finish_gates(cfg, ch, t0, ds, s0, out);
     carry(isa, cfg, ch, ds, dz);
 }
@@ -491,7 +506,6 @@ pub(super) fn query_grads<I: Isa>(
     s0: &[f32],
     z0: &[f32],
     out: &mut HeadGrads<'_>,
-    tok: &mut Token,
 ) {
     let (f, dv, len) = (cfg.f, cfg.dv, ch.len);
     let dims = (len, len, f);
@@ -509,7 +523,7 @@ pub(super) fn query_grads<I: Isa>(
     }
     matmul(isa, &mut ch.lf2, &ch.vt, &ch.dfs, len, dv, f, true);
     add_dden_z(cfg, ch, z0);
-    features_backprop(cfg, x, ch, t0, out, tok, false);
+    features_backprop(cfg, x, ch, t0, out, false);
 }
 
 /// `dv = A^T dN` (overwritten): the values' gradient through the scores.
@@ -647,7 +661,6 @@ fn keys_values<I: Isa>(
     ds: &[f32],
     dz: &[f32],
     out: &mut HeadGrads<'_>,
-    tok: &mut Token,
 ) {
     let (dv, len) = (cfg.dv, ch.len);
     let v = &x.v[t0 * dv..(t0 + len) * dv];
@@ -660,7 +673,7 @@ fn keys_values<I: Isa>(
         &mut out.dv[t0 * dv..(t0 + len) * dv],
         false,
     );
-    features_backprop(cfg, x, ch, t0, out, tok, true);
+    features_backprop(cfg, x, ch, t0, out, true);
 }
 
 /// `mask = none`: the loaded chunk's outputs read (S_N, z_N): dq, and dS_N += Q~^T dN,
@@ -678,7 +691,6 @@ fn full_queries<I: Isa>(
     ds: &mut [f32],
     dz: &mut [f32],
     out: &mut HeadGrads<'_>,
-    tok: &mut Token,
 ) {
     let (f, dv, len) = (cfg.f, cfg.dv, ch.len);
     let d_o = &x.d_o[t0 * dv..(t0 + len) * dv];
@@ -694,7 +706,7 @@ fn full_queries<I: Isa>(
     matmul(isa, &mut ch.lf2, &ch.dn, &ch.dfs, len, dv, f, false);
     add_dden_z(cfg, ch, z);
     add_dden_q(cfg, ch, dz);
-    features_backprop(cfg, x, ch, t0, out, tok, false);
+    features_backprop(cfg, x, ch, t0, out, false);
     matmul(isa, ds, &ch.qft, &ch.dn, f, len, dv, true);
 }
 
@@ -761,12 +773,11 @@ impl Job for ChunkRun<'_, '_> {
     #[inline(always)]
     fn run<I: Isa>(mut self, isa: I) -> Result<()> {
         let (cfg, c, dv) = (self.cfg, self.cfg.chunk.max(1), self.cfg.dv);
-        let mut tok = Token::new(cfg);
         let mut ch = Chunk::new(cfg);
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let (t0, len) = (i * c, c.min(self.x.n - i * c));
             let queries = !matches!(self.phase, ChunkPhase::States);
-            ch.load(cfg, &self.x, t0, len, &mut tok, queries);
+            ch.load(cfg, &self.x, t0, len, queries);
             match self.phase {
                 ChunkPhase::States => {
                     slot.s.fill(0.0);
@@ -789,7 +800,6 @@ impl Job for ChunkRun<'_, '_> {
                         slot.s,
                         slot.z,
                         &mut self.out,
-                        &mut tok,
                     );
                 }
             }

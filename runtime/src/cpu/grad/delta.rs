@@ -32,7 +32,6 @@ use super::chunked::{
     lower_row, output_terms, query_grads, score_grads, scores_values, state_values, Chunk,
 };
 use super::gemm::{matmul, matmul_tri, row_combination, transpose, Tri};
-use super::maps::Token;
 use super::vecops::{at, dot, row, row_mut};
 use super::{Config, HeadGrads, HeadInputs};
 use crate::cpu::isa::Isa;
@@ -78,7 +77,6 @@ pub fn head<I: Isa>(isa: I, cfg: &Config, x: &HeadInputs<'_>, out: &mut HeadGrad
     let c = cfg.chunk.max(1);
     let nc = n.div_ceil(c);
     let p = f * dv;
-    let mut tok = Token::new(cfg);
     let mut ch = Chunk::new(cfg);
     let mut tiles = Tiles::new(cfg);
     let span = |ci: usize| (ci * c, ((ci + 1) * c).min(n) - ci * c);
@@ -89,7 +87,7 @@ pub fn head<I: Isa>(isa: I, cfg: &Config, x: &HeadInputs<'_>, out: &mut HeadGrad
     for ci in 0..nc {
         row_mut(&mut starts, ci, p).copy_from_slice(&s);
         let (t0, len) = span(ci);
-        ch.load(cfg, x, t0, len, &mut tok, false);
+        ch.load(cfg, x, t0, len, false);
         solve_values(isa, cfg, x, &mut ch, &mut tiles, t0, &s);
         advance(isa, cfg, &mut ch, &tiles.u, &mut s, &mut []);
     }
@@ -102,12 +100,10 @@ pub fn head<I: Isa>(isa: I, cfg: &Config, x: &HeadInputs<'_>, out: &mut HeadGrad
     };
     for ci in (0..nc).rev() {
         let (t0, len) = span(ci);
-        ch.load(cfg, x, t0, len, &mut tok, true);
+        ch.load(cfg, x, t0, len, true);
         let s0 = row(&starts, ci, p);
         solve_values(isa, cfg, x, &mut ch, &mut tiles, t0, s0);
-        chunk_grads(
-            isa, cfg, x, &mut ch, &mut tiles, t0, s0, &mut ds, out, &mut tok,
-        );
+        chunk_grads(isa, cfg, x, &mut ch, &mut tiles, t0, s0, &mut ds, out);
     }
     out.ds0.copy_from_slice(&ds);
 }
@@ -185,7 +181,6 @@ fn chunk_grads<I: Isa>(
     s0: &[f32],
     ds: &mut [f32],
     out: &mut HeadGrads<'_>,
-    tok: &mut Token,
 ) {
     let (dv, len) = (cfg.dv, ch.len);
     let d_o = &x.d_o[t0 * dv..(t0 + len) * dv];
@@ -193,14 +188,14 @@ fn chunk_grads<I: Isa>(
     forward_terms(isa, cfg, ch, &tl.u, s0, &[]);
     output_terms(cfg, ch, d_o);
     score_grads(isa, cfg, ch, &tl.u);
-    query_grads(isa, cfg, x, ch, t0, s0, &[], out, tok);
+    query_grads(isa, cfg, x, ch, t0, s0, &[], out);
     scores_values(isa, cfg, ch, &mut tl.du);
     key_terms(isa, cfg, ch, &tl.u, ds, &[], true);
     state_values(isa, cfg, ch, ds, &mut tl.du, true);
     // The solve's terms.
     back_substitute(isa, tl, len, dv);
     solve_grads(isa, cfg, x, ch, tl, t0, s0, out);
-    features_backprop(cfg, x, ch, t0, out, tok, true);
+    features_backprop(cfg, x, ch, t0, out, true);
     finish_gates(cfg, ch, t0, ds, s0, out);
     carry(isa, cfg, ch, ds, &mut []);
     // dS -= (diag(γ) K~)^T dW.

@@ -37,10 +37,10 @@ pub fn phi_rows<K: Differentiable>(x: &[f32], out: &mut [f32]) {
 /// `dx += g * phi'(x)` over a row, for [`super::Config::dphi_rows`]; a zero incoming gradient
 /// stays zero even where phi' is infinite.
 pub fn dphi_rows<K: Differentiable>(x: &[f32], g: &[f32], dx: &mut [f32]) {
+    // A select, not a branch, so that the loop vectorises.
     for ((d, &v), &gi) in dx.iter_mut().zip(x).zip(g) {
-        if gi != 0.0 {
-            *d += gi * K::dphi(v);
-        }
+        let term = gi * K::dphi(v);
+        *d += if gi != 0.0 { term } else { 0.0 };
     }
 }
 
@@ -241,55 +241,44 @@ fn favor_vjp(
     }
 }
 
-/// Per-token scratch: one token's normalised row, its features and their gradients.
-pub(super) struct Token {
-    /// The row after `qk_norm`.
-    pub(super) xn: Vec<f32>,
-    /// Its features.
-    pub(super) feat: Vec<f32>,
-    /// The features' gradient.
-    pub(super) dfeat: Vec<f32>,
-    /// The normalised row's gradient.
-    dxn: Vec<f32>,
+/// One row's features: `xn = qk_norm(x)`, `feat = factor phi(xn)`; returns the l2 factor
+/// (1 without `qk_norm`).
+#[inline(always)]
+pub(super) fn features(
+    cfg: &Config,
+    x: &[f32],
+    proj: &[f32],
+    factor: f32,
+    xn: &mut [f32],
+    feat: &mut [f32],
+) -> f32 {
+    let inv = normalize(cfg, x, xn);
+    phi(cfg, xn, proj, feat);
+    if factor != 1.0 {
+        scale(feat, factor);
+    }
+    inv
 }
 
-impl Token {
-    pub(super) fn new(cfg: &Config) -> Token {
-        Token {
-            xn: vec![0.0; cfg.dk],
-            feat: vec![0.0; cfg.f],
-            dfeat: vec![0.0; cfg.f],
-            dxn: vec![0.0; cfg.dk],
-        }
+/// `dx` of one row from its features' gradient `dfeat` (scaled by `factor` in place), the
+/// row after `qk_norm` `xn` and its l2 factor `inv`; d proj into `dproj`; `dxn` is scratch.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backprop(
+    cfg: &Config,
+    xn: &[f32],
+    inv: f32,
+    proj: &[f32],
+    factor: f32,
+    dfeat: &mut [f32],
+    dxn: &mut [f32],
+    dx: &mut [f32],
+    dproj: &mut [f32],
+) {
+    if factor != 1.0 {
+        scale(dfeat, factor);
     }
-
-    /// Features of raw row `x` (normalised, mapped, times `factor`); returns the l2 factor.
-    #[inline(always)]
-    pub(super) fn features(&mut self, cfg: &Config, x: &[f32], proj: &[f32], factor: f32) -> f32 {
-        let inv = normalize(cfg, x, &mut self.xn);
-        phi(cfg, &self.xn, proj, &mut self.feat);
-        if factor != 1.0 {
-            scale(&mut self.feat, factor);
-        }
-        inv
-    }
-
-    /// dx of the features' gradient `self.dfeat` (times `factor`), into `dx`; d proj into `dproj`.
-    #[inline(always)]
-    pub(super) fn backprop(
-        &mut self,
-        cfg: &Config,
-        inv: f32,
-        proj: &[f32],
-        factor: f32,
-        dx: &mut [f32],
-        dproj: &mut [f32],
-    ) {
-        if factor != 1.0 {
-            scale(&mut self.dfeat, factor);
-        }
-        self.dxn.iter_mut().for_each(|v| *v = 0.0);
-        phi_vjp(cfg, &self.xn, proj, &self.dfeat, &mut self.dxn, dproj);
-        normalize_vjp(cfg, &self.xn, inv, &self.dxn, dx);
-    }
+    dxn.fill(0.0);
+    phi_vjp(cfg, xn, proj, dfeat, dxn, dproj);
+    normalize_vjp(cfg, xn, inv, dxn, dx);
 }

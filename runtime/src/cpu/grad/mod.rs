@@ -320,16 +320,20 @@ pub fn run(cfg: &Config, x: &Inputs) -> Result<Grads> {
             vec![0.0; len]
         }
     };
-    // Pooled: fresh multi-MB buffers cost page faults on first touch.
-    let zeroed = |len: usize| {
+    // Pooled: fresh multi-MB buffers cost page faults on first touch. The linear attention
+    // backwards write every row of dq, dk and dv; softmax's adds each key tile's terms, so
+    // only its buffers are zeroed first.
+    let rows = |len: usize| {
         let mut b = pooled_buffer(len);
-        b.fill(0.0);
+        if cfg.softmax {
+            b.fill(0.0);
+        }
         b
     };
     let mut g = Grads {
-        q: zeroed(bh * n * dk),
-        k: zeroed(bh * n * dk),
-        v: zeroed(bh * n * dv),
+        q: rows(bh * n * dk),
+        k: rows(bh * n * dk),
+        v: rows(bh * n * dv),
         beta: sized(&x.beta, bh * n),
         g: sized(&x.g, bh * n),
         proj: Vec::new(),
