@@ -397,14 +397,14 @@ pub(super) fn features_backprop(
         (&ch.qx, &ch.qinv, &mut *out.dq, cfg.scale)
     };
     let (dk, f) = (cfg.dk, cfg.f);
-    for t in 0..ch.len {
+    for (t, &inv) in inv.iter().enumerate().take(ch.len) {
         let dfeat = row_mut(&mut ch.lf2, t, f);
         let dx = row_mut(dst, t0 + t, dk);
         let xn = row(xn, t, dk);
         backprop(
             cfg,
             xn,
-            inv[t],
+            inv,
             x.proj,
             factor,
             dfeat,
