@@ -24,7 +24,7 @@
 //! With `mask = none` every output reads S_N: dS_N += Q~^T dN over the sequence first, then
 //! dK~ = V dS_N^T + 1 dz_N^T and dV = K~ dS_N, chunk by chunk.
 
-use super::gemm::{matmul, matmul_tri, transpose, Tri};
+use super::gemm::{matmul, matmul_tri, matmul_tri_t, transpose, Tri};
 use super::maps::{backprop, features};
 use super::vecops::{at, dot, row, row_mut};
 use super::{Config, HeadGrads, HeadInputs};
@@ -47,7 +47,8 @@ pub(super) struct Chunk {
     pub(super) qinv: Vec<f32>,
     pub(super) kinv: Vec<f32>,
     pub(super) dxn: Vec<f32>,
-    /// Scaled query features, key features (L x F), their transposes (F x L).
+    /// Scaled query features, key features (L x F), the keys' transpose (F x L) and an
+    /// L x F scratch (`qft`).
     pub(super) qf: Vec<f32>,
     pub(super) kf: Vec<f32>,
     pub(super) qft: Vec<f32>,
@@ -60,7 +61,6 @@ pub(super) struct Chunk {
     pub(super) p: Vec<f32>,
     pub(super) a: Vec<f32>,
     pub(super) da: Vec<f32>,
-    pub(super) dpt: Vec<f32>,
     /// L x DV tiles.
     pub(super) dn: Vec<f32>,
     pub(super) qds: Vec<f32>,
@@ -98,7 +98,6 @@ impl Chunk {
             p: z(c * c),
             a: z(c * c),
             da: z(c * c),
-            dpt: z(c * c),
             dn: z(c * dv),
             qds: z(c * dv),
             vt: z(c * dv),
@@ -132,9 +131,6 @@ impl Chunk {
             }
         }
         transpose(&self.kf[..len * f], len, f, &mut self.kft);
-        if queries {
-            transpose(&self.qf[..len * f], len, f, &mut self.qft);
-        }
         let mut g = 0.0;
         for i in 0..len {
             if cfg.update.gated() {
@@ -457,7 +453,7 @@ fn causal_chunk<I: Isa>(
     carry(isa, cfg, ch, ds, dz);
 }
 
-/// dA = tril(dN V^T) and dP = dA ⊙ Γ + dden (lower; in `p`, transposed in `dpt`) of the loaded
+/// dA = tril(dN V^T) and dP = dA ⊙ Γ + dden (lower, in `p`) of the loaded
 /// chunk whose values are `v`; dG's score terms into `ch.dgl` (reset here):
 /// rowsum(dA ⊙ A) - colsum(dA ⊙ A) + dN ⊙ (Qd S).
 #[inline(always)]
@@ -491,7 +487,6 @@ pub(super) fn score_grads<I: Isa>(isa: I, cfg: &Config, ch: &mut Chunk, v: &[f32
             prow.iter_mut().for_each(|e| *e += dd);
         }
     }
-    transpose(&ch.p[..len * len], len, len, &mut ch.dpt);
 }
 
 /// dQ~ = dP K~ + diag(e^G) dN S^T + dden z^T, then through the feature map into dq.
@@ -529,17 +524,8 @@ pub(super) fn query_grads<I: Isa>(
 /// `dv = A^T dN` (overwritten): the values' gradient through the scores.
 #[inline(always)]
 pub(super) fn scores_values<I: Isa>(isa: I, cfg: &Config, ch: &mut Chunk, dv: &mut [f32]) {
-    let len = ch.len;
-    transpose(&ch.a[..len * len], len, len, &mut ch.da);
-    matmul_tri(
-        isa,
-        dv,
-        &ch.da,
-        &ch.dn,
-        (len, len, cfg.dv),
-        false,
-        Tri::UpperA,
-    );
+    let dims = (ch.len, ch.len, cfg.dv);
+    matmul_tri_t(isa, dv, &ch.a, &ch.dn, dims, false, Tri::UpperA);
 }
 
 /// The gate terms of the outgoing state, <dS', e^(G_L) S>, then dg = the reverse cumulative
@@ -575,8 +561,8 @@ pub(super) fn carry<I: Isa>(isa: I, cfg: &Config, ch: &mut Chunk, ds: &mut [f32]
     if total != 1.0 {
         ds.iter_mut().for_each(|e| *e *= total);
     }
-    transpose(&ch.lf[..len * f], len, f, &mut ch.qft);
-    matmul(isa, ds, &ch.qft, &ch.dn, f, len, dv, true);
+    let dims = (f, len, dv);
+    matmul_tri_t(isa, ds, &ch.lf, &ch.dn, dims, true, Tri::Full);
     add_dden_q(cfg, ch, dz);
 }
 
@@ -620,7 +606,7 @@ pub(super) fn key_terms<I: Isa>(
     }
     if with_scores {
         let dims = (len, len, f);
-        matmul_tri(isa, &mut ch.lf2, &ch.dpt, &ch.qf, dims, true, Tri::UpperA);
+        matmul_tri_t(isa, &mut ch.lf2, &ch.p, &ch.qf, dims, true, Tri::UpperA);
     }
 }
 
@@ -707,7 +693,7 @@ fn full_queries<I: Isa>(
     add_dden_z(cfg, ch, z);
     add_dden_q(cfg, ch, dz);
     features_backprop(cfg, x, ch, t0, out, false);
-    matmul(isa, ds, &ch.qft, &ch.dn, f, len, dv, true);
+    matmul_tri_t(isa, ds, &ch.qf, &ch.dn, (f, len, dv), true, Tri::Full);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -828,8 +814,7 @@ fn carry_term<I: Isa>(
         scale_queries(cfg, ch);
     }
     output_terms(cfg, ch, d_o);
-    transpose(&ch.lf[..len * f], len, f, &mut ch.qft);
-    matmul(isa, slot.s, &ch.qft, &ch.dn, f, len, dv, false);
+    matmul_tri_t(isa, slot.s, &ch.lf, &ch.dn, (f, len, dv), false, Tri::Full);
     slot.z.fill(0.0);
     add_dden_q(cfg, ch, slot.z);
 }

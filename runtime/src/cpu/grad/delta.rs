@@ -31,7 +31,7 @@ use super::chunked::{
     advance, carry, decay_row, features_backprop, finish_gates, forward_terms, key_terms,
     lower_row, output_terms, query_grads, score_grads, scores_values, state_values, Chunk,
 };
-use super::gemm::{matmul, matmul_tri, row_combination, transpose, Tri};
+use super::gemm::{matmul, matmul_tri, matmul_tri_t, row_combination, transpose, Tri};
 use super::vecops::{at, dot, row, row_mut};
 use super::{Config, HeadGrads, HeadInputs};
 use crate::cpu::isa::Isa;
@@ -274,11 +274,10 @@ fn solve_grads<I: Isa>(
             ch.dgl[t] -= ch.eg[t] * dot(row(&tl.ks, t, dv), dw);
         }
     }
-    transpose(&tl.dl[..len * len], len, len, &mut ch.dpt);
     // dK~ += D K~ + D^T K~.
     let dims = (len, len, f);
     matmul_tri(isa, &mut ch.lf2, &tl.dl, &ch.kf, dims, true, Tri::LowerA);
-    matmul_tri(isa, &mut ch.lf2, &ch.dpt, &ch.kf, dims, true, Tri::UpperA);
+    matmul_tri_t(isa, &mut ch.lf2, &tl.dl, &ch.kf, dims, true, Tri::UpperA);
     // dK~ -= diag(γ) dW S^T.
     transpose(s0, f, dv, &mut ch.dfs);
     matmul(isa, &mut tl.lf, &tl.du, &ch.dfs, len, dv, f, false);

@@ -50,7 +50,65 @@ pub fn matmul_tri<I: Isa>(
     accumulate: bool,
     tri: Tri,
 ) {
-    let (c, a, b) = (&mut c[..m * n], &a[..m * k], &b[..k * n]);
+    let lhs = Lhs {
+        data: &a[..m * k],
+        row: k,
+        col: 1,
+    };
+    product(isa, c, lhs, b, (m, k, n), accumulate, tri);
+}
+
+/// [`matmul_tri`] of `a^T b` with `a` stored as it is (k x m): the left operand's entries are
+/// broadcast one at a time, so reading it by columns costs nothing and no transpose is made.
+/// `tri` describes `a^T`, the product's left operand.
+#[inline(always)]
+pub fn matmul_tri_t<I: Isa>(
+    isa: I,
+    c: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+    tri: Tri,
+) {
+    let lhs = Lhs {
+        data: &a[..m * k],
+        row: 1,
+        col: m,
+    };
+    product(isa, c, lhs, b, (m, k, n), accumulate, tri);
+}
+
+/// The left operand of a product: entry (i, p) at `data[i * row + p * col]`.
+#[derive(Clone, Copy)]
+struct Lhs<'a> {
+    data: &'a [f32],
+    row: usize,
+    col: usize,
+}
+
+impl Lhs<'_> {
+    #[inline(always)]
+    fn at(&self, i: usize, p: usize) -> f32 {
+        self.data
+            .get(i * self.row + p * self.col)
+            .copied()
+            .unwrap_or(0.0)
+    }
+}
+
+/// `c (+)= lhs . b`, the [`Tri`] part.
+#[inline(always)]
+fn product<I: Isa>(
+    isa: I,
+    c: &mut [f32],
+    a: Lhs<'_>,
+    b: &[f32],
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+    tri: Tri,
+) {
+    let (c, b) = (&mut c[..m * n], &b[..k * n]);
     if !accumulate {
         c.fill(0.0);
     }
@@ -71,7 +129,7 @@ pub fn matmul_tri<I: Isa>(
     for r in i..m {
         let (k0, k1, n1) = extent(tri, r, r + 1, k, n);
         let crow = &mut c[r * n..r * n + n1];
-        edge(crow, &a[r * k + k0..r * k + k1], &b[k0 * n..], n, 0);
+        edge(crow, a, r, (k0, k1), b, n, 0);
     }
 }
 
@@ -92,7 +150,7 @@ fn extent(tri: Tri, i0: usize, i1: usize, k: usize, n: usize) -> (usize, usize, 
 fn rows<I: Isa, const R: usize, const W: usize>(
     isa: I,
     c: &mut [f32],
-    a: &[f32],
+    a: Lhs<'_>,
     b: &[f32],
     i: usize,
     (k, n): (usize, usize),
@@ -100,34 +158,33 @@ fn rows<I: Isa, const R: usize, const W: usize>(
 ) {
     let (k0, k1, n1) = extent(tri, i, i + R, k, n);
     let cblk = &mut c[i * n..(i + R) * n];
-    let ablk = &a[i * k..(i + R) * k];
-    let depth = (k0, k1, k);
     let mut j = 0;
     while j + 16 * W <= n && j < n1 {
-        block::<I, R, W>(isa, cblk, ablk, b, depth, n, j);
+        block::<I, R, W>(isa, cblk, a, i, b, (k0, k1), n, j);
         j += 16 * W;
     }
     while j + 16 <= n && j < n1 {
-        block::<I, R, 1>(isa, cblk, ablk, b, depth, n, j);
+        block::<I, R, 1>(isa, cblk, a, i, b, (k0, k1), n, j);
         j += 16;
     }
     if j < n1 {
-        for (crow, arow) in cblk.chunks_exact_mut(n).zip(ablk.chunks_exact(k)) {
-            edge(&mut crow[j..n1], &arow[k0..k1], &b[k0 * n..], n, j);
+        for (r, crow) in cblk.chunks_exact_mut(n).enumerate() {
+            edge(&mut crow[j..n1], a, i + r, (k0, k1), b, n, j);
         }
     }
 }
 
-/// Columns `j..j + 16 W` of `R` rows of `c`: `R x W` vector accumulators over the depth
-/// `k0..k1` (`k` the row length of `a`).
+/// Columns `j..j + 16 W` of `R` rows of `c` (rows `i..` of the left operand): `R x W` vector
+/// accumulators over the depth `k0..k1`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // fixed-size register blocks
 fn block<I: Isa, const R: usize, const W: usize>(
     isa: I,
     cblk: &mut [f32],
-    ablk: &[f32],
+    a: Lhs<'_>,
+    i: usize,
     b: &[f32],
-    (k0, k1, k): (usize, usize, usize),
+    (k0, k1): (usize, usize),
     n: usize,
     j: usize,
 ) {
@@ -144,7 +201,7 @@ fn block<I: Isa, const R: usize, const W: usize>(
             bv[w] = isa.load(src);
         }
         for r in 0..R {
-            let x = isa.splat(ablk[r * k + p]);
+            let x = isa.splat(a.at(i + r, p));
             for w in 0..W {
                 acc[r][w] = isa.vfma(x, bv[w], acc[r][w]);
             }
@@ -164,11 +221,20 @@ fn block<I: Isa, const R: usize, const W: usize>(
     }
 }
 
-/// One row of `c` from column `from` (`crow` is `c[row][from..from + crow.len()]`):
-/// `crow += arow . b[.., from..]`.
+/// One row of `c` from column `from` (`crow` is `c[r][from..from + crow.len()]`):
+/// `crow += a[r][k0..k1] . b[k0..k1, from..]`.
 #[inline(always)]
-fn edge(crow: &mut [f32], arow: &[f32], b: &[f32], n: usize, from: usize) {
-    for (brow, &x) in b.chunks_exact(n).zip(arow) {
+fn edge(
+    crow: &mut [f32],
+    a: Lhs<'_>,
+    r: usize,
+    (k0, k1): (usize, usize),
+    b: &[f32],
+    n: usize,
+    from: usize,
+) {
+    for (p, brow) in b.chunks_exact(n).enumerate().take(k1).skip(k0) {
+        let x = a.at(r, p);
         for (d, s) in crow.iter_mut().zip(&brow[from..]) {
             *d += x * s;
         }
@@ -332,6 +398,75 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `a^T b` read from `a` as stored against the product of the explicit transpose, every
+    /// triangle mode (of the logical left operand), portable and AVX-512 blocks.
+    #[test]
+    fn transposed_left_operands_match_the_explicit_transpose() {
+        for (m, k, n) in [
+            (1, 1, 1),
+            (5, 7, 17),
+            (8, 8, 48),
+            (13, 13, 40),
+            (64, 64, 64),
+        ] {
+            let full: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 13) as f32 - 6.0).collect();
+            for tri in [Tri::Full, Tri::LowerOut, Tri::LowerA, Tri::UpperA] {
+                if tri != Tri::Full && tri != Tri::LowerOut && m != k {
+                    continue;
+                }
+                // The logical left operand, triangular where `tri` says so, and as stored.
+                let keep = |i: usize, p: usize| match tri {
+                    Tri::LowerA => p <= i,
+                    Tri::UpperA => p >= i,
+                    _ => true,
+                };
+                let a: Vec<f32> = (0..m * k)
+                    .map(|x| if keep(x / k, x % k) { full[x] } else { 0.0 })
+                    .collect();
+                let mut at = vec![0.0; k * m];
+                transpose(&a, m, k, &mut at);
+                // LowerOut promises only the entries on and below the diagonal.
+                let read = |c: &[f32]| -> Vec<f32> {
+                    let lower = |i: usize| {
+                        if tri == Tri::LowerOut {
+                            n.min(i + 1)
+                        } else {
+                            n
+                        }
+                    };
+                    (0..m)
+                        .flat_map(|i| c[i * n..i * n + lower(i)].to_vec())
+                        .collect()
+                };
+                let mut want = vec![0.0; m * n];
+                matmul_tri(Portable, &mut want, &a, &b, (m, k, n), false, tri);
+                let mut got = vec![0.0; m * n];
+                matmul_tri_t(Portable, &mut got, &at, &b, (m, k, n), false, tri);
+                assert_eq!(read(&got), read(&want), "{m}x{k}x{n} {tri:?}");
+                #[cfg(target_arch = "x86_64")]
+                if let Some(isa) = crate::cpu::isa::Avx512::detect() {
+                    // SAFETY: `detect` returned the marker, so the CPU has AVX-512.
+                    unsafe { wide_t(isa, &mut got, &at, &b, (m, k, n), tri) };
+                    assert_eq!(read(&got), read(&want), "avx512 {m}x{k}x{n} {tri:?}");
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+    unsafe fn wide_t(
+        isa: crate::cpu::isa::Avx512,
+        c: &mut [f32],
+        a: &[f32],
+        b: &[f32],
+        dims: (usize, usize, usize),
+        tri: Tri,
+    ) {
+        matmul_tri_t(isa, c, a, b, dims, false, tri);
     }
 
     /// A row combination against the plain sum, for widths with and without full vectors.
