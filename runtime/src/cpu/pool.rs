@@ -57,8 +57,9 @@ impl Pool {
 /// because the inputs are copied on several threads at once.
 static POOL: Pool = Pool::new();
 
-/// Buffers the pool keeps (q, k, v and the chunk-parallel schedule's three workspaces).
-const POOL_SLOTS: usize = 6;
+/// Buffers the pool keeps: the most one call holds at once, a traced call's backward (q, k, v,
+/// dL/do and dq, dk, dv); the chunk-parallel forward holds q, k, v and three workspaces.
+const POOL_SLOTS: usize = 7;
 
 /// Buffers shorter than this (64 KiB) bypass the pool.
 const POOL_MIN_LEN: usize = 16 << 10;
