@@ -5,8 +5,10 @@
 set -u
 BASE=${1:?usage: bench/train_ab.sh <base-revision>}
 CALIB_DIR=$(cd "${CALIB_DIR:-../shared/tools/calib}" && pwd)
-(cd "$CALIB_DIR" && cargo build --release -q)
-CAL="$CALIB_DIR/target/release/calib"
+# calib's build output stays out of shared/ (read-only in CI), as its README says.
+CALIB_TARGET=${CALIB_TARGET:-${TMPDIR:-/tmp}/calib-target}
+(cd "$CALIB_DIR" && CARGO_TARGET_DIR="$CALIB_TARGET" cargo build --release -q)
+CAL="$CALIB_TARGET/release/calib"
 WT=${TMPDIR:-/tmp}/attnc-train-base
 git worktree add -f "$WT" "$BASE" >/dev/null 2>&1 || git -C "$WT" checkout -q "$BASE"
 (cd "$WT" && CARGO_TARGET_DIR="$WT-target" cargo build --release -q -p attnc-bench --example train)

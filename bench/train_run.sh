@@ -4,8 +4,10 @@
 # from $CALIB_DIR.
 set -u
 CALIB_DIR=$(cd "${CALIB_DIR:-../shared/tools/calib}" && pwd)
-(cd "$CALIB_DIR" && cargo build --release -q)
-CAL="$CALIB_DIR/target/release/calib"
+# calib's build output stays out of shared/ (read-only in CI), as its README says.
+CALIB_TARGET=${CALIB_TARGET:-${TMPDIR:-/tmp}/calib-target}
+(cd "$CALIB_DIR" && CARGO_TARGET_DIR="$CALIB_TARGET" cargo build --release -q)
+CAL="$CALIB_TARGET/release/calib"
 cargo build --release -q -p attnc-bench --example train
 TRAIN=$(pwd)/target/release/examples/train
 calib() { (cd "$CALIB_DIR" && "$CAL" "$@" 2>&1); }
