@@ -242,16 +242,7 @@ pub fn head<I: Isa>(isa: I, cfg: &Config, x: &HeadInputs<'_>, out: &mut HeadGrad
         );
     }
 
-    let mut ds = if x.d_s.is_empty() {
-        vec![0.0; p]
-    } else {
-        x.d_s.to_vec()
-    };
-    let mut dz = if x.d_z.is_empty() || !cfg.normalized {
-        vec![0.0; zlen]
-    } else {
-        x.d_z.to_vec()
-    };
+    let (mut ds, mut dz) = final_state_grads(cfg, x);
     if cfg.causal {
         for ci in (0..nc).rev() {
             let (t0, len) = span(ci);
@@ -276,6 +267,25 @@ pub fn head<I: Isa>(isa: I, cfg: &Config, x: &HeadInputs<'_>, out: &mut HeadGrad
     if cfg.normalized {
         out.dz0.copy_from_slice(&dz);
     }
+}
+
+/// The reverse scan's starting carry: dL/dS_N and dL/dz_N (zeros where nothing consumed the final
+/// state; dz empty without the normaliser).
+pub(super) fn final_state_grads(cfg: &Config, x: &HeadInputs<'_>) -> (Vec<f32>, Vec<f32>) {
+    let given = |g: &[f32], len: usize| {
+        if g.is_empty() {
+            vec![0.0; len]
+        } else {
+            g.to_vec()
+        }
+    };
+    let zlen = if cfg.normalized { cfg.f } else { 0 };
+    let dz = if cfg.normalized {
+        given(x.d_z, zlen)
+    } else {
+        Vec::new()
+    };
+    (given(x.d_s, cfg.f * cfg.dv), dz)
 }
 
 /// dN and dden of the chunk's rows from the numerator N (in `ch.qds` on entry when normalised):
@@ -634,8 +644,8 @@ pub(super) fn state_values<I: Isa>(
     matmul(isa, dv, &ch.qft, ds, len, f, cfg.dv, accumulate);
 }
 
-/// dK~ and dV of the loaded chunk from the outgoing state's gradient (and the scores,
-/// `with_scores`), then through the feature map into dk.
+/// `mask = none`: dK~ and dV of the loaded chunk from dS_N (every output reads S_N, so no
+/// scores), then through the feature map into dk.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn keys_values<I: Isa>(
@@ -974,16 +984,7 @@ pub fn head_by_chunks(
         (&mut slot_s, &mut slot_z),
         &mut decays,
     )?;
-    let mut ds = if x.d_s.is_empty() {
-        vec![0.0; p]
-    } else {
-        x.d_s.to_vec()
-    };
-    let mut dz = if x.d_z.is_empty() || !cfg.normalized {
-        vec![0.0; zlen]
-    } else {
-        x.d_z.to_vec()
-    };
+    let (mut ds, mut dz) = final_state_grads(cfg, x);
     for ci in (0..nc).rev() {
         let (term_s, term_z) = (row_mut(&mut slot_s, ci, p), row_mut(&mut slot_z, ci, zlen));
         let d = decays[ci];

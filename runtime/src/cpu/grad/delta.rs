@@ -28,8 +28,9 @@
 //! token. Delta rules are causal and never normalised (the spec's rules).
 
 use super::chunked::{
-    advance, carry, decay_row, features_backprop, finish_gates, forward_terms, key_terms,
-    lower_row, output_terms, query_grads, score_grads, scores_values, state_values, Chunk,
+    advance, carry, decay_row, features_backprop, final_state_grads, finish_gates, forward_terms,
+    key_terms, lower_row, output_terms, query_grads, score_grads, scores_values, state_values,
+    Chunk,
 };
 use super::gemm::{matmul, matmul_tri, matmul_tri_t, row_combination, transpose, Tri};
 use super::vecops::{at, dot, row, row_mut};
@@ -93,11 +94,7 @@ pub fn head<I: Isa>(isa: I, cfg: &Config, x: &HeadInputs<'_>, out: &mut HeadGrad
     }
 
     // 2. The reverse scan, carrying dS from dS_N.
-    let mut ds = if x.d_s.is_empty() {
-        vec![0.0; p]
-    } else {
-        x.d_s.to_vec()
-    };
+    let (mut ds, _) = final_state_grads(cfg, x);
     for ci in (0..nc).rev() {
         let (t0, len) = span(ci);
         ch.load(cfg, x, t0, len, true);
