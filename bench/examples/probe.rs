@@ -1,6 +1,12 @@
 //! A quick probe of a few headline numbers (plain forward at H = 8, N = 4096 and H = 1,
 //! N = 65536 on 1 and 2 threads; step per token and head), for iterating on a kernel change
-//! without the full harness: `cargo run --release -p attnc-bench --example probe`.
+//! without the full harness: `cargo run --release -p attnc-bench --example probe`. Each forward
+//! is also shown as a multiple of `limit + copy` measured in the same run: `bench/calib`'s time
+//! (scaled to the shape) plus a memcpy of the input bytes.
+
+#[allow(dead_code)]
+#[path = "../src/limits.rs"]
+mod limits;
 
 use attnc::prelude::*;
 use attnc::Schedule;
@@ -72,6 +78,18 @@ fn main() {
     }
     let dev = Cpu::seed_from_u64(0);
     let step_only = std::env::args().any(|a| a == "--step");
+    let calib = if step_only {
+        Err("not run (--step)".into())
+    } else {
+        limits::calib()
+    };
+    match &calib {
+        Ok(c) => println!(
+            "limit (bench/calib, H=8 N=4096): 1t {:.3} ms, 2t {:.3} ms (its FMA peak {:.0}/{:.0} GFLOP/s)",
+            c.ms[0], c.ms[1], c.peak[0], c.peak[1]
+        ),
+        Err(e) => println!("no limit: {e}"),
+    }
     for (h, n) in [(8usize, 4096usize), (1, 65536)] {
         if step_only {
             break;
@@ -98,8 +116,15 @@ fn main() {
                         })
                     })
                 });
+                let copy = limits::copy_ms(3 * h * n * 64, threads);
+                let versus = calib.as_ref().map_or(String::new(), |c| {
+                    format!(
+                        "; plain / (limit + copy {copy:.2} ms) = {:.2}x",
+                        plain / (c.scaled_ms(threads, h, n) + copy)
+                    )
+                });
                 println!(
-                    "H={h} N={n} {threads}t {name:6}: plain {plain:8.3} ms  elu+1 {elu:8.3} ms ({:.2}x)",
+                    "H={h} N={n} {threads}t {name:6}: plain {plain:8.3} ms  elu+1 {elu:8.3} ms ({:.2}x){versus}",
                     elu / plain
                 );
             }

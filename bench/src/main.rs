@@ -97,7 +97,7 @@ fn main() {
     let machine = machine();
     println!("attnc-bench on {machine}");
     let mut rep = Report::default();
-    measure_limits(&mut rep, o.quick);
+    let calib = measure_limits(&mut rep, o.quick);
     let ns: &[usize] = if o.quick {
         &[512, 1024]
     } else {
@@ -116,11 +116,14 @@ fn main() {
     for &n in decode_ns {
         measure_decode(&mut rep, n);
     }
+    if let Ok(c) = &calib {
+        push_ratios(&mut rep, c);
+    }
     let command = format!(
         "cargo run --release -p attnc-bench{}",
         if o.quick { " -- --quick" } else { "" }
     );
-    let summary = summary(&rep, &machine, &command, long);
+    let summary = summary(&rep, &machine, &command, long, &calib);
     println!("\n{summary}");
     let write = |name: &str, text: &str| {
         if let Err(e) = std::fs::write(o.out.join(name), text) {
@@ -163,7 +166,9 @@ fn machine() -> String {
     format!("{cpu}, {threads} hardware threads; attnc: {dev}")
 }
 
-fn measure_limits(rep: &mut Report, quick: bool) {
+/// The FMA peak, sgemm, and calib's fused kernel (the denominator of the forward ratios), or
+/// why calib could not run.
+fn measure_limits(rep: &mut Report, quick: bool) -> Result<limits::Calib, String> {
     println!("\n== the machine's limits");
     let (one, isa) = limits::fma_peak_one_thread();
     let limit = |variant: String, threads: usize, value: f64| Row {
@@ -190,6 +195,30 @@ fn measure_limits(rep: &mut Report, quick: bool) {
         2,
         limits::sgemm(n, 2),
     ));
+    println!("  building and running bench/calib (the reference kernel) ...");
+    let calib = limits::calib();
+    match &calib {
+        Ok(c) => {
+            for (t, (&ms, &peak)) in c.ms.iter().zip(&c.peak).enumerate() {
+                rep.push(limit("FMA peak (calib's, zmm)".into(), t + 1, peak));
+                rep.push(Row {
+                    section: "reference",
+                    implementation: "calib v6".into(),
+                    variant: "plain".into(),
+                    b: 1,
+                    h: limits::CALIB_HEADS,
+                    n: limits::CALIB_TOKENS,
+                    threads: t + 1,
+                    value: ms,
+                    unit: "ms",
+                });
+            }
+        }
+        Err(e) => {
+            println!("  no calib limit: {e}\n  (the forward is compared with the FMA peak instead)")
+        }
+    }
+    calib
 }
 
 /// attnc `forward` at every chunk and thread count, `step` over the sequence, and the dfdx
@@ -208,6 +237,19 @@ fn measure_forward(rep: &mut Report, h: usize, n: usize, o: &Opts) {
         value: ms,
         unit: "ms",
     };
+    for threads in [1, 2] {
+        rep.push(Row {
+            section: "copy",
+            implementation: "memcpy of q, k, v".into(),
+            variant: "inputs".into(),
+            b: 1,
+            h,
+            n,
+            threads,
+            value: limits::copy_ms(3 * h * n * 64, threads),
+            unit: "ms",
+        });
+    }
     for v in Variant::ALL {
         for threads in [1, 2] {
             let p = pool(threads);
@@ -318,11 +360,78 @@ fn plain_flops(h: usize, n: usize, c: usize) -> f64 {
     h as f64 * (n as f64 / c) * per_chunk
 }
 
+/// calib's time, the copies, and every forward as a multiple of `limit + copy` (or why not).
+fn limit_and_copy(rep: &Report, calib: &Result<limits::Calib, String>, long: usize) -> String {
+    let mut s = String::from("\n## The limit and the copy (same run, ms)\n\n");
+    match calib {
+        Err(e) => {
+            s.push_str(&format!(
+                "No limit measured: {e}. The forward is compared with the FMA peak below.\n"
+            ));
+            return s;
+        }
+        Ok(_) => s.push_str(
+            "calib (`bench/calib`, its best variant, a hand-written fused kernel for plain causal \
+             linear attention) at B = 1, H = 8, N = 4096, d = 64, chunk 64; the memcpy of q, k and v \
+             at each shape (dfdx 0.13 lends no view of its storage, so attnc pays it).\n\n",
+        ),
+    }
+    s.push_str(&rep.markdown("reference", 8));
+    s.push_str(&format!("\nH = 8:\n\n{}", rep.markdown("copy", 8)));
+    s.push_str(&format!("\nH = 1:\n\n{}", rep.markdown("copy", 1)));
+    s.push_str(&format!(
+        "\n## forward / (limit + copy), chunk 64 (same run)\n\n\
+         The limit at other shapes is calib's time scaled by H·N / (8·4096) (its work per token is \
+         constant); 1.00 would be calib's speed plus the copy.\n\n{}\n{}",
+        rep.markdown("ratio", 8),
+        {
+            let t = rep.markdown("ratio", 1);
+            format!("H = 1, N = {long}:\n\n{t}")
+        }
+    ));
+    s
+}
+
+/// Every attnc c64 forward as a multiple of `limit + copy` at its (H, N) and thread count: calib's
+/// time scaled to H·N tokens plus the measured copy of the input bytes.
+fn push_ratios(rep: &mut Report, calib: &limits::Calib) {
+    let ratios: Vec<Row> = rep
+        .rows
+        .iter()
+        .filter(|r| r.section == "forward" && r.implementation == "attnc c64")
+        .filter_map(|r| {
+            let copy = rep
+                .rows
+                .iter()
+                .find(|c| {
+                    c.section == "copy" && c.h == r.h && c.n == r.n && c.threads == r.threads
+                })?
+                .value;
+            let denominator = calib.scaled_ms(r.threads, r.h, r.n) + copy;
+            Some(Row {
+                section: "ratio",
+                implementation: "attnc c64 / (limit + copy)".into(),
+                value: r.value / denominator,
+                unit: "x",
+                ..r.clone()
+            })
+        })
+        .collect();
+    rep.rows.extend(ratios);
+}
+
 /// The tables and the ratios the issue asks for.
-fn summary(rep: &Report, machine: &str, command: &str, long: usize) -> String {
+fn summary(
+    rep: &Report,
+    machine: &str,
+    command: &str,
+    long: usize,
+    calib: &Result<limits::Calib, String>,
+) -> String {
     let mut s = format!("# attnc-bench\n\nMachine: {machine}\n\nCommand: `{command}`\n\n");
     s.push_str("## The machine's limits\n\n");
     s.push_str(&rep.markdown("limit", 0));
+    s.push_str(&limit_and_copy(rep, calib, long));
     s.push_str("\n## forward, B = 1, H = 8 (ms)\n\n");
     s.push_str(&rep.markdown("forward", 8));
     s.push_str(&format!("\n## forward, B = 1, H = 1, N = {long} (ms)\n\n"));
