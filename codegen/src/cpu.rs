@@ -362,9 +362,10 @@ fn flat(o: &CpuOperand, mutable: bool) -> TokenStream {
 /// One resolved op as one statement.
 fn op(op: &CpuOp) -> TokenStream {
     match op {
-        Op::Load { dst, src } => {
+        Op::Load { dst, src, in_place } => {
             let input = format_ident!("{}", src.name());
             let d = by_mut(dst);
+            let name = ident(dst);
             let at = match dst.live_rows {
                 Extent::KeyRows => quote!(k0),
                 _ => quote!(c0),
@@ -372,6 +373,9 @@ fn op(op: &CpuOp) -> TokenStream {
             let rows = extent(dst.live_rows);
             if src.is_scalar() {
                 quote! { tile::load_vec(#input, #at, #rows, #d)?; }
+            } else if *in_place {
+                // Shadows the tile with a view of the input until the end of the chunk.
+                quote! { let #name = tile::view_rows(#input, #at, #rows, #d)?; }
             } else {
                 quote! { tile::load_rows(#input, #at, #rows, #d)?; }
             }
@@ -487,7 +491,7 @@ fn op(op: &CpuOp) -> TokenStream {
         }
         Op::Store(t) => {
             let t = by_ref(t);
-            quote! { tile::store_rows(#t, rows, out, c0 - out_first)?; }
+            quote! { tile::store_rows(isa, #t, rows, out, c0 - out_first)?; }
         }
         Op::Copy { dst, src } => {
             let (d, s) = (ident(dst), ident(src));

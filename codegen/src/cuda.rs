@@ -339,7 +339,7 @@ fn slot_of(o: &CudaOperand, offset: usize) -> String {
 /// One resolved op as one call of the tile library.
 fn call(op: &CudaOp) -> String {
     match op {
-        Op::Load { dst, src } => {
+        Op::Load { dst, src, .. } => {
             let tok = format!("t{}", src.name());
             let at = match dst.live_rows {
                 Extent::KeyRows => "k0",

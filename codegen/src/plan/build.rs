@@ -59,7 +59,11 @@ pub fn expansion(map: &FeatureMap) -> Option<Expansion> {
 }
 
 fn load(dst: Tile, src: Input) -> BuiltOp {
-    Op::Load { dst, src }
+    Op::Load {
+        dst,
+        src,
+        in_place: false,
+    }
 }
 
 fn matmul(dst: Tile, a: Tile, b: Tile, tri: Tri, accumulate: bool) -> BuiltOp {

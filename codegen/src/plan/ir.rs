@@ -232,6 +232,10 @@ pub enum Op<T> {
         dst: T,
         /// Source input.
         src: Input,
+        /// Read in place (no copy) when the chunk is whole: nothing writes `dst` after the load
+        /// and before the next one. Decided per target when the plan is resolved (the CPU's
+        /// inputs are already in tile layout; CUDA stages every tile in shared memory).
+        in_place: bool,
     },
     /// `x <- x / sqrt(|x|^2 + eps)` per row.
     L2Norm {
@@ -546,7 +550,11 @@ impl<T: Copy> Op<T> {
     /// The same op over other operands, or the first error of `f`.
     pub fn try_map<U, E>(&self, mut f: impl FnMut(T) -> Result<U, E>) -> Result<Op<U>, E> {
         Ok(match *self {
-            Op::Load { dst, src } => Op::Load { dst: f(dst)?, src },
+            Op::Load { dst, src, in_place } => Op::Load {
+                dst: f(dst)?,
+                src,
+                in_place,
+            },
             Op::L2Norm { t, eps } => Op::L2Norm { t: f(t)?, eps },
             Op::FeatureMap(t) => Op::FeatureMap(f(t)?),
             Op::Expand { src, dst, map } => Op::Expand {

@@ -227,6 +227,42 @@ fn backward_plan(spec: &Spec) -> BackwardPlan {
     }
 }
 
+/// The passes with every load marked `in_place` that can read its input where it lies: a
+/// chunk tile (not a per-token vector) that no later op of its pass writes, that no earlier op
+/// of its pass reads (that would be the previous chunk's rows), and that later passes write
+/// before they read.
+fn in_place_loads(passes: &[Vec<BuiltOp>]) -> Vec<Vec<BuiltOp>> {
+    let touches = |op: &BuiltOp, t: Tile, how: fn(&Access) -> bool| {
+        op.operands().iter().any(|(u, a)| *u == t && how(a))
+    };
+    let writes = |a: &Access| !matches!(a, Access::Read);
+    let reads = |a: &Access| !matches!(a, Access::Write);
+    let mut out = passes.to_vec();
+    for (p, ops) in passes.iter().enumerate() {
+        for (i, op) in ops.iter().enumerate() {
+            let Op::Load { dst, src, .. } = *op else {
+                continue;
+            };
+            let later_pass_reads_first = passes[p + 1..].iter().any(|later| {
+                later
+                    .iter()
+                    .find(|o| touches(o, dst, |_| true))
+                    .is_some_and(|o| touches(o, dst, reads))
+            });
+            let ok = !src.is_scalar()
+                && !ops[i + 1..].iter().any(|o| touches(o, dst, writes))
+                && !ops[..i].iter().any(|o| touches(o, dst, |_| true))
+                && !later_pass_reads_first;
+            out[p][i] = Op::Load {
+                dst,
+                src,
+                in_place: ok,
+            };
+        }
+    }
+    out
+}
+
 /// Whether q, k, v, o are tokens-first.
 pub fn tokens_first(sig: &Signature) -> bool {
     sig.layout == Layout::Bnhd
@@ -240,6 +276,13 @@ fn routine<T: Target>(
     problems: &mut Vec<PlanError>,
 ) -> Routine<T::Place> {
     let frame = resolve::frame::<T>(sig, kind, passes.iter().flatten());
+    let marked;
+    let passes = if T::LOADS_IN_PLACE {
+        marked = in_place_loads(passes);
+        &marked[..]
+    } else {
+        passes
+    };
     let passes = passes
         .iter()
         .map(|ops| {

@@ -280,6 +280,8 @@ pub trait Target {
     fn place(kind: RoutineKind, tiles: Vec<Operand<()>>) -> (Vec<Operand<Self::Place>>, Memory);
     /// Value columns of a routine's value tiles.
     fn value_cols(kind: RoutineKind, dv: usize) -> usize;
+    /// Whether a load the chunk program only reads may read its input in place.
+    const LOADS_IN_PLACE: bool;
 }
 
 /// The CPU: the carried state in the task's buffers, small tiles on the stack, chunk tiles on
@@ -288,6 +290,8 @@ pub struct Cpu;
 
 impl Target for Cpu {
     type Place = CpuPlace;
+    // The inputs are contiguous (tokens, d) rows per head, exactly a tile's layout.
+    const LOADS_IN_PLACE: bool = true;
 
     fn place(kind: RoutineKind, tiles: Vec<Operand<()>>) -> (Vec<Operand<CpuPlace>>, Memory) {
         let mut memory = Memory::default();
@@ -324,6 +328,8 @@ impl Target for Cpu {
 pub struct Cuda;
 
 impl Target for Cuda {
+    // Every tile is staged in shared memory.
+    const LOADS_IN_PLACE: bool = false;
     type Place = CudaPlace;
 
     fn place(_: RoutineKind, mut tiles: Vec<Operand<()>>) -> (Vec<Operand<CudaPlace>>, Memory) {

@@ -292,3 +292,63 @@ fn the_backward_plan_follows_the_attention_and_the_sizes() {
     assert_eq!(softmax.algorithm, BackwardAlgorithm::FlashTiles);
     assert_eq!(softmax.saved_floats(4096), 0);
 }
+
+/// The loads of one routine's passes, with whether each reads its input in place.
+fn loads<P: Copy>(passes: &[Vec<ResolvedOp<P>>]) -> Vec<(Input, bool)> {
+    passes
+        .iter()
+        .flatten()
+        .filter_map(|op| match op {
+            Op::Load { src, in_place, .. } => Some((*src, *in_place)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn loads_read_in_place_only_what_the_chunk_never_writes() {
+    // Plain: q is scaled in its tile (copied), k and v are only read (in place); CUDA stages
+    // every tile in shared memory.
+    let plan = Plan::new(&Spec::with_head_dim(64));
+    let (Program::Linear(cpu), Program::Linear(cuda)) = (&plan.cpu, &plan.cuda) else {
+        panic!("a linear spec");
+    };
+    assert_eq!(
+        loads(&cpu.forward.passes),
+        [(Input::Q, false), (Input::K, true), (Input::V, true)]
+    );
+    assert!(loads(&cuda.forward.passes)
+        .iter()
+        .all(|(_, in_place)| !in_place));
+    // Every spec: no op after an in-place load writes its tile, per-token inputs are copied.
+    for spec in matrix() {
+        let plan = Plan::new(&spec);
+        let Program::Linear(l) = &plan.cpu else {
+            continue;
+        };
+        let routines = [&l.forward, &l.step, &l.phases.intra, &l.phases.output];
+        for ops in routines.iter().flat_map(|r| &r.passes) {
+            for (i, op) in ops.iter().enumerate() {
+                let Op::Load {
+                    dst,
+                    src,
+                    in_place: true,
+                } = op
+                else {
+                    continue;
+                };
+                assert!(!src.is_scalar(), "{spec}: a per-token input in place");
+                let written = ops[i + 1..].iter().any(|o| {
+                    o.operands()
+                        .iter()
+                        .any(|(t, a)| t.tile == dst.tile && !matches!(a, Access::Read))
+                });
+                assert!(
+                    !written,
+                    "{spec}: {:?} is written after its in-place load",
+                    dst.tile
+                );
+            }
+        }
+    }
+}

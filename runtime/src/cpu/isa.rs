@@ -172,6 +172,14 @@ pub trait Isa: Copy + Send + Sync + 'static {
     );
     /// `dst = src^T`, whole tiles, compiled once per ISA and tile shape.
     fn transpose<const R: usize, const C: usize>(self, src: &Tile<R, C>, dst: &mut Tile<C, R>);
+    /// `dst = src` for outputs nothing reads again soon: with AVX-512, non-temporal stores on
+    /// dst's 64-byte-aligned lines, which skip reading each line into the cache before writing
+    /// it. Copies `min(src.len(), dst.len())` floats.
+    #[inline(always)]
+    fn stream(self, src: &[f32], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        dst[..n].copy_from_slice(&src[..n]);
+    }
 }
 
 /// Defines `Isa::gemm` for an ISA as a call of an outlined function, `$outlined`, whose
@@ -311,6 +319,29 @@ mod x86 {
         crate::cpu::tile::transpose_elements(src, dst, rb, cb);
     }
 
+    /// `Isa::stream` with AVX-512: plain copies before dst's first 64-byte boundary and after its
+    /// last, non-temporal stores between, then a store fence so the output is visible to other
+    /// threads in order once the kernel's join publishes it.
+    #[target_feature(enable = "avx512f")]
+    #[inline(never)]
+    fn stream_avx512(src: &[f32], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let (src, dst) = (&src[..n], &mut dst[..n]);
+        let head = dst.as_ptr().align_offset(64).min(n);
+        let body = head + (n - head) / 16 * 16;
+        dst[..head].copy_from_slice(&src[..head]);
+        for (d, s) in dst[head..body]
+            .chunks_exact_mut(16)
+            .zip(src[head..body].chunks_exact(16))
+        {
+            // SAFETY: `d` is 16 floats starting on a 64-byte boundary (the chunks start at
+            // `head` and step by 64 bytes), `s` is 16 floats.
+            unsafe { _mm512_stream_ps(d.as_mut_ptr(), _mm512_loadu_ps(s.as_ptr())) };
+        }
+        dst[body..].copy_from_slice(&src[body..]);
+        _mm_sfence();
+    }
+
     /// The columns of an 8 x 8 block given as 8 rows.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
@@ -446,6 +477,11 @@ mod x86 {
         #[inline(always)]
         fn vfma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
             unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        fn stream(self, src: &[f32], dst: &mut [f32]) {
+            // SAFETY: `self` proves the CPU has AVX-512F.
+            unsafe { stream_avx512(src, dst) }
         }
         call_outlined!(gemm_avx512);
     }

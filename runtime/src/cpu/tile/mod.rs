@@ -11,6 +11,7 @@
 //! primitives are grouped by family in private submodules and re-exported here, the one path
 //! generated kernels name (`tile::gemm`, `tile::decay_scores`, ...).
 
+use crate::cpu::isa::Isa;
 use crate::error::{Error, Result};
 
 mod decay;
@@ -84,6 +85,7 @@ pub fn load_rows<const R: usize, const C: usize>(
     rows: usize,
     dst: &mut Tile<R, C>,
 ) -> Result<()> {
+    prefetch_next(src, (first + R) * C, R * C);
     let src = src
         .get(first * C..(first + rows) * C)
         .ok_or(Error::Internal("chunk reads past the end of an input"))?;
@@ -95,6 +97,52 @@ pub fn load_rows<const R: usize, const C: usize>(
         *d = [0.0; C];
     }
     Ok(())
+}
+
+/// Rows `first..first + rows` of a contiguous `(tokens, C)` buffer as a tile: the buffer itself
+/// when the chunk is whole (`rows == R`: no copy), else [`load_rows`] into `scratch`. For tiles
+/// the chunk program only reads after loading (the plan marks those loads `in_place`).
+#[inline(always)]
+pub fn view_rows<'a, const R: usize, const C: usize>(
+    src: &'a [f32],
+    first: usize,
+    rows: usize,
+    scratch: &'a mut Tile<R, C>,
+) -> Result<&'a Tile<R, C>> {
+    prefetch_next(src, (first + R) * C, R * C);
+    if rows == R {
+        let whole = src
+            .get(first * C..(first + R) * C)
+            .ok_or(Error::Internal("chunk reads past the end of an input"))?;
+        let (tile, _) = whole.as_chunks::<C>();
+        return tile
+            .try_into()
+            .map_err(|_| Error::Internal("a whole chunk has the wrong row count"));
+    }
+    load_rows(src, first, rows, scratch)?;
+    Ok(scratch)
+}
+
+/// Asks for `len` floats of `src` from `at` on (clipped to its end) to be brought into the cache:
+/// the next chunk's rows, requested while this chunk computes. The hardware prefetchers alone
+/// leave the first reads of each chunk waiting on memory (perf: the transposes and products that
+/// first touch an input take the misses).
+#[inline(always)]
+fn prefetch_next(src: &[f32], at: usize, len: usize) {
+    let Some(next) = src.get(at..(at + len).min(src.len())) else {
+        return;
+    };
+    #[cfg(target_arch = "x86_64")]
+    for line in next.chunks(16) {
+        // SAFETY: a prefetch is only a hint; the address lies inside `src`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = next;
 }
 
 /// Copies `first..first + rows` of a contiguous per-token buffer into a vector, zeroing the rest.
@@ -115,9 +163,11 @@ pub fn load_vec<const R: usize>(
     Ok(())
 }
 
-/// Writes the first `rows` rows of the tile to rows `first..` of a contiguous `(tokens, C)` buffer.
+/// Writes the first `rows` rows of the tile to rows `first..` of a contiguous `(tokens, C)` buffer,
+/// with [`Isa::stream`]: the output is not read again by this call.
 #[inline(always)]
-pub fn store_rows<const R: usize, const C: usize>(
+pub fn store_rows<I: Isa, const R: usize, const C: usize>(
+    isa: I,
     src: &Tile<R, C>,
     rows: usize,
     dst: &mut [f32],
@@ -126,10 +176,7 @@ pub fn store_rows<const R: usize, const C: usize>(
     let dst = dst
         .get_mut(first * C..(first + rows) * C)
         .ok_or(Error::Internal("chunk writes past the end of the output"))?;
-    let (dst_rows, _) = dst.as_chunks_mut::<C>();
-    for (d, s) in dst_rows.iter_mut().zip(src) {
-        *d = *s;
-    }
+    isa.stream(src.as_flattened(), dst);
     Ok(())
 }
 
@@ -169,4 +216,47 @@ fn lanes16<const N: usize>(row: &[f32; N], at: usize) -> Option<&[f32; 16]> {
 #[inline(always)]
 fn lanes16_mut<const N: usize>(row: &mut [f32; N], at: usize) -> Option<&mut [f32; 16]> {
     row.get_mut(at..at + 16).and_then(|s| s.try_into().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::isa::{Avx2, Avx512, Portable};
+
+    fn check_stream<I: Isa>(isa: I) {
+        let src: Vec<f32> = (0..300).map(|i| i as f32).collect();
+        for offset in 0..17 {
+            for len in [0, 1, 15, 16, 17, 31, 100, 300] {
+                let mut dst = vec![-1.0f32; offset + len + 20];
+                isa.stream(&src[..len], &mut dst[offset..offset + len]);
+                assert_eq!(&dst[offset..offset + len], &src[..len], "{offset} {len}");
+                assert!(dst[..offset]
+                    .iter()
+                    .chain(&dst[offset + len..])
+                    .all(|&x| x == -1.0));
+            }
+        }
+    }
+
+    #[test]
+    fn streamed_stores_equal_a_copy_at_every_alignment() {
+        check_stream(Portable);
+        if let Some(isa) = Avx2::detect() {
+            check_stream(isa);
+        }
+        if let Some(isa) = Avx512::detect() {
+            check_stream(isa);
+        }
+    }
+
+    #[test]
+    fn whole_chunks_are_viewed_in_place_and_partial_ones_copied_with_zero_rows() {
+        let src: Vec<f32> = (0..5 * 4).map(|i| i as f32).collect();
+        let mut scratch = [[7.0f32; 4]; 2];
+        let whole = view_rows(&src, 2, 2, &mut scratch).expect("in bounds");
+        assert_eq!(whole.as_flattened().as_ptr(), src[8..].as_ptr());
+        let part = view_rows(&src, 4, 1, &mut scratch).expect("in bounds");
+        assert_eq!(*part, [[16.0, 17.0, 18.0, 19.0], [0.0; 4]]);
+        assert!(view_rows(&src, 4, 2, &mut scratch).is_err());
+    }
 }
