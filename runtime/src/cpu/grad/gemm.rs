@@ -5,6 +5,7 @@
 //! plain loops.
 
 use crate::cpu::isa::Isa;
+pub use crate::cpu::tile::row_combination;
 
 /// Which part of a product is needed, so that the register blocks of a causal chunk's
 /// products skip the other triangle (of 64 x 64 products, about a quarter of the output blocks
@@ -238,77 +239,6 @@ fn edge(
         for (d, s) in crow.iter_mut().zip(&brow[from..]) {
             *d += x * s;
         }
-    }
-}
-
-/// `out += Σ_p coefs[p] m_p` over the first `coefs.len()` rows `m_p` of the row-major `m`
-/// (rows of `out.len()` floats): one row of a triangular solve by substitution, held in
-/// registers over the whole sum (two partial sums per vector, so consecutive terms do not wait
-/// on each other).
-#[inline(always)]
-pub fn row_combination<I: Isa>(isa: I, out: &mut [f32], m: &[f32], coefs: &[f32]) {
-    let n = out.len();
-    let m = &m[..coefs.len() * n];
-    let mut j = 0;
-    while j + 64 <= n {
-        combine_block::<I, 4>(isa, out, m, j, coefs);
-        j += 64;
-    }
-    while j + 16 <= n {
-        combine_block::<I, 1>(isa, out, m, j, coefs);
-        j += 16;
-    }
-    if j < n {
-        for (mrow, &c) in m.chunks_exact(n).zip(coefs) {
-            for (d, &x) in out[j..].iter_mut().zip(&mrow[j..]) {
-                *d += c * x;
-            }
-        }
-    }
-}
-
-/// Columns `j..j + 16 W` of [`row_combination`].
-#[inline(always)]
-#[allow(clippy::needless_range_loop)] // fixed-size register blocks
-fn combine_block<I: Isa, const W: usize>(
-    isa: I,
-    out: &mut [f32],
-    m: &[f32],
-    j: usize,
-    coefs: &[f32],
-) {
-    let n = out.len();
-    // Two accumulator sets, even and odd terms (a runtime index would keep them in memory).
-    let (mut even, mut odd) = ([isa.zero(); W], [isa.zero(); W]);
-    let add = |acc: &mut [I::V; W], mrow: &[f32], c: f32| {
-        let x = isa.splat(c);
-        let Some(src) = mrow.get(j..j + 16 * W) else {
-            return;
-        };
-        for (a, v) in acc.iter_mut().zip(src.chunks_exact(16)) {
-            if let Ok(v) = <&[f32; 16]>::try_from(v) {
-                *a = isa.vfma(x, isa.load(v), *a);
-            }
-        }
-    };
-    let mut terms = m.chunks_exact(n).zip(coefs);
-    while let Some((mrow, &c)) = terms.next() {
-        add(&mut even, mrow, c);
-        let Some((mrow, &c)) = terms.next() else {
-            break;
-        };
-        add(&mut odd, mrow, c);
-    }
-    for w in 0..W {
-        let Some(dst) = out.get_mut(j + 16 * w..j + 16 * (w + 1)) else {
-            return;
-        };
-        let Ok(dst) = <&mut [f32; 16]>::try_from(dst) else {
-            return;
-        };
-        let one = isa.splat(1.0);
-        let sum = isa.vfma(one, even[w], odd[w]);
-        isa.store(isa.vfma(one, isa.load(dst), sum), dst);
     }
 }
 

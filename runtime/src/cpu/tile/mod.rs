@@ -29,7 +29,7 @@ pub use elementwise::{
 };
 pub use feature_maps::{dpfp_rows, favor_rows, taylor2_rows};
 pub(crate) use gemm::gemm_kernel;
-pub use gemm::{forward_substitute, gemm, Product};
+pub use gemm::{forward_substitute, gemm, row_combination, Product};
 pub use softmax::{mask_above_diagonal, online_softmax, softmax_init};
 pub use step::step_update;
 pub use transpose::transpose;
@@ -86,9 +86,9 @@ pub fn load_rows<const R: usize, const C: usize>(
     dst: &mut Tile<R, C>,
 ) -> Result<()> {
     prefetch_next(src, (first + R) * C, R * C);
-    let src = src
-        .get(first * C..(first + rows) * C)
-        .ok_or(Error::Internal("chunk reads past the end of an input"))?;
+    let Some(src) = src.get(first * C..(first + rows) * C) else {
+        return Err(Error::Internal("chunk reads past the end of an input"));
+    };
     let (src_rows, _) = src.as_chunks::<C>();
     for (d, s) in dst.iter_mut().zip(src_rows) {
         *d = *s;
@@ -111,9 +111,9 @@ pub fn view_rows<'a, const R: usize, const C: usize>(
 ) -> Result<&'a Tile<R, C>> {
     prefetch_next(src, (first + R) * C, R * C);
     if rows == R {
-        let whole = src
-            .get(first * C..(first + R) * C)
-            .ok_or(Error::Internal("chunk reads past the end of an input"))?;
+        let Some(whole) = src.get(first * C..(first + R) * C) else {
+            return Err(Error::Internal("chunk reads past the end of an input"));
+        };
         let (tile, _) = whole.as_chunks::<C>();
         return tile
             .try_into()
@@ -153,9 +153,11 @@ pub fn load_vec<const R: usize>(
     rows: usize,
     dst: &mut [f32; R],
 ) -> Result<()> {
-    let src = src.get(first..first + rows).ok_or(Error::Internal(
-        "chunk reads past the end of a per-token input",
-    ))?;
+    let Some(src) = src.get(first..first + rows) else {
+        return Err(Error::Internal(
+            "chunk reads past the end of a per-token input",
+        ));
+    };
     *dst = [0.0; R];
     for (d, s) in dst.iter_mut().zip(src) {
         *d = *s;
@@ -163,8 +165,13 @@ pub fn load_vec<const R: usize>(
     Ok(())
 }
 
+/// Tiles at least this large (a chunk's outputs, 16 KiB at C = d = 64) are stored with
+/// [`Isa::stream`]; a step's single row is read back by the caller at once, and the store fence
+/// after non-temporal stores costs more than the row (perf: `decode_step` 1.6x slower).
+const STREAM_MIN_FLOATS: usize = 1024;
+
 /// Writes the first `rows` rows of the tile to rows `first..` of a contiguous `(tokens, C)` buffer,
-/// with [`Isa::stream`]: the output is not read again by this call.
+/// with [`Isa::stream`] for chunk tiles: this call does not read its output again.
 #[inline(always)]
 pub fn store_rows<I: Isa, const R: usize, const C: usize>(
     isa: I,
@@ -173,30 +180,40 @@ pub fn store_rows<I: Isa, const R: usize, const C: usize>(
     dst: &mut [f32],
     first: usize,
 ) -> Result<()> {
-    let dst = dst
-        .get_mut(first * C..(first + rows) * C)
-        .ok_or(Error::Internal("chunk writes past the end of the output"))?;
-    isa.stream(src.as_flattened(), dst);
+    let Some(dst) = dst.get_mut(first * C..(first + rows) * C) else {
+        return Err(Error::Internal("chunk writes past the end of the output"));
+    };
+    let src = src.as_flattened();
+    if R * C >= STREAM_MIN_FLOATS {
+        isa.stream(src, dst);
+    } else {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = *s;
+        }
+    }
     Ok(())
 }
 
 /// Copies a tile's flat data into `buf` at `at` (a chunk's slot of the chunk-parallel schedule).
 #[inline(always)]
 pub fn save(src: &[f32], buf: &mut [f32], at: usize) -> Result<()> {
-    buf.get_mut(at..at + src.len())
-        .ok_or(Error::Internal(
+    let Some(dst) = buf.get_mut(at..at + src.len()) else {
+        return Err(Error::Internal(
             "a chunk slot lies past the end of its workspace",
-        ))?
-        .copy_from_slice(src);
+        ));
+    };
+    dst.copy_from_slice(src);
     Ok(())
 }
 
 /// Copies `dst.len()` floats of `buf` at `at` back into a tile's flat data.
 #[inline(always)]
 pub fn restore(dst: &mut [f32], buf: &[f32], at: usize) -> Result<()> {
-    let src = buf.get(at..at + dst.len()).ok_or(Error::Internal(
-        "a chunk slot lies past the end of its workspace",
-    ))?;
+    let Some(src) = buf.get(at..at + dst.len()) else {
+        return Err(Error::Internal(
+            "a chunk slot lies past the end of its workspace",
+        ));
+    };
     dst.copy_from_slice(src);
     Ok(())
 }
