@@ -106,6 +106,7 @@ fn main() {
     for &n in ns {
         measure_forward(&mut rep, 8, n, &o);
     }
+    measure_softmax(&mut rep, if o.quick { 1024 } else { 4096 });
     let long = if o.quick { 4096 } else { 65536 };
     measure_forward(&mut rep, 1, long, &o);
     let decode_ns: &[usize] = if o.quick {
@@ -289,6 +290,30 @@ fn measure_forward(rep: &mut Report, h: usize, n: usize, o: &Opts) {
     }
 }
 
+/// Exact causal softmax attention's `forward` at B = 1, H = 8, on 1 and 2 threads.
+fn measure_softmax(rep: &mut Report, n: usize) {
+    println!("\n== softmax forward, B = 1, H = 8, N = {n}");
+    let x = Inputs::random(1, 8, n, 7);
+    for threads in [1, 2] {
+        let ms = pool(threads).install(|| {
+            time_ms(|| {
+                std::hint::black_box(specs::softmax_forward(&x).expect("attnc softmax"));
+            })
+        });
+        rep.push(Row {
+            section: "softmax",
+            implementation: "attnc c64".into(),
+            variant: "softmax (causal)".into(),
+            b: 1,
+            h: 8,
+            n,
+            threads,
+            value: ms,
+            unit: "ms",
+        });
+    }
+}
+
 /// Decoding at context length `n`: attnc `step` (state after n tokens) against softmax attention
 /// over a KV cache of n tokens composed from dfdx ops; nanoseconds per token per head.
 fn measure_decode(rep: &mut Report, n: usize) {
@@ -436,6 +461,8 @@ fn summary(
     s.push_str(&rep.markdown("forward", 8));
     s.push_str(&format!("\n## forward, B = 1, H = 1, N = {long} (ms)\n\n"));
     s.push_str(&rep.markdown("forward", 1));
+    s.push_str("\n## softmax forward, B = 1, H = 8 (ms)\n\n");
+    s.push_str(&rep.markdown("softmax", 8));
     s.push_str("\n## decode (ns per token per head)\n\n");
     s.push_str(&rep.markdown("decode", 8));
     s.push_str("\n## Ratios (same run)\n\n");
@@ -472,6 +499,26 @@ fn summary(
             s.push_str(&format!(
                 "- step x N / forward (plain): {:.1}x\n",
                 st / plain
+            ));
+        }
+    }
+    for t in [1, 2] {
+        let soft = rep
+            .rows
+            .iter()
+            .find(|r| r.section == "softmax" && r.threads == t);
+        let peak = rep.rows.iter().find(|r| {
+            r.section == "limit" && r.variant.starts_with("FMA peak (") && r.threads == t
+        });
+        if let (Some(soft), Some(peak)) = (soft, peak) {
+            // Useful FLOPs of the causal half: 2 N^2 d per head (scores and values, halved).
+            let flops = 2.0 * (soft.n * soft.n * 64 * soft.h) as f64;
+            let gflops = flops / soft.value / 1e6;
+            s.push_str(&format!(
+                "- softmax (causal), N = {}, {t} thread(s): {:.2} ms = {gflops:.0} GFLOP/s useful, {:.0}% of the FMA peak\n",
+                soft.n,
+                soft.value,
+                100.0 * gflops / peak.value
             ));
         }
     }

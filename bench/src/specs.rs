@@ -245,3 +245,12 @@ pub fn tokens(x: &Inputs, count: usize) -> Vec<Token> {
         })
         .collect()
 }
+
+/// Exact causal softmax attention (flash-style tiles of 64), d = 64.
+#[attention(head_dim = 64, feature_map = softmax, chunk = 64)]
+pub struct Softmax;
+
+/// `forward` of [`Softmax`].
+pub fn softmax_forward(x: &Inputs) -> Result<Tok, Error> {
+    Softmax::forward(x.q.clone(), x.k.clone(), x.v.clone())
+}

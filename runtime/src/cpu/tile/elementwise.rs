@@ -138,7 +138,7 @@ pub fn dot<I: Isa, const C: usize>(isa: I, a: &[f32; C], b: &[f32; C]) -> f32 {
 
 /// Sum of a row with eight independent lane accumulators.
 #[inline(always)]
-fn row_sum<const C: usize>(a: &[f32; C]) -> f32 {
+pub(super) fn row_sum<const C: usize>(a: &[f32; C]) -> f32 {
     let (a8, rest) = a.as_chunks::<8>();
     let mut lanes = [0.0f32; 8];
     for x in a8 {

@@ -1,6 +1,9 @@
 //! Softmax attention: the online (FlashAttention) update over key tiles.
 
-use super::{elementwise::exp, Tile};
+use super::{
+    elementwise::{exp, row_sum},
+    Tile,
+};
 
 /// Softmax: running maxima to -inf, running sums and the output accumulator to zero.
 #[inline(always)]
@@ -55,12 +58,13 @@ pub fn online_softmax<const R: usize, const C: usize>(
             continue;
         }
         let alpha = exp(*m - new_max);
-        let mut tile_sum = 0.0f32;
+        // The exps first, then a lane-parallel sum: a running scalar sum in the same loop keeps
+        // the whole loop scalar, an exp call per score (perf: two thirds of a softmax forward).
         for (s, x) in row.iter_mut().enumerate() {
-            *x = if s < cols { exp(*x - new_max) } else { 0.0 };
-            tile_sum += *x;
+            let e = exp(*x - new_max);
+            *x = if s < cols { e } else { 0.0 };
         }
-        *l = *l * alpha + tile_sum;
+        *l = *l * alpha + row_sum(row);
         o.iter_mut().for_each(|x| *x *= alpha);
         *m = new_max;
     }
