@@ -6,9 +6,12 @@
 //! ```
 //!
 //! Times attnc's `forward` (chunk 32, 64, 128; 1 and 2 threads), its recurrent `step` looped over
-//! the sequence, the quadratic masked form composed from dfdx ops, softmax KV-cache decoding from
-//! dfdx ops, and the machine's limits (FMA peak, sgemm); prints markdown tables and writes
-//! `bench-out/bench.json` and SVG plots (log-log time against N) into `bench-out/`.
+//! the sequence, exact softmax's `forward`, the quadratic masked form composed from dfdx ops,
+//! softmax KV-cache decoding from dfdx ops, and the machine's limits (FMA peak, sgemm, and
+//! `bench/calib`'s fused kernel built and run as a subprocess) with a memcpy of the input bytes at
+//! every shape: each chunk-64 forward is also reported as a multiple of that limit plus the copy.
+//! Prints markdown tables and writes `bench-out/bench.json` and SVG plots (log-log time against
+//! N) into `bench-out/`.
 
 mod baselines;
 mod limits;
