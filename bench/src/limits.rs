@@ -125,8 +125,6 @@ pub fn sgemm(n: usize, threads: usize) -> f64 {
 pub struct Calib {
     /// Milliseconds on 1 and 2 threads.
     pub ms: [f64; 2],
-    /// calib's own raw FMA peak in GFLOP/s on 1 and 2 threads, measured just before.
-    pub peak: [f64; 2],
 }
 
 /// calib's problem: heads and tokens (d = 64, chunk 64).
@@ -162,7 +160,6 @@ pub fn calib() -> Result<Calib, String> {
             "--bin",
             "calib",
             "--",
-            "peak",
             CALIB_VARIANT,
         ])
         .current_dir(&dir)
@@ -181,17 +178,14 @@ pub fn calib() -> Result<Calib, String> {
     parse_calib(&text).ok_or_else(|| format!("calib's output was not understood:\n{text}"))
 }
 
-/// Reads the peak line and the variant's line of calib's output.
+/// Reads the variant's line of calib's output.
 fn parse_calib(text: &str) -> Option<Calib> {
-    // "raw zmm FMA peak: 1T 117.4 GF/s, 2T 234.6 GF/s"
-    let peak_line = text.lines().find(|l| l.starts_with("raw zmm FMA peak"))?;
-    let peak = numbers_after(peak_line, "GF/s")?;
     // "  v6 ... NT   1T   7.802 ms  137.6 GF/s (...) | 2T   4.721 ms  227.4 GF/s (...)"
     let line = text
         .lines()
         .find(|l| l.trim_start().starts_with(CALIB_VARIANT))?;
     let ms = numbers_after(line, "ms")?;
-    Some(Calib { ms, peak })
+    Some(Calib { ms })
 }
 
 /// The two numbers that stand right before each of the first two occurrences of ` unit`.
@@ -241,7 +235,6 @@ mod tests {
             v6 +spread prefetch R=6 NT               1T   7.802 ms  137.6 GF/s (109.9 real) | 2T   4.721 ms  227.4 GF/s (181.6 real)\n";
         let c = parse_calib(text).expect("parsed");
         assert_eq!(c.ms, [7.802, 4.721]);
-        assert_eq!(c.peak, [117.4, 234.6]);
         assert_eq!(c.scaled_ms(2, 1, 65536), 4.721 * 2.0);
     }
 }
