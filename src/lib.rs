@@ -47,7 +47,7 @@ pub use attnc_dsl::attention;
 pub use attnc_runtime::cuda::launch::{CudaLaunch, Grid, KernelInfo};
 pub use attnc_runtime::cuda::{CudaDevice, CudaState, CudaTensor};
 pub use attnc_runtime::{
-    finite_check, set_finite_check, CpuIsa, DecodeState, Device, Error, Schedule, State,
+    finite_check, set_finite_check, CpuIsa, DecodeState, Device, Error, ExtState, Schedule, State,
 };
 
 /// The CUDA side of the runtime: NVRTC compilation with its on-disk PTX cache, and whether a
@@ -99,7 +99,7 @@ pub mod prelude {
     // `Device` (attnc's device choice) stays at `attnc::Device`: dfdx's prelude has a trait of
     // that name, and importing both preludes must not make either ambiguous.
     pub use crate::{
-        attention, CudaDevice, CudaState, CudaTensor, DecodeState, Error, Spec, State,
+        attention, CudaDevice, CudaState, CudaTensor, DecodeState, Error, ExtState, Spec, State,
     };
     pub use dfdx::shapes::{
         Const, ConstDim, Dim, HasShape, Rank0, Rank1, Rank2, Rank3, Rank4, Shape,
@@ -129,6 +129,7 @@ pub mod __private {
     pub use attnc_runtime::cpu::tile;
     pub use attnc_runtime::cpu::{Isa, Kernel, Phase, PhaseTask, Recurrent, Task};
     pub use attnc_runtime::cuda::{forward_cuda, step_cuda, CudaTensor};
+    pub use attnc_runtime::systems;
     pub use attnc_runtime::train::{backward, Saved};
     pub use attnc_runtime::{Error, Result};
     pub use dfdx::nn::Module;

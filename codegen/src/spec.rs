@@ -33,6 +33,25 @@ pub struct Spec {
     /// generated signature, so tensors with their axes in the wrong order do not compile.
     /// `None`: H is any `Dim`, checked at run time against q's.
     pub heads: Option<usize>,
+    /// `update = momentum(mu = ..)`: the additive update with heavy-ball momentum (Momentum
+    /// Transformer): `m_t = mu m_{t-1} + k~_t v_t^T`, `S_t = S_{t-1} + m_t`. `update` stays
+    /// [`Update::Additive`] when this is `Some`; mu is in [0, 1).
+    pub momentum: Option<f32>,
+    /// `short_conv = w`: a depthwise causal convolution of width w (2..=8) over the sequence on
+    /// q, k and v, then SiLU, before `qk_norm` and the feature map.
+    pub short_conv: Option<usize>,
+    /// `rpe = toeplitz`: relative positional weights `exp(b_{s-t})` on every score, computed by
+    /// FFT (forward and backward only: no recurrent step).
+    pub rpe: Rpe,
+}
+
+/// Relative positional encoding of the scores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rpe {
+    /// None.
+    None,
+    /// Kernelized attention with a Toeplitz weight `exp(b_{s-t})` (Luo et al. 2021).
+    Toeplitz,
 }
 
 /// The feature map phi.
@@ -245,6 +264,26 @@ impl Spec {
             chunk: 64,
             layout: Layout::Bhnd,
             heads: None,
+            momentum: None,
+            short_conv: None,
+            rpe: Rpe::None,
+        }
+    }
+
+    /// Whether the spec uses a system that runs around the generated chunk program (momentum,
+    /// short convolutions, rpe): see [`Spec::base`].
+    pub fn has_systems(&self) -> bool {
+        self.momentum.is_some() || self.short_conv.is_some() || self.rpe != Rpe::None
+    }
+
+    /// The spec without its systems (momentum, short_conv, rpe): the chunk program the
+    /// generated kernel runs, and whose feature map the systems' runtime kernels apply.
+    pub fn base(&self) -> Spec {
+        Spec {
+            momentum: None,
+            short_conv: None,
+            rpe: Rpe::None,
+            ..self.clone()
         }
     }
 
@@ -409,18 +448,41 @@ impl fmt::Display for Spec {
             self.value_dim,
             self.feature_map,
             self.mask,
-            self.update,
+            DisplayUpdate(self),
             self.normalize,
             self.qk_norm,
             self.scale,
             self.chunk,
             self.layout
         )?;
-        match self.heads {
-            Some(h) => write!(f, ", heads = {h}"),
-            None => Ok(()),
+        if let Some(h) = self.heads {
+            write!(f, ", heads = {h}")?;
+        }
+        if let Some(w) = self.short_conv {
+            write!(f, ", short_conv = {w}")?;
+        }
+        match self.rpe {
+            Rpe::None => Ok(()),
+            rpe => write!(f, ", rpe = {rpe}"),
         }
     }
+}
+
+/// `update = ..` as written: `momentum(mu = ..)` or the update's keyword.
+struct DisplayUpdate<'a>(&'a Spec);
+
+impl fmt::Display for DisplayUpdate<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.momentum {
+            Some(mu) => write!(f, "{}(mu = {mu:?})", Update::MOMENTUM),
+            None => write!(f, "{}", self.0.update),
+        }
+    }
+}
+
+impl Update {
+    /// How the momentum update is written (`update = momentum(mu = 0.9)`).
+    pub const MOMENTUM: &'static str = "momentum";
 }
 
 impl fmt::Display for FeatureMap {
@@ -542,6 +604,7 @@ keyword_enum!(Mask { Causal => "causal", None => "none" });
 keyword_enum!(Update { Additive => "additive", Gated => "gated", Delta => "delta", GatedDelta => "gated_delta" });
 keyword_enum!(Normalize { None => "none", Sum => "sum" });
 keyword_enum!(QkNorm { None => "none", L2 => "l2" });
+keyword_enum!(Rpe { None => "none", Toeplitz => "toeplitz" });
 keyword_enum!(Layout { Bhnd => "bhnd", Bnhd => "bnhd" });
 keyword_enum!(UnaryFn { Exp => "exp", Ln => "ln", Sqrt => "sqrt", Abs => "abs", Tanh => "tanh" });
 keyword_enum!(BinaryFn { Max => "max", Min => "min", Powf => "powf" });

@@ -22,7 +22,7 @@ fn dims(sig: &Signature) -> [usize; 3] {
 
 /// The FAVOR+ projection w (F x DK), checked, transposed to (DK, F) for the kernels
 /// (`Task::proj`); empty when the spec takes none.
-fn projection<Sp: Shape<Concrete = [usize; 2]>>(
+pub(crate) fn projection<Sp: Shape<Concrete = [usize; 2]>>(
     sig: &Signature,
     proj: Option<&Tensor<Sp, f32, Cpu>>,
 ) -> Result<Vec<f32>> {

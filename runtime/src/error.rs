@@ -111,6 +111,9 @@ pub enum Error {
     /// The dfdx CPU device refused to build a tensor.
     #[error("dfdx could not build the output tensor: {0}")]
     Tensor(String),
+    /// The spec uses a system (momentum, short_conv, rpe) that this device does not run yet.
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// A broken internal invariant: a bug in attnc, please report it.
     #[error("internal error in attnc (please report): {0}")]
     Internal(&'static str),

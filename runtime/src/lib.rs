@@ -25,6 +25,7 @@ pub mod device;
 pub mod error;
 pub mod favor;
 pub mod state;
+pub mod systems;
 pub mod train;
 
 pub use check::{finite_check, set_finite_check};
@@ -32,3 +33,4 @@ pub use cpu::{CpuIsa, Schedule};
 pub use device::Device;
 pub use error::{Error, Result};
 pub use state::{DecodeState, State, StepState};
+pub use systems::ExtState;

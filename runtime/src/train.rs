@@ -56,13 +56,13 @@ pub struct Saved<
 
 /// The error the closure may return: dfdx's backward ops can only return `CpuError`. Every
 /// input was validated by the forward, so this is reached only through a broken invariant.
-fn internal(_: Error) -> CpuError {
+pub(crate) fn internal(_: Error) -> CpuError {
     CpuError::WrongNumElements
 }
 
 /// A gradient's current value by id (zeros when nothing consumed the tensor), copied into a
 /// pooled buffer (a fresh one would fault in every page of dL/do).
-fn gradient_of<S: Shape>(
+pub(crate) fn gradient_of<S: Shape>(
     grads: &mut Gradients<f32, Cpu>,
     t: &Tensor<S, f32, Cpu>,
 ) -> Result<Vec<f32>, CpuError> {
@@ -73,7 +73,7 @@ fn gradient_of<S: Shape>(
 }
 
 /// Adds `delta` (logical order) into the gradient of `t`.
-fn accumulate<S: Shape>(
+pub(crate) fn accumulate<S: Shape>(
     grads: &mut Gradients<f32, Cpu>,
     t: &Tensor<S, f32, Cpu>,
     delta: &[f32],

@@ -165,6 +165,16 @@ fn phi(spec: &Spec, x: &[f32], proj: &[f32]) -> Vec<f64> {
     }
 }
 
+/// phi of one row after `qk_norm` (unscaled), for the systems' oracles.
+pub fn phi_row(spec: &Spec, x: &[f32], proj: &[f32]) -> Vec<f64> {
+    let row = if spec.qk_norm == QkNorm::L2 {
+        l2(x)
+    } else {
+        x.to_vec()
+    };
+    phi(spec, &row, proj)
+}
+
 fn l2(x: &[f32]) -> Vec<f32> {
     let n: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
     let inv = 1.0 / (n + 1e-6).sqrt();
@@ -378,3 +388,4 @@ pub fn from_bnhd(x: &[f32], b: usize, h: usize, n: usize, d: usize) -> Vec<f32> 
     out
 }
 pub mod cuda_emu;
+pub mod systems;

@@ -5,6 +5,7 @@
 
 mod examples;
 mod methods;
+mod systems;
 mod tokens;
 
 use crate::cpu::{emit_kernel, lit};
@@ -148,6 +149,9 @@ fn write_expansion(name: &syn::Ident, rust: &TokenStream, cuda: &str) -> Option<
 }
 
 fn expand_valid(item: &syn::ItemStruct, spec: &Spec, plan: &Plan) -> TokenStream {
+    if spec.has_systems() {
+        return expand_systems(item, spec);
+    }
     let name = &item.ident;
     let kernel_ident = format_ident!("__AttncKernel{}", name);
     let kernel = emit_kernel(plan, &kernel_ident);
@@ -164,6 +168,62 @@ fn expand_valid(item: &syn::ItemStruct, spec: &Spec, plan: &Plan) -> TokenStream
 
         const _: () = {
             #kernel
+
+            impl #name {
+                #consts
+                #methods
+                #cuda_methods
+            }
+
+            #module
+        };
+    };
+    match write_expansion(name, &expansion, &cuda.source) {
+        Some(err) => {
+            let err = err.to_compile_error();
+            quote!(#expansion #err)
+        }
+        None => expansion,
+    }
+}
+
+/// The expansion of a spec with systems (momentum, short_conv, rpe): its base's chunk program
+/// and entry points behind a private struct, and the spec's own entry points calling the
+/// runtime's `systems` (see `systems`).
+fn expand_systems(item: &syn::ItemStruct, spec: &Spec) -> TokenStream {
+    let name = &item.ident;
+    let base_spec = spec.base();
+    let plan = Plan::new(&base_spec);
+    let kernel_ident = format_ident!("__AttncKernel{}", name);
+    let base = format_ident!("__AttncBase{}", name);
+    let kernel = emit_kernel(&plan, &kernel_ident);
+    let mut cuda = crate::cuda::emit(&plan, &base_spec.to_string());
+    cuda.source = format!(
+        "// attnc: this spec's systems (momentum, short_conv, rpe) run on the CPU in this \
+         version; below is the CUDA C of its base,\n// {base_spec}\n{}",
+        cuda.source
+    );
+    let sig = &plan.signature;
+    let base_methods = methods::cpu_methods(sig, false, &kernel_ident, &base, false);
+    let base_consts = consts(&base_spec, &plan, &cuda, "");
+    let methods = systems::cpu_methods(spec, sig, &base, &kernel_ident);
+    let cuda_methods = systems::cuda_methods();
+    let module = systems::module_impl(spec, sig, name);
+    let ex_spec = examples::example(sig, name, examples::Method::Spec, false);
+    let consts = consts(spec, &plan, &cuda, &ex_spec);
+    let expansion = quote! {
+        #item
+
+        const _: () = {
+            #kernel
+
+            struct #base;
+
+            #[allow(dead_code)]
+            impl #base {
+                #base_consts
+                #base_methods
+            }
 
             impl #name {
                 #consts

@@ -23,8 +23,29 @@ impl ToTokens for Spec {
             scale,
             layout,
             heads,
+            momentum,
+            short_conv,
+            rpe,
             ..
         } = self;
+        let momentum = match momentum {
+            Some(mu) => {
+                let mu = Literal::f32_suffixed(*mu);
+                quote!(::core::option::Option::Some(#mu))
+            }
+            None => quote!(::core::option::Option::None),
+        };
+        let short_conv = match short_conv {
+            Some(w) => {
+                let w = Literal::usize_unsuffixed(*w);
+                quote!(::core::option::Option::Some(#w))
+            }
+            None => quote!(::core::option::Option::None),
+        };
+        let rpe = match rpe {
+            Rpe::None => quote!(#s::Rpe::None),
+            Rpe::Toeplitz => quote!(#s::Rpe::Toeplitz),
+        };
         let heads = match heads {
             Some(h) => {
                 let h = Literal::usize_unsuffixed(*h);
@@ -49,6 +70,9 @@ impl ToTokens for Spec {
                 chunk: #chunk,
                 layout: #layout,
                 heads: #heads,
+                momentum: #momentum,
+                short_conv: #short_conv,
+                rpe: #rpe,
             }
         });
     }

@@ -33,11 +33,15 @@ pub enum Key {
     Layout,
     /// `heads`
     Heads,
+    /// `short_conv`
+    ShortConv,
+    /// `rpe`
+    Rpe,
 }
 
 impl Key {
     /// Every key, in the order of the README's key table.
-    pub const ALL: [Key; 11] = [
+    pub const ALL: [Key; 13] = [
         Key::HeadDim,
         Key::ValueDim,
         Key::FeatureMap,
@@ -49,6 +53,8 @@ impl Key {
         Key::Chunk,
         Key::Layout,
         Key::Heads,
+        Key::ShortConv,
+        Key::Rpe,
     ];
 
     /// The key as written in the attribute, e.g. `"head_dim"`.
@@ -65,6 +71,8 @@ impl Key {
             Key::Chunk => "chunk",
             Key::Layout => "layout",
             Key::Heads => "heads",
+            Key::ShortConv => "short_conv",
+            Key::Rpe => "rpe",
         }
     }
 
@@ -150,13 +158,15 @@ impl Builder {
             Key::ValueDim => self.value_dim = Some(parse_dim(v, key)?),
             Key::FeatureMap => s.feature_map = parse_feature_map(v)?,
             Key::Mask => s.mask = keyword(v, key, mask_gloss)?,
-            Key::Update => s.update = keyword(v, key, no_gloss)?,
+            Key::Update => (s.update, s.momentum) = parse_update(v)?,
             Key::Normalize => s.normalize = keyword(v, key, no_gloss)?,
             Key::QkNorm => s.qk_norm = keyword(v, key, no_gloss)?,
             Key::Scale => s.scale = parse_scale(v)?,
             Key::Chunk => s.chunk = parse_chunk(v)?,
             Key::Layout => s.layout = keyword(v, key, layout_gloss)?,
             Key::Heads => s.heads = Some(parse_heads(v)?),
+            Key::ShortConv => s.short_conv = Some(parse_short_conv(v)?),
+            Key::Rpe => s.rpe = keyword(v, key, rpe_gloss)?,
         }
         Ok(())
     }
@@ -239,6 +249,81 @@ fn mask_gloss(m: Mask) -> &'static str {
     match m {
         Mask::Causal => " (token t sees tokens 1..=t)",
         Mask::None => " (every token sees the whole sequence)",
+    }
+}
+
+fn rpe_gloss(r: Rpe) -> &'static str {
+    match r {
+        Rpe::None => " (no positional weights)",
+        Rpe::Toeplitz => " (scores weighted by exp(b[s - t]), computed by FFT)",
+    }
+}
+
+/// `update = ..`: a keyword, or `momentum(mu = ..)` (an additive update with momentum).
+fn parse_update(v: &syn::Expr) -> syn::Result<(Update, Option<f32>)> {
+    if let syn::Expr::Call(call) = peel(v) {
+        if ident_of(&call.func).as_deref() == Some(Update::MOMENTUM) {
+            return parse_momentum(call).map(|mu| (Update::Additive, Some(mu)));
+        }
+    }
+    if ident_of(v).as_deref() == Some(Update::MOMENTUM) {
+        return Err(on(
+            v,
+            "`momentum` needs its coefficient: write `update = momentum(mu = 0.9)` (mu in [0, 1))",
+        ));
+    }
+    keyword(v, Key::Update, no_gloss)
+        .map_err(|e| {
+            let hint = "; or `momentum(mu = 0.9)` (the additive update with heavy-ball momentum)";
+            syn::Error::new(e.span(), format!("{e}{hint}"))
+        })
+        .map(|u| (u, None))
+}
+
+/// `momentum(mu = ..)`: one named float argument in [0, 1).
+fn parse_momentum(call: &syn::ExprCall) -> syn::Result<f32> {
+    const USAGE: &str = "`momentum` takes one argument, `mu`, a float literal in [0, 1): \
+                         e.g. `update = momentum(mu = 0.9)`; it is the additive update with \
+                         heavy-ball momentum and does not combine with `gated` or `delta`";
+    let [arg] = call.args.iter().collect::<Vec<_>>()[..] else {
+        return Err(on(call, USAGE));
+    };
+    let syn::Expr::Assign(assign) = peel(arg) else {
+        return Err(on(arg, USAGE));
+    };
+    if ident_of(&assign.left).as_deref() != Some("mu") {
+        return Err(on(&assign.left, USAGE));
+    }
+    let mu = match peel(&assign.right) {
+        syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Float(f),
+            ..
+        }) => f.base10_parse::<f32>().ok(),
+        syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Int(i),
+            ..
+        }) => i.base10_parse::<f32>().ok(),
+        _ => None,
+    };
+    match mu {
+        Some(mu) if (0.0..1.0).contains(&mu) => Ok(mu),
+        _ => Err(on(
+            &assign.right,
+            "`mu` must be a float literal in [0, 1) (0 is the plain additive update; at 1 the \
+             momentum never decays and the state grows without bound), e.g. `mu = 0.9`",
+        )),
+    }
+}
+
+/// `short_conv = w`, w in 2..=8.
+fn parse_short_conv(v: &syn::Expr) -> syn::Result<usize> {
+    match int_literal(v) {
+        Some(Ok(w)) if (2..=8).contains(&w) => Ok(w),
+        _ => Err(on(
+            v,
+            "`short_conv` must be the convolution's width, an integer in 2..=8 (e.g. 4, as \
+             flash-linear-attention's ShortConvolution)",
+        )),
     }
 }
 

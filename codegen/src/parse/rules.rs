@@ -58,4 +58,62 @@ pub(super) fn check(b: &Builder, errors: &mut Errors) {
         "`feature_map = softmax` is exact softmax attention, which has no recurrent update; \
          remove `update` (or use a linear feature map)",
     );
+    systems(spec, &mut rule);
+}
+
+/// The rules of `update = momentum(..)`, `short_conv` and `rpe`.
+fn systems(spec: &Spec, rule: &mut impl FnMut(bool, Key, &[Key], &str)) {
+    let momentum = spec.momentum.is_some();
+    let softmax = spec.feature_map == FeatureMap::Softmax;
+    let favor = matches!(spec.feature_map, FeatureMap::Favor { .. });
+    rule(
+        momentum && spec.mask == Mask::None,
+        Key::Mask,
+        &[Key::Update],
+        "`mask = none` cannot be used with `update = momentum(..)`: the momentum accumulates in \
+         token order, so it is causal; use `mask = causal`",
+    );
+    rule(
+        momentum && softmax,
+        Key::Update,
+        &[Key::FeatureMap],
+        "`feature_map = softmax` is exact softmax attention, which has no recurrent update to \
+         add momentum to; remove `update` (or use a linear feature map)",
+    );
+    rule(
+        momentum && favor,
+        Key::Update,
+        &[Key::FeatureMap],
+        "`update = momentum(..)` takes every feature map but `favor` in this version (its \
+         projection is not an input of the momentum kernel); use e.g. `elu_plus_one`",
+    );
+    rule(
+        spec.short_conv.is_some() && softmax,
+        Key::ShortConv,
+        &[Key::FeatureMap],
+        "`short_conv` applies to linear attention in this version (its state carries the \
+         convolution's tail); with `feature_map = softmax` convolve q, k and v before the call",
+    );
+    let rpe = spec.rpe == Rpe::Toeplitz;
+    rule(
+        rpe && (spec.update != Update::Additive || momentum),
+        Key::Rpe,
+        &[Key::Update],
+        "`rpe = toeplitz` needs `update = additive` (the default): a Toeplitz weight exp(b[s - \
+         t]) replaces the decay of gated updates and has no delta or momentum form",
+    );
+    rule(
+        rpe && softmax,
+        Key::Rpe,
+        &[Key::FeatureMap],
+        "`rpe = toeplitz` is kernelized (linear) attention with positional weights; with \
+         `feature_map = softmax` there is no feature map to factor the scores by",
+    );
+    rule(
+        rpe && favor,
+        Key::Rpe,
+        &[Key::FeatureMap],
+        "`rpe = toeplitz` takes every feature map but `favor` in this version (its projection \
+         is not an input of the FFT kernel); use e.g. `elu_plus_one`",
+    );
 }

@@ -11,7 +11,7 @@
 //! - [`marshal`]: dfdx tensors to and from the kernels' flat buffers, layout permutes;
 //! - [`pool`]: the buffer pool that keeps large copies and workspaces between calls.
 
-mod dispatch;
+pub(crate) mod dispatch;
 pub mod grad;
 pub mod isa;
 pub mod kernel;

@@ -14,10 +14,10 @@
 
 pub mod chunked;
 mod delta;
-mod gemm;
+pub(crate) mod gemm;
 pub mod maps;
 pub mod softmax;
-mod vecops;
+pub(crate) mod vecops;
 
 pub use maps::{dphi_rows, phi_rows, Differentiable};
 

@@ -1,0 +1,226 @@
+//! The entry points generated code calls for specs with systems: the convolution of q, k and
+//! v, one `step`, and the pieces that keep a spec's generated `step` a compile error where it
+//! cannot exist.
+
+use super::conv::{conv_step, short_conv, step_weights, Conv};
+use super::momentum_step_buffers;
+use super::state::{ExtBuffers, ExtState};
+use crate::check::{Problem, ScalarRule};
+use crate::cpu::grad::Differentiable;
+use crate::cpu::kernel::Recurrent;
+use crate::cpu::schedule::Buffers;
+use crate::error::{Error, Result};
+use crate::state::State;
+use attnc_codegen::abi::Signature;
+use attnc_codegen::spec::Spec;
+use dfdx::shapes::{Dim, HasShape, Shape};
+use dfdx::tensor::{Cpu, Merge, Tape, Tensor};
+
+/// The short convolutions of q, k and v (`short_conv = w`), each a dfdx op on the tape, from the
+/// tails of `initial` (zeros without one). Returns the convolved tensors (their tapes merged
+/// with the weights') and the next tails.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub fn conv3<
+    B,
+    H,
+    Sq,
+    Sv,
+    Sw,
+    Swv,
+    T,
+    Tk,
+    Tv,
+    Tcq,
+    Tck,
+    Tcv,
+    const F: usize,
+    const DK: usize,
+    const DV: usize,
+>(
+    spec: &Spec,
+    (q, k, v): (
+        Tensor<Sq, f32, Cpu, T>,
+        Tensor<Sq, f32, Cpu, Tk>,
+        Tensor<Sv, f32, Cpu, Tv>,
+    ),
+    (cq, ck, cv): (
+        Tensor<Sw, f32, Cpu, Tcq>,
+        Tensor<Sw, f32, Cpu, Tck>,
+        Tensor<Swv, f32, Cpu, Tcv>,
+    ),
+    initial: Option<&ExtState<B, H, F, DK, DV>>,
+) -> Result<(
+    (
+        Tensor<Sq, f32, Cpu, T>,
+        Tensor<Sq, f32, Cpu, Tk>,
+        Tensor<Sv, f32, Cpu, Tv>,
+    ),
+    [Vec<f32>; 3],
+)>
+where
+    B: Dim,
+    H: Dim,
+    Sq: Shape<Concrete = [usize; 4]>,
+    Sv: Shape<Concrete = [usize; 4]>,
+    Sw: Shape<Concrete = [usize; 3]>,
+    Swv: Shape<Concrete = [usize; 3]>,
+    T: Tape<f32, Cpu> + Merge<Tcq>,
+    Tk: Tape<f32, Cpu> + Merge<Tck>,
+    Tv: Tape<f32, Cpu> + Merge<Tcv>,
+    Tcq: Tape<f32, Cpu>,
+    Tck: Tape<f32, Cpu>,
+    Tcv: Tape<f32, Cpu>,
+{
+    let width = spec.short_conv.unwrap_or(1);
+    let p = Problem::from_q(spec.layout, q.shape().concrete())?;
+    let tails = match initial {
+        Some(st) => Some(st.to_buffers(p.batch, p.heads, spec)?.tails),
+        None => None,
+    };
+    let [tq, tk, tv] = tails.map_or([None, None, None], |[a, b, c]| [Some(a), Some(b), Some(c)]);
+    let tail_q = initial.and_then(|s| s.conv_q.as_ref()).zip(tq);
+    let tail_k = initial.and_then(|s| s.conv_k.as_ref()).zip(tk);
+    let tail_v = initial.and_then(|s| s.conv_v.as_ref()).zip(tv);
+    let (q, nq) = short_conv::<B, H, _, _, _, _, DK>(&p, "conv_q", width, q, cq, tail_q)?;
+    let (k, nk) = short_conv::<B, H, _, _, _, _, DK>(&p, "conv_k", width, k, ck, tail_k)?;
+    let (v, nv) = short_conv::<B, H, _, _, _, _, DV>(&p, "conv_v", width, v, cv, tail_v)?;
+    Ok(((q, k, v), [nq, nk, nv]))
+}
+
+/// The state a spec with `short_conv` (and no momentum) returns: its chunk program's `State`
+/// with the next tails.
+pub fn with_tails<B: Dim, H: Dim, const F: usize, const DK: usize, const DV: usize>(
+    spec: &Spec,
+    state: State<B, H, F, DV>,
+    tails: [Vec<f32>; 3],
+) -> Result<ExtState<B, H, F, DK, DV>> {
+    let (b, h) = (state.s.shape().0, state.s.shape().1);
+    let (s, z) = state.to_vecs(b.size(), h.size(), state.z.is_some())?;
+    let bufs = ExtBuffers {
+        s,
+        z: z.unwrap_or_default(),
+        tails,
+        ..ExtBuffers::default()
+    };
+    ExtState::from_buffers(b, h, spec.short_conv.map_or(0, |w| w - 1), bufs)
+}
+
+/// The optional inputs of a systems spec's `step` besides q_t, k_t, v_t.
+pub struct StepExtras<'a, S2: Shape, Sw: Shape, Swv: Shape, Sp: Shape> {
+    /// beta_t (B, H).
+    pub beta: Option<&'a Tensor<S2, f32, Cpu>>,
+    /// g_t (B, H).
+    pub g: Option<&'a Tensor<S2, f32, Cpu>>,
+    /// The convolution weights of q, k, v.
+    pub conv: Option<(
+        &'a Tensor<Sw, f32, Cpu>,
+        &'a Tensor<Sw, f32, Cpu>,
+        &'a Tensor<Swv, f32, Cpu>,
+    )>,
+    /// FAVOR+'s projection.
+    pub proj: Option<&'a Tensor<Sp, f32, Cpu>>,
+}
+
+/// `step` of a spec with momentum and/or `short_conv`: convolves the token with the state's
+/// tails (updating them), then runs the momentum recurrence or the spec's generated step.
+/// Returns o_t, (B, H, DV) flat.
+#[allow(clippy::too_many_arguments)]
+pub fn systems_step<
+    K,
+    B,
+    H,
+    Sk,
+    Sv,
+    S2,
+    Sw,
+    Swv,
+    Sp,
+    const F: usize,
+    const DK: usize,
+    const DV: usize,
+>(
+    spec: &Spec,
+    sig: &Signature,
+    state: &mut ExtState<B, H, F, DK, DV>,
+    (q_t, k_t, v_t): (
+        &Tensor<Sk, f32, Cpu>,
+        &Tensor<Sk, f32, Cpu>,
+        &Tensor<Sv, f32, Cpu>,
+    ),
+    extras: StepExtras<'_, S2, Sw, Swv, Sp>,
+) -> Result<Vec<f32>>
+where
+    K: Differentiable + Recurrent,
+    B: Dim,
+    H: Dim,
+    Sk: Shape<Concrete = [usize; 3]>,
+    Sv: Shape<Concrete = [usize; 3]>,
+    S2: Shape<Concrete = [usize; 2]>,
+    Sw: Shape<Concrete = [usize; 3]>,
+    Swv: Shape<Concrete = [usize; 3]>,
+    Sp: Shape<Concrete = [usize; 2]>,
+{
+    let [batch, heads, _] = q_t.shape().concrete();
+    let p = Problem::step(batch, heads);
+    let mut st = state.to_buffers(batch, heads, spec)?;
+    let mut q = p.gather_heads("q_t", q_t, sig.dk)?;
+    let mut k = p.gather_heads("k_t", k_t, sig.dk)?;
+    let mut v = p.gather_heads("v_t", v_t, sig.dv)?;
+    if let (Some(width), Some((cq, ck, cv))) = (spec.short_conv, extras.conv) {
+        let (ck_, cv_) = (Conv { d: sig.dk, width }, Conv { d: sig.dv, width });
+        let [tq, tk, tv] = &mut st.tails;
+        q = conv_step(ck_, heads, &q, tq, &step_weights("conv_q", heads, ck_, cq)?);
+        k = conv_step(ck_, heads, &k, tk, &step_weights("conv_k", heads, ck_, ck)?);
+        v = conv_step(cv_, heads, &v, tv, &step_weights("conv_v", heads, cv_, cv)?);
+    }
+    let (out, next) = if spec.momentum.is_some() {
+        momentum_step_buffers::<K>(spec, sig, st, &p, (&q, &k, &v))?
+    } else {
+        let mut bufs = Buffers {
+            q,
+            k,
+            v,
+            beta: extras.beta.map_or(Ok(Vec::new()), |t| {
+                p.gather_rule_head_scalars("beta_t", ScalarRule::WriteStrength, t)
+            })?,
+            g: extras.g.map_or(Ok(Vec::new()), |t| {
+                p.gather_rule_head_scalars("g_t", ScalarRule::LogDecay, t)
+            })?,
+            proj: crate::api::projection(sig, extras.proj)?,
+            s: std::mem::take(&mut st.s),
+            z: std::mem::take(&mut st.z),
+        };
+        let out = K::run_step_all(&p, [sig.dk, sig.dv, sig.f], &mut bufs)?;
+        (
+            out,
+            ExtBuffers {
+                s: bufs.s,
+                z: bufs.z,
+                tails: st.tails,
+                ..ExtBuffers::default()
+            },
+        )
+    };
+    let (b, h) = (state.s.shape().0, state.s.shape().1);
+    *state = ExtState::from_buffers(b, h, spec.short_conv.map_or(0, |w| w - 1), next)?;
+    Ok(out)
+}
+
+/// The error of every `_cuda` entry point of a spec with momentum, `short_conv` or rpe.
+pub fn cuda_unsupported() -> Error {
+    Error::Unsupported(
+        "this spec's systems (update = momentum, short_conv, rpe = toeplitz) run on the CPU in \
+         this version of attnc; call `forward`/`step` on dfdx CPU tensors (download the inputs \
+         with `CudaTensor::download`)",
+    )
+}
+
+/// Implemented by nothing: the bound of the `step` of an `rpe = toeplitz` spec, so that calling
+/// it is a compile error that says why.
+#[diagnostic::on_unimplemented(
+    message = "a spec with `rpe = toeplitz` has no `step`: decoding with a general Toeplitz \
+               weight exp(b[s - t]) needs every past key, so there is no fixed-size state",
+    label = "no recurrent step for `rpe = toeplitz`",
+    note = "call `forward` on the whole prefix instead, or use a spec without `rpe`"
+)]
+pub trait ToeplitzHasNoStep {}
