@@ -17,6 +17,7 @@ mod baselines;
 mod limits;
 mod report;
 mod specs;
+mod systems;
 
 use report::{Report, Row};
 use specs::{Inputs, Variant, CHUNKS};
@@ -110,6 +111,15 @@ fn main() {
         measure_forward(&mut rep, 8, n, &o);
     }
     measure_softmax(&mut rep, if o.quick { 1024 } else { 4096 });
+    measure_systems(&mut rep, if o.quick { 1024 } else { 4096 });
+    let rpe_ns: &[usize] = if o.quick {
+        &[1024, 2048]
+    } else {
+        &[1024, 2048, 4096, 8192, 16384, 32768, 65536]
+    };
+    for &n in rpe_ns {
+        measure_rpe_curve(&mut rep, n);
+    }
     let long = if o.quick { 4096 } else { 65536 };
     measure_forward(&mut rep, 1, long, &o);
     let decode_ns: &[usize] = if o.quick {
@@ -317,6 +327,107 @@ fn measure_softmax(rep: &mut Report, n: usize) {
     }
 }
 
+/// Issue #16's systems beside plain linear attention, B = 1, H = 8, chunk 64, 1 and 2 threads.
+fn measure_systems(rep: &mut Report, n: usize) {
+    println!("\n== systems, B = 1, H = 8, N = {n}");
+    let (x, e) = (Inputs::random(1, 8, n, 3), systems::Extras::random(8, n));
+    for threads in [1, 2] {
+        let p = pool(threads);
+        let plain = p.install(|| {
+            time_ms(|| {
+                std::hint::black_box(specs::forward(Variant::Plain, 64, &x).expect("forward"));
+            })
+        });
+        let mut push = |variant: &str, ms: f64| {
+            rep.push(Row {
+                section: "systems",
+                implementation: "attnc c64".into(),
+                variant: variant.into(),
+                b: 1,
+                h: 8,
+                n,
+                threads,
+                value: ms,
+                unit: "ms",
+            })
+        };
+        push("plain", plain);
+        for s in systems::System::ALL {
+            let ms = p.install(|| {
+                time_ms(|| {
+                    std::hint::black_box(systems::forward(s, &x, &e).expect("systems forward"));
+                })
+            });
+            push(s.name(), ms);
+        }
+    }
+}
+
+/// Each system's time over plain linear attention's, same run, per thread count.
+fn systems_ratios(rep: &Report) -> String {
+    let mut s = String::new();
+    for r in rep
+        .rows
+        .iter()
+        .filter(|r| r.section == "systems" && r.variant != "plain")
+    {
+        let plain = rep.find("systems", "attnc c64", "plain", r.n, r.threads);
+        if let Some(plain) = plain {
+            s.push_str(&format!(
+                "- {} / plain, N = {}, {} thread(s): {:.2}x\n",
+                r.variant,
+                r.n,
+                r.threads,
+                r.value / plain
+            ));
+        }
+    }
+    s
+}
+
+/// rpe's time per `N log2 N` against the smallest N: flat when the cost grows as N log N.
+fn rpe_growth(rep: &Report) -> String {
+    let rows: Vec<(usize, f64)> = rep
+        .rows
+        .iter()
+        .filter(|r| r.section == "rpe")
+        .map(|r| (r.n, r.value))
+        .collect();
+    let Some(&(n0, t0)) = rows.first() else {
+        return String::new();
+    };
+    let per = |n: usize, t: f64| t / (n as f64 * (n as f64).log2());
+    let mut s = String::from("\ntime / (N log2 N), relative to the first row (1.0 = N log N growth; N^2 growth would double it per doubling of N):\n\n");
+    for (n, t) in rows {
+        s.push_str(&format!("- N = {n}: {:.2}\n", per(n, t) / per(n0, t0)));
+    }
+    s
+}
+
+/// rpe's forward at B = 1, H = 1 (2 threads: the FFT pairs of one head are split over them):
+/// its time against N, to read the N log N growth from.
+fn measure_rpe_curve(rep: &mut Report, n: usize) {
+    println!("\n== rpe, B = 1, H = 1, N = {n}");
+    let (x, e) = (Inputs::random(1, 1, n, 4), systems::Extras::random(1, n));
+    let ms = pool(2).install(|| {
+        time_ms(|| {
+            let o = systems::forward(systems::System::Rpe, &x, &e).expect("rpe");
+            std::hint::black_box(o);
+        })
+    });
+    rep.push(Row {
+        section: "rpe",
+        implementation: "attnc FFT".into(),
+        variant: "rpe = toeplitz".into(),
+        b: 1,
+        h: 1,
+        n,
+        threads: 2,
+        value: ms,
+        unit: "ms",
+    });
+}
+
 /// Decoding at context length `n`: attnc `step` (state after n tokens) against softmax attention
 /// over a KV cache of n tokens composed from dfdx ops; nanoseconds per token per head.
 fn measure_decode(rep: &mut Report, n: usize) {
@@ -463,6 +574,12 @@ fn summary(
     s.push_str(&rep.markdown("forward", 1));
     s.push_str("\n## softmax forward, B = 1, H = 8 (ms)\n\n");
     s.push_str(&rep.markdown("softmax", 8));
+    s.push_str("\n## systems (issue #16), B = 1, H = 8, chunk 64 (ms)\n\n");
+    s.push_str(&rep.markdown("systems", 8));
+    s.push_str(&systems_ratios(rep));
+    s.push_str("\n## rpe = toeplitz against N, B = 1, H = 1, 2 threads (ms)\n\n");
+    s.push_str(&rep.markdown("rpe", 1));
+    s.push_str(&rpe_growth(rep));
     s.push_str("\n## decode (ns per token per head)\n\n");
     s.push_str(&rep.markdown("decode", 8));
     s.push_str("\n## Ratios (same run)\n\n");

@@ -96,11 +96,18 @@ fn systems(spec: &Spec, rule: &mut impl FnMut(bool, Key, &[Key], &str)) {
     );
     let rpe = spec.rpe == Rpe::Toeplitz;
     rule(
-        rpe && (spec.update != Update::Additive || momentum),
+        rpe && spec.update != Update::Additive,
         Key::Rpe,
         &[Key::Update],
         "`rpe = toeplitz` needs `update = additive` (the default): a Toeplitz weight exp(b[s - \
-         t]) replaces the decay of gated updates and has no delta or momentum form",
+         t]) replaces the decay of gated updates and has no delta form",
+    );
+    rule(
+        rpe && momentum,
+        Key::Rpe,
+        &[Key::Update],
+        "`rpe = toeplitz` cannot be used with `update = momentum(..)`: momentum already weights \
+         the scores by a fixed Toeplitz matrix (c[t - s]); use one or the other",
     );
     rule(
         rpe && softmax,

@@ -8,6 +8,9 @@
 //! convolution, the weights' and the tail's gradients) runs after the attention's.
 
 use crate::check::{checked, Problem};
+use crate::cpu::dispatch::{dispatch, Job};
+use crate::cpu::isa::CpuIsa;
+use crate::cpu::pool::pooled_buffer;
 use crate::error::{Error, Result};
 use crate::train::{accumulate, gradient_of, internal};
 use dfdx::shapes::{Const, Dim, HasShape, Shape};
@@ -29,9 +32,21 @@ impl Conv {
     }
 }
 
+/// The logistic function with the tile library's inlined exp (so loops over a row vectorise).
 #[inline(always)]
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + crate::cpu::tile::exp(-x))
+}
+
+/// Weights (d x width) as (width x d): tap j's weights contiguous over the channels.
+fn taps(cv: Conv, w: &[f32]) -> Vec<f32> {
+    let mut t = vec![0.0; cv.d * cv.width];
+    for c in 0..cv.d {
+        for j in 0..cv.width {
+            t[j * cv.d + c] = w[c * cv.width + j];
+        }
+    }
+    t
 }
 
 /// Row `e` of `[tail; x]` (`tail` has w - 1 rows).
@@ -45,23 +60,43 @@ fn ext<'a>(cv: Conv, x: &'a [f32], tail: &'a [f32], e: usize) -> &'a [f32] {
     }
 }
 
-/// The pre-activations of row `t`: `sum_j w[c][j] [tail; x]_{t+j}[c]` into `pre`.
+/// The pre-activations of row `t`: `sum_j w[c][j] [tail; x]_{t+j}[c]` into `pre`; `taps` is
+/// the weights as (width x d).
 #[inline(always)]
-fn preact(cv: Conv, x: &[f32], tail: &[f32], w: &[f32], t: usize, pre: &mut [f32]) {
+fn preact(cv: Conv, x: &[f32], tail: &[f32], taps: &[f32], t: usize, pre: &mut [f32]) {
     pre.fill(0.0);
-    for j in 0..cv.width {
+    for (j, tap) in taps.chunks_exact(cv.d).enumerate() {
         let r = ext(cv, x, tail, t + j);
-        for (c, (p, xv)) in pre.iter_mut().zip(r).enumerate() {
-            *p += w[c * cv.width + j] * xv;
+        for ((p, xv), wv) in pre.iter_mut().zip(r).zip(tap) {
+            *p += wv * xv;
         }
     }
 }
 
 /// `y = silu(conv(x))` for one head: `x` (n x d), `tail` ((w-1) x d), `w` (d x width).
+#[inline(always)]
 pub fn conv_head(cv: Conv, x: &[f32], tail: &[f32], w: &[f32], y: &mut [f32]) {
+    let taps = taps(cv, w);
     for (t, yr) in y.chunks_exact_mut(cv.d).enumerate() {
-        preact(cv, x, tail, w, t, yr);
+        preact(cv, x, tail, &taps, t, yr);
         yr.iter_mut().for_each(|a| *a *= sigmoid(*a));
+    }
+}
+
+/// [`conv_head`] through the ISA trampoline, so its loops vectorise at the CPU's width.
+struct ConvJob<'a> {
+    cv: Conv,
+    x: &'a [f32],
+    tail: &'a [f32],
+    w: &'a [f32],
+    y: &'a mut [f32],
+}
+
+impl Job for ConvJob<'_> {
+    #[inline(always)]
+    fn run<I: crate::cpu::isa::Isa>(self, _: I) -> Result<()> {
+        conv_head(self.cv, self.x, self.tail, self.w, self.y);
+        Ok(())
     }
 }
 
@@ -85,8 +120,9 @@ pub fn conv_head_vjp(
 ) {
     let (d, w1) = (cv.d, cv.w1());
     let mut pre = vec![0.0; d];
+    let taps = taps(cv, w);
     for (t, g) in dy.chunks_exact(d).enumerate() {
-        preact(cv, x, tail, w, t, &mut pre);
+        preact(cv, x, tail, &taps, t, &mut pre);
         // silu'(a) = s (1 + a (1 - s)), s = sigmoid(a)
         pre.iter_mut().zip(g).for_each(|(a, g)| {
             let s = sigmoid(*a);
@@ -136,25 +172,29 @@ pub fn conv_all(
     x: &[f32],
     tails: &[f32],
     w: &[f32],
-) -> (Vec<f32>, Vec<f32>) {
+) -> Result<(Vec<f32>, Vec<f32>)> {
     let bh = tails.len() / (cv.w1() * cv.d).max(1);
     let n = x.len() / (bh * cv.d).max(1);
     let (xs, ts, ws) = (n * cv.d, cv.w1() * cv.d, cv.d * cv.width);
-    let mut y = vec![0.0; x.len()];
-    y.par_chunks_mut(xs.max(1)).enumerate().for_each(|(i, y)| {
-        let h = i % heads.max(1);
-        conv_head(
-            cv,
-            &x[i * xs..(i + 1) * xs],
-            &tails[i * ts..(i + 1) * ts],
-            &w[h * ws..(h + 1) * ws],
-            y,
-        );
-    });
+    let isa = CpuIsa::selected()?;
+    let mut y = pooled_buffer(x.len());
+    y.par_chunks_mut(xs.max(1))
+        .enumerate()
+        .try_for_each(|(i, y)| {
+            let h = i % heads.max(1);
+            let job = ConvJob {
+                cv,
+                x: &x[i * xs..(i + 1) * xs],
+                tail: &tails[i * ts..(i + 1) * ts],
+                w: &w[h * ws..(h + 1) * ws],
+                y,
+            };
+            dispatch(isa, job)
+        })?;
     let next: Vec<f32> = (0..bh)
         .flat_map(|i| next_tail(cv, &x[i * xs..(i + 1) * xs], &tails[i * ts..(i + 1) * ts]))
         .collect();
-    (y, next)
+    Ok((y, next))
 }
 
 /// `short_conv` as a dfdx op: `x` (the spec's layout) convolved with `w` (H, D, w) from `tail`
@@ -194,7 +234,7 @@ where
         Some((_, data)) => data.clone(),
         None => vec![0.0; bh * cv.w1() * D],
     };
-    let (y, next) = conv_all(cv, p.heads, &xh, &tail_data, &wd);
+    let (y, next) = conv_all(cv, p.heads, &xh, &tail_data, &wd)?;
     let out = crate::api::output_tensor(&x, p.from_heads_first(y, D), *x.shape())?;
     let mut tape = tx.merge(tw);
     if traced {

@@ -23,6 +23,7 @@ use crate::check::{checked, Problem};
 use crate::cpu::dispatch::{dispatch, Job};
 use crate::cpu::grad::{Config, Differentiable};
 use crate::cpu::isa::{CpuIsa, Isa};
+use crate::cpu::pool::{pooled_buffer, recycle};
 use crate::error::{Error, Result};
 use crate::train::{accumulate, gradient_of, internal};
 use attnc_codegen::abi::Signature;
@@ -31,6 +32,7 @@ use dfdx::shapes::{Dim, HasShape, Shape};
 use dfdx::tensor::{Cpu, Merge, PutTape, SplitTape, Tape, Tensor};
 use features::{augment, join_state, map_rows, map_rows_vjp, output_grads, outputs, split_state};
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// The backward's view of a spec's base (the feature map the systems apply), from its
 /// generated kernel `K`.
@@ -131,23 +133,31 @@ impl Job for MomentumBackward<'_> {
     }
 }
 
-/// One head's momentum problem in the kernel's terms: feature-mapped q, k, augmented v.
-struct MappedHead {
+/// One head's momentum problem in the kernel's terms: feature-mapped q, k (pooled buffers),
+/// v augmented with ones under the normaliser (else v itself, borrowed).
+struct MappedHead<'a> {
     q: Vec<f32>,
     k: Vec<f32>,
-    v: Vec<f32>,
+    v: Cow<'a, [f32]>,
 }
 
-fn map_head(cfg: &Config, (q, k, v): (&[f32], &[f32], &[f32])) -> MappedHead {
+impl MappedHead<'_> {
+    /// Gives the feature buffers back to the pool.
+    fn recycle(self) {
+        recycle([self.q, self.k]);
+    }
+}
+
+fn map_head<'a>(cfg: &Config, (q, k, v): (&[f32], &[f32], &'a [f32])) -> MappedHead<'a> {
     let n = q.len() / cfg.dk.max(1);
-    let (mut qf, mut kf) = (vec![0.0; n * cfg.f], vec![0.0; n * cfg.f]);
+    let (mut qf, mut kf) = (pooled_buffer(n * cfg.f), pooled_buffer(n * cfg.f));
     map_rows(cfg, q, cfg.scale, &mut qf);
     map_rows(cfg, k, 1.0, &mut kf);
-    MappedHead {
-        q: qf,
-        k: kf,
-        v: augment(v, cfg.dv, cfg.normalized),
-    }
+    let v = match cfg.normalized {
+        true => Cow::Owned(augment(v, cfg.dv, true)),
+        false => Cow::Borrowed(v),
+    };
+    MappedHead { q: qf, k: kf, v }
 }
 
 /// What a momentum call computes per head: the outputs (n x DV), the final state, and (for
@@ -178,12 +188,12 @@ fn momentum_head(
         chunk: cfg.chunk,
     };
     let (mut s, mut m) = (s0, m0);
-    let mut oa = vec![0.0; n * da];
+    // Every row of the outputs is written by the kernel: no zeroing.
+    let mut oa = pooled_buffer(n * da);
     let chunks = n.div_ceil(cfg.chunk);
-    let mut chunk_states = if keep_states {
-        vec![0.0; 2 * chunks * cfg.f * da]
-    } else {
-        Vec::new()
+    let mut chunk_states = match keep_states {
+        true => vec![0.0; 2 * chunks * cfg.f * da],
+        false => Vec::new(),
     };
     let job = MomentumForward {
         d,
@@ -195,8 +205,14 @@ fn momentum_head(
         chunk_states: &mut chunk_states,
     };
     dispatch(isa, job)?;
-    let mut out = vec![0.0; n * cfg.dv];
-    outputs(&oa, cfg.dv, cfg.normalized, cfg.sum_eps, &mut out);
+    mh.recycle();
+    let out = if cfg.normalized || keep_states {
+        let mut out = pooled_buffer(n * cfg.dv);
+        outputs(&oa, cfg.dv, cfg.normalized, cfg.sum_eps, &mut out);
+        out
+    } else {
+        std::mem::take(&mut oa)
+    };
     Ok(HeadResult {
         out,
         s,
@@ -252,11 +268,15 @@ impl MomentumCall<'_> {
 }
 
 /// Gathers the momentum results into the output (heads first) and the final state buffers.
-fn gather_results(cfg: &Config, results: &[HeadResult]) -> (Vec<f32>, ExtBuffers) {
-    let mut out = Vec::new();
+fn gather_results(cfg: &Config, results: Vec<HeadResult>) -> (Vec<f32>, ExtBuffers) {
+    let len: usize = results.iter().map(|r| r.out.len()).sum();
+    let mut out = pooled_buffer(len);
     let mut st = ExtBuffers::default();
+    let mut at = 0;
     for r in results {
-        out.extend_from_slice(&r.out);
+        out[at..at + r.out.len()].copy_from_slice(&r.out);
+        at += r.out.len();
+        recycle([r.out, r.oa]);
         split_state(&r.s, cfg.dv, cfg.normalized, &mut st.s, &mut st.z);
         split_state(&r.m, cfg.dv, cfg.normalized, &mut st.m, &mut st.n);
     }
@@ -336,7 +356,7 @@ where
             v: &vh,
             st: &init,
         };
-        gather_results(&cfg, &call.run(false)?)
+        gather_results(&cfg, call.run(false)?)
     };
     fin.tails = tails;
     let w1 = spec.short_conv.map_or(0, |w| w - 1);
@@ -678,12 +698,38 @@ fn rpe_head(cfg: &Config, x: (&[f32], &[f32], &[f32])) -> RpeHead {
     }
 }
 
+/// Features per parallel task of the rpe kernels: a head's F x DV transform pairs are split
+/// over the threads (one head at H = 1 uses every core), each task summing into its own
+/// buffer, added at the end.
+const RPE_FEATURES_PER_TASK: usize = 8;
+
+fn feature_ranges(f: usize) -> Vec<std::ops::Range<usize>> {
+    (0..f)
+        .step_by(RPE_FEATURES_PER_TASK)
+        .map(|a| a..(a + RPE_FEATURES_PER_TASK).min(f))
+        .collect()
+}
+
 /// The augmented outputs of one rpe head (n x da, f32).
 fn rpe_outputs(op: &rpe::Toeplitz, h: &RpeHead) -> Vec<f32> {
-    rpe::forward_head(op, &h.q, &h.k, &h.v)
-        .iter()
-        .map(|&x| x as f32)
-        .collect()
+    let len = op.n * h.v.len();
+    let oa = feature_ranges(h.q.len())
+        .into_par_iter()
+        .fold(
+            || vec![0.0f64; len],
+            |mut acc, fs| {
+                rpe::forward_features(op, (&h.q, &h.k, &h.v), fs, &mut acc);
+                acc
+            },
+        )
+        .reduce(
+            || vec![0.0f64; len],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            },
+        );
+    oa.iter().map(|&x| x as f32).collect()
 }
 
 /// `forward` of an `rpe = toeplitz` spec (after its short convolution, if any): `bias` holds
@@ -770,12 +816,15 @@ fn rpe_backward(
             let head = rpe_head(cfg, (qs[i], ks[i], vs[i]));
             let oa = rpe_outputs(&op, &head);
             let doa = output_grads(&oa, ds[i], dv, nz, cfg.sum_eps);
-            let g = rpe::backward_head(
-                &op,
-                (&head.q, &head.k, &head.v),
-                &rpe::columns(&doa, da),
-                causal,
-            );
+            let doc = rpe::columns(&doa, da);
+            let zeros = || rpe::Partial::zeros(&op, head.q.len(), da);
+            let partial = feature_ranges(head.q.len())
+                .into_par_iter()
+                .fold(zeros, |acc, fs| {
+                    rpe::backward_features(&op, (&head.q, &head.k, &head.v), &doc, fs, acc)
+                })
+                .reduce(zeros, rpe::Partial::add);
+            let g = rpe::finish(&op, partial, causal);
             let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
             let (mut dq, mut dkk) = (vec![0.0; n * dk], vec![0.0; n * dk]);
             map_rows_vjp(cfg, qs[i], cfg.scale, &f32s(&g.dq), &mut dq);

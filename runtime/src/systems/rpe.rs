@@ -102,13 +102,18 @@ pub fn columns(m: &[f32], cols: usize) -> Vec<Vec<f64>> {
         .collect()
 }
 
-/// The forward of one head: `oa` (n x da) = sum_f q~_f ∘ T (k~_f ∘ v_j) for every column j.
-/// `qc`, `kc` are the columns of q~ (scaled), k~; `vc` those of the augmented v.
-pub fn forward_head(op: &Toeplitz, qc: &[Vec<f64>], kc: &[Vec<f64>], vc: &[Vec<f64>]) -> Vec<f64> {
+/// The forward of one head over the features `fs`: adds `sum_f q~_f ∘ T (k~_f ∘ v_j)` to `oa`
+/// (n x da) for every column j. `qc`, `kc` are the columns of q~ (scaled), k~; `vc` those of
+/// the augmented v.
+pub fn forward_features(
+    op: &Toeplitz,
+    (qc, kc, vc): (&[Vec<f64>], &[Vec<f64>], &[Vec<f64>]),
+    fs: std::ops::Range<usize>,
+    oa: &mut [f64],
+) {
     let (n, da) = (op.n, vc.len());
-    let mut oa = vec![0.0f64; n * da];
     let mut buf = vec![Complex64::new(0.0, 0.0); op.len];
-    for (qf, kf) in qc.iter().zip(kc) {
+    for (qf, kf) in qc[fs.clone()].iter().zip(&kc[fs]) {
         for j in (0..da).step_by(2) {
             let second = vc.get(j + 1).map(Vec::as_slice);
             load_pair(&mut buf, kf, &vc[j], second);
@@ -121,7 +126,6 @@ pub fn forward_head(op: &Toeplitz, qc: &[Vec<f64>], kc: &[Vec<f64>], vc: &[Vec<f
             }
         }
     }
-    oa
 }
 
 /// One head's gradients: of q~, k~ (n x F), the augmented v (n x da) and the log-weights b
@@ -137,26 +141,59 @@ pub struct HeadGrads {
     pub db: Vec<f64>,
 }
 
-/// The backward of one head. With `u = q~_f ∘ dO_j` and `x = k~_f ∘ v_j`:
-/// `dq~_f += dO_j ∘ T x`, `dk~_f += v_j ∘ T^T u`, `dv_j += k~_f ∘ T^T u`, and
-/// `db_r = exp(b_r) sum_{f,j} sum_t u_t x_{t+r}`, one cross-correlation accumulated in the
-/// frequency domain over every (f, j) and transformed back once.
-pub fn backward_head(
+/// Partial sums of one head's backward over a range of features (see [`backward_features`]).
+pub struct Partial {
+    /// dL/dq~, dL/dk~ (n x F; only the range's columns written).
+    pub dq: Vec<f64>,
+    /// See `dq`.
+    pub dk: Vec<f64>,
+    /// dL/dv (augmented, n x da), summed over the range.
+    pub dv: Vec<f64>,
+    /// The db correlation's spectrum, summed over the range.
+    pub corr: Vec<Complex64>,
+}
+
+impl Partial {
+    /// Zeros for one head.
+    pub fn zeros(op: &Toeplitz, f: usize, da: usize) -> Partial {
+        Partial {
+            dq: vec![0.0; op.n * f],
+            dk: vec![0.0; op.n * f],
+            dv: vec![0.0; op.n * da],
+            corr: vec![Complex64::new(0.0, 0.0); op.len],
+        }
+    }
+
+    /// The sum of two partials.
+    pub fn add(mut self, o: Partial) -> Partial {
+        for (a, b) in [
+            (&mut self.dq, &o.dq),
+            (&mut self.dk, &o.dk),
+            (&mut self.dv, &o.dv),
+        ] {
+            a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+        }
+        self.corr.iter_mut().zip(&o.corr).for_each(|(a, b)| *a += b);
+        self
+    }
+}
+
+/// The backward of one head over the features `fs`. With `u = q~_f ∘ dO_j` and
+/// `x = k~_f ∘ v_j`: `dq~_f += dO_j ∘ T x`, `dk~_f += v_j ∘ T^T u`, `dv_j += k~_f ∘ T^T u`, and
+/// the spectrum of `sum_{f,j} sum_t u_t x_{t+r}` (the db correlation), transformed back once
+/// by [`finish`].
+pub fn backward_features(
     op: &Toeplitz,
     (qc, kc, vc): (&[Vec<f64>], &[Vec<f64>], &[Vec<f64>]),
     doc: &[Vec<f64>],
-    causal: bool,
-) -> HeadGrads {
+    fs: std::ops::Range<usize>,
+    mut g: Partial,
+) -> Partial {
     let (n, f, da, len) = (op.n, qc.len(), vc.len(), op.len);
     let zero = Complex64::new(0.0, 0.0);
-    let mut g = HeadGrads {
-        dq: vec![0.0; n * f],
-        dk: vec![0.0; n * f],
-        dv: vec![0.0; n * da],
-        db: vec![0.0; 2 * n - 1],
-    };
-    let (mut xb, mut ub, mut corr) = (vec![zero; len], vec![zero; len], vec![zero; len]);
-    for fi in 0..f {
+    let (mut xb, mut ub) = (vec![zero; len], vec![zero; len]);
+    let corr = &mut g.corr;
+    for fi in fs {
         let (qf, kf) = (&qc[fi], &kc[fi]);
         for j in (0..da).step_by(2) {
             let (v2, d2) = (
@@ -189,15 +226,28 @@ pub fn backward_head(
             }
         }
     }
-    op.inv.process(&mut corr);
+    let _ = da;
+    g
+}
+
+/// One head's gradients from the sum of its partials: `db_r = exp(b_r) c_r`.
+pub fn finish(op: &Toeplitz, mut p: Partial, causal: bool) -> HeadGrads {
+    let (n, len) = (op.n, op.len);
+    op.inv.process(&mut p.corr);
     let norm = 1.0 / len as f64;
+    let mut g = HeadGrads {
+        dq: p.dq,
+        dk: p.dk,
+        dv: p.dv,
+        db: vec![0.0; 2 * n - 1],
+    };
     for (ri, db) in g.db.iter_mut().enumerate() {
         // r = s - t = ri - (n - 1).
         let r = ri as isize - (n as isize - 1);
         if causal && r > 0 {
             continue;
         }
-        let c = corr[r.rem_euclid(len as isize) as usize].re * norm;
+        let c = p.corr[r.rem_euclid(len as isize) as usize].re * norm;
         *db = op.weights[ri] * c;
     }
     g
