@@ -85,3 +85,24 @@ fn performer_favor() {
         "head_dim = 64, feature_map = favor(features = 128), normalize = sum, chunk = 64"
     ));
 }
+
+#[test]
+fn momentum_elu_sum() {
+    insta::assert_snapshot!(expand(
+        "head_dim = 64, feature_map = elu_plus_one, normalize = sum, update = momentum(mu = 0.9)"
+    ));
+}
+
+#[test]
+fn gated_deltanet_short_conv() {
+    insta::assert_snapshot!(expand(
+        "head_dim = 64, short_conv = 4, qk_norm = l2, update = gated_delta"
+    ));
+}
+
+#[test]
+fn rpe_toeplitz() {
+    insta::assert_snapshot!(expand(
+        "head_dim = 64, feature_map = elu_plus_one, normalize = sum, rpe = toeplitz"
+    ));
+}

@@ -7,7 +7,7 @@
 //! 1e-3 against finite differences of the f64 oracle (step 1e-3: truncation error ~1e-6
 //! relative, the rest the f32 kernels' rounding).
 
-#![allow(clippy::needless_range_loop)]
+#![allow(clippy::needless_range_loop, clippy::type_complexity)]
 
 mod common;
 

@@ -74,7 +74,7 @@ fn every_key_at_once_in_any_order_with_trailing_comma() {
     let s = ok(
         "layout = bnhd, chunk = 32, scale = 0.5, qk_norm = l2, normalize = none, \
                 update = gated_delta, mask = causal, feature_map = relu, value_dim = 128, \
-                head_dim = 16,",
+                short_conv = 3, head_dim = 16,",
     );
     assert_eq!(
         s,
@@ -90,8 +90,25 @@ fn every_key_at_once_in_any_order_with_trailing_comma() {
             chunk: 32,
             layout: Layout::Bnhd,
             heads: None,
+            momentum: None,
+            short_conv: Some(3),
+            rpe: Rpe::None,
         }
     );
+}
+
+#[test]
+fn systems_keys_parse_and_print_back() {
+    let s = ok("head_dim = 16, update = momentum(mu = 0.25), short_conv = 2");
+    assert_eq!(
+        (s.update, s.momentum, s.short_conv),
+        (Update::Additive, Some(0.25), Some(2))
+    );
+    assert_eq!(ok(&s.to_string()), s, "{s}");
+    let s = ok("head_dim = 16, feature_map = relu, normalize = sum, rpe = toeplitz");
+    assert_eq!((s.rpe, s.momentum), (Rpe::Toeplitz, None));
+    assert_eq!(ok(&s.to_string()), s, "{s}");
+    assert!(s.to_string().ends_with("rpe = toeplitz"), "{s}");
 }
 
 #[test]

@@ -225,6 +225,8 @@ fn expand_systems(item: &syn::ItemStruct, spec: &Spec) -> TokenStream {
                 #base_methods
             }
 
+            // The systems' inputs come on top of beta, g and the projection.
+            #[allow(clippy::too_many_arguments)]
             impl #name {
                 #consts
                 #methods

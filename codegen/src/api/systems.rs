@@ -253,13 +253,18 @@ pub fn cpu_methods(spec: &Spec, sig: &Signature, base: &Ident, kernel: &Ident) -
             where
                 St: #p::systems::ToeplitzHasNoStep,
             {
-                ::core::result::Result::Err(#p::systems::cuda_unsupported())
+                ::core::result::Result::Err(#p::systems::rpe_has_no_step())
             }
         };
-        let initial = if conv {
-            quote!(let initial: Option<&#state_ty> = None;)
-        } else {
-            quote!()
+        // rpe has no state: its convolution starts from zero tails.
+        let convolve = match conv {
+            true => quote! {
+                let initial: Option<&#state_ty> = None;
+                let ((q, k, v), _) = #p::systems::conv3::<_, _, _, _, _, _, _, _, _, _, _, _, #f, #dk, #dv>(
+                    spec, (q, k, v), (conv_q, conv_k, conv_v), initial,
+                )?;
+            },
+            false => quote!(),
         };
         return quote! {
             /// Whole sequence with the FFT kernel: q, k, v, then the convolution weights
@@ -273,9 +278,7 @@ pub fn cpu_methods(spec: &Spec, sig: &Signature, base: &Ident, kernel: &Ident) -
             #bounds
             {
                 let spec = Self::spec();
-                #initial
                 #convolve
-                let _ = tails;
                 #p::systems::rpe_forward::<#kernel, _, _, _, _, _, _, _>(spec, q, k, v, bias)
             }
 
@@ -284,6 +287,7 @@ pub fn cpu_methods(spec: &Spec, sig: &Signature, base: &Ident, kernel: &Ident) -
     }
     let run = if spec.momentum.is_some() {
         quote! {
+            #destructure
             #p::systems::momentum_forward::<#kernel, _, _, _, _, _, _, _, #f, #dk, #dv>(
                 spec, &#sig_tokens, (b, h), q, k, v, initial, tails,
             )
@@ -325,7 +329,6 @@ pub fn cpu_methods(spec: &Spec, sig: &Signature, base: &Ident, kernel: &Ident) -
         {
             let spec = Self::spec();
             #convolve
-            #destructure
             #run
         }
 

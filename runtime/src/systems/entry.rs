@@ -105,6 +105,20 @@ pub fn with_tails<B: Dim, H: Dim, const F: usize, const DK: usize, const DV: usi
     ExtState::from_buffers(b, h, spec.short_conv.map_or(0, |w| w - 1), bufs)
 }
 
+/// The convolution weights of q, k and v, by reference.
+pub type ConvWeights<'a, Sw, Swv> = (
+    &'a Tensor<Sw, f32, Cpu>,
+    &'a Tensor<Sw, f32, Cpu>,
+    &'a Tensor<Swv, f32, Cpu>,
+);
+
+/// One token's q_t, k_t, v_t, by reference.
+pub type StepTokens<'a, Sk, Sv> = (
+    &'a Tensor<Sk, f32, Cpu>,
+    &'a Tensor<Sk, f32, Cpu>,
+    &'a Tensor<Sv, f32, Cpu>,
+);
+
 /// The optional inputs of a systems spec's `step` besides q_t, k_t, v_t.
 pub struct StepExtras<'a, S2: Shape, Sw: Shape, Swv: Shape, Sp: Shape> {
     /// beta_t (B, H).
@@ -112,11 +126,7 @@ pub struct StepExtras<'a, S2: Shape, Sw: Shape, Swv: Shape, Sp: Shape> {
     /// g_t (B, H).
     pub g: Option<&'a Tensor<S2, f32, Cpu>>,
     /// The convolution weights of q, k, v.
-    pub conv: Option<(
-        &'a Tensor<Sw, f32, Cpu>,
-        &'a Tensor<Sw, f32, Cpu>,
-        &'a Tensor<Swv, f32, Cpu>,
-    )>,
+    pub conv: Option<ConvWeights<'a, Sw, Swv>>,
     /// FAVOR+'s projection.
     pub proj: Option<&'a Tensor<Sp, f32, Cpu>>,
 }
@@ -142,11 +152,7 @@ pub fn systems_step<
     spec: &Spec,
     sig: &Signature,
     state: &mut ExtState<B, H, F, DK, DV>,
-    (q_t, k_t, v_t): (
-        &Tensor<Sk, f32, Cpu>,
-        &Tensor<Sk, f32, Cpu>,
-        &Tensor<Sv, f32, Cpu>,
-    ),
+    (q_t, k_t, v_t): StepTokens<'_, Sk, Sv>,
     extras: StepExtras<'_, S2, Sw, Swv, Sp>,
 ) -> Result<Vec<f32>>
 where
@@ -212,6 +218,14 @@ pub fn cuda_unsupported() -> Error {
         "this spec's systems (update = momentum, short_conv, rpe = toeplitz) run on the CPU in \
          this version of attnc; call `forward`/`step` on dfdx CPU tensors (download the inputs \
          with `CudaTensor::download`)",
+    )
+}
+
+/// What the (uncallable) `step` of an `rpe = toeplitz` spec would return.
+pub fn rpe_has_no_step() -> Error {
+    Error::Unsupported(
+        "a spec with `rpe = toeplitz` has no `step`: decoding with a general Toeplitz weight \
+         needs every past key; call `forward` on the whole prefix",
     )
 }
 

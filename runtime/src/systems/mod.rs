@@ -16,7 +16,10 @@ pub mod momentum;
 pub mod rpe;
 mod state;
 
-pub use entry::{conv3, cuda_unsupported, systems_step, with_tails, StepExtras, ToeplitzHasNoStep};
+pub use entry::{
+    conv3, cuda_unsupported, rpe_has_no_step, systems_step, with_tails, StepExtras,
+    ToeplitzHasNoStep,
+};
 pub use state::{ExtBuffers, ExtState};
 
 use crate::check::{checked, Problem};
@@ -794,6 +797,9 @@ where
     Ok(o.put_tape(tape))
 }
 
+/// One rpe head's dq, dk, dv (f32) and db (f64, summed over the batch afterwards).
+type RpeHeadGrads = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f64>);
+
 /// The backward of [`rpe_forward`]: heads-first dq, dk, dv and db (H x (2N - 1)).
 fn rpe_backward(
     cfg: &Config,
@@ -808,7 +814,7 @@ fn rpe_backward(
     let plans = rpe::Plans::new(n);
     let bl = 2 * n - 1;
     let (qs, ks, vs, ds) = (heads(qh, bh), heads(kh, bh), heads(vh, bh), heads(d_o, bh));
-    let per_head: Vec<(Vec<f32>, Vec<f32>, Vec<f32>, Vec<f64>)> = (0..bh)
+    let per_head: Vec<RpeHeadGrads> = (0..bh)
         .into_par_iter()
         .map(|i| {
             let hb = &b[(i % p.heads) * bl..(i % p.heads + 1) * bl];
@@ -823,7 +829,7 @@ fn rpe_backward(
                 .fold(zeros, |acc, fs| {
                     rpe::backward_features(&op, (&head.q, &head.k, &head.v), &doc, fs, acc)
                 })
-                .reduce(zeros, rpe::Partial::add);
+                .reduce(zeros, rpe::Partial::sum);
             let g = rpe::finish(&op, partial, causal);
             let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
             let (mut dq, mut dkk) = (vec![0.0; n * dk], vec![0.0; n * dk]);

@@ -85,6 +85,9 @@ impl Toeplitz {
     }
 }
 
+/// Columns of a head's mapped inputs (F or da sequences of N values).
+pub type Cols<'a> = &'a [Vec<f64>];
+
 /// Fills `buf` with `a_t * (b1_t + i b2_t)` for t < n, zeros after.
 fn load_pair(buf: &mut [Complex64], a: &[f64], b1: &[f64], b2: Option<&[f64]>) {
     buf.iter_mut().for_each(|x| *x = Complex64::new(0.0, 0.0));
@@ -107,7 +110,7 @@ pub fn columns(m: &[f32], cols: usize) -> Vec<Vec<f64>> {
 /// the augmented v.
 pub fn forward_features(
     op: &Toeplitz,
-    (qc, kc, vc): (&[Vec<f64>], &[Vec<f64>], &[Vec<f64>]),
+    (qc, kc, vc): (Cols<'_>, Cols<'_>, Cols<'_>),
     fs: std::ops::Range<usize>,
     oa: &mut [f64],
 ) {
@@ -165,7 +168,7 @@ impl Partial {
     }
 
     /// The sum of two partials.
-    pub fn add(mut self, o: Partial) -> Partial {
+    pub fn sum(mut self, o: Partial) -> Partial {
         for (a, b) in [
             (&mut self.dq, &o.dq),
             (&mut self.dk, &o.dk),
@@ -184,7 +187,7 @@ impl Partial {
 /// by [`finish`].
 pub fn backward_features(
     op: &Toeplitz,
-    (qc, kc, vc): (&[Vec<f64>], &[Vec<f64>], &[Vec<f64>]),
+    (qc, kc, vc): (Cols<'_>, Cols<'_>, Cols<'_>),
     doc: &[Vec<f64>],
     fs: std::ops::Range<usize>,
     mut g: Partial,

@@ -7,6 +7,14 @@ use attnc_codegen::spec::{Normalize, Spec};
 use dfdx::shapes::{Const, Dim, HasShape};
 use dfdx::tensor::{Cpu, Tensor, TensorFromVec};
 
+/// A (B, H, F, DV) state tensor.
+pub type StateMat<B, H, const F: usize, const DV: usize> =
+    Tensor<(B, H, Const<F>, Const<DV>), f32, Cpu>;
+/// A (B, H, F) state vector.
+pub type StateVec<B, H, const F: usize> = Tensor<(B, H, Const<F>), f32, Cpu>;
+/// A convolution tail, (B, H, w - 1, D), heads first.
+pub type Tail<B, H, const D: usize> = Tensor<(B, H, usize, Const<D>), f32, Cpu>;
+
 /// The state of a spec with `update = momentum(..)` or `short_conv = w`: the contract's
 /// [`State`] fields `s` and `z`, plus what those keys carry. Specs without them keep using
 /// [`State`] (so code that builds `State { s, z }` is unaffected); these specs' `zero_state()`
@@ -22,19 +30,19 @@ use dfdx::tensor::{Cpu, Tensor, TensorFromVec};
 #[derive(Clone, Debug)]
 pub struct ExtState<B: Dim, H: Dim, const F: usize, const DK: usize, const DV: usize> {
     /// `S`, shape (B, H, F, DV).
-    pub s: Tensor<(B, H, Const<F>, Const<DV>), f32, Cpu>,
+    pub s: StateMat<B, H, F, DV>,
     /// `z`, shape (B, H, F), for `normalize = sum`.
-    pub z: Option<Tensor<(B, H, Const<F>), f32, Cpu>>,
+    pub z: Option<StateVec<B, H, F>>,
     /// The momentum `m`, shape (B, H, F, DV).
-    pub m: Option<Tensor<(B, H, Const<F>, Const<DV>), f32, Cpu>>,
+    pub m: Option<StateMat<B, H, F, DV>>,
     /// The normaliser's momentum `n`, shape (B, H, F) (momentum with `normalize = sum`).
-    pub n: Option<Tensor<(B, H, Const<F>), f32, Cpu>>,
+    pub n: Option<StateVec<B, H, F>>,
     /// The last `w - 1` raw query rows, (B, H, w - 1, DK).
-    pub conv_q: Option<Tensor<(B, H, usize, Const<DK>), f32, Cpu>>,
+    pub conv_q: Option<Tail<B, H, DK>>,
     /// The last `w - 1` raw key rows, (B, H, w - 1, DK).
-    pub conv_k: Option<Tensor<(B, H, usize, Const<DK>), f32, Cpu>>,
+    pub conv_k: Option<Tail<B, H, DK>>,
     /// The last `w - 1` raw value rows, (B, H, w - 1, DV).
-    pub conv_v: Option<Tensor<(B, H, usize, Const<DV>), f32, Cpu>>,
+    pub conv_v: Option<Tail<B, H, DV>>,
 }
 
 fn tensor_err(e: dfdx::tensor::CpuError) -> Error {
@@ -172,7 +180,7 @@ impl<B: Dim, H: Dim, const F: usize, const DK: usize, const DV: usize> ExtState<
 
 /// A convolution tail's data, checked to hold `w1` rows.
 fn tail_data<B: Dim, H: Dim, const D: usize>(
-    t: &Option<Tensor<(B, H, usize, Const<D>), f32, Cpu>>,
+    t: &Option<Tail<B, H, D>>,
     w1: usize,
 ) -> Result<Vec<f32>> {
     let Some(t) = t else { return Ok(Vec::new()) };
