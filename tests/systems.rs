@@ -119,6 +119,10 @@ fn momentum_matches_the_recurrence_over_tails_and_isas() {
                 .unwrap()
                 .unwrap();
             let err = max_rel_err(&o.as_vec(), &want);
+            eprintln!(
+                "max-rel {:.2e} momentum_matches_the_recurrence_over_tails_and_isas",
+                err
+            );
             assert!(err <= TOL, "{isa:?} n = {n}: output error {err:e}");
             let (es, em) = (
                 max_rel_err(&st.s.as_vec(), &fin[0]),
@@ -146,6 +150,10 @@ fn momentum_with_the_normaliser_chains_and_steps() {
     )
     .unwrap();
     let err = max_rel_err(&heads_first(&o.as_vec(), &x, l, 8), &want);
+    eprintln!(
+        "max-rel {:.2e} momentum_with_the_normaliser_chains_and_steps",
+        err
+    );
     assert!(err <= TOL, "output error {err:e}");
     assert!(max_rel_err(&st.z.clone().unwrap().as_vec(), &fin[1]) <= TOL);
     assert!(max_rel_err(&st.n.clone().unwrap().as_vec(), &fin[3]) <= TOL);
@@ -168,6 +176,10 @@ fn momentum_with_the_normaliser_chains_and_steps() {
     let mut got = heads_first(&o1.as_vec(), &a, l, 8);
     got = join(&got, &heads_first(&o2.as_vec(), &b, l, 8), &x, 20, 8);
     let err = max_rel_err(&got, &want);
+    eprintln!(
+        "max-rel {:.2e} momentum_with_the_normaliser_chains_and_steps",
+        err
+    );
     assert!(err <= TOL, "chained error {err:e}");
     // Token by token from a zero state.
     let mut state = MomentumNorm::zero_state(1usize, 2usize).unwrap();
@@ -182,6 +194,10 @@ fn momentum_with_the_normaliser_chains_and_steps() {
         for (bh, row) in o_t.as_vec().chunks(8).enumerate() {
             let w = &want[(bh * x.n + t) * 8..(bh * x.n + t + 1) * 8];
             let e = max_rel_err(row, w);
+            eprintln!(
+                "max-rel {:.2e} momentum_with_the_normaliser_chains_and_steps",
+                e
+            );
             assert!(e <= TOL, "step {t}: error {e:e}");
         }
     }
@@ -293,6 +309,10 @@ fn short_conv_matches_conv_then_the_recurrence() {
         )
         .unwrap();
         let err = max_rel_err(&o.as_vec(), &want.o);
+        eprintln!(
+            "max-rel {:.2e} short_conv_matches_conv_then_the_recurrence",
+            err
+        );
         assert!(err <= TOL, "n = {n}: error {err:e}");
     }
 }
@@ -334,6 +354,10 @@ fn short_conv_gated_delta_chains_and_steps() {
     .unwrap();
     let got = join(&o1.as_vec(), &o2.as_vec(), &x, 17, 16);
     let err = max_rel_err(&got, &want.o);
+    eprintln!(
+        "max-rel {:.2e} short_conv_gated_delta_chains_and_steps",
+        err
+    );
     assert!(err <= TOL, "chained error {err:e}");
     let mut state = ConvGatedDelta::zero_state(1usize, 2usize).unwrap();
     let dev = Cpu::default();
@@ -358,6 +382,7 @@ fn short_conv_gated_delta_chains_and_steps() {
         .unwrap();
         for (bh, row) in o_t.as_vec().chunks(16).enumerate() {
             let e = max_rel_err(row, &want.o[(bh * x.n + t) * 16..(bh * x.n + t + 1) * 16]);
+            eprintln!("max-rel {:.2e} short_conv_gated_delta_chains_and_steps", e);
             assert!(e <= TOL, "step {t}: error {e:e}");
         }
     }
@@ -382,6 +407,10 @@ fn short_conv_with_momentum_matches_its_oracle() {
     )
     .unwrap();
     let err = max_rel_err(&o.as_vec(), &want);
+    eprintln!(
+        "max-rel {:.2e} short_conv_with_momentum_matches_its_oracle",
+        err
+    );
     assert!(err <= TOL, "error {err:e}");
 }
 
@@ -408,6 +437,7 @@ fn rpe_matches_the_direct_sum() {
         )
         .unwrap();
         let err = max_rel_err(&o.as_vec(), &want);
+        eprintln!("max-rel {:.2e} rpe_matches_the_direct_sum", err);
         assert!(err <= TOL, "causal n = {n}: error {err:e}");
         let x = Inputs::random(1, 2, n, 8, 16, 40 + n as u64);
         let want = oracle::rpe(RpeAll::spec(), &x, &bv);
@@ -420,6 +450,7 @@ fn rpe_matches_the_direct_sum() {
         )
         .unwrap();
         let err = max_rel_err(&heads_first(&o.as_vec(), &x, l, 16), &want);
+        eprintln!("max-rel {:.2e} rpe_matches_the_direct_sum", err);
         assert!(err <= TOL, "non-causal n = {n}: error {err:e}");
     }
 }
@@ -445,6 +476,7 @@ fn rpe_after_a_short_convolution() {
     )
     .unwrap();
     let err = max_rel_err(&o.as_vec(), &want);
+    eprintln!("max-rel {:.2e} rpe_after_a_short_convolution", err);
     assert!(err <= TOL, "error {err:e}");
 }
 
@@ -523,6 +555,10 @@ fn rpe_runs_at_64k_tokens_without_an_n_by_n_matrix() {
             }
         }
         let err = max_rel_err(&o[t * 8..(t + 1) * 8], &want);
+        eprintln!(
+            "max-rel {:.2e} rpe_runs_at_64k_tokens_without_an_n_by_n_matrix",
+            err
+        );
         assert!(err <= TOL, "row {t}: error {err:e}");
     }
 }
