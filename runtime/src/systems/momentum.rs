@@ -6,7 +6,7 @@
 //! `c_j = 1 + mu + .. + mu^j` and `w_t = mu + .. + mu^t`. Within a chunk the scores `Q K^T` are
 //! weighted by the fixed lower-triangular Toeplitz matrix `c_{t-s}`; across chunks the state is
 //! the pair `(S, m)`. The normaliser rides along as the last column of `v` (ones), `S` (`z`)
-//! and `m` (`n`), so one set of products computes both (see [`super::features::augment`]).
+//! and `m` (`n`), so one set of products computes both (see `features::augment`).
 //!
 //! The backward runs the chunks in reverse with the adjoints `(dS, dm)`, recomputing each
 //! chunk's scores from the chunk-start states saved by a forward pass.
