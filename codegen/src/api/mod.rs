@@ -178,7 +178,12 @@ fn expand_valid(item: &syn::ItemStruct, spec: &Spec, plan: &Plan) -> TokenStream
             #module
         };
     };
-    match write_expansion(name, &expansion, &cuda.source) {
+    with_expansion_written(name, expansion, &cuda.source)
+}
+
+/// `expansion`, plus the error of writing it out when `ATTNC_EXPAND_DIR` asks for it and fails.
+fn with_expansion_written(name: &syn::Ident, expansion: TokenStream, cuda: &str) -> TokenStream {
+    match write_expansion(name, &expansion, cuda) {
         Some(err) => {
             let err = err.to_compile_error();
             quote!(#expansion #err)
@@ -236,13 +241,7 @@ fn expand_systems(item: &syn::ItemStruct, spec: &Spec) -> TokenStream {
             #module
         };
     };
-    match write_expansion(name, &expansion, &cuda.source) {
-        Some(err) => {
-            let err = err.to_compile_error();
-            quote!(#expansion #err)
-        }
-        None => expansion,
-    }
+    with_expansion_written(name, expansion, &cuda.source)
 }
 
 /// `HEAD_DIM`, `VALUE_DIM`, `FEATURE_DIM`, `CHUNK`, `CUDA_SOURCE`, `CUDA_LAUNCH` and `spec()`.

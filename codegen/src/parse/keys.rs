@@ -294,17 +294,7 @@ fn parse_momentum(call: &syn::ExprCall) -> syn::Result<f32> {
     if ident_of(&assign.left).as_deref() != Some("mu") {
         return Err(on(&assign.left, USAGE));
     }
-    let mu = match peel(&assign.right) {
-        syn::Expr::Lit(syn::ExprLit {
-            lit: syn::Lit::Float(f),
-            ..
-        }) => f.base10_parse::<f32>().ok(),
-        syn::Expr::Lit(syn::ExprLit {
-            lit: syn::Lit::Int(i),
-            ..
-        }) => i.base10_parse::<f32>().ok(),
-        _ => None,
-    };
+    let mu = number_literal(&assign.right);
     match mu {
         Some(mu) if (0.0..1.0).contains(&mu) => Ok(mu),
         _ => Err(on(
@@ -384,11 +374,9 @@ fn parse_chunk(v: &syn::Expr) -> syn::Result<usize> {
     }
 }
 
-fn parse_scale(v: &syn::Expr) -> syn::Result<Scale> {
-    if ident_of(v).as_deref() == Some(Scale::AUTO) {
-        return Ok(Scale::Auto);
-    }
-    let value = match peel(v) {
+/// The value of a float or integer literal, if `v` is one.
+fn number_literal(v: &syn::Expr) -> Option<f32> {
+    match peel(v) {
         syn::Expr::Lit(syn::ExprLit {
             lit: syn::Lit::Float(f),
             ..
@@ -398,7 +386,14 @@ fn parse_scale(v: &syn::Expr) -> syn::Result<Scale> {
             ..
         }) => i.base10_parse::<f32>().ok(),
         _ => None,
-    };
+    }
+}
+
+fn parse_scale(v: &syn::Expr) -> syn::Result<Scale> {
+    if ident_of(v).as_deref() == Some(Scale::AUTO) {
+        return Ok(Scale::Auto);
+    }
+    let value = number_literal(v);
     match value {
         Some(s) if s.is_finite() && s > 0.0 => Ok(Scale::Value(s)),
         _ => Err(on(
