@@ -562,3 +562,15 @@ fn rpe_runs_at_64k_tokens_without_an_n_by_n_matrix() {
         assert!(err <= TOL, "row {t}: error {err:e}");
     }
 }
+
+#[test]
+fn cuda_entry_points_say_the_systems_run_on_the_cpu() {
+    let Ok(dev) = attnc::CudaDevice::new(0) else {
+        eprintln!("SKIP: no usable CUDA device; the error path needs device tensors");
+        return;
+    };
+    let x = Inputs::random(1, 2, 4, 16, 16, 1);
+    let q = dev.upload(&tokens::<16>(&x.q, &x, Layout::Bhnd)).unwrap();
+    let e = Momentum::forward_cuda(&q, &q, &q).unwrap_err();
+    assert!(e.to_string().contains("run on the CPU"), "{e}");
+}

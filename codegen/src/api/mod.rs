@@ -212,7 +212,7 @@ fn expand_systems(item: &syn::ItemStruct, spec: &Spec) -> TokenStream {
     let base_methods = methods::cpu_methods(sig, false, &kernel_ident, &base, false);
     let base_consts = consts(&base_spec, &plan, &cuda, "");
     let methods = systems::cpu_methods(spec, sig, &base, &kernel_ident);
-    let cuda_methods = systems::cuda_methods();
+    let cuda_methods = systems::cuda_methods(spec, sig);
     let module = systems::module_impl(spec, sig, name);
     let ex_spec = examples::example(sig, name, examples::Method::Spec, false);
     let consts = consts(spec, &plan, &cuda, &ex_spec);

@@ -305,6 +305,38 @@ pub fn cpu_methods(spec: &Spec, sig: &Signature, base: &Ident, kernel: &Ident) -
             Ok((o, #p::systems::with_tails::<_, _, #f, #dk, #dv>(spec, state, tails)?))
         }
     };
+    // `short_conv` without momentum, when no tape records: the convolution runs on the copies
+    // the chunk program reads anyway (`systems::conv_forward`), no tensor in between.
+    let fused = if conv && spec.momentum.is_none() {
+        let untaped: Vec<&Ident> = args.iter().skip(1).map(|a| &a.name).collect();
+        // `Some(&name)` for an argument the spec takes, else a typed `None`.
+        let opt = |k: Kind, none: TokenStream| match args.iter().find(|a| a.kind == k) {
+            Some(a) => {
+                let n = &a.name;
+                quote!(Some(&#n))
+            }
+            None => quote!(None::<&#p::Tensor<#none, f32, #p::Cpu>>),
+        };
+        let (beta, g, proj) = (
+            opt(Kind::Beta, quote!((usize, usize, usize))),
+            opt(Kind::Gate, quote!((usize, usize, usize))),
+            opt(Kind::Proj, quote!((usize, usize))),
+        );
+        quote! {
+            let traced = #(<#tapes as #p::Tape<f32, #p::Cpu>>::OWNS_TAPE)||*;
+            if !traced {
+                let (q, tape) = #p::SplitTape::split_tape(q);
+                #(let (#untaped, _) = #p::SplitTape::split_tape(#untaped);)*
+                let (out, state) = #p::systems::conv_forward::<#kernel, _, _, _, _, _, _, _, _, #f, #dk, #dv>(
+                    spec, &#sig_tokens, (&q, &k, &v), (#beta, #g), (&conv_q, &conv_k, &conv_v), #proj, initial,
+                )?;
+                let o = #p::output_tensor(&q, out, *#p::HasShape::shape(&v))?;
+                return Ok((#p::PutTape::put_tape(o, tape), state));
+            }
+        }
+    } else {
+        quote!()
+    };
     let step = step_method(spec, sig, &args, kernel, &state_ty, &hp);
     quote! {
         /// Whole sequence (prefill/training): q, k, v, then the spec's extra inputs in order
@@ -328,6 +360,7 @@ pub fn cpu_methods(spec: &Spec, sig: &Signature, base: &Ident, kernel: &Ident) -
         #bounds
         {
             let spec = Self::spec();
+            #fused
             #convolve
             #run
         }
@@ -427,14 +460,33 @@ fn step_method(
     }
 }
 
-/// `forward_cuda` for a spec with systems: an error that says they run on the CPU (the
-/// CUDA emitter does not lower them yet), so code written for both devices still compiles.
-pub fn cuda_methods() -> TokenStream {
+/// `forward_cuda` for a spec with systems, with the CPU `forward`'s arguments as attnc's device
+/// tensors: it returns `Error::Unsupported` (the CUDA emitter does not lower the systems yet),
+/// so code written for both devices compiles and fails cleanly at run time.
+pub fn cuda_methods(spec: &Spec, sig: &Signature) -> TokenStream {
     let p = private();
+    let args = args(spec, sig);
+    let params: Vec<TokenStream> = args
+        .iter()
+        .map(|a| {
+            let (n, s) = (format_ident!("_{}", a.name), &a.shape);
+            quote!(#n: &#p::CudaTensor<#s>)
+        })
+        .collect();
+    let hp = match sig.heads {
+        Some(_) => quote!(),
+        None => quote!(H: #p::Dim,),
+    };
+    let out_shape = args
+        .iter()
+        .find(|a| a.kind == Kind::V)
+        .map(|a| a.shape.clone());
     quote! {
-        /// Not available yet on CUDA for this spec's systems (momentum, short_conv, rpe):
-        /// returns `Error::Unsupported`. Run `forward` on the CPU.
-        pub fn forward_cuda<A>(_inputs: A) -> ::core::result::Result<(), ::attnc::Error> {
+        /// Not available on CUDA yet for this spec's systems (momentum, short_conv, rpe): returns
+        /// `Error::Unsupported`. Run `forward` on the CPU.
+        pub fn forward_cuda<B: #p::Dim, #hp N: #p::Dim>(
+            #(#params,)*
+        ) -> ::core::result::Result<#p::CudaTensor<#out_shape>, ::attnc::Error> {
             ::core::result::Result::Err(#p::systems::cuda_unsupported())
         }
     }

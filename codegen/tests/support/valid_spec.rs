@@ -64,9 +64,35 @@ pub fn valid_spec(pick: &mut dyn FnMut(usize) -> usize) -> String {
         format!("layout = {}", ["bhnd", "bnhd"][pick(2)]),
         pick,
     );
+    systems(&mut entries, pick, (&map, update, mask));
     shuffle(&mut entries, pick);
     let trailing = if pick(4) == 0 { "," } else { "" };
     format!("{}{trailing}", entries.join(", "))
+}
+
+/// Sometimes `update = momentum(..)` (in place of an additive update, causal, not softmax or
+/// favor), `rpe = toeplitz` (additive without momentum, not softmax or favor) and
+/// `short_conv = w` (not softmax).
+fn systems(
+    entries: &mut Vec<String>,
+    pick: &mut dyn FnMut(usize) -> usize,
+    (map, update, mask): (&str, &str, &str),
+) {
+    let linear = map != "softmax" && !map.starts_with("favor");
+    let additive = update == "additive" && linear;
+    let momentum = additive && mask == "causal" && pick(4) == 0;
+    if momentum {
+        entries.retain(|e| !e.starts_with("update"));
+        entries.push(format!(
+            "update = momentum(mu = {})",
+            ["0.0", "0.5", "0.9", "0.99"][pick(4)]
+        ));
+    } else if additive && pick(4) == 0 {
+        entries.push("rpe = toeplitz".into());
+    }
+    if map != "softmax" && pick(3) == 0 {
+        entries.push(format!("short_conv = {}", 2 + pick(7)));
+    }
 }
 
 /// Writes `entry` or leaves it out (at random).

@@ -2,12 +2,13 @@
 //! v, one `step`, and the pieces that keep a spec's generated `step` a compile error where it
 //! cannot exist.
 
-use super::conv::{conv_step, short_conv, step_weights, Conv};
+use super::conv::{conv_all, conv_step, short_conv, step_weights, Conv};
 use super::momentum_step_buffers;
 use super::state::{ExtBuffers, ExtState};
 use crate::check::{Problem, ScalarRule};
 use crate::cpu::grad::Differentiable;
 use crate::cpu::kernel::Recurrent;
+use crate::cpu::pool::recycle;
 use crate::cpu::schedule::Buffers;
 use crate::error::{Error, Result};
 use crate::state::State;
@@ -85,6 +86,115 @@ where
     let (k, nk) = short_conv::<B, H, _, _, _, _, DK>(&p, "conv_k", width, k, ck, tail_k)?;
     let (v, nv) = short_conv::<B, H, _, _, _, _, DV>(&p, "conv_v", width, v, cv, tail_v)?;
     Ok(((q, k, v), [nq, nk, nv]))
+}
+
+/// `forward_with_state` of a spec with `short_conv` (and no momentum) when no tape records:
+/// the convolution runs on the heads-first copies the chunk program reads anyway (the copy
+/// dfdx forces), straight into the kernel's buffers, so it costs one pass over each input and
+/// no tensor in between. Returns the output in the spec's layout and the final state.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_forward<
+    K,
+    B,
+    H,
+    Sq,
+    Sv,
+    S3,
+    Sw,
+    Swv,
+    Sp,
+    const F: usize,
+    const DK: usize,
+    const DV: usize,
+>(
+    spec: &Spec,
+    sig: &Signature,
+    (q, k, v): (
+        &Tensor<Sq, f32, Cpu>,
+        &Tensor<Sq, f32, Cpu>,
+        &Tensor<Sv, f32, Cpu>,
+    ),
+    (beta, g): (Option<&Tensor<S3, f32, Cpu>>, Option<&Tensor<S3, f32, Cpu>>),
+    (cq, ck, cv): ConvWeights<'_, Sw, Swv>,
+    proj: Option<&Tensor<Sp, f32, Cpu>>,
+    initial: Option<&ExtState<B, H, F, DK, DV>>,
+) -> Result<(Vec<f32>, ExtState<B, H, F, DK, DV>)>
+where
+    K: Recurrent,
+    B: Dim,
+    H: Dim,
+    Sq: Shape<Concrete = [usize; 4]>,
+    Sv: Shape<Concrete = [usize; 4]>,
+    S3: Shape<Concrete = [usize; 3]>,
+    Sw: Shape<Concrete = [usize; 3]>,
+    Swv: Shape<Concrete = [usize; 3]>,
+    Sp: Shape<Concrete = [usize; 2]>,
+{
+    let width = spec.short_conv.unwrap_or(1);
+    let p = Problem::from_q(spec.layout, q.shape().concrete())?;
+    let (b, h) = match initial {
+        Some(st) => (st.s.shape().0, st.s.shape().1),
+        None => (
+            B::from_size(p.batch).ok_or(Error::Internal("batch dim"))?,
+            H::from_size(p.heads).ok_or(Error::Internal("heads dim"))?,
+        ),
+    };
+    let mut init = match initial {
+        Some(st) => st.to_buffers(p.batch, p.heads, spec)?,
+        None => {
+            ExtState::<B, H, F, DK, DV>::zeros(b, h, spec)?.to_buffers(p.batch, p.heads, spec)?
+        }
+    };
+    let (ckq, cvv) = (Conv { d: sig.dk, width }, Conv { d: sig.dv, width });
+    let conv = |x: Vec<f32>, cv: Conv, w: Vec<f32>, tail: &mut Vec<f32>| -> Result<Vec<f32>> {
+        let (y, next) = conv_all(cv, p.heads, &x, tail, &w)?;
+        recycle([x]);
+        *tail = next;
+        Ok(y)
+    };
+    let [tq, tk, tv] = &mut init.tails;
+    let qy = conv(
+        p.gather_tokens("q", q, sig.dk)?,
+        ckq,
+        step_weights("conv_q", p.heads, ckq, cq)?,
+        tq,
+    )?;
+    let ky = conv(
+        p.gather_tokens("k", k, sig.dk)?,
+        ckq,
+        step_weights("conv_k", p.heads, ckq, ck)?,
+        tk,
+    )?;
+    let vy = conv(
+        p.gather_tokens("v", v, sig.dv)?,
+        cvv,
+        step_weights("conv_v", p.heads, cvv, cv)?,
+        tv,
+    )?;
+    let mut bufs = Buffers {
+        q: qy,
+        k: ky,
+        v: vy,
+        beta: beta.map_or(Ok(Vec::new()), |t| {
+            p.gather_rule_scalars("beta", ScalarRule::WriteStrength, t)
+        })?,
+        g: g.map_or(Ok(Vec::new()), |t| {
+            p.gather_rule_scalars("g", ScalarRule::LogDecay, t)
+        })?,
+        proj: crate::api::projection(sig, proj)?,
+        s: std::mem::take(&mut init.s),
+        z: std::mem::take(&mut init.z),
+    };
+    let out = K::run_all(&p, [sig.dk, sig.dv, sig.f], &mut bufs)?;
+    recycle([bufs.q, bufs.k, bufs.v]);
+    let next = ExtBuffers {
+        s: bufs.s,
+        z: bufs.z,
+        tails: std::mem::take(&mut init.tails),
+        ..ExtBuffers::default()
+    };
+    let state = ExtState::from_buffers(b, h, width - 1, next)?;
+    Ok((p.from_heads_first(out, sig.dv), state))
 }
 
 /// The state a spec with `short_conv` (and no momentum) returns: its chunk program's `State`

@@ -17,7 +17,7 @@ pub mod rpe;
 mod state;
 
 pub use entry::{
-    conv3, cuda_unsupported, rpe_has_no_step, systems_step, with_tails, StepExtras,
+    conv3, conv_forward, cuda_unsupported, rpe_has_no_step, systems_step, with_tails, StepExtras,
     ToeplitzHasNoStep,
 };
 pub use state::{ExtBuffers, ExtState};
