@@ -46,6 +46,7 @@ pub use attnc_codegen::spec::{self, Spec};
 pub use attnc_dsl::attention;
 pub use attnc_runtime::cuda::launch::{CudaLaunch, Grid, KernelInfo};
 pub use attnc_runtime::cuda::{CudaDevice, CudaState, CudaTensor};
+pub use attnc_runtime::systems::ExtDecodeState;
 pub use attnc_runtime::{
     finite_check, set_finite_check, CpuIsa, DecodeState, Device, Error, ExtState, Schedule, State,
 };
@@ -99,7 +100,8 @@ pub mod prelude {
     // `Device` (attnc's device choice) stays at `attnc::Device`: dfdx's prelude has a trait of
     // that name, and importing both preludes must not make either ambiguous.
     pub use crate::{
-        attention, CudaDevice, CudaState, CudaTensor, DecodeState, Error, ExtState, Spec, State,
+        attention, CudaDevice, CudaState, CudaTensor, DecodeState, Error, ExtDecodeState, ExtState,
+        Spec, State,
     };
     pub use dfdx::shapes::{
         Const, ConstDim, Dim, HasShape, Rank0, Rank1, Rank2, Rank3, Rank4, Shape,

@@ -574,3 +574,49 @@ fn cuda_entry_points_say_the_systems_run_on_the_cpu() {
     let e = Momentum::forward_cuda(&q, &q, &q).unwrap_err();
     assert!(e.to_string().contains("run on the CPU"), "{e}");
 }
+
+#[test]
+fn decode_step_equals_step_and_continues_forward() {
+    let x = Inputs::random(1, 2, 30, 8, 8, 31);
+    let (wq, tq) = conv_weights::<8, 2>(2, 1);
+    let (wk, tk) = conv_weights::<8, 2>(2, 2);
+    let (wv, tv) = conv_weights::<8, 2>(2, 3);
+    let cx = convolved(&x, &[wq, wk, wv], 2);
+    let (want, _) = oracle::momentum(ConvMomentum::spec(), &cx, [&[], &[], &[], &[]]);
+    let l = Layout::Bhnd;
+    // A prefix through forward_with_state, the rest token by token with decode_step.
+    let a = split(&x, 0, 12);
+    let (_, st) = ConvMomentum::forward_with_state(
+        tokens::<8>(&a.q, &a, l),
+        tokens(&a.k, &a, l),
+        tokens(&a.v, &a, l),
+        tq.clone(),
+        tk.clone(),
+        tv.clone(),
+        None,
+    )
+    .unwrap();
+    let mut dec = attnc::ExtDecodeState::from_state(&st, ConvMomentum::spec()).unwrap();
+    let mut st2 = st.clone();
+    for t in 12..x.n {
+        let (q, k, v) = (
+            at_token::<8>(&x.q, &x, t),
+            at_token::<8>(&x.k, &x, t),
+            at_token::<8>(&x.v, &x, t),
+        );
+        let o = ConvMomentum::decode_step(&mut dec, &q, &k, &v, &tq, &tk, &tv).unwrap();
+        let o2 = ConvMomentum::step(&mut st2, &q, &k, &v, &tq, &tk, &tv).unwrap();
+        assert_eq!(
+            o.as_vec(),
+            o2.as_vec(),
+            "token {t}: decode_step and step differ"
+        );
+        for (bh, row) in o.as_vec().chunks(8).enumerate() {
+            let e = max_rel_err(row, &want[(bh * x.n + t) * 8..(bh * x.n + t + 1) * 8]);
+            eprintln!("max-rel {e:.2e} decode_step_equals_step_and_continues_forward");
+            assert!(e <= TOL, "token {t}: error {e:e}");
+        }
+    }
+    let back = dec.to_state().unwrap();
+    assert_eq!(back.m.unwrap().as_vec(), st2.m.unwrap().as_vec());
+}

@@ -442,20 +442,48 @@ fn step_method(
     } else {
         quote!(None::<(&#none3, &#none3, &#none3)>)
     };
+    let decode_ty = quote!(#p::systems::ExtDecodeState<B, #h_ty, #f, #dk, #dv>);
+    let one = |name: &str, doc: &str, st: &TokenStream| {
+        let name = format_ident!("{}", name);
+        quote! {
+            #[doc = #doc]
+            pub fn #name<B: #p::Dim, #hp>(
+                state: &mut #st,
+                #(#params,)*
+            ) -> ::core::result::Result<#p::Tensor<(B, #h_ty, #p::Const<#dv>), f32, #p::Cpu>, ::attnc::Error> {
+                let (b, h, _) = *#p::HasShape::shape(q_t);
+                let extras = #p::systems::StepExtras { beta: #beta, g: #g, conv: #conv, proj: #proj };
+                let out = #p::systems::systems_step::<#kernel, _, _, _, _, _, _, _>(
+                    Self::spec(), &#sig, state, (q_t, k_t, v_t), extras,
+                )?;
+                #p::output_tensor(q_t, out, (b, h, #p::Const::<#dv>))
+            }
+        }
+    };
+    let step = one(
+        "step",
+        " One token of decoding (the recurrent form) on an `ExtState`: q_t, k_t (B, H, DK), \
+         v_t (B, H, DV), then the per-token scalars (B, H), the convolution weights and the \
+         projection; updates `state` (with the convolution's tail) and returns o_t.",
+        state_ty,
+    );
+    let decode = one(
+        "decode_step",
+        " `step` on an `ExtDecodeState`, whose buffers are updated in place (no copies of the \
+         state out of dfdx tensors and back per token).",
+        &decode_ty,
+    );
     quote! {
-        /// One token of decoding (the recurrent form) on an `ExtState`: q_t, k_t (B, H, DK),
-        /// v_t (B, H, DV), then the per-token scalars (B, H), the convolution weights and the
-        /// projection; updates `state` (with the convolution's tail) and returns o_t.
-        pub fn step<B: #p::Dim, #hp>(
-            state: &mut #state_ty,
-            #(#params,)*
-        ) -> ::core::result::Result<#p::Tensor<(B, #h_ty, #p::Const<#dv>), f32, #p::Cpu>, ::attnc::Error> {
-            let (b, h, _) = *#p::HasShape::shape(q_t);
-            let extras = #p::systems::StepExtras { beta: #beta, g: #g, conv: #conv, proj: #proj };
-            let out = #p::systems::systems_step::<#kernel, _, _, _, _, _, _, _, _, #f, #dk, #dv>(
-                Self::spec(), &#sig, state, (q_t, k_t, v_t), extras,
-            )?;
-            #p::output_tensor(q_t, out, (b, h, #p::Const::<#dv>))
+        #step
+        #decode
+
+        /// An all-zero `ExtDecodeState` for this spec, for `decode_step`
+        /// (`ExtDecodeState::from_state` continues from `forward_with_state`'s).
+        pub fn zero_decode_state<B: #p::Dim, #hp>(
+            batch: B,
+            heads: #h_ty,
+        ) -> ::core::result::Result<#decode_ty, ::attnc::Error> {
+            #p::systems::ExtDecodeState::zeros(batch, heads, Self::spec())
         }
     }
 }

@@ -241,34 +241,21 @@ pub struct StepExtras<'a, S2: Shape, Sw: Shape, Swv: Shape, Sp: Shape> {
     pub proj: Option<&'a Tensor<Sp, f32, Cpu>>,
 }
 
-/// `step` of a spec with momentum and/or `short_conv`: convolves the token with the state's
-/// tails (updating them), then runs the momentum recurrence or the spec's generated step.
-/// Returns o_t, (B, H, DV) flat.
+/// `step` of a spec with momentum and/or `short_conv`, on an [`ExtState`] or an
+/// [`ExtDecodeState`] ([`ExtStepState`]): checks every input, convolves the token with the
+/// state's tails (updating them), then runs the momentum recurrence or the spec's generated
+/// step. Returns o_t, (B, H, DV) flat.
 #[allow(clippy::too_many_arguments)]
-pub fn systems_step<
-    K,
-    B,
-    H,
-    Sk,
-    Sv,
-    S2,
-    Sw,
-    Swv,
-    Sp,
-    const F: usize,
-    const DK: usize,
-    const DV: usize,
->(
+pub fn systems_step<K, St, Sk, Sv, S2, Sw, Swv, Sp>(
     spec: &Spec,
     sig: &Signature,
-    state: &mut ExtState<B, H, F, DK, DV>,
+    state: &mut St,
     (q_t, k_t, v_t): StepTokens<'_, Sk, Sv>,
     extras: StepExtras<'_, S2, Sw, Swv, Sp>,
 ) -> Result<Vec<f32>>
 where
     K: Differentiable + Recurrent,
-    B: Dim,
-    H: Dim,
+    St: ExtStepState,
     Sk: Shape<Concrete = [usize; 3]>,
     Sv: Shape<Concrete = [usize; 3]>,
     S2: Shape<Concrete = [usize; 2]>,
@@ -278,48 +265,157 @@ where
 {
     let [batch, heads, _] = q_t.shape().concrete();
     let p = Problem::step(batch, heads);
-    let mut st = state.to_buffers(batch, heads, spec)?;
-    let mut q = p.gather_heads("q_t", q_t, sig.dk)?;
-    let mut k = p.gather_heads("k_t", k_t, sig.dk)?;
-    let mut v = p.gather_heads("v_t", v_t, sig.dv)?;
-    if let (Some(width), Some((cq, ck, cv))) = (spec.short_conv, extras.conv) {
-        let (ck_, cv_) = (Conv { d: sig.dk, width }, Conv { d: sig.dv, width });
-        let [tq, tk, tv] = &mut st.tails;
-        q = conv_step(ck_, heads, &q, tq, &step_weights("conv_q", heads, ck_, cq)?);
-        k = conv_step(ck_, heads, &k, tk, &step_weights("conv_k", heads, ck_, ck)?);
-        v = conv_step(cv_, heads, &v, tv, &step_weights("conv_v", heads, cv_, cv)?);
-    }
-    let (out, next) = if spec.momentum.is_some() {
-        momentum_step_buffers::<K>(spec, sig, st, &p, (&q, &k, &v))?
-    } else {
+    // Every input is checked before the state is touched.
+    let (q, k, v) = (
+        p.gather_heads("q_t", q_t, sig.dk)?,
+        p.gather_heads("k_t", k_t, sig.dk)?,
+        p.gather_heads("v_t", v_t, sig.dv)?,
+    );
+    let conv = match (spec.short_conv, extras.conv) {
+        (Some(width), Some((cq, ck, cv))) => {
+            let (ckq, cvv) = (Conv { d: sig.dk, width }, Conv { d: sig.dv, width });
+            Some((
+                (ckq, cvv),
+                step_weights("conv_q", heads, ckq, cq)?,
+                step_weights("conv_k", heads, ckq, ck)?,
+                step_weights("conv_v", heads, cvv, cv)?,
+            ))
+        }
+        _ => None,
+    };
+    let beta = extras.beta.map_or(Ok(Vec::new()), |t| {
+        p.gather_rule_head_scalars("beta_t", ScalarRule::WriteStrength, t)
+    })?;
+    let g = extras.g.map_or(Ok(Vec::new()), |t| {
+        p.gather_rule_head_scalars("g_t", ScalarRule::LogDecay, t)
+    })?;
+    let proj = crate::api::projection(sig, extras.proj)?;
+    state.update(batch, heads, spec, |st| {
+        let (mut q, mut k, mut v) = (q, k, v);
+        if let Some(((ckq, cvv), wq, wk, wv)) = &conv {
+            let [tq, tk, tv] = &mut st.tails;
+            q = conv_step(*ckq, heads, &q, tq, wq);
+            k = conv_step(*ckq, heads, &k, tk, wk);
+            v = conv_step(*cvv, heads, &v, tv, wv);
+        }
+        if spec.momentum.is_some() {
+            let (out, next) =
+                momentum_step_buffers::<K>(spec, sig, std::mem::take(st), &p, (&q, &k, &v))?;
+            *st = next;
+            return Ok(out);
+        }
         let mut bufs = Buffers {
             q,
             k,
             v,
-            beta: extras.beta.map_or(Ok(Vec::new()), |t| {
-                p.gather_rule_head_scalars("beta_t", ScalarRule::WriteStrength, t)
-            })?,
-            g: extras.g.map_or(Ok(Vec::new()), |t| {
-                p.gather_rule_head_scalars("g_t", ScalarRule::LogDecay, t)
-            })?,
-            proj: crate::api::projection(sig, extras.proj)?,
+            beta,
+            g,
+            proj,
             s: std::mem::take(&mut st.s),
             z: std::mem::take(&mut st.z),
         };
-        let out = K::run_step_all(&p, [sig.dk, sig.dv, sig.f], &mut bufs)?;
-        (
-            out,
-            ExtBuffers {
-                s: bufs.s,
-                z: bufs.z,
-                tails: st.tails,
-                ..ExtBuffers::default()
-            },
-        )
-    };
-    let (b, h) = (state.s.shape().0, state.s.shape().1);
-    *state = ExtState::from_buffers(b, h, spec.short_conv.map_or(0, |w| w - 1), next)?;
-    Ok(out)
+        let out = K::run_step_all(&p, [sig.dk, sig.dv, sig.f], &mut bufs);
+        (st.s, st.z) = (bufs.s, bufs.z);
+        out
+    })
+}
+
+/// A state `systems_step` can update: [`ExtState`] (copied out of its tensors and back) or
+/// [`ExtDecodeState`] (updated in place).
+pub trait ExtStepState {
+    /// Checks the state against a step's batch and head counts and what `spec` carries, then
+    /// runs `update` on its buffers.
+    fn update<R>(
+        &mut self,
+        batch: usize,
+        heads: usize,
+        spec: &Spec,
+        update: impl FnOnce(&mut ExtBuffers) -> Result<R>,
+    ) -> Result<R>;
+}
+
+impl<B: Dim, H: Dim, const F: usize, const DK: usize, const DV: usize> ExtStepState
+    for ExtState<B, H, F, DK, DV>
+{
+    fn update<R>(
+        &mut self,
+        batch: usize,
+        heads: usize,
+        spec: &Spec,
+        update: impl FnOnce(&mut ExtBuffers) -> Result<R>,
+    ) -> Result<R> {
+        let mut bufs = self.to_buffers(batch, heads, spec)?;
+        let out = update(&mut bufs)?;
+        let (b, h) = (self.s.shape().0, self.s.shape().1);
+        *self = ExtState::from_buffers(b, h, spec.short_conv.map_or(0, |w| w - 1), bufs)?;
+        Ok(out)
+    }
+}
+
+/// The decoding state of a spec with momentum or `short_conv`: the buffers of an [`ExtState`]
+/// owned as plain vectors, which `decode_step` updates in place (no copies out of and back into
+/// dfdx tensors per token). Convert with [`ExtDecodeState::from_state`] and
+/// [`ExtDecodeState::to_state`].
+#[derive(Clone, Debug)]
+pub struct ExtDecodeState<B: Dim, H: Dim, const F: usize, const DK: usize, const DV: usize> {
+    batch: B,
+    heads: H,
+    /// Rows of each convolution tail (w - 1; 0 without `short_conv`).
+    w1: usize,
+    bufs: ExtBuffers,
+}
+
+impl<B: Dim, H: Dim, const F: usize, const DK: usize, const DV: usize>
+    ExtDecodeState<B, H, F, DK, DV>
+{
+    /// The all-zero decoding state of `spec`.
+    pub fn zeros(batch: B, heads: H, spec: &Spec) -> Result<Self> {
+        Self::from_state(&ExtState::zeros(batch, heads, spec)?, spec)
+    }
+
+    /// The decoding state holding `state` (e.g. what `forward_with_state` returned).
+    pub fn from_state(state: &ExtState<B, H, F, DK, DV>, spec: &Spec) -> Result<Self> {
+        let (batch, heads) = (state.s.shape().0, state.s.shape().1);
+        Ok(ExtDecodeState {
+            batch,
+            heads,
+            w1: spec.short_conv.map_or(0, |w| w - 1),
+            bufs: state.to_buffers(batch.size(), heads.size(), spec)?,
+        })
+    }
+
+    /// The state as dfdx tensors.
+    pub fn to_state(&self) -> Result<ExtState<B, H, F, DK, DV>> {
+        ExtState::from_buffers(self.batch, self.heads, self.w1, self.bufs.clone())
+    }
+
+    /// The flat buffers (heads first).
+    pub fn buffers(&self) -> &ExtBuffers {
+        &self.bufs
+    }
+}
+
+impl<B: Dim, H: Dim, const F: usize, const DK: usize, const DV: usize> ExtStepState
+    for ExtDecodeState<B, H, F, DK, DV>
+{
+    fn update<R>(
+        &mut self,
+        batch: usize,
+        heads: usize,
+        _spec: &Spec,
+        update: impl FnOnce(&mut ExtBuffers) -> Result<R>,
+    ) -> Result<R> {
+        let (b, h) = (self.batch.size(), self.heads.size());
+        if (b, h) != (batch, heads) {
+            return Err(Error::StateMismatch {
+                batch,
+                heads,
+                got_batch: b,
+                got_heads: h,
+            });
+        }
+        update(&mut self.bufs)
+    }
 }
 
 /// The error of every `_cuda` entry point of a spec with momentum, `short_conv` or rpe.
