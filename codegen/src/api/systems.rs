@@ -442,7 +442,7 @@ fn step_method(
     } else {
         quote!(None::<(&#none3, &#none3, &#none3)>)
     };
-    let decode_ty = quote!(#p::systems::ExtDecodeState<B, #h_ty, #f, #dk, #dv>);
+    let decode_ty = quote!(::attnc::ExtDecodeState<B, #h_ty, #f, #dk, #dv>);
     let one = |name: &str, doc: &str, st: &TokenStream| {
         let name = format_ident!("{}", name);
         quote! {
@@ -483,7 +483,7 @@ fn step_method(
             batch: B,
             heads: #h_ty,
         ) -> ::core::result::Result<#decode_ty, ::attnc::Error> {
-            #p::systems::ExtDecodeState::zeros(batch, heads, Self::spec())
+            ::attnc::ExtDecodeState::zeros(batch, heads, Self::spec())
         }
     }
 }
