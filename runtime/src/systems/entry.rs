@@ -109,12 +109,8 @@ pub fn conv_forward<
 >(
     spec: &Spec,
     sig: &Signature,
-    (q, k, v): (
-        &Tensor<Sq, f32, Cpu>,
-        &Tensor<Sq, f32, Cpu>,
-        &Tensor<Sv, f32, Cpu>,
-    ),
-    (beta, g): (Option<&Tensor<S3, f32, Cpu>>, Option<&Tensor<S3, f32, Cpu>>),
+    (q, k, v): StepTokens<'_, Sq, Sv>,
+    (beta, g): TokenScalars<'_, S3>,
     (cq, ck, cv): ConvWeights<'_, Sw, Swv>,
     proj: Option<&Tensor<Sp, f32, Cpu>>,
     initial: Option<&ExtState<B, H, F, DK, DV>>,
@@ -222,7 +218,13 @@ pub type ConvWeights<'a, Sw, Swv> = (
     &'a Tensor<Swv, f32, Cpu>,
 );
 
-/// One token's q_t, k_t, v_t, by reference.
+/// beta and g (each where the spec takes it), by reference.
+pub type TokenScalars<'a, S3> = (
+    Option<&'a Tensor<S3, f32, Cpu>>,
+    Option<&'a Tensor<S3, f32, Cpu>>,
+);
+
+/// q, k, v (of one token, or of a whole call), by reference.
 pub type StepTokens<'a, Sk, Sv> = (
     &'a Tensor<Sk, f32, Cpu>,
     &'a Tensor<Sk, f32, Cpu>,
