@@ -316,7 +316,8 @@ fn ident(o: &CpuOperand) -> Ident {
 /// A declared dimension: the chunk length is the routine's constant `C`.
 fn dim(d: Dim) -> TokenStream {
     match d.of {
-        DimOf::Chunk => quote!(C),
+        // Braced: a const argument, so that a user type named `C` cannot shadow the constant.
+        DimOf::Chunk => quote!({ C }),
         _ => lit(d.n),
     }
 }

@@ -160,7 +160,7 @@ fn expand_valid(item: &syn::ItemStruct, spec: &Spec, plan: &Plan) -> TokenStream
     let (sig, softmax) = (&plan.signature, plan.is_softmax());
     let methods = methods::cpu_methods(sig, softmax, &kernel_ident, name, runnable);
     let cuda_methods = methods::cuda_methods(sig, softmax, name, runnable);
-    let module = methods::module_impl(sig, name);
+    let module = module_for(name, methods::module_impl(sig, &self_alias()));
     let ex_spec = examples::example(&plan.signature, name, examples::Method::Spec, runnable);
     let consts = consts(spec, plan, &cuda, &ex_spec);
     let expansion = quote! {
@@ -179,6 +179,21 @@ fn expand_valid(item: &syn::ItemStruct, spec: &Spec, plan: &Plan) -> TokenStream
         };
     };
     with_expansion_written(name, expansion, &cuda.source)
+}
+
+/// The name the `Module` impl gives the spec's struct: the impl's own type parameters (`B`,
+/// `H`, `N`, `T`, ...) would shadow a struct named like one of them.
+fn self_alias() -> syn::Ident {
+    format_ident!("__AttncSelf")
+}
+
+/// `module` (an impl for [`self_alias`]) after the alias, declared outside the impl's generics.
+fn module_for(name: &syn::Ident, module: TokenStream) -> TokenStream {
+    let alias = self_alias();
+    quote! {
+        type #alias = #name;
+        #module
+    }
 }
 
 /// `expansion`, plus the error of writing it out when `ATTNC_EXPAND_DIR` asks for it and fails.
@@ -213,7 +228,7 @@ fn expand_systems(item: &syn::ItemStruct, spec: &Spec) -> TokenStream {
     let base_consts = consts(&base_spec, &plan, &cuda, "");
     let methods = systems::cpu_methods(spec, sig, &base, &kernel_ident);
     let cuda_methods = systems::cuda_methods(spec, sig);
-    let module = systems::module_impl(spec, sig, name);
+    let module = module_for(name, systems::module_impl(spec, sig, &self_alias()));
     let ex_spec = examples::example(sig, name, examples::Method::Spec, false);
     let consts = consts(spec, &plan, &cuda, &ex_spec);
     let expansion = quote! {
