@@ -276,6 +276,11 @@ impl Spec {
         self.momentum.is_some() || self.short_conv.is_some() || self.rpe != Rpe::None
     }
 
+    /// Rows of each convolution tail a state carries: `w - 1` for `short_conv = w`, else 0.
+    pub fn conv_tail(&self) -> usize {
+        self.short_conv.map_or(0, |w| w - 1)
+    }
+
     /// The spec without its systems (momentum, short_conv, rpe): the chunk program the
     /// generated kernel runs, and whose feature map the systems' runtime kernels apply.
     pub fn base(&self) -> Spec {

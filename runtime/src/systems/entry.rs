@@ -135,12 +135,7 @@ where
             H::from_size(p.heads).ok_or(Error::Internal("heads dim"))?,
         ),
     };
-    let mut init = match initial {
-        Some(st) => st.to_buffers(p.batch, p.heads, spec)?,
-        None => {
-            ExtState::<B, H, F, DK, DV>::zeros(b, h, spec)?.to_buffers(p.batch, p.heads, spec)?
-        }
-    };
+    let mut init = ExtState::<B, H, F, DK, DV>::initial_buffers(initial, p.batch, p.heads, spec)?;
     let (ckq, cvv) = (Conv { d: sig.dk, width }, Conv { d: sig.dv, width });
     let conv = |x: Vec<f32>, cv: Conv, w: Vec<f32>, tail: &mut Vec<f32>| -> Result<Vec<f32>> {
         let (y, next) = conv_all(cv, p.heads, &x, tail, &w)?;
@@ -208,7 +203,7 @@ pub fn with_tails<B: Dim, H: Dim, const F: usize, const DK: usize, const DV: usi
         tails,
         ..ExtBuffers::default()
     };
-    ExtState::from_buffers(b, h, spec.short_conv.map_or(0, |w| w - 1), bufs)
+    ExtState::from_buffers(b, h, spec.conv_tail(), bufs)
 }
 
 /// The convolution weights of q, k and v, by reference.
@@ -349,7 +344,7 @@ impl<B: Dim, H: Dim, const F: usize, const DK: usize, const DV: usize> ExtStepSt
         let mut bufs = self.to_buffers(batch, heads, spec)?;
         let out = update(&mut bufs)?;
         let (b, h) = (self.s.shape().0, self.s.shape().1);
-        *self = ExtState::from_buffers(b, h, spec.short_conv.map_or(0, |w| w - 1), bufs)?;
+        *self = ExtState::from_buffers(b, h, spec.conv_tail(), bufs)?;
         Ok(out)
     }
 }
@@ -381,7 +376,7 @@ impl<B: Dim, H: Dim, const F: usize, const DK: usize, const DV: usize>
         Ok(ExtDecodeState {
             batch,
             heads,
-            w1: spec.short_conv.map_or(0, |w| w - 1),
+            w1: spec.conv_tail(),
             bufs: state.to_buffers(batch.size(), heads.size(), spec)?,
         })
     }

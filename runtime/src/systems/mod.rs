@@ -236,16 +236,16 @@ struct MomentumCall<'a> {
     st: &'a ExtBuffers,
 }
 
-impl MomentumCall<'_> {
-    /// `[S | z]` and `[m | n]` of head `i`.
-    fn state(&self, i: usize) -> (Vec<f32>, Vec<f32>) {
-        let (f, dv, nz) = (self.cfg.f, self.cfg.dv, self.cfg.normalized);
-        let part = |x: &[f32], len: usize| x.get(i * len..(i + 1) * len).unwrap_or(&[]).to_vec();
-        let (s, z) = (part(&self.st.s, f * dv), part(&self.st.z, f));
-        let (m, n) = (part(&self.st.m, f * dv), part(&self.st.n, f));
-        (join_state(&s, &z, dv, nz), join_state(&m, &n, dv, nz))
-    }
+/// `[S | z]` and `[m | n]` of head `i` of the state buffers `st`.
+fn head_state(cfg: &Config, st: &ExtBuffers, i: usize) -> (Vec<f32>, Vec<f32>) {
+    let (f, dv, nz) = (cfg.f, cfg.dv, cfg.normalized);
+    let part = |x: &[f32], len: usize| x.get(i * len..(i + 1) * len).unwrap_or(&[]).to_vec();
+    let (s, z) = (part(&st.s, f * dv), part(&st.z, f));
+    let (m, n) = (part(&st.m, f * dv), part(&st.n, f));
+    (join_state(&s, &z, dv, nz), join_state(&m, &n, dv, nz))
+}
 
+impl MomentumCall<'_> {
     fn run(&self, keep_states: bool) -> Result<Vec<HeadResult>> {
         let isa = CpuIsa::selected()?;
         let wt = momentum::Weights::new(self.mu, self.cfg.chunk);
@@ -262,7 +262,7 @@ impl MomentumCall<'_> {
                     isa,
                     &wt,
                     (qs[i], ks[i], vs[i]),
-                    self.state(i),
+                    head_state(self.cfg, self.st, i),
                     keep_states,
                 )
             })
@@ -327,12 +327,7 @@ where
     let ([q, k], v, mut tape, traced) = untape(q, k, v)?;
     let p = Problem::from_q(spec.layout, q.shape().concrete())?;
     let bh = p.batch * p.heads;
-    let init = match initial {
-        Some(st) => st.to_buffers(p.batch, p.heads, spec)?,
-        None => {
-            ExtState::<B, H, F, DK, DV>::zeros(b, h, spec)?.to_buffers(p.batch, p.heads, spec)?
-        }
-    };
+    let init = ExtState::<B, H, F, DK, DV>::initial_buffers(initial, p.batch, p.heads, spec)?;
     let (qh, kh, vh) = (
         p.gather_tokens("q", &q, cfg.dk)?,
         p.gather_tokens("k", &k, cfg.dk)?,
@@ -362,7 +357,7 @@ where
         gather_results(&cfg, call.run(false)?)
     };
     fin.tails = tails;
-    let w1 = spec.short_conv.map_or(0, |w| w - 1);
+    let w1 = spec.conv_tail();
     let state = ExtState::from_buffers(b, h, w1, fin)?;
     let o = crate::api::output_tensor(&q, p.from_heads_first(out, cfg.dv), *v.shape())?;
     if traced {
@@ -513,15 +508,6 @@ where
     let fwd = call.run(true).map_err(internal)?;
     let isa = CpuIsa::selected().map_err(internal)?;
     let wt = momentum::Weights::new(mu, cfg.chunk);
-    let d_call = MomentumCall {
-        cfg,
-        mu,
-        bh,
-        q: &qh,
-        k: &kh,
-        v: &vh,
-        st: &d_fin,
-    };
     let (qs, ks, vs, ds) = (
         heads(&qh, bh),
         heads(&kh, bh),
@@ -533,7 +519,7 @@ where
         .map(|i| {
             let mh = map_head(cfg, (qs[i], ks[i], vs[i]));
             let doa = output_grads(&fwd[i].oa, ds[i], dv, nz, cfg.sum_eps);
-            let (mut ds_a, mut dm_a) = d_call.state(i);
+            let (mut ds_a, mut dm_a) = head_state(cfg, &d_fin, i);
             let (mut dqf, mut dkf, mut dva) =
                 (vec![0.0; n * f], vec![0.0; n * f], vec![0.0; n * da]);
             let job = MomentumBackward {
@@ -630,15 +616,6 @@ where
         (new.s, new.z) = (bufs.s, bufs.z);
     }
     let (mut qf, mut kf, mut oa) = (vec![0.0; f], vec![0.0; f], vec![0.0; da]);
-    let call = MomentumCall {
-        cfg: &cfg,
-        mu,
-        bh,
-        q: &[],
-        k: &[],
-        v: &[],
-        st: &st,
-    };
     for i in 0..bh {
         map_rows(&cfg, &k_t[i * dk..(i + 1) * dk], 1.0, &mut kf);
         let va = augment(&v_t[i * dv..(i + 1) * dv], dv, nz);
@@ -652,7 +629,7 @@ where
             }
             continue;
         }
-        let (mut sa, mut ma) = call.state(i);
+        let (mut sa, mut ma) = head_state(&cfg, &st, i);
         map_rows(&cfg, &q_t[i * dk..(i + 1) * dk], cfg.scale, &mut qf);
         momentum::step_head(mu, &qf, &kf, &va, &mut sa, &mut ma, &mut oa);
         outputs(&oa, dv, nz, cfg.sum_eps, &mut out[i * dv..(i + 1) * dv]);

@@ -64,16 +64,18 @@ pub struct ExtBuffers {
     pub tails: [Vec<f32>; 3],
 }
 
-impl<B: Dim, H: Dim, const F: usize, const DK: usize, const DV: usize> ExtState<B, H, F, DK, DV> {
-    /// The all-zero state of `spec` (what `forward` starts from).
-    pub fn zeros(batch: B, heads: H, spec: &Spec) -> Result<Self> {
-        let bh = batch.size() * heads.size();
+impl ExtBuffers {
+    /// Zero buffers for `bh` (batch, head) problems of `spec`, each present exactly when the
+    /// spec carries it.
+    pub fn zeros<const F: usize, const DK: usize, const DV: usize>(bh: usize, spec: &Spec) -> Self {
         let normalized = spec.normalize == Normalize::Sum;
-        let w1 = spec.short_conv.map_or(0, |w| w - 1);
+        let (momentum, conv, w1) = (
+            spec.momentum.is_some(),
+            spec.short_conv.is_some(),
+            spec.conv_tail(),
+        );
         let zeros = |n: usize, on: bool| if on { vec![0.0; n] } else { Vec::new() };
-        let momentum = spec.momentum.is_some();
-        let conv = spec.short_conv.is_some();
-        let bufs = ExtBuffers {
+        ExtBuffers {
             s: vec![0.0; bh * F * DV],
             z: zeros(bh * F, normalized),
             m: zeros(bh * F * DV, momentum),
@@ -83,8 +85,29 @@ impl<B: Dim, H: Dim, const F: usize, const DK: usize, const DV: usize> ExtState<
                 zeros(bh * w1 * DK, conv),
                 zeros(bh * w1 * DV, conv),
             ],
-        };
-        Self::from_buffers(batch, heads, w1, bufs)
+        }
+    }
+}
+
+impl<B: Dim, H: Dim, const F: usize, const DK: usize, const DV: usize> ExtState<B, H, F, DK, DV> {
+    /// The all-zero state of `spec` (what `forward` starts from).
+    pub fn zeros(batch: B, heads: H, spec: &Spec) -> Result<Self> {
+        let bufs = ExtBuffers::zeros::<F, DK, DV>(batch.size() * heads.size(), spec);
+        Self::from_buffers(batch, heads, spec.conv_tail(), bufs)
+    }
+
+    /// The buffers a call starts from: `initial`'s (checked against the call's batch, heads
+    /// and `spec`) or zeros, without building tensors for them.
+    pub fn initial_buffers(
+        initial: Option<&Self>,
+        batch: usize,
+        heads: usize,
+        spec: &Spec,
+    ) -> Result<ExtBuffers> {
+        match initial {
+            Some(st) => st.to_buffers(batch, heads, spec),
+            None => Ok(ExtBuffers::zeros::<F, DK, DV>(batch * heads, spec)),
+        }
     }
 
     /// Builds a state from flat buffers; an empty buffer leaves its field `None`.
@@ -144,7 +167,7 @@ impl<B: Dim, H: Dim, const F: usize, const DK: usize, const DV: usize> ExtState<
         }
         let normalized = spec.normalize == Normalize::Sum;
         let momentum = spec.momentum.is_some();
-        let w1 = spec.short_conv.map_or(0, |w| w - 1);
+        let w1 = spec.conv_tail();
         let need = |present: bool, wanted: bool, what: &'static str| {
             if present == wanted {
                 Ok(())
