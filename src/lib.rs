@@ -45,7 +45,7 @@ pub use attnc_codegen::spec::{self, Spec};
 #[doc = include_str!("../docs/keys.md")]
 pub use attnc_dsl::attention;
 pub use attnc_runtime::cuda::launch::{CudaLaunch, Grid, KernelInfo};
-pub use attnc_runtime::cuda::{CudaDevice, CudaState, CudaTensor};
+pub use attnc_runtime::cuda::{CudaDevice, CudaExtState, CudaState, CudaTensor};
 pub use attnc_runtime::systems::ExtDecodeState;
 pub use attnc_runtime::{
     finite_check, set_finite_check, CpuIsa, DecodeState, Device, Error, ExtState, Schedule, State,
@@ -100,8 +100,8 @@ pub mod prelude {
     // `Device` (attnc's device choice) stays at `attnc::Device`: dfdx's prelude has a trait of
     // that name, and importing both preludes must not make either ambiguous.
     pub use crate::{
-        attention, CudaDevice, CudaState, CudaTensor, DecodeState, Error, ExtDecodeState, ExtState,
-        Spec, State,
+        attention, CudaDevice, CudaExtState, CudaState, CudaTensor, DecodeState, Error,
+        ExtDecodeState, ExtState, Spec, State,
     };
     pub use dfdx::shapes::{
         Const, ConstDim, Dim, HasShape, Rank0, Rank1, Rank2, Rank3, Rank4, Shape,
@@ -130,7 +130,10 @@ pub mod __private {
     pub use attnc_runtime::cpu::schedule::{run_forward, run_recurrent, run_step, Buffers};
     pub use attnc_runtime::cpu::tile;
     pub use attnc_runtime::cpu::{Isa, Kernel, Phase, PhaseTask, Recurrent, Task};
-    pub use attnc_runtime::cuda::{forward_cuda, step_cuda, CudaTensor};
+    pub use attnc_runtime::cuda::{
+        forward_cuda, rpe_unsupported, step_cuda, systems_forward_cuda, systems_step_cuda,
+        CudaExtState, CudaTensor,
+    };
     pub use attnc_runtime::systems;
     pub use attnc_runtime::train::{backward, Saved};
     pub use attnc_runtime::{Error, Result};

@@ -118,6 +118,8 @@ fn launch(forward: &'static [KernelInfo]) -> CudaLaunch {
             uses_gates: false,
             uses_projection: true,
             heads: None,
+            conv: 0,
+            momentum: false,
         },
         threads: THREADS,
         forward: Cow::Borrowed(forward),

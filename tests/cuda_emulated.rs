@@ -56,6 +56,7 @@ fn kernel_inputs(spec: &Spec, x: &Inputs, s: &[f32], z: &[f32]) -> EmuInputs {
         proj: x.proj.clone(),
         s: s.to_vec(),
         z: z.to_vec(),
+        ..EmuInputs::default()
     }
 }
 

@@ -1,6 +1,6 @@
 //! Snapshots of the generated CUDA C of each example spec (examples/quickstart.rs,
-//! examples/deltanet.rs) and of softmax attention, so every change to the kernels is reviewed as
-//! a diff. The tile library every source starts with (codegen/src/cuda_prelude.cuh) is replaced
+//! examples/deltanet.rs), of softmax attention and of two systems specs (`short_conv`,
+//! `update = momentum(..)`), so every change to the kernels is reviewed as a diff. The tile library every source starts with (codegen/src/cuda_prelude.cuh) is replaced
 //! by one line; the launch configuration is printed above the source.
 
 use attnc::prelude::*;
@@ -79,4 +79,24 @@ fn performer_favor() {
     #[attention(head_dim = 64, feature_map = favor(features = 128), normalize = sum, chunk = 64)]
     struct Performer;
     insta::assert_snapshot!(snapshot(&Performer::CUDA_LAUNCH, Performer::CUDA_SOURCE));
+}
+
+#[test]
+fn gated_deltanet_short_conv() {
+    #[attention(head_dim = 64, update = gated_delta, qk_norm = l2, short_conv = 4, chunk = 64)]
+    struct GatedDeltaNetConv;
+    insta::assert_snapshot!(snapshot(
+        &GatedDeltaNetConv::CUDA_LAUNCH,
+        GatedDeltaNetConv::CUDA_SOURCE
+    ));
+}
+
+#[test]
+fn momentum_elu_sum() {
+    #[attention(head_dim = 64, feature_map = elu_plus_one, normalize = sum, update = momentum(mu = 0.9))]
+    struct MomentumAttention;
+    insta::assert_snapshot!(snapshot(
+        &MomentumAttention::CUDA_LAUNCH,
+        MomentumAttention::CUDA_SOURCE
+    ));
 }

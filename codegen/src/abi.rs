@@ -10,14 +10,23 @@
 //! ```text
 //! (const float* q, const float* k, const float* v, const float* beta, const float* g,
 //!  const float* proj, float* out, float* s, float* z, float* chunk_s, float* chunk_z,
-//!  float* work, float* scratch, int n, int heads)
+//!  float* work, float* scratch, const float* conv_q, const float* conv_k,
+//!  const float* conv_v, float* tail_q, float* tail_k, float* tail_v, float* mom_s,
+//!  float* mom_z, int n, int heads)
 //! ```
 //!
 //! `q, k, v, out` are in the spec's layout, `beta, g` (B, H, N) or (B, N, H); `proj` is FAVOR+'s
 //! projection w, (F, DK) row-major as the user passes it (one for the whole call); `s` (B, H, F, DV)
 //! and `z` (B, H, F) hold the initial state on entry and the final state on exit; `chunk_s`,
-//! `chunk_z`, `work` and `scratch` are workspaces sized by [`CudaLaunch::workspace`]. Pointers a
-//! spec does not use may be any valid allocation.
+//! `chunk_z`, `work` and `scratch` are workspaces sized by [`CudaLaunch::workspace`].
+//!
+//! The systems' buffers ([`Signature::conv`], [`Signature::momentum`]): `conv_q`, `conv_k`
+//! (H, DK, W) and `conv_v` (H, DV, W) are `short_conv`'s weights; `tail_q`, `tail_k` (B, H, W-1,
+//! DK) and `tail_v` (B, H, W-1, DV) the carried raw rows, oldest first (the initial tail on
+//! entry, the final one on exit); `mom_s` (B, H, F, DV) and `mom_z` (B, H, F) momentum's buffers
+//! m and n, in and out like `s` and `z`.
+//!
+//! Pointers a spec does not use may be any valid allocation.
 
 use std::borrow::Cow;
 
@@ -60,6 +69,11 @@ pub struct Signature {
     pub uses_projection: bool,
     /// H when the spec fixes it (`heads = H`): the generated signatures then take `Const<H>`.
     pub heads: Option<usize>,
+    /// `short_conv`'s width W (0 without it): the CUDA kernels' loads of q, k and v convolve
+    /// them (reading `conv_*` and `tail_*`), and `forward` ends by writing the new tails.
+    pub conv: usize,
+    /// Whether the state carries momentum's buffers (`update = momentum(..)`): `mom_s`, `mom_z`.
+    pub momentum: bool,
 }
 
 /// The grid of one CUDA kernel, as a function of batch x heads (`bh`) and tokens.
@@ -267,6 +281,8 @@ mod tokens {
                 uses_gates,
                 uses_projection,
                 heads,
+                conv,
+                momentum,
             } = *self;
             let heads = match heads {
                 Some(h) => {
@@ -275,7 +291,7 @@ mod tokens {
                 }
                 None => quote!(::core::option::Option::None),
             };
-            let [chunk, dk, dv, f] = [chunk, dk, dv, f].map(Literal::usize_unsuffixed);
+            let [chunk, dk, dv, f, conv] = [chunk, dk, dv, f, conv].map(Literal::usize_unsuffixed);
             out.extend(quote! {
                 #p::Signature {
                     layout: #layout,
@@ -288,6 +304,8 @@ mod tokens {
                     uses_gates: #uses_gates,
                     uses_projection: #uses_projection,
                     heads: #heads,
+                    conv: #conv,
+                    momentum: #momentum,
                 }
             });
         }
@@ -375,6 +393,8 @@ mod tests {
                 uses_gates: false,
                 uses_projection: false,
                 heads: None,
+                conv: 0,
+                momentum: false,
             },
             threads: 256,
             forward: Cow::Borrowed(KERNELS),

@@ -473,6 +473,11 @@ fn op(op: &CpuOp) -> TokenStream {
             };
             quote! { tile::step_update(isa, #s, #k, #v, #q, #o, #gates); }
         }
+        // The CPU's kernels are printed from a spec's base (`Spec::base`): momentum runs in
+        // `attnc_runtime::systems` there.
+        Op::MomentumStep { .. } | Op::MomentumKeySum { .. } => quote! {
+            ::core::compile_error!("attnc internal error: momentum's step ops have no CPU printer");
+        },
         Op::SoftmaxInit { max, sum, acc } => {
             let (m, l, o) = (by_mut(max), by_mut(sum), by_mut(acc));
             quote! { tile::softmax_init(#m, #l, #o); }

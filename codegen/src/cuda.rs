@@ -15,8 +15,8 @@
 use crate::abi::{CudaLaunch, KernelInfo};
 use crate::back::{self, binary_symbol, ExprSyntax};
 use crate::plan::{
-    tokens_first, CudaPlace, Expansion, Extent, Frame, Op, Operand, Phases, Plan, Program,
-    ResolvedOp, Routine, RoutineKind, Softmax, CUDA_THREADS,
+    tokens_first, CudaPlace, Expansion, Extent, Frame, Input, Op, Operand, Phases, Plan, Program,
+    ResolvedOp, Routine, RoutineKind, Softmax, Tile, CUDA_THREADS,
 };
 use crate::spec::{BinOp, BinaryFn, CmpOp, UnaryFn};
 use std::borrow::Cow;
@@ -24,6 +24,17 @@ use std::fmt::Write;
 
 /// The tile library every source starts with.
 pub const PRELUDE: &str = include_str!("cuda_prelude.cuh");
+
+/// The one parameter list of every kernel ([`crate::abi`]).
+const PARAMS: &str = "const float* q, const float* k, const float* v, const float* beta, \
+    const float* g, const float* proj, float* out, float* s, float* z, float* chunk_s, \
+    float* chunk_z, float* work, float* scratch, const float* conv_q, const float* conv_k, \
+    const float* conv_v, float* tail_q, float* tail_k, float* tail_v, float* mom_s, \
+    float* mom_z, int n, int heads";
+
+/// Silences unused-parameter warnings for the systems' buffers, which most kernels ignore.
+const UNUSED_SYSTEMS: &str = "  (void)conv_q; (void)conv_k; (void)conv_v; (void)tail_q; \
+    (void)tail_k; (void)tail_v; (void)mom_s; (void)mom_z;\n";
 
 type CudaOp = ResolvedOp<CudaPlace>;
 type CudaOperand = Operand<CudaPlace>;
@@ -57,15 +68,25 @@ pub fn emit(plan: &Plan, spec_text: &str) -> CudaProgram {
         plan,
         bnhd: tokens_first(sig),
     };
-    let (forward, step, work_per_chunk) = match &plan.cuda {
-        Program::Linear(l) => {
-            let work = l.phases.spills.work_per_chunk;
-            let forward = printer.phases(&l.phases, work, &mut src);
-            let step = printer.sequential("attnc_step", &l.step, work, &mut src);
-            (forward, vec![step], work)
-        }
-        Program::Softmax(s) => (vec![printer.softmax(s, &mut src)], Vec::new(), 0),
-    };
+    let (forward, step, work_per_chunk): (Vec<KernelInfo>, Vec<KernelInfo>, usize) =
+        match &plan.cuda {
+            Program::Linear(l) => {
+                let work = l.phases.spills.work_per_chunk;
+                // Momentum's forward is its step program over the whole sequence (fused
+                // recurrent).
+                let phases = (!sig.momentum).then(|| printer.phases(&l.phases, work, &mut src));
+                let step = printer.sequential("attnc_step", &l.step, work, &mut src);
+                let mut forward = phases.unwrap_or_else(|| vec![step]);
+                let mut step = vec![step];
+                if sig.conv > 0 {
+                    let tail = conv_tail_kernel(sig, printer.bnhd, &mut src);
+                    forward.push(tail);
+                    step.push(tail);
+                }
+                (forward, step, work)
+            }
+            Program::Softmax(s) => (vec![printer.softmax(s, &mut src)], Vec::new(), 0),
+        };
     CudaProgram {
         source: src,
         launch: CudaLaunch {
@@ -74,8 +95,40 @@ pub fn emit(plan: &Plan, spec_text: &str) -> CudaProgram {
             forward: Cow::Owned(forward),
             step: Cow::Owned(step),
             work_per_chunk,
-            chunk_states: !plan.is_softmax(),
+            chunk_states: !plan.is_softmax() && !sig.momentum,
         },
+    }
+}
+
+/// `short_conv`'s last kernel, after every load has read the incoming tails: the tails become
+/// the last w - 1 raw rows of q, k and v.
+fn conv_tail_kernel(sig: &crate::abi::Signature, bnhd: bool, src: &mut String) -> KernelInfo {
+    let name = "attnc_conv_tail";
+    let _ = writeln!(
+        src,
+        "\n// short_conv, one block per batch x head: the carried tails become the last w - 1 raw \
+         rows of q, k and v.\n\
+         extern \"C\" __global__ void {name}({PARAMS}) {{\n\
+         \x20 constexpr int DK = {dk}, DV = {dv}, KW = {kw};\n\
+         \x20 const int bh = blockIdx.x;\n\
+         \x20 attnc::conv_tail<KW, DK>(tail_q + (long)bh * (KW - 1) * DK, \
+         attnc::tok<{bnhd}>(q, DK, bh, n, heads), n);\n\
+         \x20 attnc::conv_tail<KW, DK>(tail_k + (long)bh * (KW - 1) * DK, \
+         attnc::tok<{bnhd}>(k, DK, bh, n, heads), n);\n\
+         \x20 attnc::conv_tail<KW, DV>(tail_v + (long)bh * (KW - 1) * DV, \
+         attnc::tok<{bnhd}>(v, DV, bh, n, heads), n);\n\
+         \x20 (void)beta; (void)g; (void)proj; (void)out; (void)s; (void)z; (void)chunk_s; \
+         (void)chunk_z; (void)work; (void)scratch; (void)conv_q; (void)conv_k; (void)conv_v; \
+         (void)mom_s; (void)mom_z;\n}}",
+        dk = sig.dk,
+        dv = sig.dv,
+        kw = sig.conv,
+    );
+    KernelInfo {
+        name,
+        grid: crate::abi::Grid::Heads,
+        smem_bytes: 0,
+        scratch_floats: 0,
     }
 }
 
@@ -120,7 +173,7 @@ impl Printer<'_> {
         src.push_str("  const int c0 = c * C, rows = attnc::imin(C, n - c0);\n");
         chunk_pointers("  ", src);
         for op in r.passes.iter().flatten() {
-            emit_op(op, "  ", src);
+            self.emit_op(op, "  ", src);
         }
         src.push_str("}\n");
         self.info(name, &r.frame)
@@ -147,17 +200,35 @@ impl Printer<'_> {
         if normalized {
             src.push_str("  attnc::copy<F>(t_z, z + (long)bh * F);\n");
         }
+        let momentum = r.frame.get(Tile::M).is_some();
+        let momentum_z = r.frame.get(Tile::Mz).is_some();
+        if momentum {
+            src.push_str(
+                "  attnc::copy_2d<F, CB>(t_m, CB, mom_s + (long)bh * F * DV + col0, DV);\n",
+            );
+        }
+        if momentum_z {
+            src.push_str("  attnc::copy<F>(t_mz, mom_z + (long)bh * F);\n");
+        }
         src.push_str("  __syncthreads();\n");
         src.push_str("  for (int c = 0; c < chunks; ++c) {\n");
         src.push_str("    const int c0 = c * C, rows = attnc::imin(C, n - c0);\n");
         chunk_pointers("    ", src);
         for op in r.passes.iter().flatten() {
-            emit_op(op, "    ", src);
+            self.emit_op(op, "    ", src);
         }
         src.push_str("  }\n");
         src.push_str("  attnc::copy_2d<F, CB>(s + (long)bh * F * DV + col0, DV, t_s, CB);\n");
         if normalized {
             src.push_str("  if (lead) attnc::copy<F>(z + (long)bh * F, t_z);\n");
+        }
+        if momentum {
+            src.push_str(
+                "  attnc::copy_2d<F, CB>(mom_s + (long)bh * F * DV + col0, DV, t_m, CB);\n",
+            );
+        }
+        if momentum_z {
+            src.push_str("  if (lead) attnc::copy<F>(mom_z + (long)bh * F, t_mz);\n");
         }
         src.push_str("}\n");
         self.info(name, &r.frame)
@@ -176,7 +247,7 @@ impl Printer<'_> {
         src.push_str("  const int c = blockIdx.x;\n");
         src.push_str("  const int c0 = c * C, rows = attnc::imin(C, n - c0);\n");
         for op in &t.prologue {
-            emit_op(op, "  ", src);
+            self.emit_op(op, "  ", src);
         }
         if t.causal {
             src.push_str("  const int key_end = attnc::imin(c0 + rows, n);\n");
@@ -186,24 +257,35 @@ impl Printer<'_> {
         src.push_str("  for (int k0 = 0; k0 < key_end; k0 += C) {\n");
         src.push_str("    const int krows = attnc::imin(C, key_end - k0);\n");
         for op in &t.body {
-            emit_op(op, "    ", src);
+            self.emit_op(op, "    ", src);
         }
         if t.causal {
             src.push_str("    if (k0 == c0) {\n");
             for op in &t.diagonal {
-                emit_op(op, "      ", src);
+                self.emit_op(op, "      ", src);
             }
             src.push_str("    }\n");
         }
         for op in &t.update {
-            emit_op(op, "    ", src);
+            self.emit_op(op, "    ", src);
         }
         src.push_str("  }\n");
         for op in &t.epilogue {
-            emit_op(op, "  ", src);
+            self.emit_op(op, "  ", src);
         }
         src.push_str("}\n");
         self.info(name, &t.frame)
+    }
+
+    /// One op as one call and a barrier.
+    fn emit_op(&self, op: &CudaOp, ind: &str, src: &mut String) {
+        let call = match op {
+            Op::Load {
+                dst, src: input, ..
+            } if self.plan.signature.conv > 0 => conv_load(dst, *input).unwrap_or_else(|| call(op)),
+            _ => call(op),
+        };
+        let _ = writeln!(src, "{ind}{call}\n{ind}__syncthreads();");
     }
 
     /// A kernel's launch facts, from its frame.
@@ -227,12 +309,7 @@ impl Printer<'_> {
     ) {
         let sig = &self.plan.signature;
         let _ = writeln!(src, "\n// {doc}");
-        let _ = writeln!(
-            src,
-            "extern \"C\" __global__ void {name}(const float* q, const float* k, const float* v, \
-             const float* beta, const float* g, const float* proj, float* out, float* s, float* z, \
-             float* chunk_s, float* chunk_z, float* work, float* scratch, int n, int heads) {{"
-        );
+        let _ = writeln!(src, "extern \"C\" __global__ void {name}({PARAMS}) {{");
         let _ = writeln!(
             src,
             "  constexpr int C = {}, DK = {}, DV = {}, F = {}, CB = {};",
@@ -291,7 +368,55 @@ impl Printer<'_> {
              (void)tv; (void)tbeta; (void)tg; (void)tout; (void)proj; (void)chunk_s; \
              (void)chunk_z; (void)work; (void)s; (void)z;\n",
         );
+        src.push_str(UNUSED_SYSTEMS);
+        if sig.conv > 0 {
+            conv_pointers(sig.conv, src);
+        }
     }
+}
+
+/// `short_conv`: this head's weights (`wq`, `wk`, `wv`) and this (batch, head)'s carried tails
+/// (`hq`, `hk`, `hv`), for the loads.
+fn conv_pointers(width: usize, src: &mut String) {
+    let _ = writeln!(
+        src,
+        "  constexpr int KW = {width};\n\
+         \x20 const long head = bh % heads;\n\
+         \x20 const float* wq = conv_q + head * DK * KW;\n\
+         \x20 const float* wk = conv_k + head * DK * KW;\n\
+         \x20 const float* wv = conv_v + head * DV * KW;\n\
+         \x20 const float* hq = tail_q + (long)bh * (KW - 1) * DK;\n\
+         \x20 const float* hk = tail_k + (long)bh * (KW - 1) * DK;\n\
+         \x20 const float* hv = tail_v + (long)bh * (KW - 1) * DV;\n\
+         \x20 (void)wq; (void)wk; (void)wv; (void)hq; (void)hk; (void)hv;"
+    );
+}
+
+/// `short_conv`: a load of q, k or v, convolved and through SiLU (`None` for per-token scalars,
+/// which are not convolved).
+fn conv_load(dst: &CudaOperand, input: Input) -> Option<String> {
+    let (weights, tail, d) = match input {
+        Input::Q => ("wq", "hq", "DK"),
+        Input::K => ("wk", "hk", "DK"),
+        Input::V => ("wv", "hv", "DV"),
+        Input::G | Input::Beta => return None,
+    };
+    let at = match dst.live_rows {
+        Extent::KeyRows => "k0",
+        _ => "c0",
+    };
+    let col = if dst.tile.has_value_columns() {
+        "col0"
+    } else {
+        "0"
+    };
+    let (r, w) = dims(dst);
+    Some(format!(
+        "attnc::load_rows_conv<{r}, {w}, KW>({}, t{}, {col}, {at}, {}, {weights}, {tail}, {d});",
+        n(dst),
+        input.name(),
+        extent(dst.live_rows)
+    ))
 }
 
 /// The per-chunk pointers of the workspaces, for chunk `c`.
@@ -303,11 +428,6 @@ fn chunk_pointers(indent: &str, src: &mut String) {
          {indent}float* state_z = chunk_z + ((long)bh * chunks + c) * F;\n\
          {indent}(void)slot; (void)state_s; (void)state_z;"
     );
-}
-
-/// One op as one call and a barrier.
-fn emit_op(op: &CudaOp, ind: &str, src: &mut String) {
-    let _ = writeln!(src, "{ind}{}\n{ind}__syncthreads();", call(op));
 }
 
 fn n(o: &CudaOperand) -> String {
@@ -535,6 +655,35 @@ fn call(op: &CudaOp) -> String {
                 n(o)
             )
         }
+        Op::MomentumStep {
+            s,
+            m,
+            k,
+            v,
+            q,
+            o,
+            mu,
+        } => {
+            let (f, dv) = dims(s);
+            format!(
+                "attnc::momentum_step<{f}, {dv}>({}, {}, {}, {}, {}, {}, {});",
+                n(s),
+                n(m),
+                n(k),
+                n(v),
+                n(q),
+                n(o),
+                float(*mu)
+            )
+        }
+        Op::MomentumKeySum { z, n: buf, k, mu } => format!(
+            "attnc::momentum_key_sum<{}>({}, {}, {}, {});",
+            z.len(),
+            n(z),
+            n(buf),
+            n(k),
+            float(*mu)
+        ),
         Op::SoftmaxInit { max, sum, acc } => {
             let (r, w) = dims(acc);
             format!(

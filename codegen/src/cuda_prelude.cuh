@@ -329,6 +329,77 @@ __device__ void step_update(float* s, const float* k, const float* v, const floa
   }
 }
 
+// update = momentum(mu), one token (one thread per value column): m <- mu m + k^T v,
+// S <- S + m, o = q S. With mu = 0 the state takes additive's single fmaf, so S equals
+// `update = additive`'s bit for bit.
+template <int F, int DV>
+__device__ void momentum_step(float* s, float* m, const float* k, const float* v, const float* q,
+                              float* o, float mu) {
+  for (int c = threadIdx.x; c < DV; c += blockDim.x) {
+    const float vc = v[c];
+    float acc = 0.0f;
+    for (int f = 0; f < F; ++f) {
+      const int i = f * DV + c;
+      float x;
+      if (mu == 0.0f) {
+        m[i] = k[f] * vc;
+        x = fmaf(k[f], vc, s[i]);
+      } else {
+        const float mi = fmaf(k[f], vc, mu * m[i]);
+        m[i] = mi;
+        x = s[i] + mi;
+      }
+      s[i] = x;
+      acc = fmaf(q[f], x, acc);
+    }
+    o[c] = acc;
+  }
+}
+
+// update = momentum(mu), the key sum for one token: n <- mu n + k, z <- z + n.
+template <int F>
+__device__ void momentum_key_sum(float* z, float* n, const float* k, float mu) {
+  for (int f = threadIdx.x; f < F; f += blockDim.x) {
+    const float x = fmaf(mu, n[f], k[f]);
+    n[f] = x;
+    z[f] += x;
+  }
+}
+
+// short_conv: dst (R x W) <- rows t0.. of a width-D input (columns col0..col0+W), convolved along
+// the sequence per channel and through SiLU: row t is silu(sum_j w[c][j] x[t - KW + 1 + j][c]).
+// Rows before the sequence come from the carried tail ((KW - 1) x D, oldest first); rows past
+// `rows` become zero. Fused into the load: the convolved rows never go to global memory.
+template <int R, int W, int KW>
+__device__ void load_rows_conv(float* dst, Tok<const float> src, int col0, int t0, int rows,
+                               const float* w, const float* tail, int d) {
+  for (int i = threadIdx.x; i < R * W; i += blockDim.x) {
+    const int r = i / W, c = col0 + i - r * W;
+    float acc = 0.0f;
+    if (r < rows) {
+      for (int j = 0; j < KW; ++j) {
+        const int t = t0 + r - (KW - 1) + j;
+        const float x = t >= 0 ? src.base[(long)t * src.stride + c] : tail[(long)(KW - 1 + t) * d + c];
+        acc = fmaf(w[c * KW + j], x, acc);
+      }
+      acc = acc / (1.0f + expf(-acc));
+    }
+    dst[i] = acc;
+  }
+}
+
+// short_conv: tail ((KW - 1) x D, oldest first) <- the last KW - 1 raw rows of a sequence of n
+// tokens, with the old tail's rows in front when n < KW - 1. One thread per column, rows in
+// order: row i reads old row n + i >= i, which this thread has not overwritten yet.
+template <int KW, int D>
+__device__ void conv_tail(float* tail, Tok<const float> src, int n) {
+  for (int c = threadIdx.x; c < D; c += blockDim.x)
+    for (int i = 0; i < KW - 1; ++i) {
+      const int t = n - (KW - 1) + i;
+      tail[i * D + c] = t >= 0 ? src.base[(long)t * src.stride + c] : tail[(n + i) * D + c];
+    }
+}
+
 // Softmax: running maxima -inf, running sums and the accumulator zero.
 template <int R, int W>
 __device__ void softmax_init(float* m, float* l, float* o) {

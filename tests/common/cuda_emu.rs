@@ -30,6 +30,12 @@ pub struct EmuInputs {
     pub proj: Vec<f32>,
     pub s: Vec<f32>,
     pub z: Vec<f32>,
+    /// `short_conv`'s weights (H, D, w) and tails (B, H, w - 1, D): q, k, v; empty when unused.
+    pub conv: [Vec<f32>; 3],
+    pub tails: [Vec<f32>; 3],
+    /// Momentum's m (B, H, F, DV) and n (B, H, F); empty when unused.
+    pub mom_s: Vec<f32>,
+    pub mom_z: Vec<f32>,
 }
 
 /// What the kernels left in `out` (v's length), `s` and `z` (the inputs' lengths; empty when the
@@ -39,6 +45,10 @@ pub struct EmuOutputs {
     pub out: Vec<f32>,
     pub s: Vec<f32>,
     pub z: Vec<f32>,
+    /// The tails and momentum buffers after the call (empty when the input was empty).
+    pub tails: [Vec<f32>; 3],
+    pub mom_s: Vec<f32>,
+    pub mom_z: Vec<f32>,
 }
 
 const SHIM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cuda_emu/attnc_emu.h");
@@ -47,8 +57,11 @@ const HARNESS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cuda_emu/harne
 const OUT: u32 = 6;
 const S: u32 = 7;
 const Z: u32 = 8;
+const TAILS: [u32; 3] = [16, 17, 18];
+const MOM_S: u32 = 19;
+const MOM_Z: u32 = 20;
 /// Pointer parameters of every kernel (`attnc_codegen::abi`).
-const BUFFERS: usize = 13;
+const BUFFERS: usize = 21;
 /// The compiler's flags before the sources (then `-x c++ SRC -x c++ HARNESS -ldl -o BIN`).
 const FLAGS: [&str; 6] = [
     "-std=c++20",
@@ -263,7 +276,16 @@ pub fn run(
         &chunk_z,
         &work,
         &scratch,
+        or_nan(&x.conv[0]),
+        or_nan(&x.conv[1]),
+        or_nan(&x.conv[2]),
+        or_nan(&x.tails[0]),
+        or_nan(&x.tails[1]),
+        or_nan(&x.tails[2]),
+        or_nan(&x.mom_s),
+        or_nan(&x.mom_z),
     ];
+    let written = [OUT, S, Z, TAILS[0], TAILS[1], TAILS[2], MOM_S, MOM_Z];
 
     // The job file; its format is documented at the top of harness.cpp.
     let mut job = b"ATTNCJOB".to_vec();
@@ -278,7 +300,7 @@ pub fn run(
     job.extend((n as i32).to_le_bytes());
     job.extend((heads as i32).to_le_bytes());
     for (i, b) in buffers.iter().enumerate() {
-        u32s(&mut job, &[[OUT, S, Z].contains(&(i as u32)) as u32]);
+        u32s(&mut job, &[written.contains(&(i as u32)) as u32]);
         job.extend((b.len() as u64).to_le_bytes());
         b.iter().for_each(|x| job.extend(x.to_le_bytes()));
     }
@@ -300,6 +322,9 @@ pub fn run(
         out: take(OUT, inputs.v.len()),
         s: take(S, inputs.s.len()),
         z: take(Z, inputs.z.len()),
+        tails: [0, 1, 2].map(|i| take(TAILS[i], inputs.tails[i].len())),
+        mom_s: take(MOM_S, inputs.mom_s.len()),
+        mom_z: take(MOM_Z, inputs.mom_z.len()),
     })
 }
 

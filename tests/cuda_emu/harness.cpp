@@ -5,7 +5,8 @@
 //   u32 kernel_count, then per kernel:
 //     u32 name_len, name bytes, u32 grid_x, u32 grid_y, u32 grid_z, u32 threads, u32 smem_bytes
 //   i32 n, i32 heads
-//   13 buffers in parameter order (q k v beta g proj out s z chunk_s chunk_z work scratch), each:
+//   21 buffers in parameter order (q k v beta g proj out s z chunk_s chunk_z work scratch
+//   conv_q conv_k conv_v tail_q tail_k tail_v mom_s mom_z), each:
 //     u32 write_back (0/1), u64 len, len x f32
 // OUT gets, for each buffer with write_back = 1 in that order: u32 index, u64 len, len x f32.
 // Any error: a message on stderr and exit status 2.
@@ -24,13 +25,15 @@
 namespace {
 
 using Kernel = void (*)(const float*, const float*, const float*, const float*, const float*,
-                        const float*, float*, float*, float*, float*, float*, float*, float*, int,
-                        int);
+                        const float*, float*, float*, float*, float*, float*, float*, float*,
+                        const float*, const float*, const float*, float*, float*, float*, float*,
+                        float*, int, int);
 
-constexpr int kBuffers = 13;
-const char* const kBufferNames[kBuffers] = {"q",       "k",       "v",    "beta",   "g",
-                                            "proj",    "out",     "s",    "z",      "chunk_s",
-                                            "chunk_z", "work",    "scratch"};
+constexpr int kBuffers = 21;
+const char* const kBufferNames[kBuffers] = {
+    "q",       "k",    "v",       "beta",   "g",      "proj",   "out",
+    "s",       "z",    "chunk_s", "chunk_z", "work",  "scratch", "conv_q",
+    "conv_k",  "conv_v", "tail_q", "tail_k", "tail_v", "mom_s", "mom_z"};
 // Limits of a real launch (sm_90), checked so a launch the GPU would refuse fails here too.
 constexpr uint32_t kMaxThreads = 1024;
 constexpr uint32_t kMaxGridYZ = 65535;
@@ -141,7 +144,8 @@ void worker(uint32_t t) {
     if (run.done) break;
     run.k->fn(run.args[0], run.args[1], run.args[2], run.args[3], run.args[4], run.args[5],
               run.args[6], run.args[7], run.args[8], run.args[9], run.args[10], run.args[11],
-              run.args[12], run.n, run.heads);
+              run.args[12], run.args[13], run.args[14], run.args[15], run.args[16], run.args[17],
+              run.args[18], run.args[19], run.args[20], run.n, run.heads);
   }
   // Leaving for good: threads still inside the kernel (after an error) must not wait for us.
   block_barrier->arrive_and_drop();

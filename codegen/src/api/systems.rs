@@ -494,13 +494,6 @@ fn step_method(
 pub fn cuda_methods(spec: &Spec, sig: &Signature) -> TokenStream {
     let p = private();
     let args = args(spec, sig);
-    let params: Vec<TokenStream> = args
-        .iter()
-        .map(|a| {
-            let (n, s) = (format_ident!("_{}", a.name), &a.shape);
-            quote!(#n: &#p::CudaTensor<#s>)
-        })
-        .collect();
     let hp = match sig.heads {
         Some(_) => quote!(),
         None => quote!(H: #p::Dim,),
@@ -509,13 +502,119 @@ pub fn cuda_methods(spec: &Spec, sig: &Signature) -> TokenStream {
         .iter()
         .find(|a| a.kind == Kind::V)
         .map(|a| a.shape.clone());
+    if spec.rpe == Rpe::Toeplitz {
+        let params: Vec<TokenStream> = args
+            .iter()
+            .map(|a| {
+                let (n, s) = (format_ident!("_{}", a.name), &a.shape);
+                quote!(#n: &#p::CudaTensor<#s>)
+            })
+            .collect();
+        return quote! {
+            /// Not available on CUDA in this version for `rpe = toeplitz` (its FFTs run on the
+            /// CPU): returns `Error::Unsupported`. Run `forward` on the CPU.
+            pub fn forward_cuda<B: #p::Dim, #hp N: #p::Dim>(
+                #(#params,)*
+            ) -> ::core::result::Result<#p::CudaTensor<#out_shape>, ::attnc::Error> {
+                ::core::result::Result::Err(#p::rpe_unsupported())
+            }
+        };
+    }
+    let h_ty = match sig.heads {
+        Some(h) => {
+            let h = lit(h);
+            quote!(#p::Const<#h>)
+        }
+        None => quote!(H),
+    };
+    let (f, dk, dv) = (lit(sig.f), lit(sig.dk), lit(sig.dv));
+    let state_ty = quote!(#p::CudaExtState<B, #h_ty, #f, #dk, #dv>);
+    let params = |step: bool| -> Vec<TokenStream> {
+        args.iter()
+            .filter_map(|a| {
+                let (n, s) = match step {
+                    true => (&a.step_name, a.step_shape.as_ref()?),
+                    false => (&a.name, &a.shape),
+                };
+                Some(quote!(#n: &#p::CudaTensor<#s>))
+            })
+            .collect()
+    };
+    let name_of = |k: Kind, step: bool| {
+        args.iter().find(|a| a.kind == k).map(|a| {
+            if step {
+                a.step_name.clone()
+            } else {
+                a.name.clone()
+            }
+        })
+    };
+    // `Some(name)` for an argument the spec takes, else a typed `None`.
+    let opt = |k: Kind, step: bool, none: TokenStream| match name_of(k, step) {
+        Some(n) => quote!(Some(#n)),
+        None => quote!(None::<&#p::CudaTensor<#none>>),
+    };
+    let extras = |step: bool| {
+        let scalars = match step {
+            true => quote!((usize, usize)),
+            false => quote!((usize, usize, usize)),
+        };
+        let (beta, g, proj) = (
+            opt(Kind::Beta, step, scalars.clone()),
+            opt(Kind::Gate, step, scalars),
+            opt(Kind::Proj, step, quote!((usize, usize))),
+        );
+        quote!((#beta, #g, #proj))
+    };
+    let conv = match spec.short_conv {
+        Some(_) => quote!(Some((conv_q, conv_k, conv_v))),
+        None => {
+            let t = quote!(&#p::CudaTensor<(usize, usize, usize)>);
+            quote!(None::<(#t, #t, #t)>)
+        }
+    };
+    let (fwd_params, step_params) = (params(false), params(true));
+    let (fwd_extras, step_extras) = (extras(false), extras(true));
+    let names: Vec<&Ident> = args.iter().map(|a| &a.name).collect();
+    let destructure = if sig.layout == Layout::Bnhd {
+        quote!(let (b, _, h, _) = *q.shape();)
+    } else {
+        quote!(let (b, h, _, _) = *q.shape();)
+    };
+    let step_out = quote!(#p::CudaTensor<(B, #h_ty, #p::Const<#dv>)>);
     quote! {
-        /// Not available on CUDA yet for this spec's systems (momentum, short_conv, rpe): returns
-        /// `Error::Unsupported`. Run `forward` on the CPU.
+        /// `forward` on the GPU: the same computation on attnc's device tensors, arguments in
+        /// `forward`'s order (`CudaDevice::upload` / `CudaTensor::download` convert from and to
+        /// dfdx).
         pub fn forward_cuda<B: #p::Dim, #hp N: #p::Dim>(
-            #(#params,)*
+            #(#fwd_params,)*
         ) -> ::core::result::Result<#p::CudaTensor<#out_shape>, ::attnc::Error> {
-            ::core::result::Result::Err(#p::systems::cuda_unsupported())
+            let (o, _) = Self::forward_with_state_cuda(#(#names,)* None)?;
+            Ok(o)
+        }
+
+        /// `forward_with_state` on the GPU: as `forward_cuda`, from an initial state (`None`:
+        /// zeros; upload one with `CudaDevice::upload_ext_state`), also returning the final
+        /// state.
+        pub fn forward_with_state_cuda<B: #p::Dim, #hp N: #p::Dim>(
+            #(#fwd_params,)*
+            initial: Option<&#state_ty>,
+        ) -> ::core::result::Result<(#p::CudaTensor<#out_shape>, #state_ty), ::attnc::Error> {
+            #destructure
+            #p::systems_forward_cuda::<_, _, _, _, _, _, _, _, #f, #dk, #dv>(
+                &Self::CUDA_LAUNCH, Self::CUDA_SOURCE, (b, h), (q, k, v), #fwd_extras, #conv,
+                initial,
+            )
+        }
+
+        /// `step` on the GPU: one token of decoding, `state` updated on the device.
+        pub fn step_cuda<B: #p::Dim, #hp>(
+            state: &mut #state_ty,
+            #(#step_params,)*
+        ) -> ::core::result::Result<#step_out, ::attnc::Error> {
+            #p::systems_step_cuda::<_, _, _, _, _, _, _, _, #f, #dk, #dv>(
+                &Self::CUDA_LAUNCH, Self::CUDA_SOURCE, state, (q_t, k_t, v_t), #step_extras, #conv,
+            )
         }
     }
 }

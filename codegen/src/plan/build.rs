@@ -343,6 +343,9 @@ fn output_pass(spec: &Spec) -> Vec<BuiltOp> {
 /// S   = exp(g) S + k^T u;  o = q S           one pass (u = v for additive and gated updates)
 /// o  /= den + 1e-6
 /// ```
+///
+/// With `update = momentum(mu)` the writes go through momentum's buffers first:
+/// `n = mu n + k; z += n` and `m = mu m + k^T v; S += m`.
 fn step_program(spec: &Spec) -> Vec<BuiltOp> {
     let mut ops = features(spec, Tile::Q, Input::Q);
     ops.extend(features(spec, Tile::K, Input::K));
@@ -353,7 +356,15 @@ fn step_program(spec: &Spec) -> Vec<BuiltOp> {
         ops.push(load(g, Input::G));
     }
     if normalized(spec) {
-        ops.push(key_sum(Tile::Z));
+        ops.push(match spec.momentum {
+            Some(mu) => Op::MomentumKeySum {
+                z: Tile::Z,
+                n: Tile::Mz,
+                k: Tile::K,
+                mu,
+            },
+            None => key_sum(Tile::Z),
+        });
         ops.push(Op::DotRows {
             dst: Tile::Den,
             rows: Tile::Q,
@@ -367,13 +378,24 @@ fn step_program(spec: &Spec) -> Vec<BuiltOp> {
     } else {
         Tile::V
     };
-    ops.push(Op::StepUpdate {
-        s: Tile::S,
-        k: Tile::K,
-        v: written,
-        q: Tile::Q,
-        o: Tile::O,
-        gates,
+    ops.push(match spec.momentum {
+        Some(mu) => Op::MomentumStep {
+            s: Tile::S,
+            m: Tile::M,
+            k: Tile::K,
+            v: written,
+            q: Tile::Q,
+            o: Tile::O,
+            mu,
+        },
+        None => Op::StepUpdate {
+            s: Tile::S,
+            k: Tile::K,
+            v: written,
+            q: Tile::Q,
+            o: Tile::O,
+            gates,
+        },
     });
     if normalized(spec) {
         ops.push(divide());
@@ -615,6 +637,10 @@ fn delta_output(spec: &Spec) -> Vec<BuiltOp> {
 }
 
 /// Every linear-attention program of a (non-softmax) spec.
+///
+/// With `update = momentum(..)` only the step program carries momentum: the chunk programs are
+/// the additive base's. CUDA runs the step program over the whole sequence (the fused
+/// recurrent form); the CPU runs momentum's chunkwise form as a runtime kernel.
 pub fn linear(spec: &Spec) -> LinearPrograms {
     let passes = match (spec.mask, spec.update) {
         (Mask::None, _) => vec![state_pass(spec), output_pass(spec)],

@@ -51,11 +51,15 @@ pub enum Tile {
     W,
     /// Phased delta programs: the corrected values `U - W S` ("v_new"), `C x DV`.
     X,
+    /// Momentum's buffer m, `F x DV` (`update = momentum(..)`).
+    M,
+    /// Momentum's buffer n for the key sum, `F` (`update = momentum(..)`, `normalize = sum`).
+    Mz,
 }
 
 impl Tile {
     /// Every tile, in declaration order.
-    pub const ALL: [Tile; 20] = [
+    pub const ALL: [Tile; 22] = [
         Tile::Q,
         Tile::Qx,
         Tile::Kx,
@@ -76,6 +80,8 @@ impl Tile {
         Tile::Dz,
         Tile::W,
         Tile::X,
+        Tile::M,
+        Tile::Mz,
     ];
 
     /// The tile's name in generated code (both backends).
@@ -101,6 +107,8 @@ impl Tile {
             Tile::Dz => "dz",
             Tile::W => "w",
             Tile::X => "x",
+            Tile::M => "m",
+            Tile::Mz => "mz",
         }
     }
 
@@ -108,7 +116,7 @@ impl Tile {
     pub fn is_vector(self) -> bool {
         matches!(
             self,
-            Tile::Z | Tile::Dz | Tile::G | Tile::Den | Tile::Max | Tile::Beta
+            Tile::Z | Tile::Dz | Tile::Mz | Tile::G | Tile::Den | Tile::Max | Tile::Beta
         )
     }
 
@@ -117,7 +125,7 @@ impl Tile {
     pub fn has_value_columns(self) -> bool {
         matches!(
             self,
-            Tile::S | Tile::Ds | Tile::V | Tile::U | Tile::X | Tile::O
+            Tile::S | Tile::Ds | Tile::M | Tile::V | Tile::U | Tile::X | Tile::O
         )
     }
 }
@@ -226,7 +234,10 @@ impl Slot {
 /// `rows` (the chunk's live token count) is implicit.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op<T> {
-    /// Copy this chunk's rows of an input into a tile (rows past the end are zero).
+    /// Copy this chunk's rows of an input into a tile (rows past the end are zero). With
+    /// `short_conv` ([`crate::abi::Signature::conv`]) the CUDA printer loads q, k and v
+    /// convolved and through SiLU, reading the w - 1 rows before the chunk (or the carried
+    /// tail): the convolution is fused into the load.
     Load {
         /// Destination tile.
         dst: T,
@@ -380,6 +391,35 @@ pub enum Op<T> {
         /// The token's log-decay, for gated updates.
         gates: Option<T>,
     },
+    /// The recurrent step of `update = momentum(mu)` (one token: row 0 of `k`, `v`, `q`, `o`):
+    /// `m <- mu m + k^T v`, `S <- S + m`, then `o = q S`.
+    MomentumStep {
+        /// The `F x DV` state.
+        s: T,
+        /// Momentum's `F x DV` buffer.
+        m: T,
+        /// The key features, `1 x F`.
+        k: T,
+        /// The values, `1 x DV`.
+        v: T,
+        /// The query features, `1 x F`.
+        q: T,
+        /// The output, `1 x DV`.
+        o: T,
+        /// The momentum coefficient, in [0, 1).
+        mu: f32,
+    },
+    /// The key sum of `update = momentum(mu)` (one token): `n <- mu n + k`, `z <- z + n`.
+    MomentumKeySum {
+        /// The key sum `z`, `F`.
+        z: T,
+        /// Momentum's buffer `n`, `F`.
+        n: T,
+        /// The key features, `1 x F`.
+        k: T,
+        /// The momentum coefficient.
+        mu: f32,
+    },
     /// Softmax: `m = -inf`, `l = 0`, `O = 0` before the first key tile.
     SoftmaxInit {
         /// Running maxima.
@@ -523,6 +563,10 @@ impl<T: Copy> Op<T> {
                 v.extend([(s, U), (o, W)]);
                 v
             }
+            Op::MomentumStep {
+                s, m, k, v, q, o, ..
+            } => vec![(k, R), (v, R), (q, R), (m, U), (s, U), (o, W)],
+            Op::MomentumKeySum { z, n, k, .. } => vec![(k, R), (n, U), (z, U)],
             Op::SoftmaxInit { max, sum, acc } => vec![(max, W), (sum, W), (acc, W)],
             Op::OnlineSoftmax {
                 scores,
@@ -644,6 +688,29 @@ impl<T: Copy> Op<T> {
                 q: f(q)?,
                 o: f(o)?,
                 gates: gates.map(&mut f).transpose()?,
+            },
+            Op::MomentumStep {
+                s,
+                m,
+                k,
+                v,
+                q,
+                o,
+                mu,
+            } => Op::MomentumStep {
+                s: f(s)?,
+                m: f(m)?,
+                k: f(k)?,
+                v: f(v)?,
+                q: f(q)?,
+                o: f(o)?,
+                mu,
+            },
+            Op::MomentumKeySum { z, n, k, mu } => Op::MomentumKeySum {
+                z: f(z)?,
+                n: f(n)?,
+                k: f(k)?,
+                mu,
             },
             Op::SoftmaxInit { max, sum, acc } => Op::SoftmaxInit {
                 max: f(max)?,

@@ -203,6 +203,8 @@ pub fn signature(spec: &Spec) -> Signature {
         uses_gates: spec.has_gate(),
         uses_projection: matches!(spec.feature_map, FeatureMap::Favor { .. }),
         heads: spec.heads,
+        conv: spec.short_conv.unwrap_or(0),
+        momentum: spec.momentum.is_some(),
     }
 }
 

@@ -175,8 +175,8 @@ pub fn shape(sig: &Signature, t: Tile, c: usize, dvt: usize) -> (Dim, Dim) {
         Tile::V | Tile::O | Tile::U | Tile::X => (chunk, dv),
         Tile::Kt => (f, chunk),
         Tile::A | Tile::Kk => (chunk, chunk),
-        Tile::S | Tile::Ds => (f, dv),
-        Tile::Z | Tile::Dz => (one, f),
+        Tile::S | Tile::Ds | Tile::M => (f, dv),
+        Tile::Z | Tile::Dz | Tile::Mz => (one, f),
         Tile::G | Tile::Den | Tile::Beta | Tile::Max => (one, chunk),
     }
 }
@@ -187,7 +187,9 @@ fn live(kind: RoutineKind, t: Tile, rows: Dim, cols: Dim) -> (Extent, Extent) {
     let softmax = kind == RoutineKind::Softmax;
     let live_rows = match t {
         Tile::K | Tile::V if softmax => Extent::KeyRows,
-        Tile::Kt | Tile::S | Tile::Z | Tile::Ds | Tile::Dz => Extent::Full(rows),
+        Tile::Kt | Tile::S | Tile::Z | Tile::Ds | Tile::Dz | Tile::M | Tile::Mz => {
+            Extent::Full(rows)
+        }
         _ => Extent::Rows,
     };
     let live_cols = match t {
@@ -249,9 +251,11 @@ fn placed<P>(o: Operand<()>, place: P) -> Operand<P> {
 }
 
 /// The order the CPU printer declares tiles in: the carried state first.
-const CPU_ORDER: [Tile; 20] = [
+const CPU_ORDER: [Tile; 22] = [
     Tile::S,
     Tile::Z,
+    Tile::M,
+    Tile::Mz,
     Tile::Qx,
     Tile::Kx,
     Tile::Q,

@@ -107,7 +107,7 @@ fn sections<P>(s: &Softmax<P>) -> impl Iterator<Item = &ResolvedOp<P>> + Clone {
 }
 
 /// Every tile is written before it is read. A routine that carries the state starts with
-/// `S` (and `z`) defined; every other tile starts undefined.
+/// `S` (and `z`, and momentum's `m` and `n`) defined; every other tile starts undefined.
 fn check_flow<'a, P: Copy + 'a>(
     sig: &Signature,
     frame: &Frame<P>,
@@ -119,6 +119,12 @@ fn check_flow<'a, P: Copy + 'a>(
         defined.insert(Tile::S);
         if sig.normalized {
             defined.insert(Tile::Z);
+        }
+        if sig.momentum {
+            defined.insert(Tile::M);
+            if sig.normalized {
+                defined.insert(Tile::Mz);
+            }
         }
     }
     for (i, op) in ops.enumerate() {
@@ -193,6 +199,13 @@ fn shape_problem<P: Copy>(op: &ResolvedOp<P>) -> Option<String> {
             let (f, dv) = dims(s);
             k.cols.n == f && q.cols.n == f && v.cols.n == dv && o.cols.n == dv
         }
+        Op::MomentumStep {
+            s, m, k, v, q, o, ..
+        } => {
+            let (f, dv) = dims(s);
+            dims(m) == (f, dv) && k.cols.n == f && q.cols.n == f && v.cols.n == dv && o.cols.n == dv
+        }
+        Op::MomentumKeySum { z, n, k, .. } => z.len() == n.len() && k.cols.n == z.len(),
         _ => true,
     };
     (!ok).then(|| {
@@ -301,6 +314,8 @@ fn name<T>(op: &Op<T>) -> &'static str {
         Op::SubFrom { .. } => "SubFrom",
         Op::Solve { .. } => "Solve",
         Op::StepUpdate { .. } => "StepUpdate",
+        Op::MomentumStep { .. } => "MomentumStep",
+        Op::MomentumKeySum { .. } => "MomentumKeySum",
         Op::SoftmaxInit { .. } => "SoftmaxInit",
         Op::MaskAboveDiagonal(_) => "MaskAboveDiagonal",
         Op::OnlineSoftmax { .. } => "OnlineSoftmax",

@@ -29,6 +29,23 @@ pub(crate) struct Params<'a> {
     pub(crate) chunk_z: &'a mut Buf,
     pub(crate) work: &'a mut Buf,
     pub(crate) scratch: &'a mut Buf,
+    /// `short_conv`'s and momentum's buffers.
+    pub(crate) systems: SystemsBufs<'a>,
+}
+
+/// The systems' buffers of one launch ([`super::launch`]): `short_conv`'s weights and tails,
+/// momentum's `m` and `n`. `None`: unused by the spec (a dummy is passed).
+#[derive(Default)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct SystemsBufs<'a> {
+    /// `conv_q`, `conv_k`, `conv_v`.
+    pub(crate) conv: Option<[&'a Buf; 3]>,
+    /// `tail_q`, `tail_k`, `tail_v`: read, then overwritten with the new tails.
+    pub(crate) tails: Option<[&'a mut Buf; 3]>,
+    /// `mom_s`: m, in and out.
+    pub(crate) mom_s: Option<&'a mut Buf>,
+    /// `mom_z`: n, in and out.
+    pub(crate) mom_z: Option<&'a mut Buf>,
 }
 
 /// A state's (batch, heads) and its normaliser's (batch, heads) when it has one.
@@ -177,15 +194,15 @@ pub(crate) fn check_step(launch: &CudaLaunch, x: &StepShapes) -> Result<Problem>
 /// for the work that writes them). Returns the buffer to launch with: `None` to use `t`'s own,
 /// `Some` when log-decays were clamped ([`crate::check::LOG_DECAY_FLOOR`]) and uploaded again.
 /// `per_token`: (B, H, N)-or-(B, N, H) forward scalars; otherwise a step's (B, H).
-fn checked_scalars<S: Shape>(
+fn checked_scalars(
+    ctx: &super::backend::Ctx,
     p: &Problem,
     arg: &'static str,
     rule: ScalarRule,
-    t: &CudaTensor<S>,
+    t: &Buf,
     per_token: bool,
 ) -> Result<Option<Buf>> {
-    let ctx = t.device().ctx();
-    let mut data = ctx.download(t.buf())?;
+    let mut data = ctx.download(t)?;
     let clamped = if per_token {
         p.check_scalar_values(arg, rule, &mut data)?
     } else {
@@ -290,57 +307,30 @@ where
             ("the state", initial.map(CudaState::device)),
         ],
     )?;
-    let beta_clamped = match beta {
-        Some(t) => checked_scalars(&p, "beta", ScalarRule::WriteStrength, t, true)?,
-        None => None,
-    };
-    let g_clamped = match g {
-        Some(t) => checked_scalars(&p, "g", ScalarRule::LogDecay, t, true)?,
-        None => None,
-    };
-
     let ctx = dev.ctx();
-    let (bh, n) = (p.batch * p.heads, p.tokens);
+    let bh = p.batch * p.heads;
     let (mut s, mut z) = match initial {
-        Some(st) => (
-            ctx.copy(st.s.buf())?,
-            match &st.z {
-                Some(z) => Some(ctx.copy(z.buf())?),
-                None => None,
-            },
-        ),
+        Some(st) => (ctx.copy(st.s.buf())?, copy_opt(ctx, st.z.as_ref())?),
         None => (
             ctx.zeros(bh * F * DV)?,
-            match launch.signature.normalized {
-                true => Some(ctx.zeros(bh * F)?),
-                false => None,
-            },
+            zeros_if(ctx, launch.signature.normalized, bh * F)?,
         ),
     };
-    let mut out = ctx.zeros(v.len())?;
-    let [mut chunk_s, mut chunk_z, mut work, mut scratch] =
-        workspaces(dev, launch, &launch.forward, bh, n)?;
-    ctx.run(
-        dev,
-        source,
-        launch,
-        &launch.forward,
-        (bh, n, p.heads),
-        Params {
-            q: q.buf(),
-            k: k.buf(),
-            v: v.buf(),
-            beta: beta_clamped.as_ref().or(beta.map(CudaTensor::buf)),
-            g: g_clamped.as_ref().or(g.map(CudaTensor::buf)),
+    let out = launch_call(
+        Call {
+            dev,
+            launch,
+            source,
+            p: &p,
+            forward: true,
+            inputs: [q.buf(), k.buf(), v.buf()],
+            out_len: v.len(),
+            beta: beta.map(CudaTensor::buf),
+            g: g.map(CudaTensor::buf),
             proj: proj.map(CudaTensor::buf),
-            out: &mut out,
-            s: &mut s,
-            z: z.as_mut(),
-            chunk_s: &mut chunk_s,
-            chunk_z: &mut chunk_z,
-            work: &mut work,
-            scratch: &mut scratch,
         },
+        (&mut s, z.as_mut()),
+        SystemsBufs::default(),
     )?;
     let state = CudaState {
         s: CudaTensor::wrap(s, (b, h, Const::<F>, Const::<DV>), dev),
@@ -402,50 +392,114 @@ where
             ("the state", Some(state.device())),
         ],
     )?;
-    let beta_clamped = match beta_t {
-        Some(t) => checked_scalars(&p, "beta_t", ScalarRule::WriteStrength, t, false)?,
-        None => None,
-    };
-    let g_clamped = match g_t {
-        Some(t) => checked_scalars(&p, "g_t", ScalarRule::LogDecay, t, false)?,
-        None => None,
-    };
-
     let ctx = dev.ctx();
-    let bh = p.batch * p.heads;
     let mut s = ctx.copy(state.s.buf())?;
-    let mut z = match &state.z {
-        Some(z) => Some(ctx.copy(z.buf())?),
-        None => None,
-    };
-    let mut out = ctx.zeros(v_t.len())?;
-    let [mut chunk_s, mut chunk_z, mut work, mut scratch] =
-        workspaces(dev, launch, &launch.step, bh, 1)?;
-    ctx.run(
-        dev,
-        source,
-        launch,
-        &launch.step,
-        (bh, 1, p.heads),
-        Params {
-            q: q_t.buf(),
-            k: k_t.buf(),
-            v: v_t.buf(),
-            beta: beta_clamped.as_ref().or(beta_t.map(CudaTensor::buf)),
-            g: g_clamped.as_ref().or(g_t.map(CudaTensor::buf)),
+    let mut z = copy_opt(ctx, state.z.as_ref())?;
+    let out = launch_call(
+        Call {
+            dev,
+            launch,
+            source,
+            p: &p,
+            forward: false,
+            inputs: [q_t.buf(), k_t.buf(), v_t.buf()],
+            out_len: v_t.len(),
+            beta: beta_t.map(CudaTensor::buf),
+            g: g_t.map(CudaTensor::buf),
             proj: proj.map(CudaTensor::buf),
-            out: &mut out,
-            s: &mut s,
-            z: z.as_mut(),
-            chunk_s: &mut chunk_s,
-            chunk_z: &mut chunk_z,
-            work: &mut work,
-            scratch: &mut scratch,
         },
+        (&mut s, z.as_mut()),
+        SystemsBufs::default(),
     )?;
     state.s.buf = s;
     if let (Some(old), Some(new)) = (state.z.as_mut(), z) {
         old.buf = new;
     }
     Ok(CudaTensor::wrap(out, *v_t.shape(), dev))
+}
+
+/// One `forward` or `step` call's inputs, checked for shape ([`check_forward`], [`check_step`]).
+pub(crate) struct Call<'a> {
+    pub(crate) dev: &'a CudaDevice,
+    pub(crate) launch: &'a CudaLaunch,
+    pub(crate) source: &'static str,
+    pub(crate) p: &'a Problem,
+    /// `forward` (the `forward` kernels over `p.tokens`) or `step` (one token).
+    pub(crate) forward: bool,
+    /// q, k, v.
+    pub(crate) inputs: [&'a Buf; 3],
+    /// Floats of the output (v's).
+    pub(crate) out_len: usize,
+    pub(crate) beta: Option<&'a Buf>,
+    pub(crate) g: Option<&'a Buf>,
+    pub(crate) proj: Option<&'a Buf>,
+}
+
+/// Checks `beta` and `g` (on the host, like the CPU path: [`Error::InvalidScalar`]), then
+/// launches the call's kernels on `state` (`s`, `z`, updated in place) and `systems`; returns
+/// the output.
+pub(crate) fn launch_call(
+    c: Call<'_>,
+    (s, z): (&mut Buf, Option<&mut Buf>),
+    systems: SystemsBufs<'_>,
+) -> Result<Buf> {
+    let (p, ctx) = (c.p, c.dev.ctx());
+    let (names, per_token) = match c.forward {
+        true => (["beta", "g"], true),
+        false => (["beta_t", "g_t"], false),
+    };
+    let beta_clamped = match c.beta {
+        Some(t) => checked_scalars(ctx, p, names[0], ScalarRule::WriteStrength, t, per_token)?,
+        None => None,
+    };
+    let g_clamped = match c.g {
+        Some(t) => checked_scalars(ctx, p, names[1], ScalarRule::LogDecay, t, per_token)?,
+        None => None,
+    };
+    let (kernels, n) = match c.forward {
+        true => (&c.launch.forward, p.tokens),
+        false => (&c.launch.step, 1),
+    };
+    let bh = p.batch * p.heads;
+    let mut out = ctx.zeros(c.out_len)?;
+    let [mut chunk_s, mut chunk_z, mut work, mut scratch] =
+        workspaces(c.dev, c.launch, kernels, bh, n)?;
+    let [q, k, v] = c.inputs;
+    ctx.run(
+        c.dev,
+        c.source,
+        c.launch,
+        kernels,
+        (bh, n, p.heads),
+        Params {
+            q,
+            k,
+            v,
+            beta: beta_clamped.as_ref().or(c.beta),
+            g: g_clamped.as_ref().or(c.g),
+            proj: c.proj,
+            out: &mut out,
+            s,
+            z,
+            chunk_s: &mut chunk_s,
+            chunk_z: &mut chunk_z,
+            work: &mut work,
+            scratch: &mut scratch,
+            systems,
+        },
+    )?;
+    Ok(out)
+}
+
+/// A device copy of `t`'s buffer, if there is a `t`.
+pub(crate) fn copy_opt<S: Shape>(
+    ctx: &super::backend::Ctx,
+    t: Option<&CudaTensor<S>>,
+) -> Result<Option<Buf>> {
+    t.map(|t| ctx.copy(t.buf())).transpose()
+}
+
+/// `len` zeros on the device when `on`.
+pub(crate) fn zeros_if(ctx: &super::backend::Ctx, on: bool, len: usize) -> Result<Option<Buf>> {
+    on.then(|| ctx.zeros(len)).transpose()
 }

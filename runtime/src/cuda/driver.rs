@@ -3,7 +3,7 @@
 //! cudarc panics when a library is missing, so every entry point checks `is_culib_present`
 //! first; calls that could meet a library lacking a symbol run under `catch_unwind`.
 
-use super::api::Params;
+use super::api::{Params, SystemsBufs};
 use super::launch::{CudaLaunch, Grid, KernelInfo};
 use super::{CudaDevice, Unavailable};
 use crate::error::{Error, Result};
@@ -338,7 +338,14 @@ impl Ctx {
             chunk_z,
             work,
             scratch,
+            systems,
         } = p;
+        let SystemsBufs {
+            conv,
+            mut tails,
+            mut mom_s,
+            mut mom_z,
+        } = systems;
         let beta = beta.map_or(&self.dummy, |b| &b.slice);
         let g = g.map_or(&self.dummy, |b| &b.slice);
         let proj = proj.map_or(&self.dummy, |b| &b.slice);
@@ -364,11 +371,27 @@ impl Ctx {
             args.arg(&mut chunk_s.slice)
                 .arg(&mut chunk_z.slice)
                 .arg(&mut work.slice)
-                .arg(&mut scratch.slice)
-                .arg(&n_arg)
-                .arg(&heads_arg);
+                .arg(&mut scratch.slice);
+            match conv {
+                Some([cq, ck, cv]) => args.arg(&cq.slice).arg(&ck.slice).arg(&cv.slice),
+                None => args.arg(&self.dummy).arg(&self.dummy).arg(&self.dummy),
+            };
+            match tails.as_mut() {
+                Some([tq, tk, tv]) => args
+                    .arg(&mut tq.slice)
+                    .arg(&mut tk.slice)
+                    .arg(&mut tv.slice),
+                None => args.arg(&self.dummy).arg(&self.dummy).arg(&self.dummy),
+            };
+            for buf in [mom_s.as_deref_mut(), mom_z.as_deref_mut()] {
+                match buf {
+                    Some(b) => args.arg(&mut b.slice),
+                    None => args.arg(&self.dummy),
+                };
+            }
+            args.arg(&n_arg).arg(&heads_arg);
             // SAFETY: the arguments are the parameter list every attnc kernel has (`attnc_codegen::abi`):
-            // thirteen float pointers, then `int n, int heads`. Inputs hold their shapes' floats;
+            // twenty-one float pointers, then `int n, int heads`. Inputs hold their shapes' floats;
             // out, s and z were allocated for the problem's sizes, the workspaces with
             // `CudaLaunch::workspace` for these kernels, and the dummy stands only for
             // parameters the spec does not use.

@@ -28,6 +28,7 @@
 mod api;
 mod cache;
 pub mod launch;
+mod systems;
 
 #[cfg(feature = "cuda")]
 #[path = "driver.rs"]
@@ -41,6 +42,9 @@ mod tests;
 
 pub use api::{forward_cuda, step_cuda};
 pub use cache::cache_dir;
+pub use systems::{
+    rpe_unsupported, systems_forward_cuda, systems_step_cuda, ConvWeights, CudaExtState, Extras,
+};
 
 use crate::check::checked;
 use crate::cpu::marshal::contiguous_data;

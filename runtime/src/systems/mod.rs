@@ -14,7 +14,7 @@ mod entry;
 mod features;
 pub mod momentum;
 pub mod rpe;
-mod state;
+pub(crate) mod state;
 
 pub use entry::{
     conv3, conv_forward, cuda_unsupported, rpe_has_no_step, systems_step, with_tails,

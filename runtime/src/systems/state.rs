@@ -216,12 +216,15 @@ fn tail_data<B: Dim, H: Dim, const D: usize>(
 const STATE_Z: &str = "the state's `z` does not match the spec: it must be `Some` exactly when \
                        the spec has `normalize = sum`; build the state with the spec's \
                        `zero_state()` or take the one `forward_with_state` returned";
-const STATE_M: &str = "the state's momentum `m` does not match the spec: it must be `Some` \
+pub(crate) const STATE_M: &str =
+    "the state's momentum `m` does not match the spec: it must be `Some` \
                        exactly for `update = momentum(..)`; build the state with the spec's \
                        `zero_state()` or take the one `forward_with_state` returned";
-const STATE_N: &str = "the state's `n` does not match the spec: it must be `Some` exactly for \
+pub(crate) const STATE_N: &str =
+    "the state's `n` does not match the spec: it must be `Some` exactly for \
                        `update = momentum(..)` with `normalize = sum`; build the state with the \
                        spec's `zero_state()`";
-const STATE_CONV: &str = "the state's convolution tails (`conv_q`, `conv_k`, `conv_v`) do not \
+pub(crate) const STATE_CONV: &str =
+    "the state's convolution tails (`conv_q`, `conv_k`, `conv_v`) do not \
                           match the spec: they must be `Some` with w - 1 rows exactly for \
                           `short_conv = w`; build the state with the spec's `zero_state()`";
