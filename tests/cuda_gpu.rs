@@ -288,3 +288,171 @@ gpu_softmax!(
     qk_norm = l2,
     chunk = 32
 );
+
+/// Gated DeltaNet's layer with `short_conv`, and momentum with the normaliser: the systems'
+/// CUDA entry points against the CPU's (`forward_with_state` from a state with non-zero tails
+/// and momentum buffers, then `step`).
+mod systems {
+    use super::*;
+
+    #[attention(head_dim = 16, short_conv = 4, qk_norm = l2, update = gated_delta, chunk = 16)]
+    pub struct ConvGatedDelta;
+
+    #[attention(head_dim = 16, feature_map = elu_plus_one, normalize = sum, short_conv = 3, update = momentum(mu = 0.8), chunk = 16)]
+    pub struct ConvMomentum;
+
+    type W<const D: usize, const K: usize> = Tensor<(usize, Const<D>, Const<K>), f32, Cpu>;
+
+    fn weights<const D: usize, const K: usize>(h: usize, seed: u64) -> W<D, K> {
+        let data = Rng::new(seed).normals(h * D * K);
+        Cpu::default().tensor_from_vec(data, (h, Const, Const))
+    }
+
+    #[test]
+    fn conv_gated_delta_gpu_matches_cpu() {
+        let Some(gpu) = gpu_or_skip("systems::conv_gated_delta") else {
+            return;
+        };
+        let (b, h, n) = (2, 3, 77);
+        let x = Inputs::random(b, h, n, 16, 16, 11);
+        let (q, k, v) = (
+            tok::<16>(&x.q, b, h, n),
+            tok::<16>(&x.k, b, h, n),
+            tok::<16>(&x.v, b, h, n),
+        );
+        let dev = Cpu::default();
+        let beta = dev.tensor_from_vec(x.beta.clone(), (b, h, n));
+        let g = dev.tensor_from_vec(x.g.clone(), (b, h, n));
+        let (wq, wk, wv) = (
+            weights::<16, 4>(h, 1),
+            weights::<16, 4>(h, 2),
+            weights::<16, 4>(h, 3),
+        );
+        let (o_cpu, st_cpu) = ConvGatedDelta::forward_with_state(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            beta.clone(),
+            g.clone(),
+            wq.clone(),
+            wk.clone(),
+            wv.clone(),
+            None,
+        )
+        .expect("cpu forward");
+        let up = |t: &Tok<16>| gpu.upload(t).expect("upload");
+        let (gq, gk, gv) = (up(&q), up(&k), up(&v));
+        let (gb, gg) = (
+            gpu.upload(&beta).expect("upload"),
+            gpu.upload(&g).expect("upload"),
+        );
+        let (gwq, gwk, gwv) = (
+            gpu.upload(&wq).expect("upload"),
+            gpu.upload(&wk).expect("upload"),
+            gpu.upload(&wv).expect("upload"),
+        );
+        let (o_gpu, mut st_gpu) = ConvGatedDelta::forward_with_state_cuda(
+            &gq, &gk, &gv, &gb, &gg, &gwq, &gwk, &gwv, None,
+        )
+        .expect("gpu forward");
+        close("forward o", &o_gpu.download().expect("download"), &o_cpu);
+        let down = st_gpu.download().expect("download");
+        close("forward S", &down.s, &st_cpu.s);
+        assert_eq!(
+            down.conv_v.expect("tail").as_vec(),
+            st_cpu.conv_v.clone().expect("tail").as_vec()
+        );
+
+        let mut st = st_cpu;
+        let first = |t: &Tok<16>| -> Tensor<(usize, usize, Const<16>), f32, Cpu> {
+            let data: Vec<f32> = (0..b * h)
+                .flat_map(|i| t.as_vec()[i * n * 16..i * n * 16 + 16].to_vec())
+                .collect();
+            dev.tensor_from_vec(data, (b, h, Const))
+        };
+        let scalars =
+            |t: &Tensor<(usize, usize, usize), f32, Cpu>| -> Tensor<(usize, usize), f32, Cpu> {
+                let data: Vec<f32> = (0..b * h).map(|i| t.as_vec()[i * n]).collect();
+                dev.tensor_from_vec(data, (b, h))
+            };
+        let (q1, k1, v1, b1, g1) = (first(&q), first(&k), first(&v), scalars(&beta), scalars(&g));
+        let o_cpu = ConvGatedDelta::step(&mut st, &q1, &k1, &v1, &b1, &g1, &wq, &wk, &wv)
+            .expect("cpu step");
+        let o_gpu = ConvGatedDelta::step_cuda(
+            &mut st_gpu,
+            &gpu.upload(&q1).expect("upload"),
+            &gpu.upload(&k1).expect("upload"),
+            &gpu.upload(&v1).expect("upload"),
+            &gpu.upload(&b1).expect("upload"),
+            &gpu.upload(&g1).expect("upload"),
+            &gwq,
+            &gwk,
+            &gwv,
+        )
+        .expect("gpu step");
+        close("step o", &o_gpu.download().expect("download"), &o_cpu);
+        close("step S", &st_gpu.download().expect("download").s, &st.s);
+    }
+
+    #[test]
+    fn conv_momentum_gpu_matches_cpu() {
+        let Some(gpu) = gpu_or_skip("systems::conv_momentum") else {
+            return;
+        };
+        let (b, h, n) = (2, 2, 50);
+        let x = Inputs::random(b, h, n, 16, 16, 12);
+        let (q, k, v) = (
+            tok::<16>(&x.q, b, h, n),
+            tok::<16>(&x.k, b, h, n),
+            tok::<16>(&x.v, b, h, n),
+        );
+        let (wq, wk, wv) = (
+            weights::<16, 3>(h, 4),
+            weights::<16, 3>(h, 5),
+            weights::<16, 3>(h, 6),
+        );
+        // A non-zero initial state: the CPU's state after the first half, uploaded.
+        let (_, st0) = ConvMomentum::forward_with_state(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            wq.clone(),
+            wk.clone(),
+            wv.clone(),
+            None,
+        )
+        .expect("cpu warm-up");
+        let (o_cpu, st_cpu) = ConvMomentum::forward_with_state(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            wq.clone(),
+            wk.clone(),
+            wv.clone(),
+            Some(&st0),
+        )
+        .expect("cpu forward");
+        let init = gpu.upload_ext_state(&st0).expect("upload state");
+        let up = |t: &Tok<16>| gpu.upload(t).expect("upload");
+        let (gwq, gwk, gwv) = (
+            gpu.upload(&wq).expect("upload"),
+            gpu.upload(&wk).expect("upload"),
+            gpu.upload(&wv).expect("upload"),
+        );
+        let (o_gpu, st_gpu) = ConvMomentum::forward_with_state_cuda(
+            &up(&q),
+            &up(&k),
+            &up(&v),
+            &gwq,
+            &gwk,
+            &gwv,
+            Some(&init),
+        )
+        .expect("gpu forward");
+        close("forward o", &o_gpu.download().expect("download"), &o_cpu);
+        let down = st_gpu.download().expect("download");
+        close("forward S", &down.s, &st_cpu.s);
+        close("forward m", &down.m.expect("m"), &st_cpu.m.expect("m"));
+        close("forward n", &down.n.expect("n"), &st_cpu.n.expect("n"));
+    }
+}

@@ -7,7 +7,11 @@
 //! - linear attention, `forward`: `attnc_intra` (per chunk), `attnc_scan` (per column block of
 //!   the state, chunks in order), `attnc_output` (per chunk): the plan's [`Phases`];
 //! - linear attention, `step`: `attnc_step` (per batch x head): the plan's step routine;
-//! - softmax, `forward`: `attnc_softmax` (per query tile): the plan's tiled program.
+//! - softmax, `forward`: `attnc_softmax` (per query tile): the plan's tiled program;
+//! - `update = momentum(..)`, `forward`: `attnc_step` over the whole sequence (the fused
+//!   recurrent form);
+//! - `short_conv`: every load of q, k and v convolves (`load_rows_conv`), and `attnc_conv_tail`
+//!   (per batch x head) ends `forward` and `step` by writing the new tails.
 //!
 //! Every fact printed here (shapes, live rows, shared-memory and scratch places, slots, launch
 //! sizes) comes from the plan.

@@ -415,15 +415,6 @@ impl<B: Dim, H: Dim, const F: usize, const DK: usize, const DV: usize> ExtStepSt
     }
 }
 
-/// The error of every `_cuda` entry point of a spec with momentum, `short_conv` or rpe.
-pub fn cuda_unsupported() -> Error {
-    Error::Unsupported(
-        "this spec's systems (update = momentum, short_conv, rpe = toeplitz) run on the CPU in \
-         this version of attnc; call `forward`/`step` on dfdx CPU tensors (download the inputs \
-         with `CudaTensor::download`)",
-    )
-}
-
 /// What the (uncallable) `step` of an `rpe = toeplitz` spec would return.
 pub fn rpe_has_no_step() -> Error {
     Error::Unsupported(

@@ -17,8 +17,8 @@ pub mod rpe;
 pub(crate) mod state;
 
 pub use entry::{
-    conv3, conv_forward, cuda_unsupported, rpe_has_no_step, systems_step, with_tails,
-    ExtDecodeState, ExtStepState, StepExtras, ToeplitzHasNoStep,
+    conv3, conv_forward, rpe_has_no_step, systems_step, with_tails, ExtDecodeState, ExtStepState,
+    StepExtras, ToeplitzHasNoStep,
 };
 pub use state::{ExtBuffers, ExtState};
 
