@@ -131,7 +131,7 @@ pub mod __private {
     pub use attnc_runtime::cpu::tile;
     pub use attnc_runtime::cpu::{Isa, Kernel, Phase, PhaseTask, Recurrent, Task};
     pub use attnc_runtime::cuda::{
-        forward_cuda, rpe_unsupported, step_cuda, systems_forward_cuda, systems_step_cuda,
+        forward_cuda, rpe_forward_cuda, step_cuda, systems_forward_cuda, systems_step_cuda,
         CudaExtState, CudaTensor,
     };
     pub use attnc_runtime::systems;

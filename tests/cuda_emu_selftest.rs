@@ -120,6 +120,7 @@ fn launch(forward: &'static [KernelInfo]) -> CudaLaunch {
             heads: None,
             conv: 0,
             momentum: false,
+            rpe: false,
         },
         threads: THREADS,
         forward: Cow::Borrowed(forward),

@@ -1,13 +1,13 @@
-//! The CUDA kernels of `short_conv` and `update = momentum(..)`, without a GPU: each spec's
-//! `CUDA_SOURCE` runs in the host emulation (tests/common/cuda_emu.rs) on the launch the runtime
-//! uses, and is compared with the f64 oracles of tests/common/systems.rs (the convolution, then
-//! the README's recurrence or momentum's).
+//! The CUDA kernels of `short_conv`, `update = momentum(..)` and `rpe = toeplitz`, without a
+//! GPU: each spec's `CUDA_SOURCE` runs in the host emulation (tests/common/cuda_emu.rs) on the
+//! launch the runtime uses, and is compared with the f64 oracles of tests/common/systems.rs (the
+//! convolution, then the README's recurrence, momentum's, or rpe's direct O(N^2) sum).
 //!
 //! Tolerance: max |cuda - oracle| / max |oracle| <= 1e-4 (the README's bound) for outputs and
 //! states, over tails (N = 1, C - 1, C + 1, 3C + 7), random initial states (S, z, m, n and the
 //! convolution tails), both layouts, and `step` from that state; the carried tails are copies
-//! and must be exact. `update = momentum(mu = 0)`'s step must leave S bit-identical to
-//! `update = additive`'s.
+//! and must be exact. rpe (`forward` only): N = 1, 17, 100. `update = momentum(mu = 0)`'s step
+//! must leave S bit-identical to `update = additive`'s.
 
 mod common;
 
@@ -338,3 +338,87 @@ fn momentum_zero_steps_like_additive_bit_for_bit() {
     );
     assert_eq!(zero.out, additive.out, "o_t differs from additive's");
 }
+
+/// rpe's oracle: the convolution (from the case's tails: zeros, as rpe has no state), then
+/// the direct O(N^2) sum.
+fn rpe_oracle(spec: &Spec, c: &Case, bias: &[f32]) -> Vec<f64> {
+    let (x, mut xc) = (&c.x, c.x.clone());
+    if let Some(w) = spec.short_conv {
+        let conv = |data: &[f32], i: usize, d: usize| {
+            let dims = (x.b * x.h, x.h, x.n, d, w);
+            oracle::conv_silu(data, &c.tails[i], &c.weights[i], dims).0
+        };
+        xc.q = conv(&x.q, 0, x.dk);
+        xc.k = conv(&x.k, 1, x.dk);
+        xc.v = conv(&x.v, 2, x.dv);
+    }
+    oracle::rpe(spec, &xc, bias)
+}
+
+macro_rules! rpe_spec {
+    ($m:ident, $($attr:tt)*) => {
+        mod $m {
+            use super::*;
+
+            #[attention($($attr)*)]
+            pub struct Attn;
+
+            #[test]
+            fn forward_matches_the_direct_sum() {
+                if !cuda_emu::available_or_skip(concat!(stringify!($m), "::forward")) {
+                    return;
+                }
+                let spec = Attn::spec();
+                let launch = Attn::CUDA_LAUNCH;
+                let (b, h) = (2, 2);
+                let mut worst = 0.0f64;
+                for (i, n) in [1, 17, 100].into_iter().enumerate() {
+                    let mut cs = case(spec, (b, h, n), 60 + i as u64);
+                    cs.tails = cs.tails.clone().map(|t| vec![0.0; t.len()]);
+                    let mut rng = Rng::new(80 + i as u64);
+                    let bias: Vec<f32> =
+                        (0..h * (2 * n - 1)).map(|_| rng.normal() * 0.5 - 0.2).collect();
+                    let want = rpe_oracle(spec, &cs, &bias);
+                    let mut inputs = kernel_inputs(spec, &cs, spec.layout);
+                    inputs.proj = bias.clone();
+                    let got = cuda_emu::run(
+                        &launch, Attn::CUDA_SOURCE, &launch.forward, b * h, h, n, &inputs,
+                    )
+                    .unwrap_or_else(|e| panic!("emulated rpe forward, n = {n}: {e}"));
+                    let out = match spec.layout {
+                        Layout::Bnhd => from_bnhd(&got.out, b, h, n, Attn::VALUE_DIM),
+                        Layout::Bhnd => got.out.clone(),
+                    };
+                    let err = max_rel_err(&out, &want);
+                    assert!(err <= TOL, "rpe forward, n = {n}: max-rel error {err:e} > {TOL:e}");
+                    worst = worst.max(err);
+                }
+                println!("{}: emulated CUDA rpe max-rel error {worst:.2e}", stringify!($m));
+            }
+        }
+    };
+}
+
+rpe_spec!(
+    rpe_elu_sum,
+    head_dim = 16,
+    feature_map = elu_plus_one,
+    normalize = sum,
+    rpe = toeplitz
+);
+rpe_spec!(
+    rpe_bidirectional_bnhd,
+    head_dim = 8,
+    value_dim = 16,
+    mask = none,
+    rpe = toeplitz,
+    layout = bnhd
+);
+rpe_spec!(
+    rpe_conv_relu_sum,
+    head_dim = 8,
+    feature_map = relu,
+    normalize = sum,
+    short_conv = 4,
+    rpe = toeplitz
+);

@@ -289,9 +289,9 @@ gpu_softmax!(
     chunk = 32
 );
 
-/// Gated DeltaNet's layer with `short_conv`, and momentum with the normaliser: the systems'
+/// Gated DeltaNet's layer with `short_conv`, momentum with the normaliser, and rpe: the systems'
 /// CUDA entry points against the CPU's (`forward_with_state` from a state with non-zero tails
-/// and momentum buffers, then `step`).
+/// and momentum buffers, then `step`; rpe's `forward`).
 mod systems {
     use super::*;
 
@@ -300,6 +300,46 @@ mod systems {
 
     #[attention(head_dim = 16, feature_map = elu_plus_one, normalize = sum, short_conv = 3, update = momentum(mu = 0.8), chunk = 16)]
     pub struct ConvMomentum;
+
+    #[attention(head_dim = 16, feature_map = elu_plus_one, normalize = sum, rpe = toeplitz, chunk = 16)]
+    pub struct Rpe;
+
+    #[test]
+    fn rpe_gpu_matches_cpu() {
+        let Some(gpu) = gpu_or_skip("systems::rpe") else {
+            return;
+        };
+        for n in [1, 37, 1000] {
+            let (b, h) = (2, 3);
+            let x = Inputs::random(b, h, n, 16, 16, 13);
+            let (q, k, v) = (
+                tok::<16>(&x.q, b, h, n),
+                tok::<16>(&x.k, b, h, n),
+                tok::<16>(&x.v, b, h, n),
+            );
+            let bias_data: Vec<f32> = Rng::new(14)
+                .normals(h * (2 * n - 1))
+                .iter()
+                .map(|x| 0.5 * x - 0.2)
+                .collect();
+            let bias = Cpu::default().tensor_from_vec(bias_data, (h, 2 * n - 1));
+            let o_cpu =
+                Rpe::forward(q.clone(), k.clone(), v.clone(), bias.clone()).expect("cpu forward");
+            let up = |t: &Tok<16>| gpu.upload(t).expect("upload");
+            let o_gpu = Rpe::forward_cuda(
+                &up(&q),
+                &up(&k),
+                &up(&v),
+                &gpu.upload(&bias).expect("upload"),
+            )
+            .expect("gpu forward");
+            close(
+                &format!("rpe o, n = {n}"),
+                &o_gpu.download().expect("download"),
+                &o_cpu,
+            );
+        }
+    }
 
     type W<const D: usize, const K: usize> = Tensor<(usize, Const<D>, Const<K>), f32, Cpu>;
 

@@ -1,6 +1,7 @@
 //! Snapshots of the generated CUDA C of each example spec (examples/quickstart.rs,
-//! examples/deltanet.rs), of softmax attention and of two systems specs (`short_conv`,
-//! `update = momentum(..)`), so every change to the kernels is reviewed as a diff. The tile library every source starts with (codegen/src/cuda_prelude.cuh) is replaced
+//! examples/deltanet.rs), of softmax attention and of the systems (`short_conv`,
+//! `update = momentum(..)`, `rpe = toeplitz`), so every change to the kernels is reviewed as a
+//! diff. The tile library every source starts with (codegen/src/cuda_prelude.cuh) is replaced
 //! by one line; the launch configuration is printed above the source.
 
 use attnc::prelude::*;
@@ -98,5 +99,15 @@ fn momentum_elu_sum() {
     insta::assert_snapshot!(snapshot(
         &MomentumAttention::CUDA_LAUNCH,
         MomentumAttention::CUDA_SOURCE
+    ));
+}
+
+#[test]
+fn rpe_toeplitz() {
+    #[attention(head_dim = 64, feature_map = elu_plus_one, normalize = sum, rpe = toeplitz)]
+    struct RpeAttention;
+    insta::assert_snapshot!(snapshot(
+        &RpeAttention::CUDA_LAUNCH,
+        RpeAttention::CUDA_SOURCE
     ));
 }

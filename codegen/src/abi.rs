@@ -16,7 +16,8 @@
 //! ```
 //!
 //! `q, k, v, out` are in the spec's layout, `beta, g` (B, H, N) or (B, N, H); `proj` is FAVOR+'s
-//! projection w, (F, DK) row-major as the user passes it (one for the whole call); `s` (B, H, F, DV)
+//! projection w, (F, DK) row-major as the user passes it (one for the whole call), or
+//! `rpe = toeplitz`'s log-weights `bias` (H, 2N - 1); `s` (B, H, F, DV)
 //! and `z` (B, H, F) hold the initial state on entry and the final state on exit; `chunk_s`,
 //! `chunk_z`, `work` and `scratch` are workspaces sized by [`CudaLaunch::workspace`].
 //!
@@ -74,6 +75,10 @@ pub struct Signature {
     pub conv: usize,
     /// Whether the state carries momentum's buffers (`update = momentum(..)`): `mom_s`, `mom_z`.
     pub momentum: bool,
+    /// `rpe = toeplitz`: `forward` only, by FFT; its log-weights `bias` (H, 2N - 1) come in the
+    /// `proj` pointer (rpe excludes FAVOR+) and its FFTs work in `scratch`
+    /// ([`CudaLaunch::rpe_scratch`]).
+    pub rpe: bool,
 }
 
 /// The grid of one CUDA kernel, as a function of batch x heads (`bh`) and tokens.
@@ -169,12 +174,37 @@ impl CudaLaunch {
             .unwrap_or(0);
         let sig = &self.signature;
         let states = if self.chunk_states { bh * chunks } else { 0 };
+        let rpe = match sig.rpe {
+            true => self.rpe_scratch(bh, n),
+            false => 0,
+        };
         Workspace {
             chunk_s: states * sig.f * sig.dv,
             chunk_z: if sig.normalized { states * sig.f } else { 0 },
             work: bh * chunks * self.work_per_chunk,
-            scratch: blocks * self.scratch_per_block(),
+            scratch: (blocks * self.scratch_per_block()).max(rpe),
         }
+    }
+
+    /// `rpe = toeplitz`: value columns its FFT kernel takes two at a time (the normaliser's
+    /// ones column included), one block per pair and (batch, head).
+    pub fn rpe_pairs(&self) -> usize {
+        (self.signature.dv + usize::from(self.signature.normalized)).div_ceil(2)
+    }
+
+    /// `rpe = toeplitz`: the FFT length for `n` tokens, the power of two >= 2n (a linear, not
+    /// circular, correlation of two length-n sequences).
+    pub fn rpe_fft_len(n: usize) -> usize {
+        (2 * n).next_power_of_two()
+    }
+
+    /// `rpe = toeplitz`: floats of `scratch` for `bh` = batch x heads and `n` tokens: per block
+    /// of the FFT kernel three complex f64 sequences of the FFT length (the weights' spectrum, a
+    /// pair of columns and its ping-pong buffer) and two f64 accumulators of length n, then the
+    /// normaliser's denominators (bh x n).
+    pub fn rpe_scratch(&self, bh: usize, n: usize) -> usize {
+        let l = Self::rpe_fft_len(n);
+        self.rpe_pairs() * bh * (12 * l + 4 * n) + bh * n
     }
 }
 
@@ -283,6 +313,7 @@ mod tokens {
                 heads,
                 conv,
                 momentum,
+                rpe,
             } = *self;
             let heads = match heads {
                 Some(h) => {
@@ -306,6 +337,7 @@ mod tokens {
                     heads: #heads,
                     conv: #conv,
                     momentum: #momentum,
+                    rpe: #rpe,
                 }
             });
         }
@@ -395,6 +427,7 @@ mod tests {
                 heads: None,
                 conv: 0,
                 momentum: false,
+                rpe: false,
             },
             threads: 256,
             forward: Cow::Borrowed(KERNELS),

@@ -74,6 +74,10 @@ pub fn emit(plan: &Plan, spec_text: &str) -> CudaProgram {
     };
     let (forward, step, work_per_chunk): (Vec<KernelInfo>, Vec<KernelInfo>, usize) =
         match &plan.cuda {
+            Program::Linear(l) if l.rpe.is_some() => match &l.rpe {
+                Some(r) => printer.rpe(r, &mut src),
+                None => (Vec::new(), Vec::new(), 0),
+            },
             Program::Linear(l) => {
                 let work = l.phases.spills.work_per_chunk;
                 // Momentum's forward is its step program over the whole sequence (fused
@@ -99,7 +103,7 @@ pub fn emit(plan: &Plan, spec_text: &str) -> CudaProgram {
             forward: Cow::Owned(forward),
             step: Cow::Owned(step),
             work_per_chunk,
-            chunk_states: !plan.is_softmax() && !sig.momentum,
+            chunk_states: !plan.is_softmax() && !sig.momentum && !sig.rpe,
         },
     }
 }
@@ -167,10 +171,17 @@ impl Printer<'_> {
         work: usize,
         src: &mut String,
     ) -> KernelInfo {
-        let doc = if r.frame.kind == RoutineKind::Intra {
-            "Phase (a), one block per (chunk, batch x head): the chunk's own contribution."
-        } else {
-            "Phase (c), one block per (chunk, batch x head): outputs from the incoming state."
+        let doc = match (self.plan.signature.rpe, r.frame.kind == RoutineKind::Intra) {
+            (true, _) => {
+                "rpe = toeplitz, one block per (chunk, batch x head): q~, k~ and v to the chunk's \
+                 workspace slot."
+            }
+            (false, true) => {
+                "Phase (a), one block per (chunk, batch x head): the chunk's own contribution."
+            }
+            (false, false) => {
+                "Phase (c), one block per (chunk, batch x head): outputs from the incoming state."
+            }
         };
         self.preamble(name, doc, &r.frame, work, src);
         src.push_str("  const int c = blockIdx.x;\n");
@@ -290,6 +301,78 @@ impl Printer<'_> {
             _ => call(op),
         };
         let _ = writeln!(src, "{ind}{call}\n{ind}__syncthreads();");
+    }
+
+    /// `rpe = toeplitz`'s `forward` (no step): the features program spills q~, k~ and v per
+    /// chunk; one block per (pair of value columns, batch x head) convolves them with the
+    /// Toeplitz weights by FFT (`attnc::rpe_columns`); with the normaliser a last kernel divides.
+    fn rpe(
+        &self,
+        r: &crate::plan::Rpe<CudaPlace>,
+        src: &mut String,
+    ) -> (Vec<KernelInfo>, Vec<KernelInfo>, usize) {
+        let (features, spills, causal) = (&r.features, &r.spills, r.causal);
+        let sig = &self.plan.signature;
+        let work = spills.work_per_chunk;
+        let mut forward = vec![self.parallel("attnc_rpe_features", features, work, src)];
+        let at = |t| spills.slot(t).map_or(0, |s| s.offset);
+        let pairs = (sig.dv + usize::from(sig.normalized)).div_ceil(2);
+        let _ = writeln!(
+            src,
+            "\n// rpe = toeplitz, one block per (pair of value columns, batch x head): each column \
+             of k~_f v (f < F) convolved with\n// the Toeplitz weights exp(bias) by FFT (f64), \
+             weighted by q~_f and summed.\n\
+             extern \"C\" __global__ void attnc_rpe_fft({PARAMS}) {{\n\
+             \x20 constexpr int C = {c}, F = {f}, DV = {dv}, WORK = {work};\n\
+             \x20 const int bh = blockIdx.y, pair = blockIdx.x;\n\
+             \x20 const long l = attnc::fft_len(n), block = (long)bh * gridDim.x + pair;\n\
+             \x20 double* buf = reinterpret_cast<double*>(scratch) + block * (6 * l + 2 * n);\n\
+             \x20 float* den = scratch + (long)gridDim.x * gridDim.y * (12 * l + 4 * n);\n\
+             \x20 attnc::rpe_columns<C, F, DV, WORK, {sq}, {sk}, {sv}, {norm}, {causal}>(work, proj, \
+             attnc::tok<{bnhd}>(out, DV, bh, n, heads), den, buf, n, heads, bh, pair);\n\
+             \x20 (void)q; (void)k; (void)v; (void)beta; (void)g; (void)s; (void)z; (void)chunk_s; \
+             (void)chunk_z;\n{UNUSED_SYSTEMS}}}",
+            c = sig.chunk,
+            f = sig.f,
+            dv = sig.dv,
+            sq = at(Tile::Q),
+            sk = at(Tile::K),
+            sv = at(Tile::V),
+            norm = sig.normalized,
+            bnhd = self.bnhd,
+        );
+        forward.push(KernelInfo {
+            name: "attnc_rpe_fft",
+            grid: crate::abi::Grid::Columns(pairs as u32),
+            smem_bytes: 0,
+            scratch_floats: 0,
+        });
+        if sig.normalized {
+            let _ = writeln!(
+                src,
+                "\n// rpe = toeplitz with normalize = sum, one block per (chunk, batch x head): \
+                 outputs over their denominators.\n\
+                 extern \"C\" __global__ void attnc_rpe_divide({PARAMS}) {{\n\
+                 \x20 constexpr int C = {c}, DV = {dv};\n\
+                 \x20 const int bh = blockIdx.y, c0 = blockIdx.x * C, rows = attnc::imin(C, n - c0);\n\
+                 \x20 const long l = attnc::fft_len(n);\n\
+                 \x20 const float* den = scratch + (long){pairs} * gridDim.y * (12 * l + 4 * n) + (long)bh * n;\n\
+                 \x20 attnc::rpe_divide<C, DV>(attnc::tok<{bnhd}>(out, DV, bh, n, heads), den, c0, rows, {eps});\n\
+                 \x20 (void)q; (void)k; (void)v; (void)beta; (void)g; (void)proj; (void)s; (void)z; \
+                 (void)chunk_s; (void)chunk_z; (void)work;\n{UNUSED_SYSTEMS}}}",
+                c = sig.chunk,
+                dv = sig.dv,
+                bnhd = self.bnhd,
+                eps = float(crate::plan::NORMALIZER_EPS),
+            );
+            forward.push(KernelInfo {
+                name: "attnc_rpe_divide",
+                grid: crate::abi::Grid::Chunks,
+                smem_bytes: 0,
+                scratch_floats: 0,
+            });
+        }
+        (forward, Vec::new(), work)
     }
 
     /// A kernel's launch facts, from its frame.

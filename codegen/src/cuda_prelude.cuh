@@ -400,6 +400,126 @@ __device__ void conv_tail(float* tail, Tok<const float> src, int n) {
     }
 }
 
+// rpe: the FFT length for n tokens, the power of two >= 2n.
+__device__ __forceinline__ long fft_len(int n) {
+  long l = 1;
+  while (l < 2L * n) l *= 2;
+  return l;
+}
+
+// rpe: an in-place FFT of one complex f64 sequence of length l (re, im interleaved) by the whole
+// block: radix-2 Stockham stages, ping-ponging with y (same length), twiddles in f64.
+// `inverse`: conjugate twiddles, unscaled (the caller divides by l).
+__device__ void fft(double* x, double* y, long l, bool inverse) {
+  const double two_pi = 6.283185307179586;
+  double* a = x;
+  double* b = y;
+  for (long len = l, st = 1; len > 1; len /= 2, st *= 2) {
+    const long m = len / 2;
+    for (long i = threadIdx.x; i < l / 2; i += blockDim.x) {
+      const long p = i / st, q = i - p * st;
+      const double th = two_pi * (double)p / (double)len;
+      const double wr = cos(th), wi = inverse ? sin(th) : -sin(th);
+      const long ia = 2 * (q + st * p), ib = 2 * (q + st * (p + m));
+      const double ar = a[ia], ai = a[ia + 1], br = a[ib], bi = a[ib + 1];
+      const long o0 = 2 * (q + st * 2 * p), o1 = 2 * (q + st * (2 * p + 1));
+      b[o0] = ar + br;
+      b[o0 + 1] = ai + bi;
+      b[o1] = (ar - br) * wr - (ai - bi) * wi;
+      b[o1 + 1] = (ar - br) * wi + (ai - bi) * wr;
+    }
+    __syncthreads();
+    double* t = a;
+    a = b;
+    b = t;
+  }
+  if (a != x) {
+    for (long i = threadIdx.x; i < 2 * l; i += blockDim.x) x[i] = a[i];
+    __syncthreads();
+  }
+}
+
+// rpe, one block per (pair of value columns, batch x head): for columns j0 = 2 pair, j1 = j0 + 1
+// of v (column DV is the normaliser's ones column when NORM), o[t][j] = sum_f q~[t][f] y_fj[t]
+// with y_fj[t] = sum_s exp(bias[head][s - t + n - 1]) k~[s][f] v[s][j] (s <= t when CAUSAL):
+// per f, two real sequences as one complex one, FFT, times the weights' spectrum, inverse FFT.
+// q~, k~, v come from the chunks' workspace slots (at SQ, SK, SV); `buf` holds 6 l + 2 n
+// doubles; the normaliser's column goes to `den` (bh x n).
+template <int C, int F, int DV, int WORK, int SQ, int SK, int SV, bool NORM, bool CAUSAL>
+__device__ void rpe_columns(const float* work, const float* bias, Tok<float> out, float* den,
+                            double* buf, int n, int heads, int bh, int pair) {
+  const long l = fft_len(n);
+  const int head = bh % heads, chunks = (n + C - 1) / C;
+  const float* b = bias + (long)head * (2 * n - 1);
+  double* spec = buf;
+  double* x = buf + 2 * l;
+  double* y = buf + 4 * l;
+  double* acc = buf + 6 * l;
+  const int j0 = 2 * pair, j1 = j0 + 1, cols = DV + (NORM ? 1 : 0);
+  // The weights as a convolution kernel: w[m] = exp(bias[n - 1 - m]) for the offset m = t - s,
+  // m >= 0 at index m, m < 0 (not causal) at l + m.
+  for (long i = threadIdx.x; i < l; i += blockDim.x) {
+    double w = 0.0;
+    if (i < n) w = exp((double)b[n - 1 - i]);
+    else if (!CAUSAL && i > l - n) w = exp((double)b[n - 1 - (i - l)]);
+    spec[2 * i] = w;
+    spec[2 * i + 1] = 0.0;
+  }
+  for (long i = threadIdx.x; i < 2L * n; i += blockDim.x) acc[i] = 0.0;
+  __syncthreads();
+  fft(spec, y, l, false);
+  auto row = [&](long s) { return work + ((long)bh * chunks + s / C) * WORK; };
+  auto value = [&](const float* slot, long r, int j) -> double {
+    return j < DV ? (double)slot[SV + r * DV + j] : 1.0;
+  };
+  for (int f = 0; f < F; ++f) {
+    for (long s = threadIdx.x; s < l; s += blockDim.x) {
+      double re = 0.0, im = 0.0;
+      if (s < n) {
+        const float* slot = row(s);
+        const long r = s % C;
+        const double kf = slot[SK + r * F + f];
+        re = kf * value(slot, r, j0);
+        im = j1 < cols ? kf * value(slot, r, j1) : 0.0;
+      }
+      x[2 * s] = re;
+      x[2 * s + 1] = im;
+    }
+    __syncthreads();
+    fft(x, y, l, false);
+    for (long i = threadIdx.x; i < l; i += blockDim.x) {
+      const double xr = x[2 * i], xi = x[2 * i + 1], sr = spec[2 * i], si = spec[2 * i + 1];
+      x[2 * i] = xr * sr - xi * si;
+      x[2 * i + 1] = xr * si + xi * sr;
+    }
+    __syncthreads();
+    fft(x, y, l, true);
+    for (long t = threadIdx.x; t < n; t += blockDim.x) {
+      const double qf = row(t)[SQ + (t % C) * F + f];
+      acc[2 * t] += qf * x[2 * t];
+      acc[2 * t + 1] += qf * x[2 * t + 1];
+    }
+    __syncthreads();
+  }
+  for (long t = threadIdx.x; t < n; t += blockDim.x) {
+    for (int e = 0; e < 2; ++e) {
+      const int j = j0 + e;
+      const float o = (float)(acc[2 * t + e] / (double)l);
+      if (j < DV) out.base[t * out.stride + j] = o;
+      else if (NORM && j == DV) den[(long)bh * n + t] = o;
+    }
+  }
+}
+
+// rpe with normalize = sum: rows c0.. of the output over their denominators.
+template <int C, int DV>
+__device__ void rpe_divide(Tok<float> out, const float* den, int c0, int rows, float eps) {
+  for (int i = threadIdx.x; i < rows * DV; i += blockDim.x) {
+    const int r = i / DV, j = i - r * DV;
+    out.base[(long)(c0 + r) * out.stride + j] /= den[c0 + r] + eps;
+  }
+}
+
 // Softmax: running maxima -inf, running sums and the accumulator zero.
 template <int R, int W>
 __device__ void softmax_init(float* m, float* l, float* o) {

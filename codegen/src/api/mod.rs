@@ -207,23 +207,6 @@ fn with_expansion_written(name: &syn::Ident, expansion: TokenStream, cuda: &str)
     }
 }
 
-/// The CUDA program of a spec with systems: momentum and `short_conv` are planned with the
-/// spec (the convolution in the loads, momentum in the step program); `rpe` runs on the CPU
-/// only, so its source is the base's, headed by a comment saying so.
-fn systems_cuda(spec: &Spec, base: &Plan) -> crate::cuda::CudaProgram {
-    if spec.rpe == crate::spec::Rpe::None {
-        return crate::cuda::emit(&Plan::new(spec), &spec.to_string());
-    }
-    let base_spec = spec.base();
-    let mut cuda = crate::cuda::emit(base, &base_spec.to_string());
-    cuda.source = format!(
-        "// attnc: `rpe = toeplitz` runs on the CPU only in this version; below is the CUDA C \
-         of this spec's base,\n// {base_spec}\n{}",
-        cuda.source
-    );
-    cuda
-}
-
 /// The expansion of a spec with systems (momentum, short_conv, rpe): its base's chunk program
 /// and entry points behind a private struct, and the spec's own entry points calling the
 /// runtime's `systems` (see `systems`).
@@ -234,7 +217,9 @@ fn expand_systems(item: &syn::ItemStruct, spec: &Spec) -> TokenStream {
     let kernel_ident = format_ident!("__AttncKernel{}", name);
     let base = format_ident!("__AttncBase{}", name);
     let kernel = emit_kernel(&plan, &kernel_ident);
-    let cuda = systems_cuda(spec, &plan);
+    // The systems are planned with the spec for CUDA (the convolution in the loads, momentum's
+    // step program, rpe's features and FFT kernels); the CPU runs the base's chunk program.
+    let cuda = crate::cuda::emit(&Plan::new(spec), &spec.to_string());
     let sig = &plan.signature;
     let base_methods = methods::cpu_methods(sig, false, &kernel_ident, &base, false);
     let base_consts = consts(&base_spec, &plan, &cuda, "");

@@ -506,17 +506,27 @@ pub fn cuda_methods(spec: &Spec, sig: &Signature) -> TokenStream {
         let params: Vec<TokenStream> = args
             .iter()
             .map(|a| {
-                let (n, s) = (format_ident!("_{}", a.name), &a.shape);
+                let (n, s) = (&a.name, &a.shape);
                 quote!(#n: &#p::CudaTensor<#s>)
             })
             .collect();
+        let conv = match spec.short_conv {
+            Some(_) => quote!(Some((conv_q, conv_k, conv_v))),
+            None => {
+                let t = quote!(&#p::CudaTensor<(usize, usize, usize)>);
+                quote!(None::<(#t, #t, #t)>)
+            }
+        };
         return quote! {
-            /// Not available on CUDA in this version for `rpe = toeplitz` (its FFTs run on the
-            /// CPU): returns `Error::Unsupported`. Run `forward` on the CPU.
+            /// `forward` on the GPU: the FFT kernel on attnc's device tensors, arguments in
+            /// `forward`'s order (`CudaDevice::upload` / `CudaTensor::download` convert from
+            /// and to dfdx).
             pub fn forward_cuda<B: #p::Dim, #hp N: #p::Dim>(
                 #(#params,)*
             ) -> ::core::result::Result<#p::CudaTensor<#out_shape>, ::attnc::Error> {
-                ::core::result::Result::Err(#p::rpe_unsupported())
+                #p::rpe_forward_cuda(
+                    &Self::CUDA_LAUNCH, Self::CUDA_SOURCE, (q, k, v), #conv, bias,
+                )
             }
         };
     }

@@ -6,7 +6,7 @@
 
 use super::ir::{Expansion, Input, Op, Slot, Tile};
 use crate::abi::Tri;
-use crate::spec::{FeatureMap, Mask, Normalize, QkNorm, Spec, Update};
+use crate::spec::{FeatureMap, Mask, Normalize, QkNorm, Rpe, Spec, Update};
 
 /// Added to the normaliser's denominator (`normalize = sum`).
 pub const NORMALIZER_EPS: f32 = 1e-6;
@@ -28,6 +28,9 @@ pub struct LinearPrograms {
     pub scan: Vec<BuiltOp>,
     /// Phase (c).
     pub output: Vec<BuiltOp>,
+    /// `rpe = toeplitz` on CUDA: per chunk, the features of q and k and the values, spilled to
+    /// the workspace for the FFT kernel; and whether it is causal.
+    pub rpe: Option<(Vec<BuiltOp>, bool)>,
 }
 
 /// Exact softmax attention, before resolution: for each query tile `prologue`; for each key
@@ -658,7 +661,23 @@ pub fn linear(spec: &Spec) -> LinearPrograms {
         intra,
         scan,
         output,
+        rpe: (spec.rpe == Rpe::Toeplitz).then(|| (rpe_features(spec), spec.mask == Mask::Causal)),
     }
+}
+
+/// `rpe = toeplitz`'s per-chunk program on CUDA: q~ (scaled), k~ and v (convolved under
+/// `short_conv`) to the chunk's workspace slot, which the FFT kernel reads.
+fn rpe_features(spec: &Spec) -> Vec<BuiltOp> {
+    let mut ops = features(spec, Tile::Q, Input::Q);
+    ops.extend(features(spec, Tile::K, Input::K));
+    ops.push(load(Tile::V, Input::V));
+    for t in [Tile::Q, Tile::K, Tile::V] {
+        ops.push(Op::Spill {
+            t,
+            slot: Slot::UNASSIGNED,
+        });
+    }
+    ops
 }
 
 /// Exact softmax attention, `o_t = sum_s softmax_s(scale q_t . k_s) v_s`, tiled by `chunk`.

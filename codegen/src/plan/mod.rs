@@ -75,6 +75,20 @@ pub struct Linear<P> {
     pub step: Routine<P>,
     /// The chunk-parallel form.
     pub phases: Phases<P>,
+    /// `rpe = toeplitz` (CUDA).
+    pub rpe: Option<Rpe<P>>,
+}
+
+/// `rpe = toeplitz` on CUDA: a per-chunk program spills the features and values, then the
+/// printer's FFT kernel convolves them with the Toeplitz weights.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rpe<P> {
+    /// q~, k~ and v to the chunk's slot.
+    pub features: Routine<P>,
+    /// Where they are spilled.
+    pub spills: SpillLayout,
+    /// `mask = causal`: only offsets s - t <= 0 are weighted.
+    pub causal: bool,
 }
 
 /// Exact softmax attention as a tiled program (FlashAttention's method): for each query tile
@@ -205,6 +219,7 @@ pub fn signature(spec: &Spec) -> Signature {
         heads: spec.heads,
         conv: spec.short_conv.unwrap_or(0),
         momentum: spec.momentum.is_some(),
+        rpe: spec.rpe == crate::spec::Rpe::Toeplitz,
     }
 }
 
@@ -326,6 +341,15 @@ fn linear<T: Target>(
             spills,
             light_scan,
         },
+        rpe: p.rpe.as_ref().map(|(ops, causal)| {
+            let spills = SpillLayout::new(sig, ops);
+            let ops = spills.assign(ops);
+            Rpe {
+                features: routine::<T>(sig, RoutineKind::Intra, &[ops], problems),
+                spills,
+                causal: *causal,
+            }
+        }),
     }
 }
 

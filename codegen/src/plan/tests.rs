@@ -58,7 +58,25 @@ fn matrix() -> Vec<Spec> {
                         s.qk_norm = qk_norm;
                         s.chunk = chunk;
                         s.layout = layout;
-                        specs.push(s);
+                        specs.push(s.clone());
+                        // The systems, on the linear specs that take them.
+                        if !softmax {
+                            let mut c = s.clone();
+                            c.short_conv = Some(4);
+                            specs.push(c);
+                        }
+                        let additive = update == Update::Additive;
+                        let favor = matches!(map, FeatureMap::Favor { .. });
+                        if additive && !softmax && !favor {
+                            if mask == Mask::Causal {
+                                let mut m = s.clone();
+                                m.momentum = Some(0.9);
+                                specs.push(m);
+                            }
+                            let mut r = s.clone();
+                            r.rpe = crate::spec::Rpe::Toeplitz;
+                            specs.push(r);
+                        }
                     }
                 }
             }

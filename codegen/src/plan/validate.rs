@@ -90,7 +90,7 @@ fn check_program<P: Copy + PartialEq>(
     }
 }
 
-fn routines<P>(l: &Linear<P>) -> [&Routine<P>; 5] {
+fn routines<P>(l: &Linear<P>) -> impl Iterator<Item = &Routine<P>> {
     [
         &l.forward,
         &l.step,
@@ -98,6 +98,8 @@ fn routines<P>(l: &Linear<P>) -> [&Routine<P>; 5] {
         &l.phases.scan,
         &l.phases.output,
     ]
+    .into_iter()
+    .chain(l.rpe.as_ref().map(|r| &r.features))
 }
 
 fn sections<P>(s: &Softmax<P>) -> impl Iterator<Item = &ResolvedOp<P>> + Clone {

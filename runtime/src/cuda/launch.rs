@@ -14,7 +14,8 @@
 //! ```
 //!
 //! `q, k, v, out` are in the spec's layout, `beta, g` (B, H, N) or (B, N, H); `proj` is FAVOR+'s
-//! projection w, (F, DK) row-major as the user passes it (one for the whole call); `s` (B, H, F, DV)
+//! projection w, (F, DK) row-major as the user passes it (one for the whole call), or
+//! `rpe = toeplitz`'s log-weights `bias` (H, 2N - 1); `s` (B, H, F, DV)
 //! and `z` (B, H, F) hold the initial state on entry and the final state on exit; `chunk_s`,
 //! `chunk_z`, `work` and `scratch` are workspaces sized by [`CudaLaunch::workspace`]; `conv_*`,
 //! `tail_*`, `mom_s` and `mom_z` are `short_conv`'s and momentum's buffers

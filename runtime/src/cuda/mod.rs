@@ -43,7 +43,7 @@ mod tests;
 pub use api::{forward_cuda, step_cuda};
 pub use cache::cache_dir;
 pub use systems::{
-    rpe_unsupported, systems_forward_cuda, systems_step_cuda, ConvWeights, CudaExtState, Extras,
+    rpe_forward_cuda, systems_forward_cuda, systems_step_cuda, ConvWeights, CudaExtState, Extras,
 };
 
 use crate::check::checked;

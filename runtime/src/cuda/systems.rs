@@ -471,10 +471,84 @@ where
     Ok(CudaTensor::wrap(out, *v_t.shape(), dev))
 }
 
-/// Not on CUDA in this version: `rpe = toeplitz` (its FFTs run on the CPU).
-pub fn rpe_unsupported() -> Error {
-    Error::Unsupported(
-        "`rpe = toeplitz` runs on the CPU only in this version (its FFT convolution has no CUDA \
-         kernel yet): call `forward` on CPU tensors",
-    )
+/// `forward` of an `rpe = toeplitz` spec on the GPU: the output in v's shape and the spec's
+/// layout. `bias` holds the per-offset log-weights, (H, 2N - 1) with `bias[h, (s - t) + N - 1]`;
+/// `conv` `short_conv`'s weights (the convolution starts from zero tails, as on the CPU).
+pub fn rpe_forward_cuda<Sq, Sv, Sb, Sw, Swv>(
+    launch: &CudaLaunch,
+    source: &'static str,
+    (q, k, v): (&CudaTensor<Sq>, &CudaTensor<Sq>, &CudaTensor<Sv>),
+    conv: Option<ConvWeights<'_, Sw, Swv>>,
+    bias: &CudaTensor<Sb>,
+) -> Result<CudaTensor<Sv>>
+where
+    Sq: Shape<Concrete = [usize; 4]>,
+    Sv: Shape<Concrete = [usize; 4]>,
+    Sb: Shape<Concrete = [usize; 2]>,
+    Sw: Shape<Concrete = [usize; 3]>,
+    Swv: Shape<Concrete = [usize; 3]>,
+{
+    let sig = &launch.signature;
+    // rpe returns no state: the (batch, heads) to check against are q's own.
+    let own = crate::check::Problem::from_q(sig.layout, q.shape().concrete())?;
+    let p = check_forward(
+        launch,
+        &ForwardShapes {
+            q: q.shape().concrete(),
+            k: k.shape().concrete(),
+            v: v.shape().concrete(),
+            beta: None,
+            g: None,
+            proj: None,
+            state: None,
+            out_bh: (own.batch, own.heads),
+            f_dv: (sig.f, sig.dv),
+        },
+    )?;
+    let expected = [p.heads, 2 * p.tokens - 1];
+    if bias.shape().concrete() != expected {
+        return Err(Error::ShapeMismatch {
+            arg: "bias",
+            expected: expected.to_vec(),
+            got: bias.shape().concrete().to_vec(),
+            axes: "(H, 2N - 1)",
+        });
+    }
+    let weights = check_weights(sig, p.heads, conv)?;
+    let dev = q.device();
+    let ctx = dev.ctx();
+    let bh = p.batch * p.heads;
+    let w1 = sig.conv.saturating_sub(1);
+    let mut tails = match sig.conv {
+        0 => None,
+        _ => Some([
+            ctx.zeros(bh * w1 * sig.dk)?,
+            ctx.zeros(bh * w1 * sig.dk)?,
+            ctx.zeros(bh * w1 * sig.dv)?,
+        ]),
+    };
+    let mut s = ctx.zeros(1)?;
+    let systems = SystemsBufs {
+        conv: weights,
+        tails: tails.as_mut().map(|[q, k, v]| [q, k, v]),
+        mom_s: None,
+        mom_z: None,
+    };
+    let out = launch_call(
+        Call {
+            dev,
+            launch,
+            source,
+            p: &p,
+            forward: true,
+            inputs: [q.buf(), k.buf(), v.buf()],
+            out_len: v.len(),
+            beta: None,
+            g: None,
+            proj: Some(bias.buf()),
+        },
+        (&mut s, None),
+        systems,
+    )?;
+    Ok(CudaTensor::wrap(out, *v.shape(), dev))
 }
