@@ -443,4 +443,41 @@ mod tests {
         assert_eq!(w.work, 6 * 3 * 10);
         assert_eq!(w.scratch, 18 * 3);
     }
+
+    #[test]
+    fn rpe_workspace_grows_linearly_never_n_squared() {
+        let mut l = CudaLaunch {
+            signature: Signature {
+                layout: Layout::Bhnd,
+                chunk: 64,
+                dk: 64,
+                dv: 64,
+                f: 64,
+                normalized: true,
+                uses_beta: false,
+                uses_gates: false,
+                uses_projection: false,
+                heads: None,
+                conv: 0,
+                momentum: false,
+                rpe: true,
+            },
+            threads: 256,
+            forward: Cow::Borrowed(&[]),
+            step: Cow::Borrowed(&[]),
+            work_per_chunk: 0,
+            chunk_states: false,
+        };
+        assert_eq!(CudaLaunch::rpe_fft_len(100), 256);
+        assert_eq!(CudaLaunch::rpe_fft_len(4096), 8192);
+        // (64 + 1) columns in 33 pairs: 33 blocks per (batch, head).
+        assert_eq!(l.rpe_pairs(), 33);
+        // Per (batch, head) and token: 33 x (12 x 2 + 4) + 1 floats, at every power of two.
+        for n in [1024, 4096, 65536] {
+            assert_eq!(l.rpe_scratch(8, n), 8 * n * (33 * 28 + 1));
+            assert_eq!(l.workspace(&[], 8, n).scratch, l.rpe_scratch(8, n));
+        }
+        l.signature.rpe = false;
+        assert_eq!(l.workspace(&[], 8, 4096).scratch, 0);
+    }
 }
