@@ -24,7 +24,9 @@ const SOURCE: &str = r#"
 
 #define ATTNC_PARAMS const float* q, const float* k, const float* v, const float* beta, \
     const float* g, const float* proj, float* out, float* s, float* z, float* chunk_s, \
-    float* chunk_z, float* work, float* scratch, int n, int heads
+    float* chunk_z, float* work, float* scratch, const float* conv_q, const float* conv_k, \
+    const float* conv_v, float* tail_q, float* tail_k, float* tail_v, float* mom_s, \
+    float* mom_z, int n, int heads
 
 extern "C" __global__ void selftest_reverse(ATTNC_PARAMS) {
   ATTNC_DYN_SMEM(tile);
