@@ -115,7 +115,9 @@ const TINY: &str = r#"
 extern "C" __global__ void attnc_tiny(
     const float* q, const float* k, const float* v, const float* beta, const float* g,
     const float* proj, float* out, float* s, float* z, float* chunk_s, float* chunk_z,
-    float* work, float* scratch, int n, int heads)
+    float* work, float* scratch, const float* conv_q, const float* conv_k,
+    const float* conv_v, float* tail_q, float* tail_k, float* tail_v, float* mom_s,
+    float* mom_z, int n, int heads)
 {
     extern __shared__ float tile[];
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -811,7 +813,9 @@ const TEST_KERNELS: &str = r#"
 extern "C" __global__ void attnc_test_heads(
     const float* q, const float* k, const float* v, const float* beta, const float* g,
     const float* proj, float* out, float* s, float* z, float* chunk_s, float* chunk_z,
-    float* work, float* scratch, int n, int heads)
+    float* work, float* scratch, const float* conv_q, const float* conv_k,
+    const float* conv_v, float* tail_q, float* tail_k, float* tail_v, float* mom_s,
+    float* mom_z, int n, int heads)
 {
     int bh = blockIdx.x;
     for (int i = threadIdx.x; i < n * DV; i += blockDim.x) {
@@ -830,7 +834,9 @@ extern "C" __global__ void attnc_test_heads(
 extern "C" __global__ void attnc_test_chunks(
     const float* q, const float* k, const float* v, const float* beta, const float* g,
     const float* proj, float* out, float* s, float* z, float* chunk_s, float* chunk_z,
-    float* work, float* scratch, int n, int heads)
+    float* work, float* scratch, const float* conv_q, const float* conv_k,
+    const float* conv_v, float* tail_q, float* tail_k, float* tail_v, float* mom_s,
+    float* mom_z, int n, int heads)
 {
     extern __shared__ float tile[];
     const int last = 64 * 1024 / 4 - 1;
