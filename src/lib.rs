@@ -55,8 +55,8 @@ pub use attnc_runtime::{
 /// driver and NVRTC are present. Device tensors and states are re-exported at the crate root.
 pub mod cuda {
     pub use attnc_runtime::cuda::{
-        cache_dir, compile_ptx, compile_ptx_uncached, driver_available, nvrtc_available,
-        nvrtc_version,
+        cache_dir, compile_ptx, compile_ptx_uncached, compile_report, driver_available,
+        nvrtc_available, nvrtc_version,
     };
 }
 

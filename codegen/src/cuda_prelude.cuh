@@ -206,9 +206,10 @@ enum { FULL = 0, LOWER_OUT = 1, LOWER_A = 2 };
 
 // dst (M x N) (= or +=) a (M x K) . b (K x N) over the first `rows` rows and `depth` of K.
 // LOWER_OUT: only j <= i is computed, the rest set to zero; LOWER_A: a is lower triangular.
-// Rows past `rows` are zeroed (or left, when accumulating).
+// Rows past `rows` are zeroed (or left, when accumulating). Every output sums its k in order
+// with fmaf, so both forms below give the same bits.
 template <int M, int K, int N, int TRI, bool ACC>
-__device__ void gemm(const float* a, const float* b, float* dst, int rows, int depth) {
+__device__ void gemm_scalar(const float* a, const float* b, float* dst, int rows, int depth) {
   for (int i = threadIdx.x; i < M * N; i += blockDim.x) {
     const int r = i / N, j = i - r * N;
     if (r >= rows) {
@@ -223,6 +224,94 @@ __device__ void gemm(const float* a, const float* b, float* dst, int rows, int d
     float acc = 0.0f;
     for (int k = 0; k < kend; ++k) acc = fmaf(a[r * K + k], b[k * N + j], acc);
     dst[i] = ACC ? dst[i] + acc : acc;
+  }
+}
+
+// Component i of a float4 (i is a constant once the loops around it are unrolled).
+__device__ __forceinline__ float lane(float4 v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// One k step of a 4 x 4 micro-tile: a column of a (4 rows, scalars) times a row of b (one
+// float4), masked to k <= row under LOWER_A.
+template <int TRI>
+__device__ __forceinline__ void micro_step(float (&acc)[4][4], const float (&av)[4], float4 bv,
+                                           int r0, int k) {
+#pragma unroll
+  for (int ii = 0; ii < 4; ++ii) {
+    const float x = (TRI == LOWER_A && k > r0 + ii) ? 0.0f : av[ii];
+    acc[ii][0] = fmaf(x, bv.x, acc[ii][0]);
+    acc[ii][1] = fmaf(x, bv.y, acc[ii][1]);
+    acc[ii][2] = fmaf(x, bv.z, acc[ii][2]);
+    acc[ii][3] = fmaf(x, bv.w, acc[ii][3]);
+  }
+}
+
+// The register-tiled product: each thread owns 4 x 4 outputs; per 4 steps of k it reads four
+// float4 of a (one per row) and four of b (one per k) for 64 fmaf. Consecutive threads take
+// consecutive column quads, so a warp's b reads are contiguous and its a reads broadcast. Needs
+// M, K, N multiples of 4 and 16-byte aligned tiles (tile places are SLOT_ALIGN-aligned).
+template <int M, int K, int N, int TRI, bool ACC>
+__device__ void gemm_tiled(const float* a, const float* b, float* dst, int rows, int depth) {
+  constexpr int QN = N / 4, TILES = (M / 4) * QN;
+  for (int u = threadIdx.x; u < TILES; u += blockDim.x) {
+    const int r0 = (u / QN) * 4, c0 = (u - (u / QN) * QN) * 4;
+    float acc[4][4] = {};
+    const bool above = TRI == LOWER_OUT && c0 > r0 + 3;  // every output above the diagonal
+    const int kend = TRI == LOWER_A ? imin(depth, r0 + 4) : depth;
+    if (r0 < rows && !above) {
+      const int k4 = kend & ~3;
+      for (int k = 0; k < k4; k += 4) {
+        float4 ar[4];
+#pragma unroll
+        for (int ii = 0; ii < 4; ++ii) ar[ii] = *reinterpret_cast<const float4*>(a + (r0 + ii) * K + k);
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+          const float4 bv = *reinterpret_cast<const float4*>(b + (k + kk) * N + c0);
+          const float av[4] = {lane(ar[0], kk), lane(ar[1], kk), lane(ar[2], kk), lane(ar[3], kk)};
+          micro_step<TRI>(acc, av, bv, r0, k + kk);
+        }
+      }
+#pragma unroll 1
+      for (int k = k4; k < kend; ++k) {
+        const float av[4] = {a[r0 * K + k], a[(r0 + 1) * K + k], a[(r0 + 2) * K + k],
+                             a[(r0 + 3) * K + k]};
+        micro_step<TRI>(acc, av, *reinterpret_cast<const float4*>(b + k * N + c0), r0, k);
+      }
+    }
+#pragma unroll
+    for (int ii = 0; ii < 4; ++ii) {
+      const int r = r0 + ii;
+      float* out = dst + r * N + c0;
+      if (r >= rows) {
+        if (!ACC) *reinterpret_cast<float4*>(out) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      } else if (TRI == LOWER_OUT) {
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) {
+          if (c0 + jj > r) {
+            if (!ACC) out[jj] = 0.0f;
+          } else {
+            out[jj] = ACC ? out[jj] + acc[ii][jj] : acc[ii][jj];
+          }
+        }
+      } else {
+        float4 o = make_float4(acc[ii][0], acc[ii][1], acc[ii][2], acc[ii][3]);
+        if (ACC) {
+          const float4 d = *reinterpret_cast<const float4*>(out);
+          o = make_float4(d.x + o.x, d.y + o.y, d.z + o.z, d.w + o.w);
+        }
+        *reinterpret_cast<float4*>(out) = o;
+      }
+    }
+  }
+}
+
+template <int M, int K, int N, int TRI, bool ACC>
+__device__ void gemm(const float* a, const float* b, float* dst, int rows, int depth) {
+  if constexpr (M % 4 == 0 && K % 4 == 0 && N % 4 == 0) {
+    gemm_tiled<M, K, N, TRI, ACC>(a, b, dst, rows, depth);
+  } else {
+    gemm_scalar<M, K, N, TRI, ACC>(a, b, dst, rows, depth);
   }
 }
 

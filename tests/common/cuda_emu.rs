@@ -63,9 +63,11 @@ const MOM_Z: u32 = 20;
 /// Pointer parameters of every kernel (`attnc_codegen::abi`).
 const BUFFERS: usize = 21;
 /// The compiler's flags before the sources (then `-x c++ SRC -x c++ HARNESS -ldl -o BIN`).
-const FLAGS: [&str; 6] = [
+const FLAGS: [&str; 7] = [
     "-std=c++20",
     "-O2",
+    // Tiles are read as float4 as well as float, as CUDA code does.
+    "-fno-strict-aliasing",
     "-pthread",
     "-rdynamic",
     "-include",

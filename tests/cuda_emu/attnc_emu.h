@@ -44,6 +44,12 @@ void __syncthreads();
 inline float attnc_rsqrtf(float x) { return 1.0f / sqrtf(x); }
 #define rsqrtf attnc_rsqrtf
 
+// CUDA's vector type for 16-byte loads (tiles are 16-byte aligned, as on a GPU).
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+
 // Bit casts CUDA provides as intrinsics.
 #include <cstring>
 inline float __int_as_float(int i) {

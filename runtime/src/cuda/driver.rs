@@ -104,6 +104,16 @@ impl Drop for Program {
 /// Uses NVRTC's result-level API rather than cudarc's `compile_ptx_with_opts`, which unwraps
 /// (a NUL byte in the source, a failing log query).
 pub(crate) fn nvrtc_compile(source: &str, arch: &str, options: &[String]) -> Result<String> {
+    nvrtc_compile_with_log(source, arch, options).map(|(ptx, _)| ptx)
+}
+
+/// As [`nvrtc_compile`], also returning NVRTC's log of a successful compilation (with
+/// `--ptxas-options=-v` it holds ptxas's registers, spills and shared memory per kernel).
+pub(crate) fn nvrtc_compile_with_log(
+    source: &str,
+    arch: &str,
+    options: &[String],
+) -> Result<(String, String)> {
     if !nvrtc_present() {
         return Err(no_nvrtc());
     }
@@ -136,7 +146,7 @@ pub(crate) fn nvrtc_compile(source: &str, arch: &str, options: &[String]) -> Res
         if ptx.trim().is_empty() {
             return Err(fail(format!("NVRTC returned no PTX\n{log}")));
         }
-        Ok(ptx)
+        Ok((ptx, log))
     })
 }
 

@@ -403,3 +403,14 @@ pub fn compile_ptx_uncached(source: &str, arch: &str) -> Result<String> {
     check_arch(arch)?;
     backend::nvrtc_compile(source, arch, &nvrtc_options(arch))
 }
+
+/// Compiles like [`compile_ptx_uncached`] with `--ptxas-options=-v` and returns the PTX and
+/// NVRTC's log, which for a real architecture (`sm_90`) holds ptxas's report per kernel:
+/// registers, spill stores and loads, shared memory. The static gates of the CUDA kernels
+/// (tests/ptx_gates.rs) read it; no GPU is needed.
+pub fn compile_report(source: &str, arch: &str) -> Result<(String, String)> {
+    check_arch(arch)?;
+    let mut options = nvrtc_options(arch);
+    options.push("--ptxas-options=-v".into());
+    backend::nvrtc_compile_with_log(source, arch, &options)
+}

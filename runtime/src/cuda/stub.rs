@@ -42,6 +42,14 @@ pub(crate) fn nvrtc_compile(_source: &str, _arch: &str, _options: &[String]) -> 
     Err(Unavailable::no_feature().into_error())
 }
 
+pub(crate) fn nvrtc_compile_with_log(
+    _source: &str,
+    _arch: &str,
+    _options: &[String],
+) -> Result<(String, String)> {
+    Err(Unavailable::no_feature().into_error())
+}
+
 pub(crate) fn open(_ordinal: usize) -> std::result::Result<Opened, Unavailable> {
     Err(Unavailable::no_feature())
 }

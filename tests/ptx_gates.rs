@@ -1,0 +1,239 @@
+//! Static gates on the generated CUDA kernels, checked without a GPU (NVRTC from PyPI in CI):
+//!
+//! - **Products are register-tiled**: every `attnc::gemm` instantiation the example specs use,
+//!   compiled alone on shared-memory tiles for sm_90, issues at least 4 `fma.rn.f32` per
+//!   shared-memory load instruction in its PTX (a float4 load counts as one instruction).
+//! - **No spills**: ptxas (`--ptxas-options=-v` through NVRTC) reports 0 bytes of spill stores
+//!   and loads for every kernel of every example spec on sm_90.
+//! - **Occupancy**: at least 2 blocks of 256 threads fit one sm_90 SM by registers (64K per SM)
+//!   and shared memory (228 KiB per SM, 1 KiB reserved per block).
+//!
+//! Each test prints its table (`-- --nocapture`); BENCHMARKS.md and the issue notes quote it.
+
+use attnc::prelude::*;
+use attnc::CudaLaunch;
+use std::collections::BTreeMap;
+
+const ARCH: &str = "sm_90";
+/// fma.rn.f32 per ld.shared in a product's PTX.
+const MIN_FMA_PER_LOAD: f64 = 4.0;
+
+fn nvrtc_or_skip(test: &str) -> bool {
+    if attnc::cuda::nvrtc_available() {
+        return true;
+    }
+    let required = std::env::var("ATTNC_REQUIRE_NVRTC").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "{test}: ATTNC_REQUIRE_NVRTC=1 but libnvrtc.so.12 cannot be loaded (.ci/install-nvrtc.sh)"
+    );
+    println!("SKIP: {test}: NVRTC is not loadable on this machine");
+    false
+}
+
+#[attention(head_dim = 64, feature_map = elu_plus_one, normalize = sum, chunk = 64)]
+struct LinearAttention;
+#[attention(head_dim = 64, update = gated, qk_norm = l2, chunk = 64)]
+struct Retention;
+#[attention(head_dim = 64, value_dim = 32, feature_map = relu, mask = none, layout = bnhd)]
+struct Bidirectional;
+#[attention(head_dim = 64, update = delta, qk_norm = l2, chunk = 64)]
+struct DeltaNet;
+#[attention(head_dim = 64, update = gated_delta, qk_norm = l2, chunk = 64)]
+struct GatedDeltaNet;
+#[attention(head_dim = 16, feature_map = favor(features = 64), normalize = sum, chunk = 16)]
+struct Performer;
+#[attention(head_dim = 64, feature_map = softmax, chunk = 64)]
+struct Softmax;
+#[attention(head_dim = 128, update = gated_delta, qk_norm = l2, chunk = 64)]
+struct GatedDeltaNet128;
+#[attention(head_dim = 64, update = gated_delta, qk_norm = l2, short_conv = 4, chunk = 64)]
+struct GatedDeltaNetConv;
+
+/// The example specs: name, launch, source.
+fn specs() -> Vec<(&'static str, &'static CudaLaunch, &'static str)> {
+    vec![
+        (
+            "linear elu+1 sum",
+            &LinearAttention::CUDA_LAUNCH,
+            LinearAttention::CUDA_SOURCE,
+        ),
+        (
+            "retention gated l2",
+            &Retention::CUDA_LAUNCH,
+            Retention::CUDA_SOURCE,
+        ),
+        (
+            "bidirectional bnhd",
+            &Bidirectional::CUDA_LAUNCH,
+            Bidirectional::CUDA_SOURCE,
+        ),
+        ("deltanet", &DeltaNet::CUDA_LAUNCH, DeltaNet::CUDA_SOURCE),
+        (
+            "gated deltanet",
+            &GatedDeltaNet::CUDA_LAUNCH,
+            GatedDeltaNet::CUDA_SOURCE,
+        ),
+        ("performer", &Performer::CUDA_LAUNCH, Performer::CUDA_SOURCE),
+        ("softmax", &Softmax::CUDA_LAUNCH, Softmax::CUDA_SOURCE),
+        (
+            "gated deltanet d128",
+            &GatedDeltaNet128::CUDA_LAUNCH,
+            GatedDeltaNet128::CUDA_SOURCE,
+        ),
+        (
+            "gated deltanet conv",
+            &GatedDeltaNetConv::CUDA_LAUNCH,
+            GatedDeltaNetConv::CUDA_SOURCE,
+        ),
+    ]
+}
+
+/// The template arguments of every `attnc::gemm<...>` call in a source.
+fn gemm_shapes(source: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for part in source.split("attnc::gemm<").skip(1) {
+        if let Some(end) = part.find(">(") {
+            out.push(part[..end].to_string());
+        }
+    }
+    out
+}
+
+/// PTX instruction counts of one entry function: (fma.rn.f32, ld.shared).
+fn counts(ptx: &str, entry: &str) -> (usize, usize) {
+    let start = ptx
+        .find(&format!(".entry {entry}("))
+        .unwrap_or_else(|| panic!("no entry {entry} in the PTX"));
+    let body = &ptx[start..];
+    let body = &body[..body.find("\n}\n").map_or(body.len(), |e| e + 2)];
+    let fma = body.matches("fma.rn.f32").count();
+    let lds = body.matches("ld.shared.").count();
+    (fma, lds)
+}
+
+#[test]
+fn products_issue_at_least_four_fmas_per_shared_load() {
+    if !nvrtc_or_skip("products_issue_at_least_four_fmas_per_shared_load") {
+        return;
+    }
+    let mut shapes: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for (name, _, source) in specs() {
+        for s in gemm_shapes(source) {
+            shapes.entry(s).or_default().push(name);
+        }
+    }
+    let mut src = attnc_codegen::cuda::PRELUDE.to_string();
+    for (i, shape) in shapes.keys().enumerate() {
+        let dims: Vec<usize> = shape
+            .split(',')
+            .take(3)
+            .map(|d| {
+                d.trim()
+                    .parse()
+                    .expect("gemm's first three arguments are sizes")
+            })
+            .collect();
+        let (m, k, n) = (dims[0], dims[1], dims[2]);
+        src.push_str(&format!(
+            "extern \"C\" __global__ void product_{i}(int rows, int depth) {{\n\
+             \x20 ATTNC_DYN_SMEM(sm);\n\
+             \x20 attnc::gemm<{shape}>(sm, sm + {ak}, sm + {bk}, rows, depth);\n}}\n",
+            ak = (m * k).next_multiple_of(4),
+            bk = (m * k).next_multiple_of(4) + (k * n).next_multiple_of(4),
+        ));
+    }
+    let ptx = attnc::cuda::compile_ptx_uncached(&src, ARCH).expect("the products compile");
+    let mut failures = Vec::new();
+    println!(
+        "{:<44} {:>5} {:>6} {:>6}  used by",
+        "gemm<M, K, N, TRI, ACC>", "fma", "ld.sh", "ratio"
+    );
+    for (i, (shape, users)) in shapes.iter().enumerate() {
+        let (fma, lds) = counts(&ptx, &format!("product_{i}"));
+        let ratio = fma as f64 / lds.max(1) as f64;
+        let dims: Vec<usize> = shape
+            .split(',')
+            .take(3)
+            .map(|d| d.trim().parse().unwrap_or(1))
+            .collect();
+        let tiled = dims.iter().all(|d| d % 4 == 0);
+        println!(
+            "{shape:<44} {fma:>5} {lds:>6} {ratio:>6.2}  {}",
+            users.join(", ")
+        );
+        if tiled && ratio < MIN_FMA_PER_LOAD {
+            failures.push(format!("gemm<{shape}>: {ratio:.2} fma per shared load"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "products under {MIN_FMA_PER_LOAD}: {failures:?}"
+    );
+}
+
+/// ptxas's report per kernel: (registers, spill stores + loads in bytes).
+fn ptxas_report(log: &str) -> BTreeMap<String, (usize, usize)> {
+    let mut out = BTreeMap::new();
+    let mut current: Option<String> = None;
+    let mut spills = 0;
+    for line in log.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            current = rest.split('\'').next().map(str::to_string);
+            spills = 0;
+        }
+        if line.contains("spill stores") {
+            spills = line
+                .split(',')
+                .filter(|p| p.contains("spill"))
+                .filter_map(|p| p.split_whitespace().next()?.parse::<usize>().ok())
+                .sum();
+        }
+        if let (Some(name), Some(regs)) = (&current, line.split("Used ").nth(1)) {
+            let regs = regs
+                .split_whitespace()
+                .next()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0);
+            out.insert(name.clone(), (regs, spills));
+        }
+    }
+    out
+}
+
+#[test]
+fn kernels_do_not_spill_and_two_blocks_fit_an_sm() {
+    if !nvrtc_or_skip("kernels_do_not_spill_and_two_blocks_fit_an_sm") {
+        return;
+    }
+    let mut failures = Vec::new();
+    println!(
+        "{:<22} {:<18} {:>5} {:>7} {:>9} {:>7}",
+        "spec", "kernel", "regs", "spills", "smem (B)", "blk/SM"
+    );
+    for (name, launch, source) in specs() {
+        let (_, log) = attnc::cuda::compile_report(source, ARCH).expect("the spec compiles");
+        let report = ptxas_report(&log);
+        for k in launch.forward.iter().chain(launch.step.iter()) {
+            let Some(&(regs, spills)) = report.get(k.name) else {
+                failures.push(format!("{name}: no ptxas report for {}:\n{log}", k.name));
+                continue;
+            };
+            let threads = launch.threads as usize;
+            let by_regs = 65536 / (regs.max(1).next_multiple_of(8) * threads);
+            let by_smem = 233_472 / (k.smem_bytes as usize + 1024);
+            let blocks = by_regs.min(by_smem).min(2048 / threads);
+            println!(
+                "{name:<22} {:<18} {regs:>5} {spills:>7} {:>9} {blocks:>7}",
+                k.name, k.smem_bytes
+            );
+            if spills > 0 {
+                failures.push(format!("{name}: {} spills {spills} bytes", k.name));
+            }
+            if blocks < 2 {
+                failures.push(format!("{name}: {}: {blocks} block(s) per SM", k.name));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
