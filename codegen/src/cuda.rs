@@ -213,7 +213,7 @@ impl Printer<'_> {
         self.preamble(name, doc, &r.frame, work, src);
         src.push_str("  attnc::copy_2d<F, CB>(t_s, CB, s + (long)bh * F * DV + col0, DV);\n");
         if normalized {
-            src.push_str("  attnc::copy<F>(t_z, z + (long)bh * F);\n");
+            src.push_str("  if (lead) attnc::copy<F>(t_z, z + (long)bh * F);\n");
         }
         let momentum = r.frame.get(Tile::M).is_some();
         let momentum_z = r.frame.get(Tile::Mz).is_some();
@@ -223,7 +223,7 @@ impl Printer<'_> {
             );
         }
         if momentum_z {
-            src.push_str("  attnc::copy<F>(t_mz, mom_z + (long)bh * F);\n");
+            src.push_str("  if (lead) attnc::copy<F>(t_mz, mom_z + (long)bh * F);\n");
         }
         src.push_str("  __syncthreads();\n");
         src.push_str("  for (int c = 0; c < chunks; ++c) {\n");
@@ -293,6 +293,10 @@ impl Printer<'_> {
     }
 
     /// One op as one call and a barrier.
+    ///
+    /// An op that writes only the key-sum vectors (`z`, a chunk's `dz`, momentum's `n`) runs in
+    /// the lead block only: in a scan, the other column blocks of a (batch, head) neither need
+    /// `z` nor may read a chunk's slot of `chunk_z` while the lead block overwrites it.
     fn emit_op(&self, op: &CudaOp, ind: &str, src: &mut String) {
         let call = match op {
             Op::Load {
@@ -300,7 +304,15 @@ impl Printer<'_> {
             } if self.plan.signature.conv > 0 => conv_load(dst, *input).unwrap_or_else(|| call(op)),
             _ => call(op),
         };
-        let _ = writeln!(src, "{ind}{call}\n{ind}__syncthreads();");
+        let operands = op.operands();
+        let mut written = operands
+            .iter()
+            .filter(|(_, a)| *a != crate::plan::Access::Read)
+            .peekable();
+        let key_sum_only = written.peek().is_some()
+            && written.all(|(o, _)| matches!(o.tile, Tile::Z | Tile::Dz | Tile::Mz));
+        let guard = if key_sum_only { "if (lead) " } else { "" };
+        let _ = writeln!(src, "{ind}{guard}{call}\n{ind}__syncthreads();");
     }
 
     /// `rpe = toeplitz`'s `forward` (no step): the features program spills q~, k~ and v per
@@ -417,7 +429,8 @@ impl Printer<'_> {
             _ => ("blockIdx.y", false),
         };
         let _ = writeln!(src, "  const int bh = {bh};");
-        src.push_str("  const int chunks = (n + C - 1) / C;\n");
+        // (n - 1) / C + 1, not (n + C - 1) / C: no int overflow for n near INT_MAX.
+        src.push_str("  const int chunks = n > 0 ? (n - 1) / C + 1 : 0;\n");
         if scan {
             src.push_str("  const int col0 = blockIdx.x * CB;\n");
             src.push_str("  const bool lead = blockIdx.x == 0;\n");
@@ -822,7 +835,7 @@ fn call(op: &CudaOp) -> String {
         Op::LoadChunkState { s, z } => {
             let mut call = format!("attnc::copy_2d<F, CB>({}, CB, state_s + col0, DV);", n(s));
             if let Some(z) = z {
-                let _ = write!(call, " attnc::copy<F>({}, state_z);", n(z));
+                let _ = write!(call, " if (lead) attnc::copy<F>({}, state_z);", n(z));
             }
             call
         }
@@ -832,7 +845,11 @@ fn call(op: &CudaOp) -> String {
                 n(s)
             );
             if let Some(z) = z {
-                let _ = write!(call, " attnc::copy<F>({}, z + (long)bh * F);", n(z));
+                let _ = write!(
+                    call,
+                    " if (lead) attnc::copy<F>({}, z + (long)bh * F);",
+                    n(z)
+                );
             }
             call
         }

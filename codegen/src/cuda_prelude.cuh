@@ -4,7 +4,8 @@
 // global scratch area); R, W, ... are compile-time tile sizes, `rows` the live token rows.
 #ifndef ATTNC_HOST_EMULATION
 #define ATTNC_SHARED __shared__
-#define ATTNC_DYN_SMEM(name) extern __shared__ float name[]
+// 16-byte aligned: the products read tiles as float4.
+#define ATTNC_DYN_SMEM(name) extern __shared__ __align__(16) float name[]
 #endif
 
 namespace attnc {
@@ -538,7 +539,7 @@ template <int C, int F, int DV, int WORK, int SQ, int SK, int SV, bool NORM, boo
 __device__ void rpe_columns(const float* work, const float* bias, Tok<float> out, float* den,
                             double* buf, int n, int heads, int bh, int pair) {
   const long l = fft_len(n);
-  const int head = bh % heads, chunks = (n + C - 1) / C;
+  const int head = bh % heads, chunks = (n - 1) / C + 1;
   const float* b = bias + (long)head * (2 * n - 1);
   double* spec = buf;
   double* x = buf + 2 * l;
