@@ -3,6 +3,7 @@
 //! ```sh
 //! cargo run --release -p attnc-bench              # the full run (BENCHMARKS.md), ~4 minutes
 //! cargo run --release -p attnc-bench -- --quick   # a smoke run at small N
+//! cargo run --release -p attnc-bench -- --gpu     # the CUDA forward on GPU 0 (src/gpu.rs)
 //! ```
 //!
 //! Times attnc's `forward` (chunk 32, 64, 128; 1 and 2 threads), its recurrent `step` looped over
@@ -14,6 +15,7 @@
 //! N) into `bench-out/`.
 
 mod baselines;
+mod gpu;
 mod limits;
 mod report;
 mod specs;
@@ -27,6 +29,7 @@ use std::time::Instant;
 /// Command-line options.
 struct Opts {
     quick: bool,
+    gpu: bool,
     out: PathBuf,
     dfdx_max_n: usize,
 }
@@ -34,6 +37,7 @@ struct Opts {
 fn opts() -> Result<Opts, String> {
     let mut o = Opts {
         quick: false,
+        gpu: false,
         out: PathBuf::from("bench-out"),
         dfdx_max_n: 4096,
     };
@@ -41,6 +45,7 @@ fn opts() -> Result<Opts, String> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => o.quick = true,
+            "--gpu" => o.gpu = true,
             "--out" => o.out = args.next().ok_or("--out needs a folder")?.into(),
             "--dfdx-max-n" => {
                 o.dfdx_max_n = args
@@ -50,7 +55,7 @@ fn opts() -> Result<Opts, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown option {other}; use --quick, --out DIR, --dfdx-max-n N"
+                    "unknown option {other}; use --quick, --gpu, --out DIR, --dfdx-max-n N"
                 ))
             }
         }
@@ -97,6 +102,21 @@ fn main() {
     if let Err(e) = std::fs::create_dir_all(&o.out) {
         eprintln!("attnc-bench: cannot create {}: {e}", o.out.display());
         std::process::exit(2);
+    }
+    if o.gpu {
+        match gpu::run() {
+            Ok(table) => {
+                println!("{table}");
+                if let Err(e) = std::fs::write(o.out.join("gpu.md"), &table) {
+                    eprintln!("attnc-bench: cannot write gpu.md: {e}");
+                }
+            }
+            Err(e) => {
+                eprintln!("attnc-bench --gpu: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
     }
     let machine = machine();
     println!("attnc-bench on {machine}");

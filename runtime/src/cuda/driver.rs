@@ -7,7 +7,7 @@ use super::api::{Params, SystemsBufs};
 use super::launch::{CudaLaunch, Grid, KernelInfo};
 use super::{CudaDevice, Unavailable};
 use crate::error::{Error, Result};
-use cudarc::driver::sys::{CUfunction_attribute, CUresult};
+use cudarc::driver::sys::{CUevent_flags, CUfunction_attribute, CUresult};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError, LaunchConfig,
     PushKernelArg,
@@ -297,6 +297,27 @@ impl Ctx {
         self.stream
             .synchronize()
             .map_err(|e| cuda_error("synchronising the GPU", e))
+    }
+
+    /// Milliseconds per run of `f` on this device's stream, `runs` runs between two CUDA events.
+    pub(crate) fn time_ms(&self, runs: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        let event = |what| move |e| cuda_error(what, e);
+        let start = self
+            .stream
+            .record_event(flags)
+            .map_err(event("recording a CUDA event"))?;
+        for _ in 0..runs {
+            f()?;
+        }
+        let end = self
+            .stream
+            .record_event(flags)
+            .map_err(event("recording a CUDA event"))?;
+        let ms = start
+            .elapsed_ms(&end)
+            .map_err(event("reading a CUDA event's time"))?;
+        Ok(f64::from(ms) / runs.max(1) as f64)
     }
 
     /// Launches `kernels` in order on `bh` (batch x heads) and `n` tokens with `p` as their

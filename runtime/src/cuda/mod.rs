@@ -207,6 +207,13 @@ impl CudaDevice {
         })
     }
 
+    /// Milliseconds per run of `f` (`runs` runs, after none: warm up first), measured between
+    /// two CUDA events on attnc's stream of this device, so host work between launches counts
+    /// only where it delays the GPU. For benchmarks (`attnc-bench --gpu`).
+    pub fn time_ms(&self, runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+        self.ctx().time_ms(runs, &mut f)
+    }
+
     /// Waits until everything issued on this device has finished, returning any error a kernel
     /// raised asynchronously.
     pub fn synchronize(&self) -> Result<()> {

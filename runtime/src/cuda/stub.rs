@@ -75,6 +75,10 @@ impl Ctx {
         no_backend()
     }
 
+    pub(crate) fn time_ms(&self, _runs: usize, _f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        no_backend()
+    }
+
     pub(crate) fn run(
         &self,
         _dev: &CudaDevice,
