@@ -15,20 +15,22 @@ fn expand(attr: &str) -> String {
     elide_cuda_source(&prettyplease::unparse(&file))
 }
 
-/// The CUDA C is one long escaped string literal in the expansion; it is snapshotted readably,
-/// on its own, by tests/cuda_snapshots.rs.
+/// The CUDA C is one long escaped string literal in the expansion (two in a systems spec's:
+/// its base's and its own); it is snapshotted readably, on its own, by tests/cuda_snapshots.rs.
 fn elide_cuda_source(rust: &str) -> String {
     const START: &str = "pub const CUDA_SOURCE: &'static str = ::core::convert::identity(";
-    let Some(at) = rust.find(START) else {
-        return rust.to_string();
-    };
-    let body = at + START.len();
-    let end = rust[body..].find(");\n").map_or(rust.len(), |e| body + e);
-    format!(
-        "{}\"<the CUDA C: see tests/snapshots/cuda_snapshots__*.snap>\"{}",
-        &rust[..body],
-        &rust[end..]
-    )
+    const ELIDED: &str = "\"<the CUDA C: see tests/snapshots/cuda_snapshots__*.snap>\"";
+    let mut out = String::new();
+    let mut rest = rust;
+    while let Some(at) = rest.find(START) {
+        let body = at + START.len();
+        let end = rest[body..].find(");\n").map_or(rest.len(), |e| body + e);
+        out.push_str(&rest[..body]);
+        out.push_str(ELIDED);
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[test]

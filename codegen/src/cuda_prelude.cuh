@@ -15,6 +15,14 @@ __device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000);
 
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
 
+// Row-per-thread loops visit column (cc + r) mod w at step cc rather than cc: at each step the
+// threads of a warp read 32 different banks instead of one (rows of a tile are w floats apart,
+// w usually a multiple of 32). The sum of a row then starts at its column r mod w.
+__device__ __forceinline__ int skew(int cc, int r, int w) {
+  const int c = cc + r % w;
+  return c >= w ? c - w : c;
+}
+
 // x^n for an integer n (closures' powi), by repeated squaring.
 __device__ __forceinline__ float powi(float x, int n) {
   float base = n < 0 ? 1.0f / x : x;
@@ -104,9 +112,12 @@ template <int R, int W>
 __device__ void l2norm_rows(float* x, int rows, float eps) {
   for (int r = threadIdx.x; r < rows; r += blockDim.x) {
     float s = 0.0f;
-    for (int c = 0; c < W; ++c) s = fmaf(x[r * W + c], x[r * W + c], s);
+    for (int cc = 0; cc < W; ++cc) {
+      const float v = x[r * W + skew(cc, r, W)];
+      s = fmaf(v, v, s);
+    }
     const float inv = 1.0f / sqrtf(s + eps);
-    for (int c = 0; c < W; ++c) x[r * W + c] *= inv;
+    for (int cc = 0; cc < W; ++cc) x[r * W + skew(cc, r, W)] *= inv;
   }
 }
 
@@ -188,18 +199,31 @@ __device__ void favor_rows(const float* x, int rows, const float* w, float* out)
 // g[t] <- g[0] + ... + g[t] over live rows.
 template <int R>
 __device__ void cumsum(float* g, int rows) {
-  if (threadIdx.x == 0) {
-    float acc = 0.0f;
-    for (int t = 0; t < rows; ++t) { acc += g[t]; g[t] = acc; }
+  if (R > (int)blockDim.x) {
+    if (threadIdx.x == 0) {
+      float acc = 0.0f;
+      for (int t = 0; t < rows; ++t) { acc += g[t]; g[t] = acc; }
+    }
+    return;
+  }
+  // Hillis-Steele: log2(R) steps of one add per thread instead of R serial adds.
+  const int t = threadIdx.x;
+  for (int off = 1; off < R; off *= 2) {
+    const float add = t < rows && t >= off ? g[t - off] : 0.0f;
+    __syncthreads();
+    if (t < rows) g[t] += add;
+    __syncthreads();
   }
 }
 
 // dst (W x R) <- src (R x W)^T; columns past `rows` become zero.
 template <int R, int W>
 __device__ void transpose(const float* src, int rows, float* dst) {
+  // Diagonal order: thread i takes t = i mod R and k = (i / R + t) mod W, so a warp reads
+  // src[t][k] and writes dst[k][t] at 32 different banks each (R, W multiples of 32).
   for (int i = threadIdx.x; i < R * W; i += blockDim.x) {
-    const int k = i / R, t = i - k * R;
-    dst[i] = t < rows ? src[t * W + k] : 0.0f;
+    const int t = i % R, k = (i / R + t) % W;
+    dst[k * R + t] = t < rows ? src[t * W + k] : 0.0f;
   }
 }
 
@@ -320,7 +344,7 @@ template <int R, int W>
 __device__ void row_sums(const float* a, int rows, float* out) {
   for (int r = threadIdx.x; r < rows; r += blockDim.x) {
     float s = 0.0f;
-    for (int c = 0; c < W; ++c) s += a[r * W + c];
+    for (int cc = 0; cc < W; ++cc) s += a[r * W + skew(cc, r, W)];
     out[r] = s;
   }
 }
@@ -329,7 +353,10 @@ template <int R, int W, bool ACC>
 __device__ void dot_rows(const float* x, const float* z, int rows, float* out) {
   for (int r = threadIdx.x; r < rows; r += blockDim.x) {
     float s = 0.0f;
-    for (int c = 0; c < W; ++c) s = fmaf(x[r * W + c], z[c], s);
+    for (int cc = 0; cc < W; ++cc) {
+      const int c = skew(cc, r, W);
+      s = fmaf(x[r * W + c], z[c], s);
+    }
     out[r] = ACC ? out[r] + s : s;
   }
 }
@@ -632,21 +659,25 @@ __device__ void online_softmax(float* a, int rows, int cols, float* m, float* l,
   for (int r = threadIdx.x; r < rows; r += blockDim.x) {
     float* row = a + r * R;
     float tile_max = neg_inf();
-    for (int s = 0; s < cols; ++s) tile_max = fmaxf(tile_max, row[s]);
+    for (int ss = 0; ss < R; ++ss) {
+      const int s = skew(ss, r, R);
+      if (s < cols) tile_max = fmaxf(tile_max, row[s]);
+    }
     const float new_max = fmaxf(m[r], tile_max);
     if (new_max == neg_inf()) {
-      for (int s = 0; s < R; ++s) row[s] = 0.0f;
+      for (int ss = 0; ss < R; ++ss) row[skew(ss, r, R)] = 0.0f;
       continue;
     }
     const float alpha = expf(m[r] - new_max);
     float sum = 0.0f;
-    for (int s = 0; s < R; ++s) {
+    for (int ss = 0; ss < R; ++ss) {
+      const int s = skew(ss, r, R);
       const float p = s < cols ? expf(row[s] - new_max) : 0.0f;
       row[s] = p;
       sum += p;
     }
     l[r] = l[r] * alpha + sum;
-    for (int c = 0; c < W; ++c) o[r * W + c] *= alpha;
+    for (int cc = 0; cc < W; ++cc) o[r * W + skew(cc, r, W)] *= alpha;
     m[r] = new_max;
   }
 }
