@@ -317,18 +317,7 @@ where
         ),
     };
     let out = launch_call(
-        Call {
-            dev,
-            launch,
-            source,
-            p: &p,
-            forward: true,
-            inputs: [q.buf(), k.buf(), v.buf()],
-            out_len: v.len(),
-            beta: beta.map(CudaTensor::buf),
-            g: g.map(CudaTensor::buf),
-            proj: proj.map(CudaTensor::buf),
-        },
+        Call::new((launch, source), &p, true, (q, k, v), (beta, g, proj)),
         (&mut s, z.as_mut()),
         SystemsBufs::default(),
     )?;
@@ -396,18 +385,13 @@ where
     let mut s = ctx.copy(state.s.buf())?;
     let mut z = copy_opt(ctx, state.z.as_ref())?;
     let out = launch_call(
-        Call {
-            dev,
-            launch,
-            source,
-            p: &p,
-            forward: false,
-            inputs: [q_t.buf(), k_t.buf(), v_t.buf()],
-            out_len: v_t.len(),
-            beta: beta_t.map(CudaTensor::buf),
-            g: g_t.map(CudaTensor::buf),
-            proj: proj.map(CudaTensor::buf),
-        },
+        Call::new(
+            (launch, source),
+            &p,
+            false,
+            (q_t, k_t, v_t),
+            (beta_t, g_t, proj),
+        ),
         (&mut s, z.as_mut()),
         SystemsBufs::default(),
     )?;
@@ -433,6 +417,37 @@ pub(crate) struct Call<'a> {
     pub(crate) beta: Option<&'a Buf>,
     pub(crate) g: Option<&'a Buf>,
     pub(crate) proj: Option<&'a Buf>,
+}
+
+/// Per-token scalars (`beta`, `g`) and the projection of a call, `None` where unused.
+pub type Extras<'a, S3, Sp> = (
+    Option<&'a CudaTensor<S3>>,
+    Option<&'a CudaTensor<S3>>,
+    Option<&'a CudaTensor<Sp>>,
+);
+
+impl<'a> Call<'a> {
+    /// A call on `q`'s device: `forward` (the `forward` kernels) or `step`.
+    pub(crate) fn new<Sq: Shape, Sk: Shape, Sv: Shape, S3: Shape, Sp: Shape>(
+        (launch, source): (&'a CudaLaunch, &'static str),
+        p: &'a Problem,
+        forward: bool,
+        (q, k, v): (&'a CudaTensor<Sq>, &'a CudaTensor<Sk>, &'a CudaTensor<Sv>),
+        (beta, g, proj): Extras<'a, S3, Sp>,
+    ) -> Self {
+        Call {
+            dev: q.device(),
+            launch,
+            source,
+            p,
+            forward,
+            inputs: [q.buf(), k.buf(), v.buf()],
+            out_len: v.len(),
+            beta: beta.map(CudaTensor::buf),
+            g: g.map(CudaTensor::buf),
+            proj: proj.map(CudaTensor::buf),
+        }
+    }
 }
 
 /// Checks `beta` and `g` (on the host, like the CPU path: [`Error::InvalidScalar`]), then

@@ -315,12 +315,7 @@ impl Bufs {
     }
 }
 
-/// Per-token scalars and the projection of a call, as `forward_cuda` takes them.
-pub type Extras<'a, S3, Sp> = (
-    Option<&'a CudaTensor<S3>>,
-    Option<&'a CudaTensor<S3>>,
-    Option<&'a CudaTensor<Sp>>,
-);
+pub use super::api::Extras;
 
 /// `forward_with_state` of a spec with momentum or `short_conv`, on the GPU: the output (v's
 /// shape, the spec's layout) and the final [`CudaExtState`]. `initial: None` starts from zeros
@@ -383,18 +378,7 @@ where
     };
     let mut bufs = Bufs::copy(dev.ctx(), &state)?;
     let out = bufs.launch(
-        Call {
-            dev,
-            launch,
-            source,
-            p: &p,
-            forward: true,
-            inputs: [q.buf(), k.buf(), v.buf()],
-            out_len: v.len(),
-            beta: beta.map(CudaTensor::buf),
-            g: g.map(CudaTensor::buf),
-            proj: proj.map(CudaTensor::buf),
-        },
+        Call::new((launch, source), &p, true, (q, k, v), (beta, g, proj)),
         weights,
     )?;
     bufs.store(&mut state);
@@ -453,18 +437,13 @@ where
     let dev = q_t.device();
     let mut bufs = Bufs::copy(dev.ctx(), state)?;
     let out = bufs.launch(
-        Call {
-            dev,
-            launch,
-            source,
-            p: &p,
-            forward: false,
-            inputs: [q_t.buf(), k_t.buf(), v_t.buf()],
-            out_len: v_t.len(),
-            beta: beta_t.map(CudaTensor::buf),
-            g: g_t.map(CudaTensor::buf),
-            proj: proj.map(CudaTensor::buf),
-        },
+        Call::new(
+            (launch, source),
+            &p,
+            false,
+            (q_t, k_t, v_t),
+            (beta_t, g_t, proj),
+        ),
         weights,
     )?;
     bufs.store(state);
