@@ -7,6 +7,8 @@
 //!   and loads for every kernel of every example spec on sm_90.
 //! - **Occupancy**: at least 2 blocks of 256 threads fit one sm_90 SM by registers (64K per SM)
 //!   and shared memory (228 KiB per SM, 1 KiB reserved per block).
+//! - **Workspace**: a `forward` call's workspaces at (B 8, H 16, N 4096) stay within 6 KiB per
+//!   token x head (runs without NVRTC).
 //!
 //! Each test prints its table (`-- --nocapture`); BENCHMARKS.md and the issue notes quote it.
 
@@ -236,4 +238,22 @@ fn kernels_do_not_spill_and_two_blocks_fit_an_sm() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Bytes of workspace (chunk states, spilled tiles, per-block scratch) per token and head at
+/// (B 8, H 16, N 4096): the memory a `forward` call allocates beyond its inputs and output.
+#[test]
+fn workspace_bytes_per_token_and_head_are_bounded() {
+    let (bh, n) = (8 * 16, 4096);
+    let mut worst = (0.0f64, "");
+    for (name, launch, _) in specs() {
+        let w = launch.workspace(&launch.forward, bh, n);
+        let floats = w.chunk_s + w.chunk_z + w.work + w.scratch;
+        let per = 4.0 * floats as f64 / (bh * n) as f64;
+        println!("{name:<22} {per:>8.0} bytes per token x head");
+        if per > worst.0 {
+            worst = (per, name);
+        }
+    }
+    assert!(worst.0 <= 6144.0, "{}: {:.0} bytes per token x head", worst.1, worst.0);
 }

@@ -233,24 +233,9 @@ fn same_device(q: &CudaDevice, args: &[(&str, Option<&CudaDevice>)]) -> Result<(
     Ok(())
 }
 
-/// Fresh workspaces for `kernels` on `bh` (batch x heads) and `n` tokens, zeroed; an empty one
-/// is still a valid (one-float) allocation.
-fn workspaces(
-    dev: &CudaDevice,
-    launch: &CudaLaunch,
-    kernels: &[KernelInfo],
-    bh: usize,
-    n: usize,
-) -> Result<[Buf; 4]> {
-    let w = launch.workspace(kernels, bh, n);
-    let ctx = dev.ctx();
-    Ok([
-        ctx.zeros(w.chunk_s)?,
-        ctx.zeros(w.chunk_z)?,
-        ctx.zeros(w.work)?,
-        ctx.zeros(w.scratch)?,
-    ])
-}
+/// What a call's workspaces are cached by: their four lengths, in floats (so a cached set
+/// always fits; calls of one spec and shape share it).
+pub(crate) type WorkspaceKey = [usize; 4];
 
 /// `forward_with_state` on the GPU: runs the spec's chunk kernels over the whole sequence and
 /// returns the output (in v's shape and the spec's layout) and the final state.
@@ -332,9 +317,9 @@ where
 /// shape, (B, H, DV).
 ///
 /// `q_t`, `k_t` (B, H, DK), `v_t` (B, H, DV), `beta_t`, `g_t` (B, H), `proj` (F, DK) for
-/// `feature_map = favor` (the one `forward` took). The kernels run on a copy
-/// of the state, which replaces `state` only when every launch was accepted, so an error leaves
-/// `state` as it was.
+/// `feature_map = favor` (the one `forward` took). The kernels update `state` in place (no copy
+/// of S per token); every argument check runs before the first launch, so a rejected call
+/// leaves `state` as it was.
 ///
 /// `beta_t` and `g_t` are checked like the CPU path's ([`Error::InvalidScalar`], always on), on
 /// the host: this costs one device-to-host copy of each (B·H floats) before the launch.
@@ -381,9 +366,8 @@ where
             ("the state", Some(state.device())),
         ],
     )?;
-    let ctx = dev.ctx();
-    let mut s = ctx.copy(state.s.buf())?;
-    let mut z = copy_opt(ctx, state.z.as_ref())?;
+    // In place: no copy of S per token. Every check above runs before any kernel.
+    let CudaState { s, z } = state;
     let out = launch_call(
         Call::new(
             (launch, source),
@@ -392,13 +376,9 @@ where
             (q_t, k_t, v_t),
             (beta_t, g_t, proj),
         ),
-        (&mut s, z.as_mut()),
+        (&mut s.buf, z.as_mut().map(|z| &mut z.buf)),
         SystemsBufs::default(),
     )?;
-    state.s.buf = s;
-    if let (Some(old), Some(new)) = (state.z.as_mut(), z) {
-        old.buf = new;
-    }
     Ok(CudaTensor::wrap(out, *v_t.shape(), dev))
 }
 
@@ -477,10 +457,11 @@ pub(crate) fn launch_call(
     };
     let bh = p.batch * p.heads;
     let mut out = ctx.zeros(c.out_len)?;
-    let [mut chunk_s, mut chunk_z, mut work, mut scratch] =
-        workspaces(c.dev, c.launch, kernels, bh, n)?;
+    let w = c.launch.workspace(kernels, bh, n);
+    let key = [w.chunk_s, w.chunk_z, w.work, w.scratch];
+    let [mut chunk_s, mut chunk_z, mut work, mut scratch] = ctx.take_workspaces(key)?;
     let [q, k, v] = c.inputs;
-    ctx.run(
+    let ran = ctx.run(
         c.dev,
         c.source,
         c.launch,
@@ -502,8 +483,9 @@ pub(crate) fn launch_call(
             scratch: &mut scratch,
             systems,
         },
-    )?;
-    Ok(out)
+    );
+    ctx.give_back_workspaces(key, [chunk_s, chunk_z, work, scratch]);
+    ran.map(|()| out)
 }
 
 /// A device copy of `t`'s buffer, if there is a `t`.

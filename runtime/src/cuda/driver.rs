@@ -3,7 +3,7 @@
 //! cudarc panics when a library is missing, so every entry point checks `is_culib_present`
 //! first; calls that could meet a library lacking a symbol run under `catch_unwind`.
 
-use super::api::{Params, SystemsBufs};
+use super::api::{Params, SystemsBufs, WorkspaceKey};
 use super::launch::{CudaLaunch, Grid, KernelInfo};
 use super::{CudaDevice, Unavailable};
 use crate::error::{Error, Result};
@@ -156,7 +156,12 @@ pub(crate) struct Ctx {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     dummy: CudaSlice<f32>,
+    /// Workspaces of recent calls, by their key, for the next call of the same shape.
+    workspaces: Mutex<Vec<(WorkspaceKey, [Buf; 4])>>,
 }
+
+/// Workspaces kept per device: the shapes of a few recent calls (a model's layers share one).
+const CACHED_WORKSPACES: usize = 8;
 
 /// A device buffer of `len` floats (at least one is allocated: CUDA refuses empty allocations).
 pub(crate) struct Buf {
@@ -209,7 +214,12 @@ pub(crate) fn open(ordinal: usize) -> std::result::Result<Opened, Unavailable> {
     });
     let (name, arch, stream, dummy) = described.map_err(generic)?;
     Ok(Opened {
-        ctx: Ctx { ctx, stream, dummy },
+        ctx: Ctx {
+            ctx,
+            stream,
+            dummy,
+            workspaces: Mutex::new(Vec::new()),
+        },
         name,
         arch,
     })
@@ -262,6 +272,36 @@ impl Ctx {
             .alloc_zeros::<f32>(len.max(1))
             .map_err(|e| cuda_error(&format!("allocating {len} floats on the GPU"), e))?;
         Ok(Buf { slice, len })
+    }
+
+    /// The four workspaces (`chunk_s`, `chunk_z`, `work`, `scratch`) of a call, `key` floats
+    /// long: a cached set when an earlier call returned one of these lengths, else new
+    /// allocations. Not zeroed: every kernel writes a workspace before reading it (the host
+    /// emulation fills them with NaN to check exactly that).
+    pub(crate) fn take_workspaces(&self, key: WorkspaceKey) -> Result<[Buf; 4]> {
+        let mut cache = self.workspaces.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
+            return Ok(cache.swap_remove(i).1);
+        }
+        drop(cache);
+        let alloc = |len: usize| -> Result<Buf> {
+            // SAFETY: the memory is left unset; the kernels write every workspace float they
+            // read before reading it (see above), and nothing else reads these buffers.
+            let slice = unsafe { self.stream.alloc::<f32>(len.max(1)) }
+                .map_err(|e| cuda_error(&format!("allocating {len} floats on the GPU"), e))?;
+            Ok(Buf { slice, len })
+        };
+        Ok([alloc(key[0])?, alloc(key[1])?, alloc(key[2])?, alloc(key[3])?])
+    }
+
+    /// Keeps a call's workspaces for the next call of the same lengths (the oldest beyond
+    /// [`CACHED_WORKSPACES`] are freed).
+    pub(crate) fn give_back_workspaces(&self, key: WorkspaceKey, bufs: [Buf; 4]) {
+        let mut cache = self.workspaces.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.push((key, bufs));
+        if cache.len() > CACHED_WORKSPACES {
+            cache.remove(0);
+        }
     }
 
     /// Copies a buffer to the host, after the work issued before.

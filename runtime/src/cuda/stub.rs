@@ -75,6 +75,12 @@ impl Ctx {
         no_backend()
     }
 
+    pub(crate) fn take_workspaces(&self, _key: super::api::WorkspaceKey) -> Result<[Buf; 4]> {
+        no_backend()
+    }
+
+    pub(crate) fn give_back_workspaces(&self, _key: super::api::WorkspaceKey, _bufs: [Buf; 4]) {}
+
     pub(crate) fn time_ms(&self, _runs: usize, _f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
         no_backend()
     }

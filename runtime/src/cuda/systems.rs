@@ -386,7 +386,7 @@ where
 }
 
 /// `step` of a spec with momentum or `short_conv`, on the GPU: one token per (batch, head);
-/// updates `state` (only when every launch was accepted) and returns o_t, (B, H, DV).
+/// updates `state` in place (after every check) and returns o_t, (B, H, DV).
 #[allow(clippy::type_complexity)]
 pub fn systems_step_cuda<
     B,
@@ -435,8 +435,27 @@ where
     state.check(sig)?;
     let weights = check_weights(sig, p.heads, conv)?;
     let dev = q_t.device();
-    let mut bufs = Bufs::copy(dev.ctx(), state)?;
-    let out = bufs.launch(
+    // In place: every check above runs before the first kernel.
+    let CudaExtState {
+        s,
+        z,
+        m,
+        n,
+        conv_q,
+        conv_k,
+        conv_v,
+    } = state;
+    let tails = match (conv_q.as_mut(), conv_k.as_mut(), conv_v.as_mut()) {
+        (Some(q), Some(k), Some(v)) => Some([&mut q.buf, &mut k.buf, &mut v.buf]),
+        _ => None,
+    };
+    let systems = SystemsBufs {
+        conv: weights,
+        tails,
+        mom_s: m.as_mut().map(|t| &mut t.buf),
+        mom_z: n.as_mut().map(|t| &mut t.buf),
+    };
+    let out = launch_call(
         Call::new(
             (launch, source),
             &p,
@@ -444,9 +463,9 @@ where
             (q_t, k_t, v_t),
             (beta_t, g_t, proj),
         ),
-        weights,
+        (&mut s.buf, z.as_mut().map(|t| &mut t.buf)),
+        systems,
     )?;
-    bufs.store(state);
     Ok(CudaTensor::wrap(out, *v_t.shape(), dev))
 }
 
