@@ -255,5 +255,10 @@ fn workspace_bytes_per_token_and_head_are_bounded() {
             worst = (per, name);
         }
     }
-    assert!(worst.0 <= 6144.0, "{}: {:.0} bytes per token x head", worst.1, worst.0);
+    assert!(
+        worst.0 <= 6144.0,
+        "{}: {:.0} bytes per token x head",
+        worst.1,
+        worst.0
+    );
 }

@@ -279,7 +279,10 @@ impl Ctx {
     /// allocations. Not zeroed: every kernel writes a workspace before reading it (the host
     /// emulation fills them with NaN to check exactly that).
     pub(crate) fn take_workspaces(&self, key: WorkspaceKey) -> Result<[Buf; 4]> {
-        let mut cache = self.workspaces.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = self
+            .workspaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
             return Ok(cache.swap_remove(i).1);
         }
@@ -291,13 +294,21 @@ impl Ctx {
                 .map_err(|e| cuda_error(&format!("allocating {len} floats on the GPU"), e))?;
             Ok(Buf { slice, len })
         };
-        Ok([alloc(key[0])?, alloc(key[1])?, alloc(key[2])?, alloc(key[3])?])
+        Ok([
+            alloc(key[0])?,
+            alloc(key[1])?,
+            alloc(key[2])?,
+            alloc(key[3])?,
+        ])
     }
 
     /// Keeps a call's workspaces for the next call of the same lengths (the oldest beyond
     /// [`CACHED_WORKSPACES`] are freed).
     pub(crate) fn give_back_workspaces(&self, key: WorkspaceKey, bufs: [Buf; 4]) {
-        let mut cache = self.workspaces.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = self
+            .workspaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         cache.push((key, bufs));
         if cache.len() > CACHED_WORKSPACES {
             cache.remove(0);
