@@ -2,9 +2,9 @@
 //! compiler against tests/cuda_emu/attnc_emu.h and runs its kernels on CPU threads
 //! (tests/cuda_emu/harness.cpp), so the tests check the CUDA kernels' numbers without a GPU.
 //!
-//! The kernels run as a GPU would schedule them (every block of each grid, the threads of a
-//! block in parallel with `__syncthreads()` as a real barrier), on the launch configuration the
-//! runtime uses ([`CudaLaunch`]). Memory a kernel should never read before writing (workspaces,
+//! The kernels run as a GPU would schedule them (every block of each grid, in a shuffled order
+//! since a GPU promises none, the threads of a block in parallel with `__syncthreads()` as a
+//! real barrier), on the launch configuration the runtime uses ([`CudaLaunch`]). Memory a kernel should never read before writing (workspaces,
 //! `out`, dynamic shared memory) starts as NaN, and writes outside a buffer, beyond the declared
 //! dynamic shared memory or a `__syncthreads()` reached by only some threads are errors.
 #![allow(dead_code)]

@@ -1,8 +1,9 @@
 // Host emulation of the CUDA subset the attnc emitter generates (tests only).
 //
 // Force-included (`-include`) before a generated source and before harness.cpp, which runs the
-// kernels: the blocks of a grid one after another, the threads of a block in parallel on real
-// threads, `__syncthreads()` being a barrier over them. See tests/common/cuda_emu.rs.
+// kernels: the blocks of a grid one after another (in a shuffled order), the threads of a block
+// in parallel on real threads, `__syncthreads()` being a barrier over them. See
+// tests/common/cuda_emu.rs.
 #pragma once
 
 // The generated source's own CUDA definitions of ATTNC_SHARED / ATTNC_DYN_SMEM step aside.

@@ -12,12 +12,15 @@
 // Any error: a message on stderr and exit status 2.
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <atomic>
 #include <barrier>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <numeric>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -96,6 +99,7 @@ struct Running {
   float* args[kBuffers] = {};
   int n = 0, heads = 0;
   uint64_t next = 0, total = 0;  // blocks
+  std::vector<uint64_t> order;    // the blocks in the order they run
   bool done = false, failed = false;
   std::atomic<uint32_t> returned{0};  // workers that left the kernel in this block
 } run;
@@ -126,7 +130,7 @@ struct OnPhase {
       run.done = true;
       return;
     }
-    uint64_t b = run.next++;
+    uint64_t b = run.order[run.next++];
     blockIdx = {uint32_t(b % k.grid[0]), uint32_t(b / k.grid[0] % k.grid[1]),
                 uint32_t(b / k.grid[0] / k.grid[1])};
     fill_sentinel(attnc_dyn_smem, kSmemFloats);
@@ -159,6 +163,11 @@ void launch(const Launch& k, Buffer* buffers, int n, int heads) {
   run.heads = heads;
   run.next = 0;
   run.total = uint64_t(k.grid[0]) * k.grid[1] * k.grid[2];
+  // A GPU promises no order between the blocks of a launch: run them shuffled (a fixed seed, so
+  // failures reproduce), so a kernel that relies on block 0 running first fails here too.
+  run.order.resize(run.total);
+  std::iota(run.order.begin(), run.order.end(), uint64_t{0});
+  std::shuffle(run.order.begin(), run.order.end(), std::mt19937_64(0x5eed + run.total));
   run.done = run.failed = false;
   run.returned.store(0);
   blockDim = {k.threads, 1, 1};
