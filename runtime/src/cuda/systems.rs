@@ -9,9 +9,9 @@
 //! the same recurrence.
 
 use super::api::{
-    check_forward, check_step, copy_opt, launch_call, Call, ForwardShapes, StepShapes, SystemsBufs,
+    check_forward, check_step, launch_call, Call, ForwardShapes, StepShapes, SystemsBufs,
 };
-use super::backend::{Buf, Ctx};
+use super::backend::Buf;
 use super::launch::CudaLaunch;
 use super::{CudaDevice, CudaTensor};
 use crate::error::{Error, Result};
@@ -246,73 +246,32 @@ where
     Ok(Some([cq.buf(), ck.buf(), cv.buf()]))
 }
 
-/// The state's device buffers, copied (a call never modifies the state it was given).
-struct Bufs {
-    s: Buf,
-    z: Option<Buf>,
-    m: Option<Buf>,
-    n: Option<Buf>,
-    tails: Option<[Buf; 3]>,
-}
-
-impl Bufs {
-    fn copy<B: Dim, H: Dim, const F: usize, const DK: usize, const DV: usize>(
-        ctx: &Ctx,
-        st: &CudaExtState<B, H, F, DK, DV>,
-    ) -> Result<Bufs> {
-        let tails = match (&st.conv_q, &st.conv_k, &st.conv_v) {
-            (Some(q), Some(k), Some(v)) => {
-                Some([ctx.copy(q.buf())?, ctx.copy(k.buf())?, ctx.copy(v.buf())?])
-            }
-            _ => None,
-        };
-        Ok(Bufs {
-            s: ctx.copy(st.s.buf())?,
-            z: copy_opt(ctx, st.z.as_ref())?,
-            m: copy_opt(ctx, st.m.as_ref())?,
-            n: copy_opt(ctx, st.n.as_ref())?,
-            tails,
-        })
-    }
-
-    /// Launches `call` on these buffers.
-    fn launch(&mut self, call: Call<'_>, conv: Option<[&Buf; 3]>) -> Result<Buf> {
-        let systems = SystemsBufs {
-            conv,
-            tails: self.tails.as_mut().map(|[q, k, v]| [q, k, v]),
-            mom_s: self.m.as_mut(),
-            mom_z: self.n.as_mut(),
-        };
-        launch_call(call, (&mut self.s, self.z.as_mut()), systems)
-    }
-
-    /// Puts the buffers into `st`'s tensors (same shapes).
-    fn store<B: Dim, H: Dim, const F: usize, const DK: usize, const DV: usize>(
-        self,
-        st: &mut CudaExtState<B, H, F, DK, DV>,
-    ) {
-        st.s.buf = self.s;
-        let pairs = [(&mut st.z, self.z), (&mut st.n, self.n)];
-        for (t, b) in pairs {
-            if let (Some(t), Some(b)) = (t.as_mut(), b) {
-                t.buf = b;
-            }
-        }
-        if let (Some(t), Some(b)) = (st.m.as_mut(), self.m) {
-            t.buf = b;
-        }
-        if let Some([q, k, v]) = self.tails {
-            if let Some(t) = st.conv_q.as_mut() {
-                t.buf = q;
-            }
-            if let Some(t) = st.conv_k.as_mut() {
-                t.buf = k;
-            }
-            if let Some(t) = st.conv_v.as_mut() {
-                t.buf = v;
-            }
-        }
-    }
+/// Launches `call` on `state`'s own buffers (updated in place) with `short_conv`'s weights.
+fn launch_on<B: Dim, H: Dim, const F: usize, const DK: usize, const DV: usize>(
+    state: &mut CudaExtState<B, H, F, DK, DV>,
+    call: Call<'_>,
+    conv: Option<[&Buf; 3]>,
+) -> Result<Buf> {
+    let CudaExtState {
+        s,
+        z,
+        m,
+        n,
+        conv_q,
+        conv_k,
+        conv_v,
+    } = state;
+    let tails = match (conv_q.as_mut(), conv_k.as_mut(), conv_v.as_mut()) {
+        (Some(q), Some(k), Some(v)) => Some([&mut q.buf, &mut k.buf, &mut v.buf]),
+        _ => None,
+    };
+    let systems = SystemsBufs {
+        conv,
+        tails,
+        mom_s: m.as_mut().map(|t| &mut t.buf),
+        mom_z: n.as_mut().map(|t| &mut t.buf),
+    };
+    launch_call(call, (&mut s.buf, z.as_mut().map(|t| &mut t.buf)), systems)
 }
 
 pub use super::api::Extras;
@@ -376,12 +335,12 @@ where
         Some(st) => st.try_clone()?,
         None => CudaExtState::zeros(dev, (b, h), sig)?,
     };
-    let mut bufs = Bufs::copy(dev.ctx(), &state)?;
-    let out = bufs.launch(
+    // `state` is already the call's own copy: the kernels update it in place.
+    let out = launch_on(
+        &mut state,
         Call::new((launch, source), &p, true, (q, k, v), (beta, g, proj)),
         weights,
     )?;
-    bufs.store(&mut state);
     Ok((CudaTensor::wrap(out, *v.shape(), dev), state))
 }
 
@@ -436,26 +395,8 @@ where
     let weights = check_weights(sig, p.heads, conv)?;
     let dev = q_t.device();
     // In place: every check above runs before the first kernel.
-    let CudaExtState {
-        s,
-        z,
-        m,
-        n,
-        conv_q,
-        conv_k,
-        conv_v,
-    } = state;
-    let tails = match (conv_q.as_mut(), conv_k.as_mut(), conv_v.as_mut()) {
-        (Some(q), Some(k), Some(v)) => Some([&mut q.buf, &mut k.buf, &mut v.buf]),
-        _ => None,
-    };
-    let systems = SystemsBufs {
-        conv: weights,
-        tails,
-        mom_s: m.as_mut().map(|t| &mut t.buf),
-        mom_z: n.as_mut().map(|t| &mut t.buf),
-    };
-    let out = launch_call(
+    let out = launch_on(
+        state,
         Call::new(
             (launch, source),
             &p,
@@ -463,8 +404,7 @@ where
             (q_t, k_t, v_t),
             (beta_t, g_t, proj),
         ),
-        (&mut s.buf, z.as_mut().map(|t| &mut t.buf)),
-        systems,
+        weights,
     )?;
     Ok(CudaTensor::wrap(out, *v_t.shape(), dev))
 }
