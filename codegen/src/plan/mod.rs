@@ -20,8 +20,8 @@ pub use ir::{
     Access, CpuPlace, CudaPlace, Dim, DimOf, Expansion, Extent, Input, Op, Operand, Slot, Tile,
 };
 pub use resolve::{
-    column_block, Cpu, Cuda, Frame, Memory, RoutineKind, SpillLayout, Target, CUDA_THREADS,
-    SLOT_ALIGN, SMEM_BUDGET_FLOATS, STACK_TILE_MAX,
+    column_block, Cpu, Cuda, Frame, Lifetime, Memory, RoutineKind, SpillLayout, Target,
+    CUDA_THREADS, SLOT_ALIGN, SMEM_BUDGET_FLOATS, STACK_TILE_MAX,
 };
 pub use validate::PlanError;
 
@@ -292,7 +292,7 @@ fn routine<T: Target>(
     passes: &[Vec<BuiltOp>],
     problems: &mut Vec<PlanError>,
 ) -> Routine<T::Place> {
-    let frame = resolve::frame::<T>(sig, kind, passes.iter().flatten());
+    let frame = resolve::frame::<T>(sig, kind, passes.iter().flatten(), &loops(kind, passes));
     let marked;
     let passes = if T::LOADS_IN_PLACE {
         marked = in_place_loads(passes);
@@ -310,6 +310,26 @@ fn routine<T: Target>(
         })
         .collect();
     Routine { frame, passes }
+}
+
+/// The op ranges a routine's kernel repeats: every pass per chunk (the sequential forward), the
+/// whole body per chunk (the scan, the step program over a sequence), nothing (one chunk per
+/// block).
+fn loops(kind: RoutineKind, passes: &[Vec<BuiltOp>]) -> Vec<std::ops::Range<usize>> {
+    match kind {
+        RoutineKind::Intra | RoutineKind::Output | RoutineKind::Softmax => Vec::new(),
+        RoutineKind::Scan | RoutineKind::Step => vec![0..passes.iter().map(Vec::len).sum()],
+        RoutineKind::Forward => {
+            let mut start = 0;
+            passes
+                .iter()
+                .map(|p| {
+                    start += p.len();
+                    start - p.len()..start
+                })
+                .collect()
+        }
+    }
 }
 
 fn linear<T: Target>(
@@ -359,7 +379,15 @@ fn softmax<T: Target>(
     problems: &mut Vec<PlanError>,
 ) -> Softmax<T::Place> {
     let sections = [&p.prologue, &p.body, &p.diagonal, &p.update, &p.epilogue];
-    let frame = resolve::frame::<T>(sig, RoutineKind::Softmax, sections.into_iter().flatten());
+    // The key-tile loop: body, diagonal and update repeat; prologue and epilogue run once.
+    let looped =
+        p.prologue.len()..p.prologue.len() + p.body.len() + p.diagonal.len() + p.update.len();
+    let frame = resolve::frame::<T>(
+        sig,
+        RoutineKind::Softmax,
+        sections.into_iter().flatten(),
+        &[looped],
+    );
     let mut resolve = |ops: &[BuiltOp]| {
         resolve::resolve_ops(&frame, ops).unwrap_or_else(|e| {
             problems.push(PlanError(e));

@@ -2,9 +2,10 @@
 //! on each target, the spill slots. Printers read these; they compute no geometry.
 
 use super::build::BuiltOp;
-use super::ir::{CpuPlace, CudaPlace, Dim, DimOf, Extent, Op, Operand, Slot, Tile};
+use super::ir::{Access, CpuPlace, CudaPlace, Dim, DimOf, Extent, Op, Operand, Slot, Tile};
 use crate::abi::{Grid, Signature};
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 /// Threads per CUDA block, every kernel.
 pub const CUDA_THREADS: u32 = 256;
@@ -70,6 +71,70 @@ pub struct Frame<P> {
     pub tiles: Vec<Operand<P>>,
     /// Its memory footprint, in floats.
     pub memory: Memory,
+    /// When each tile holds a value that is still to be read (CUDA places tiles whose
+    /// lifetimes are disjoint at the same address).
+    pub lifetimes: BTreeMap<Tile, Lifetime>,
+}
+
+/// The ops during which a tile holds a value some later op reads: indices `first..=last` into
+/// the routine's ops, flattened in program order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lifetime {
+    /// The first op that touches the tile (or 0 when the value comes from outside the ops).
+    pub first: usize,
+    /// The last op that needs it.
+    pub last: usize,
+}
+
+impl Lifetime {
+    /// Alive during every op.
+    pub const ALWAYS: Lifetime = Lifetime {
+        first: 0,
+        last: usize::MAX,
+    };
+
+    /// Whether the two tiles hold values at the same time (so they may not share memory).
+    pub fn overlaps(&self, other: &Lifetime) -> bool {
+        self.first <= other.last && other.first <= self.last
+    }
+}
+
+/// Each tile's lifetime in `ops`, where `loops` are the op ranges the kernel repeats.
+///
+/// A tile that is read before any op writes it (the carried state, or a value from the previous
+/// trip around a loop) lives through the whole routine; one written before a loop and touched
+/// inside it lives until the loop's end, as the next trip reads it again. Otherwise a tile lives
+/// from the op that overwrites it to its last reader.
+pub fn lifetimes(
+    kind: RoutineKind,
+    ops: &[&BuiltOp],
+    loops: &[Range<usize>],
+) -> BTreeMap<Tile, Lifetime> {
+    let mut out: BTreeMap<Tile, (Lifetime, bool)> = BTreeMap::new();
+    for (i, op) in ops.iter().enumerate() {
+        for (t, access) in op.operands() {
+            out.entry(t)
+                .and_modify(|(l, _)| l.last = i)
+                .or_insert((Lifetime { first: i, last: i }, access != Access::Write));
+        }
+    }
+    let carried = [Tile::S, Tile::Z, Tile::M, Tile::Mz];
+    out.into_iter()
+        .map(|(t, (mut l, read_first))| {
+            if read_first || (kind.carries_state() && carried.contains(&t)) {
+                l = Lifetime::ALWAYS;
+            }
+            for r in loops {
+                let touched = ops[r.clone()]
+                    .iter()
+                    .any(|op| op.operands().iter().any(|(o, _)| *o == t));
+                if touched && l.first < r.start {
+                    l.last = l.last.max(r.end.saturating_sub(1));
+                }
+            }
+            (t, l)
+        })
+        .collect()
 }
 
 impl Frame<CudaPlace> {
@@ -281,7 +346,11 @@ pub trait Target {
     /// Where a tile lives.
     type Place: Copy + std::fmt::Debug + PartialEq;
     /// Places a routine's tiles; returns them in declaration order, with the footprint.
-    fn place(kind: RoutineKind, tiles: Vec<Operand<()>>) -> (Vec<Operand<Self::Place>>, Memory);
+    fn place(
+        kind: RoutineKind,
+        tiles: Vec<Operand<()>>,
+        lifetimes: &BTreeMap<Tile, Lifetime>,
+    ) -> (Vec<Operand<Self::Place>>, Memory);
     /// Value columns of a routine's value tiles.
     fn value_cols(kind: RoutineKind, dv: usize) -> usize;
     /// Whether a load the chunk program only reads may read its input in place.
@@ -297,7 +366,12 @@ impl Target for Cpu {
     // The inputs are contiguous (tokens, d) rows per head, exactly a tile's layout.
     const LOADS_IN_PLACE: bool = true;
 
-    fn place(kind: RoutineKind, tiles: Vec<Operand<()>>) -> (Vec<Operand<CpuPlace>>, Memory) {
+    // Stack arrays: the compiler reuses their storage itself.
+    fn place(
+        kind: RoutineKind,
+        tiles: Vec<Operand<()>>,
+        _: &BTreeMap<Tile, Lifetime>,
+    ) -> (Vec<Operand<CpuPlace>>, Memory) {
         let mut memory = Memory::default();
         let mut out = Vec::new();
         for t in CPU_ORDER {
@@ -327,8 +401,10 @@ impl Target for Cpu {
     }
 }
 
-/// CUDA: smallest tiles first into shared memory up to [`SMEM_BUDGET_FLOATS`], the rest in the
-/// block's scratch; declared in name order.
+/// CUDA: tiles whose lifetimes are disjoint share addresses. Largest first, each tile takes the
+/// lowest address where it overlaps no tile alive at the same time (first fit), in shared
+/// memory while it stays within [`SMEM_BUDGET_FLOATS`], else in the block's scratch; declared
+/// in name order.
 pub struct Cuda;
 
 impl Target for Cuda {
@@ -336,19 +412,30 @@ impl Target for Cuda {
     const LOADS_IN_PLACE: bool = false;
     type Place = CudaPlace;
 
-    fn place(_: RoutineKind, mut tiles: Vec<Operand<()>>) -> (Vec<Operand<CudaPlace>>, Memory) {
-        tiles.sort_by_key(Operand::len);
+    fn place(
+        _: RoutineKind,
+        mut tiles: Vec<Operand<()>>,
+        lifetimes: &BTreeMap<Tile, Lifetime>,
+    ) -> (Vec<Operand<CudaPlace>>, Memory) {
+        tiles.sort_by_key(|o| (std::cmp::Reverse(o.len()), o.tile));
         let mut memory = Memory::default();
+        let mut shared: Vec<Span> = Vec::new();
+        let mut scratch: Vec<Span> = Vec::new();
         let mut out: Vec<Operand<CudaPlace>> = tiles
             .into_iter()
             .map(|o| {
                 let len = o.len().next_multiple_of(SLOT_ALIGN);
-                let place = if memory.near + len <= SMEM_BUDGET_FLOATS {
-                    memory.near += len;
-                    CudaPlace::Shared(memory.near - len)
+                let life = lifetimes.get(&o.tile).copied().unwrap_or(Lifetime::ALWAYS);
+                let at = first_fit(&shared, len, life);
+                let place = if at + len <= SMEM_BUDGET_FLOATS {
+                    shared.push(Span { at, len, life });
+                    memory.near = memory.near.max(at + len);
+                    CudaPlace::Shared(at)
                 } else {
-                    memory.far += len;
-                    CudaPlace::Scratch(memory.far - len)
+                    let at = first_fit(&scratch, len, life);
+                    scratch.push(Span { at, len, life });
+                    memory.far = memory.far.max(at + len);
+                    CudaPlace::Scratch(at)
                 };
                 placed(o, place)
             })
@@ -366,6 +453,32 @@ impl Target for Cuda {
     }
 }
 
+/// A placed tile: its addresses and its lifetime.
+struct Span {
+    at: usize,
+    len: usize,
+    life: Lifetime,
+}
+
+/// The lowest address (a multiple of [`SLOT_ALIGN`]) where `len` floats overlap no span alive
+/// during `life`.
+fn first_fit(spans: &[Span], len: usize, life: Lifetime) -> usize {
+    let mut busy: Vec<(usize, usize)> = spans
+        .iter()
+        .filter(|s| s.life.overlaps(&life))
+        .map(|s| (s.at, s.at + s.len))
+        .collect();
+    busy.sort_unstable();
+    let mut at = 0;
+    for (start, end) in busy {
+        if at + len <= start {
+            break;
+        }
+        at = at.max(end);
+    }
+    at
+}
+
 /// Columns of the state one CUDA `scan` block carries: value columns split so that several
 /// blocks share a (batch, head).
 pub fn column_block(dv: usize) -> usize {
@@ -376,10 +489,13 @@ pub fn column_block(dv: usize) -> usize {
 }
 
 /// A routine's frame on target `T`: its tiles resolved and placed.
+///
+/// `ops` are the routine's ops in program order; `loops` the ranges of them its kernel repeats.
 pub fn frame<'a, T: Target>(
     sig: &Signature,
     kind: RoutineKind,
     ops: impl Iterator<Item = &'a BuiltOp> + Clone,
+    loops: &[Range<usize>],
 ) -> Frame<T::Place> {
     let chunk = if kind == RoutineKind::Step {
         1
@@ -387,17 +503,24 @@ pub fn frame<'a, T: Target>(
         sig.chunk
     };
     let value_cols = T::value_cols(kind, sig.dv);
-    let tiles = used_tiles(sig, kind, ops)
+    let flat: Vec<&BuiltOp> = ops.clone().collect();
+    let mut lifetimes = lifetimes(kind, &flat, loops);
+    let tiles: Vec<Operand<()>> = used_tiles(sig, kind, ops)
         .into_iter()
         .map(|t| unplaced(sig, kind, t, chunk, value_cols))
         .collect();
-    let (tiles, memory) = T::place(kind, tiles);
+    // Tiles no op touches (a carried state the printer copies in and out) live throughout.
+    for o in &tiles {
+        lifetimes.entry(o.tile).or_insert(Lifetime::ALWAYS);
+    }
+    let (tiles, memory) = T::place(kind, tiles, &lifetimes);
     Frame {
         kind,
         chunk,
         value_cols,
         tiles,
         memory,
+        lifetimes,
     }
 }
 

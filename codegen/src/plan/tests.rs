@@ -179,6 +179,43 @@ fn shared_memory_over_the_budget_is_reported() {
 }
 
 #[test]
+fn live_tiles_at_one_address_are_reported() {
+    let mut plan = Plan::new(&Spec::with_head_dim(16));
+    if let Program::Linear(l) = &mut plan.cuda {
+        // Q and K are both read by the scores' product.
+        for o in &mut l.phases.output.frame.tiles {
+            if matches!(o.tile, Tile::Q | Tile::K) {
+                o.place = CudaPlace::Shared(0);
+            }
+        }
+    }
+    let msg = messages(&plan);
+    assert!(msg.contains("overlap while both are alive"), "{msg}");
+}
+
+#[test]
+fn lifetimes_follow_the_loops() {
+    let mut spec = Spec::with_head_dim(16);
+    spec.feature_map = FeatureMap::Softmax;
+    let plan = Plan::new(&spec);
+    let Program::Softmax(t) = &plan.cuda else {
+        panic!("a softmax spec")
+    };
+    let life = |tile| t.frame.lifetimes[&tile];
+    let loop_end = t.prologue.len() + t.body.len() + t.diagonal.len() + t.update.len() - 1;
+    // Loaded before the key loop and read in it: alive to the loop's end, not its last read.
+    assert_eq!(life(Tile::Q).last, loop_end);
+    // K lives from its load to the transpose, inside one trip; so K and the scores may share.
+    assert!(!life(Tile::K).overlaps(&life(Tile::A)));
+    assert!(life(Tile::Q).overlaps(&life(Tile::A)));
+    // The carried state of a scan is alive throughout.
+    let Program::Linear(l) = &Plan::new(&Spec::with_head_dim(16)).cuda else {
+        panic!("a linear spec")
+    };
+    assert_eq!(l.phases.scan.frame.lifetimes[&Tile::S], Lifetime::ALWAYS);
+}
+
+#[test]
 fn spill_slots_are_aligned_and_packed_in_order_of_first_spill() {
     let mut spec = Spec::with_head_dim(16);
     spec.update = Update::GatedDelta;

@@ -2,7 +2,7 @@
 //! it is written, a product of mismatched shapes, overlapping slots, or a launch over the limits.
 
 use super::ir::{Access, CudaPlace, Op, Operand, Slot, Tile};
-use super::resolve::{Frame, Memory, RoutineKind, SMEM_BUDGET_FLOATS};
+use super::resolve::{Frame, Lifetime, Memory, RoutineKind, SMEM_BUDGET_FLOATS};
 use super::{Linear, Plan, Program, ResolvedOp, Routine, Softmax, CUDA_THREADS};
 use crate::abi::Signature;
 use std::collections::BTreeSet;
@@ -266,21 +266,23 @@ fn check_cuda_frame(sig: &Signature, frame: &Frame<CudaPlace>, errors: &mut Vec<
             format!("{} bytes of shared memory", near * 4),
         ));
     }
-    let mut spans: Vec<(bool, usize, usize, Tile)> = frame
-        .tiles
-        .iter()
-        .map(|o| match o.place {
-            CudaPlace::Shared(at) => (true, at, o.len(), o.tile),
-            CudaPlace::Scratch(at) => (false, at, o.len(), o.tile),
-        })
-        .collect();
-    spans.sort_by_key(|s| (s.0, s.1));
-    for pair in spans.windows(2) {
-        if let [(m1, at1, len1, t1), (m2, at2, _, t2)] = pair {
-            if m1 == m2 && at1 + len1 > *at2 {
+    // Two tiles may share addresses only if they never hold values at the same time.
+    let life = |t: Tile| frame.lifetimes.get(&t).copied().unwrap_or(Lifetime::ALWAYS);
+    for (i, a) in frame.tiles.iter().enumerate() {
+        for b in frame.tiles.iter().skip(i + 1) {
+            let span = |o: &Operand<CudaPlace>| match o.place {
+                CudaPlace::Shared(at) => (true, at, at + o.len()),
+                CudaPlace::Scratch(at) => (false, at, at + o.len()),
+            };
+            let ((ma, sa, ea), (mb, sb, eb)) = (span(a), span(b));
+            if ma == mb && sa < eb && sb < ea && life(a.tile).overlaps(&life(b.tile)) {
                 errors.push(err(
                     frame.kind,
-                    format!("tiles `{}` and `{}` overlap", t1.name(), t2.name()),
+                    format!(
+                        "tiles `{}` and `{}` overlap while both are alive",
+                        a.tile.name(),
+                        b.tile.name()
+                    ),
                 ));
             }
         }
