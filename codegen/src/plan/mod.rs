@@ -318,7 +318,10 @@ fn routine<T: Target>(
 fn loops(kind: RoutineKind, passes: &[Vec<BuiltOp>]) -> Vec<std::ops::Range<usize>> {
     match kind {
         RoutineKind::Intra | RoutineKind::Output | RoutineKind::Softmax => Vec::new(),
-        RoutineKind::Scan | RoutineKind::Step => vec![0..passes.iter().map(Vec::len).sum()],
+        RoutineKind::Scan | RoutineKind::Step => {
+            let len: usize = passes.iter().map(Vec::len).sum();
+            std::iter::once(0..len).collect()
+        }
         RoutineKind::Forward => {
             let mut start = 0;
             passes
