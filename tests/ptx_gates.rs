@@ -1,13 +1,15 @@
 //! Static gates on the generated CUDA kernels, checked without a GPU (NVRTC from PyPI in CI):
 //!
-//! - **Products are register-tiled**: every `attnc::gemm` instantiation the example specs use,
-//!   compiled alone on shared-memory tiles for sm_90, issues at least 4 `fma.rn.f32` per
-//!   shared-memory load instruction in its PTX (a float4 load counts as one instruction).
+//! - **Products use tensor cores**: every `attnc::gemm` instantiation the example specs use,
+//!   compiled alone on shared-memory tiles for sm_90, issues `mma.sync` (3xTF32) when its shape
+//!   allows (M % 16, K % 8, N % 8 = 0); built with `ATTNC_NO_MMA` (the FP32-pipe fallback) it
+//!   issues at least 4 `fma.rn.f32` per shared-memory load instruction (a float4 load counts
+//!   as one).
 //! - **No spills**: ptxas (`--ptxas-options=-v` through NVRTC) reports 0 bytes of spill stores
 //!   and loads for every kernel of every example spec on sm_90.
 //! - **Occupancy**: at least 2 blocks of 256 threads fit one sm_90 SM by registers (64K per SM)
 //!   and shared memory (228 KiB per SM, 1 KiB reserved per block).
-//! - **Workspace**: a `forward` call's workspaces at (B 8, H 16, N 4096) stay within 6 KiB per
+//! - **Workspace**: a `forward` call's workspaces at (B 8, H 16, N 4096) stay within 4.5 KiB per
 //!   token x head (runs without NVRTC).
 //!
 //! Each test prints its table (`-- --nocapture`); BENCHMARKS.md and the issue notes quote it.
@@ -102,21 +104,31 @@ fn gemm_shapes(source: &str) -> Vec<String> {
     out
 }
 
-/// PTX instruction counts of one entry function: (fma.rn.f32, ld.shared).
-fn counts(ptx: &str, entry: &str) -> (usize, usize) {
+/// PTX instruction counts of one entry function: (fma.rn.f32, mma.sync, ld.shared).
+fn counts(ptx: &str, entry: &str) -> (usize, usize, usize) {
     let start = ptx
         .find(&format!(".entry {entry}("))
         .unwrap_or_else(|| panic!("no entry {entry} in the PTX"));
     let body = &ptx[start..];
     let body = &body[..body.find("\n}\n").map_or(body.len(), |e| e + 2)];
     let fma = body.matches("fma.rn.f32").count();
+    let mma = body.matches("mma.sync.aligned.m16n8k8").count();
     let lds = body.matches("ld.shared.").count();
-    (fma, lds)
+    (fma, mma, lds)
 }
 
+/// (M, K, N) of a gemm's template arguments.
+fn dims(shape: &str) -> [usize; 3] {
+    let mut d = shape.split(',').map(|x| x.trim().parse().unwrap_or(1));
+    [(); 3].map(|_| d.next().unwrap_or(1))
+}
+
+/// Every product of the example specs, compiled alone on shared-memory tiles for sm_90: by
+/// default (tensor cores: `mma.sync` must be there for every shape that allows it) and with
+/// `ATTNC_NO_MMA` (the SIMT register-tiled product: at least 4 fma per shared load).
 #[test]
-fn products_issue_at_least_four_fmas_per_shared_load() {
-    if !nvrtc_or_skip("products_issue_at_least_four_fmas_per_shared_load") {
+fn products_use_tensor_cores_or_register_tiles() {
+    if !nvrtc_or_skip("products_use_tensor_cores_or_register_tiles") {
         return;
     }
     let mut shapes: BTreeMap<String, Vec<&str>> = BTreeMap::new();
@@ -125,19 +137,10 @@ fn products_issue_at_least_four_fmas_per_shared_load() {
             shapes.entry(s).or_default().push(name);
         }
     }
-    let mut src = attnc_codegen::cuda::PRELUDE.to_string();
+    let mut kernels = String::new();
     for (i, shape) in shapes.keys().enumerate() {
-        let dims: Vec<usize> = shape
-            .split(',')
-            .take(3)
-            .map(|d| {
-                d.trim()
-                    .parse()
-                    .expect("gemm's first three arguments are sizes")
-            })
-            .collect();
-        let (m, k, n) = (dims[0], dims[1], dims[2]);
-        src.push_str(&format!(
+        let [m, k, n] = dims(shape);
+        kernels.push_str(&format!(
             "extern \"C\" __global__ void product_{i}(int rows, int depth) {{\n\
              \x20 ATTNC_DYN_SMEM(sm);\n\
              \x20 attnc::gemm<{shape}>(sm, sm + {ak}, sm + {bk}, rows, depth);\n}}\n",
@@ -145,33 +148,38 @@ fn products_issue_at_least_four_fmas_per_shared_load() {
             bk = (m * k).next_multiple_of(4) + (k * n).next_multiple_of(4),
         ));
     }
-    let ptx = attnc::cuda::compile_ptx_uncached(&src, ARCH).expect("the products compile");
+    let prelude = attnc_codegen::cuda::PRELUDE;
+    let compile = |defines: &str| {
+        attnc::cuda::compile_ptx_uncached(&format!("{defines}{prelude}{kernels}"), ARCH)
+            .expect("the products compile")
+    };
+    let (tensor, simt) = (compile(""), compile("#define ATTNC_NO_MMA 1\n"));
     let mut failures = Vec::new();
     println!(
-        "{:<44} {:>5} {:>6} {:>6}  used by",
-        "gemm<M, K, N, TRI, ACC>", "fma", "ld.sh", "ratio"
+        "{:<40} {:>5} {:>6} {:>9} | {:>5} {:>6} {:>6}  used by",
+        "gemm<M, K, N, TRI, ACC>", "mma", "ld.sh", "mma/ld.sh", "fma", "ld.sh", "fma/ld"
     );
     for (i, (shape, users)) in shapes.iter().enumerate() {
-        let (fma, lds) = counts(&ptx, &format!("product_{i}"));
-        let ratio = fma as f64 / lds.max(1) as f64;
-        let dims: Vec<usize> = shape
-            .split(',')
-            .take(3)
-            .map(|d| d.trim().parse().unwrap_or(1))
-            .collect();
-        let tiled = dims.iter().all(|d| d % 4 == 0);
+        let entry = format!("product_{i}");
+        let (_, mma, lds) = counts(&tensor, &entry);
+        let (fma, _, simt_lds) = counts(&simt, &entry);
+        let ratio = fma as f64 / simt_lds.max(1) as f64;
+        let [m, k, n] = dims(shape);
         println!(
-            "{shape:<44} {fma:>5} {lds:>6} {ratio:>6.2}  {}",
+            "{shape:<40} {mma:>5} {lds:>6} {:>9.2} | {fma:>5} {simt_lds:>6} {ratio:>6.2}  {}",
+            mma as f64 / lds.max(1) as f64,
             users.join(", ")
         );
-        if tiled && ratio < MIN_FMA_PER_LOAD {
-            failures.push(format!("gemm<{shape}>: {ratio:.2} fma per shared load"));
+        if m % 16 == 0 && k % 8 == 0 && n % 8 == 0 && mma == 0 {
+            failures.push(format!("gemm<{shape}>: no mma.sync"));
+        }
+        if [m, k, n].iter().all(|d| d % 4 == 0) && ratio < MIN_FMA_PER_LOAD {
+            failures.push(format!(
+                "gemm<{shape}>, SIMT: {ratio:.2} fma per shared load"
+            ));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "products under {MIN_FMA_PER_LOAD}: {failures:?}"
-    );
+    assert!(failures.is_empty(), "{failures:#?}");
 }
 
 /// ptxas's report per kernel: (registers, spill stores + loads in bytes).

@@ -331,8 +331,133 @@ __device__ void gemm_tiled(const float* a, const float* b, float* dst, int rows,
   }
 }
 
+}  // namespace attnc
+
+// ---- Tensor cores (sm_80+): mma.sync m16n8k8 on TF32 operands, fp32 accumulation ----------
+// On by default where the hardware has them (and in the host emulation); ATTNC_NO_MMA keeps
+// every product on the FP32 pipes. ATTNC_MMA_PASSES = 3 (default) is 3xTF32: each operand x
+// splits into hi = tf32(x) and lo = tf32(x - hi), and a b ~ a_hi b_hi + a_hi b_lo + a_lo b_hi,
+// whose error per product (about 2^-21 relative) is fp32's order; 1 is plain TF32 (2^-11).
+#if !defined(ATTNC_NO_MMA) && \
+    (defined(ATTNC_HOST_EMULATION) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800))
+#define ATTNC_MMA 1
+#endif
+#ifndef ATTNC_MMA_PASSES
+#define ATTNC_MMA_PASSES 3
+#endif
+
+#if defined(ATTNC_MMA) && !defined(ATTNC_HOST_EMULATION)
+// x rounded to TF32 (to nearest, ties away from zero), as a float with 13 zero low bits.
+__device__ __forceinline__ float attnc_tf32(float x) {
+  unsigned int u;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(u) : "f"(x));
+  return __uint_as_float(u & 0xffffe000u);
+}
+
+// d += a b on one warp's 16 x 8 x 8 tile. Lane l = 4 g + t holds a[i] = A[g + 8 (i & 1)]
+// [t + 4 (i >> 1)], b[i] = B[t + 4 i][g], d[i] = D[g + 8 (i >> 1)][2 t + (i & 1)] (the PTX ISA's
+// fragment layout for m16n8k8 .tf32); the host emulation implements the same contract.
+__device__ __forceinline__ void attnc_mma_tf32(float (&d)[4], const float (&a)[4],
+                                               const float (&b)[2]) {
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(__float_as_uint(a[0])), "r"(__float_as_uint(a[1])), "r"(__float_as_uint(a[2])),
+        "r"(__float_as_uint(a[3])), "r"(__float_as_uint(b[0])), "r"(__float_as_uint(b[1])));
+}
+#endif
+
+namespace attnc {
+
+#ifdef ATTNC_MMA
+// x as the TF32 pair (hi, lo) of 3xTF32 (lo = 0 in plain TF32).
+__device__ __forceinline__ void split_tf32(float x, float& hi, float& lo) {
+  hi = attnc_tf32(x);
+  lo = ATTNC_MMA_PASSES == 3 ? attnc_tf32(x - hi) : 0.0f;
+}
+
+// The tensor-core product. Each warp owns 16 x 8 NT outputs; per 8 steps of k it loads one A
+// fragment (4 values per lane) and NT B fragments (2 each) from shared memory and issues
+// ATTNC_MMA_PASSES mma per B fragment, the small terms first. Entries past `rows`, past
+// `depth` (and above the diagonal under LOWER_A) enter as zeros, so no uninitialised value
+// reaches a sum. Loops are warp-uniform, as mma.sync requires. Needs M % 16, K % 8, N % 8 = 0
+// and whole warps.
+template <int M, int K, int N, int TRI, bool ACC>
+__device__ void gemm_mma(const float* a, const float* b, float* dst, int rows, int depth) {
+  constexpr int NT = N % 32 == 0 ? 4 : N % 16 == 0 ? 2 : 1;
+  constexpr int QN = N / (8 * NT), TILES = (M / 16) * QN;
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  for (int u = threadIdx.x / 32; u < TILES; u += blockDim.x / 32) {
+    const int r0 = (u / QN) * 16, c0 = (u % QN) * 8 * NT;
+    float acc[NT][4] = {};
+    const bool above = TRI == LOWER_OUT && c0 > r0 + 15;  // every output above the diagonal
+    const int kend = TRI == LOWER_A ? imin(depth, r0 + 16) : depth;
+    if (r0 < rows && !above) {
+      for (int k0 = 0; k0 < kend; k0 += 8) {
+        float ahi[4], alo[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int r = r0 + g + 8 * (i & 1), k = k0 + t + 4 * (i >> 1);
+          const bool live = r < rows && k < kend && !(TRI == LOWER_A && k > r);
+          split_tf32(live ? a[r * K + k] : 0.0f, ahi[i], alo[i]);
+        }
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          float bhi[2], blo[2];
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            const int k = k0 + t + 4 * i;
+            split_tf32(k < kend ? b[k * N + c0 + 8 * j + g] : 0.0f, bhi[i], blo[i]);
+          }
+          if (ATTNC_MMA_PASSES == 3) {
+            attnc_mma_tf32(acc[j], alo, bhi);
+            attnc_mma_tf32(acc[j], ahi, blo);
+          }
+          attnc_mma_tf32(acc[j], ahi, bhi);
+        }
+      }
+    }
+    // Each lane's outputs come in pairs of adjacent columns: one float2 each where no mask
+    // applies.
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = r0 + g + 8 * h, c = c0 + 8 * j + 2 * t;
+        float* out = dst + r * N + c;
+        if (r < rows && TRI != LOWER_OUT) {
+          float2 v = make_float2(acc[j][2 * h], acc[j][2 * h + 1]);
+          if (ACC) {
+            const float2 d = *reinterpret_cast<const float2*>(out);
+            v = make_float2(d.x + v.x, d.y + v.y);
+          }
+          *reinterpret_cast<float2*>(out) = v;
+          continue;
+        }
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          if (r >= rows || (TRI == LOWER_OUT && c + e > r)) {
+            if (!ACC) out[e] = 0.0f;
+          } else {
+            out[e] = ACC ? out[e] + acc[j][2 * h + e] : acc[j][2 * h + e];
+          }
+        }
+      }
+    }
+  }
+}
+#endif
+
+// Tensor cores where the shape allows, else the register-tiled SIMT product, else one output
+// per thread.
 template <int M, int K, int N, int TRI, bool ACC>
 __device__ void gemm(const float* a, const float* b, float* dst, int rows, int depth) {
+#ifdef ATTNC_MMA
+  if constexpr (M % 16 == 0 && K % 8 == 0 && N % 8 == 0) {
+    gemm_mma<M, K, N, TRI, ACC>(a, b, dst, rows, depth);
+    return;
+  }
+#endif
   if constexpr (M % 4 == 0 && K % 4 == 0 && N % 4 == 0) {
     gemm_tiled<M, K, N, TRI, ACC>(a, b, dst, rows, depth);
   } else {

@@ -169,16 +169,8 @@ fn compile(source: &str) -> Result<PathBuf, String> {
     io("writing", &tmp_src, std::fs::write(&tmp_src, source))?;
     io("renaming", &tmp_src, std::fs::rename(&tmp_src, &src))?;
     let output = Command::new(cxx)
-        .args([
-            "-std=c++20",
-            "-O2",
-            "-pthread",
-            "-rdynamic",
-            "-include",
-            SHIM,
-            "-x",
-            "c++",
-        ])
+        .args(FLAGS)
+        .args(["-x", "c++"])
         .arg(&src)
         .args(["-x", "c++", HARNESS, "-ldl", "-o"])
         .arg(&tmp_bin)

@@ -50,6 +50,10 @@ struct alignas(16) float4 {
   float x, y, z, w;
 };
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+struct alignas(8) float2 {
+  float x, y;
+};
+inline float2 make_float2(float x, float y) { return {x, y}; }
 
 // Bit casts CUDA provides as intrinsics.
 #include <cstring>
@@ -58,3 +62,19 @@ inline float __int_as_float(int i) {
   std::memcpy(&f, &i, sizeof f);
   return f;
 }
+
+// cvt.rna.tf32.f32: to nearest, ties away from zero, on the 13 low mantissa bits (inf and NaN
+// unchanged).
+inline float attnc_tf32(float x) {
+  unsigned int u;
+  std::memcpy(&u, &x, sizeof u);
+  if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+  std::memcpy(&x, &u, sizeof x);
+  return x;
+}
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 with d as both C and D, in the PTX ISA's
+// fragment layout; defined in harness.cpp. Every lane of the warp must call it together: each
+// posts its fragments, waits for its warp, computes its four outputs from the whole tiles
+// (products summed in k order, then added to C), and waits again.
+void attnc_mma_tf32(float (&d)[4], const float (&a)[4], const float (&b)[2]);

@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <string>
@@ -140,6 +141,14 @@ struct OnPhase {
 
 std::barrier<OnPhase>* block_barrier;
 
+// One barrier per warp of the running block (the last warp may be partial), for the warp-wide
+// operations (mma.sync), and each warp's exchange area for them.
+std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+struct WarpTiles {
+  float a[16][8], b[8][8], c[16][8];
+};
+WarpTiles warp_tiles[kMaxThreads / 32];
+
 void worker(uint32_t t) {
   threadIdx = {t, 0, 0};
   for (;;) {
@@ -175,6 +184,9 @@ void launch(const Launch& k, Buffer* buffers, int n, int heads) {
   if (run.total > 0) {
     std::barrier<OnPhase> barrier(k.threads);
     block_barrier = &barrier;
+    warp_barriers.clear();
+    for (uint32_t w = 0; w * 32 < k.threads; ++w)
+      warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32u, k.threads - 32 * w)));
     std::vector<std::thread> pool;
     for (uint32_t t = 0; t < k.threads; ++t) pool.emplace_back(worker, t);
     for (auto& th : pool) th.join();
@@ -191,6 +203,24 @@ void launch(const Launch& k, Buffer* buffers, int n, int heads) {
 }  // namespace
 
 void __syncthreads() { block_barrier->arrive_and_wait(); }
+
+void attnc_mma_tf32(float (&d)[4], const float (&a)[4], const float (&b)[2]) {
+  const unsigned w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  if ((w + 1) * 32 > blockDim.x) fail("mma.sync in a partial warp (threads not a multiple of 32)");
+  WarpTiles& m = warp_tiles[w];
+  for (unsigned i = 0; i < 4; ++i) m.a[g + 8 * (i & 1)][t + 4 * (i >> 1)] = a[i];
+  for (unsigned i = 0; i < 2; ++i) m.b[t + 4 * i][g] = b[i];
+  for (unsigned i = 0; i < 4; ++i) m.c[g + 8 * (i >> 1)][2 * t + (i & 1)] = d[i];
+  warp_barriers[w]->arrive_and_wait();
+  for (unsigned i = 0; i < 4; ++i) {
+    const unsigned r = g + 8 * (i >> 1), c = 2 * t + (i & 1);
+    float s = 0.0f;
+    for (unsigned k = 0; k < 8; ++k) s = std::fma(m.a[r][k], m.b[k][c], s);
+    d[i] = m.c[r][c] + s;
+  }
+  // Nobody posts the next tile until every lane has read this one.
+  warp_barriers[w]->arrive_and_wait();
+}
 
 int main(int argc, char** argv) {
   if (argc != 3) fail("usage: harness JOB OUT");
