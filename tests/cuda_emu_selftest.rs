@@ -253,3 +253,134 @@ fn errors_are_reported() {
     let e = run_err(&TOO_MUCH_SMEM, SOURCE);
     assert!(e.contains("dynamic shared memory"), "{e}");
 }
+
+/// The products of the prelude (`attnc::gemm`), on the three paths a GPU can take: tensor cores
+/// with 3xTF32 (sm_80+, the default), plain TF32 (`ATTNC_MMA_PASSES 1`) and the SIMT fallback
+/// (`ATTNC_NO_MMA`). Block 0 computes `q k` (64 x 64 x 64) over 61 live rows; block 1 the
+/// lower-triangular form (`a` masked to k <= row) over 53 rows and depth 53.
+const PRODUCTS: &str = r#"
+extern "C" __global__ void selftest_products(ATTNC_PARAMS) {
+  ATTNC_DYN_SMEM(sm);
+  const long base = (long)blockIdx.x * 64 * 64;
+  for (int i = threadIdx.x; i < 64 * 64; i += blockDim.x) {
+    sm[i] = q[base + i];
+    sm[4096 + i] = k[base + i];
+  }
+  __syncthreads();
+  if (blockIdx.x == 0) attnc::gemm<64, 64, 64, attnc::FULL, false>(sm, sm + 4096, sm + 8192, 61, 64);
+  else attnc::gemm<64, 64, 64, attnc::LOWER_A, false>(sm, sm + 4096, sm + 8192, 53, 53);
+  __syncthreads();
+  for (int i = threadIdx.x; i < 64 * 64; i += blockDim.x) out[base + i] = sm[8192 + i];
+}
+"#;
+
+/// SOURCE's parameter-list macro, for kernels that bring the prelude's own definitions.
+fn params() -> &'static str {
+    let start = SOURCE.find("#define ATTNC_PARAMS").unwrap_or(0);
+    let end = SOURCE.find("extern \"C\"").unwrap_or(start);
+    &SOURCE[start..end]
+}
+
+/// `products(defines, a, b)`: the two blocks' outputs, emulated.
+fn products(defines: &str, a: &[f32], b: &[f32]) -> Vec<f32> {
+    static KERNEL: [KernelInfo; 1] = [KernelInfo {
+        name: "selftest_products",
+        grid: Grid::Heads,
+        smem_bytes: 3 * 64 * 64 * 4,
+        scratch_floats: 0,
+    }];
+    let mut launch = launch(&KERNEL);
+    launch.threads = 256;
+    launch.signature.chunk = 64;
+    (launch.signature.dk, launch.signature.dv, launch.signature.f) = (64, 64, 64);
+    launch.signature.uses_projection = false;
+    launch.signature.normalized = false;
+    let source = format!(
+        "{defines}\n{}\n{}{PRODUCTS}",
+        attnc_codegen::cuda::PRELUDE,
+        params()
+    );
+    let x = EmuInputs {
+        q: a.to_vec(),
+        k: b.to_vec(),
+        v: vec![0.0; a.len()],
+        s: vec![0.0; 2 * 64 * 64],
+        ..EmuInputs::default()
+    };
+    cuda_emu::run(&launch, &source, &KERNEL, 2, 2, 64, &x)
+        .unwrap()
+        .out
+}
+
+/// The same two products in f64, with their masks (rows past the live ones are zero).
+fn products_f64(a: &[f32], b: &[f32]) -> Vec<f64> {
+    let mut out = vec![0.0; 2 * 64 * 64];
+    for (blk, (rows, depth, lower)) in [(61, 64, false), (53, 53, true)].into_iter().enumerate() {
+        let base = blk * 64 * 64;
+        for r in 0..rows {
+            for c in 0..64 {
+                let kend = if lower { depth.min(r + 1) } else { depth };
+                out[base + r * 64 + c] = (0..kend)
+                    .map(|k| a[base + r * 64 + k] as f64 * b[base + k * 64 + c] as f64)
+                    .sum();
+            }
+        }
+    }
+    out
+}
+
+/// Largest |got - want| over the largest |a| |b| row-column product, so entries near zero do
+/// not dominate.
+fn product_error(got: &[f32], want: &[f64], a: &[f32], b: &[f32]) -> f64 {
+    let scale: f64 = a.iter().map(|x| x.abs() as f64).fold(0.0, f64::max)
+        * b.iter().map(|x| x.abs() as f64).fold(0.0, f64::max)
+        * 64.0;
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (*g as f64 - w).abs() / scale)
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn products_on_tensor_cores_match_their_contract() {
+    if !cuda_emu::available_or_skip("products_on_tensor_cores_match_their_contract") {
+        return;
+    }
+    let paths = [
+        ("3xTF32", ""),
+        ("TF32", "#define ATTNC_MMA_PASSES 1"),
+        ("SIMT", "#define ATTNC_NO_MMA 1"),
+    ];
+    // Small integers are exact in TF32 and their sums exact in f32: every path must give the
+    // exact product, which pins the fragment layout (a lane's values in the wrong place change
+    // some sum).
+    let mut rng = common::Rng::new(11);
+    let mut ints = |len: usize| -> Vec<f32> {
+        (0..len)
+            .map(|_| (rng.uniform() * 17.0).floor() - 8.0)
+            .collect()
+    };
+    let (a, b) = (ints(2 * 64 * 64), ints(2 * 64 * 64));
+    let want: Vec<f32> = products_f64(&a, &b).iter().map(|x| *x as f32).collect();
+    for (name, defines) in paths {
+        assert_eq!(products(defines, &a, &b), want, "{name}: integer products");
+    }
+    // Random normals: 3xTF32 and SIMT at fp32's accuracy, plain TF32 visibly coarser (so the
+    // tensor-core path is the one that ran) yet within its documented tolerance.
+    let mut rng = common::Rng::new(12);
+    let (a, b) = (rng.normals(2 * 64 * 64), rng.normals(2 * 64 * 64));
+    let want = products_f64(&a, &b);
+    let errors: Vec<f64> = paths
+        .iter()
+        .map(|(_, defines)| product_error(&products(defines, &a, &b), &want, &a, &b))
+        .collect();
+    println!(
+        "product errors: 3xTF32 {:.2e}, TF32 {:.2e}, SIMT {:.2e}",
+        errors[0], errors[1], errors[2]
+    );
+    assert!(errors[0] < 1e-6 && errors[2] < 1e-6, "{errors:?}");
+    assert!(
+        errors[1] > 100.0 * errors[0] && errors[1] < 5e-3,
+        "{errors:?}"
+    );
+}

@@ -22,7 +22,7 @@ use crate::plan::{
     tokens_first, CudaPlace, Expansion, Extent, Frame, Input, Op, Operand, Phases, Plan, Program,
     ResolvedOp, Routine, RoutineKind, Softmax, Tile, CUDA_THREADS,
 };
-use crate::spec::{BinOp, BinaryFn, CmpOp, UnaryFn};
+use crate::spec::{BinOp, BinaryFn, CmpOp, Precision, UnaryFn};
 use std::borrow::Cow;
 use std::fmt::Write;
 
@@ -65,6 +65,10 @@ pub fn emit(plan: &Plan, spec_text: &str) -> CudaProgram {
         "// dk = {}, dv = {}, F = {}, chunk = {}; {} threads per block; f32 in, f32 accumulation.",
         sig.dk, sig.dv, sig.f, sig.chunk, CUDA_THREADS
     );
+    if plan.precision == Precision::Tf32 {
+        // `precision = tf32`: one TF32 product per tensor-core step instead of 3xTF32's three.
+        src.push_str("#define ATTNC_MMA_PASSES 1\n");
+    }
     src.push_str(PRELUDE);
     src.push('\n');
     src.push_str(&phi_functor(plan));

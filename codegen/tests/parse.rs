@@ -74,7 +74,7 @@ fn every_key_at_once_in_any_order_with_trailing_comma() {
     let s = ok(
         "layout = bnhd, chunk = 32, scale = 0.5, qk_norm = l2, normalize = none, \
                 update = gated_delta, mask = causal, feature_map = relu, value_dim = 128, \
-                short_conv = 3, head_dim = 16,",
+                short_conv = 3, precision = tf32, head_dim = 16,",
     );
     assert_eq!(
         s,
@@ -93,6 +93,7 @@ fn every_key_at_once_in_any_order_with_trailing_comma() {
             momentum: None,
             short_conv: Some(3),
             rpe: Rpe::None,
+            precision: Precision::Tf32,
         }
     );
 }
@@ -109,6 +110,14 @@ fn systems_keys_parse_and_print_back() {
     assert_eq!((s.rpe, s.momentum), (Rpe::Toeplitz, None));
     assert_eq!(ok(&s.to_string()), s, "{s}");
     assert!(s.to_string().ends_with("rpe = toeplitz"), "{s}");
+    let s = ok("head_dim = 16, precision = tf32");
+    assert_eq!(s.precision, Precision::Tf32);
+    assert!(s.to_string().ends_with("precision = tf32"), "{s}");
+    assert_eq!(ok(&s.to_string()), s, "prints back");
+    err64(
+        "precision = bf16",
+        &["`precision` must be", "`fp32`", "`tf32`"],
+    );
 }
 
 #[test]

@@ -26,8 +26,13 @@ impl ToTokens for Spec {
             momentum,
             short_conv,
             rpe,
+            precision,
             ..
         } = self;
+        let precision = match precision {
+            Precision::Fp32 => quote!(#s::Precision::Fp32),
+            Precision::Tf32 => quote!(#s::Precision::Tf32),
+        };
         let momentum = match momentum {
             Some(mu) => {
                 let mu = Literal::f32_suffixed(*mu);
@@ -73,6 +78,7 @@ impl ToTokens for Spec {
                 momentum: #momentum,
                 short_conv: #short_conv,
                 rpe: #rpe,
+                precision: #precision,
             }
         });
     }

@@ -37,11 +37,13 @@ pub enum Key {
     ShortConv,
     /// `rpe`
     Rpe,
+    /// `precision`
+    Precision,
 }
 
 impl Key {
     /// Every key, in the order of the README's key table.
-    pub const ALL: [Key; 13] = [
+    pub const ALL: [Key; 14] = [
         Key::HeadDim,
         Key::ValueDim,
         Key::FeatureMap,
@@ -55,6 +57,7 @@ impl Key {
         Key::Heads,
         Key::ShortConv,
         Key::Rpe,
+        Key::Precision,
     ];
 
     /// The key as written in the attribute, e.g. `"head_dim"`.
@@ -73,6 +76,7 @@ impl Key {
             Key::Heads => "heads",
             Key::ShortConv => "short_conv",
             Key::Rpe => "rpe",
+            Key::Precision => "precision",
         }
     }
 
@@ -167,6 +171,7 @@ impl Builder {
             Key::Heads => s.heads = Some(parse_heads(v)?),
             Key::ShortConv => s.short_conv = Some(parse_short_conv(v)?),
             Key::Rpe => s.rpe = keyword(v, key, rpe_gloss)?,
+            Key::Precision => s.precision = keyword(v, key, precision_gloss)?,
         }
         Ok(())
     }
@@ -256,6 +261,13 @@ fn rpe_gloss(r: Rpe) -> &'static str {
     match r {
         Rpe::None => " (no positional weights)",
         Rpe::Toeplitz => " (scores weighted by exp(b[s - t]), computed by FFT)",
+    }
+}
+
+fn precision_gloss(p: Precision) -> &'static str {
+    match p {
+        Precision::Fp32 => " (3xTF32 on tensor cores: fp32 accuracy)",
+        Precision::Tf32 => " (plain TF32 on tensor cores: about 1e-3 relative)",
     }
 }
 

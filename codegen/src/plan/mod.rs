@@ -26,7 +26,9 @@ pub use resolve::{
 pub use validate::PlanError;
 
 use crate::abi::{BackwardAlgorithm, BackwardPlan, Layout, Signature};
-use crate::spec::{BinOp, BinaryFn, CmpOp, Cond, Expr, FeatureMap, Normalize, Spec, UnaryFn};
+use crate::spec::{
+    BinOp, BinaryFn, CmpOp, Cond, Expr, FeatureMap, Normalize, Precision, Spec, UnaryFn,
+};
 use build::BuiltOp;
 
 /// A resolved op on a target whose places are `P`.
@@ -144,6 +146,8 @@ pub struct Plan {
     pub cpu: Program<CpuPlace>,
     /// CUDA's programs.
     pub cuda: Program<CudaPlace>,
+    /// The arithmetic of CUDA's products on tensor cores.
+    pub precision: Precision,
     /// Problems found while resolving (planner bugs; reported by [`Plan::validate`]).
     problems: Vec<PlanError>,
 }
@@ -194,6 +198,7 @@ impl Plan {
             dphi,
             cpu,
             cuda,
+            precision: spec.precision,
             problems,
         }
     }
