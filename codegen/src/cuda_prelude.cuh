@@ -540,16 +540,34 @@ __device__ void sub_from(float* dst, const float* src, int rows) {
   for (int i = threadIdx.x; i < rows * W; i += blockDim.x) dst[i] = src[i] - dst[i];
 }
 
-// Forward substitution, in place, one thread per column (columns are independent):
-// X_t = beta_t (R_t - sum_{s<t} L_ts X_s).
+// Forward substitution, in place: X_t = beta_t (R_t - sum_{s<t} L_ts X_s), by blocks of 16
+// rows (flash-linear-attention's solve_tril blocking, without forming an inverse). Per block:
+// first every (row, column) of the block drops the rows solved in earlier blocks, all threads
+// at once (a product: lanes read consecutive columns of X and one broadcast entry of L); then
+// substitution inside the block, one thread per column, at most 15 terms per row. The serial
+// chain of a 64-row chunk is 48 + 4 x 120 fmaf instead of 2016.
 template <int R, int W>
 __device__ void solve(float* x, const float* lower, const float* beta, int rows) {
-  for (int c = threadIdx.x; c < W; c += blockDim.x) {
-    for (int t = 0; t < rows; ++t) {
-      float acc = x[t * W + c];
-      for (int s = 0; s < t; ++s) acc = fmaf(-lower[t * R + s], x[s * W + c], acc);
-      x[t * W + c] = beta[t] * acc;
+  constexpr int BLOCK = 16;
+  for (int b0 = 0; b0 < rows; b0 += BLOCK) {
+    const int bend = imin(b0 + BLOCK, rows);
+    if (b0 > 0) {
+      for (int i = threadIdx.x; i < (bend - b0) * W; i += blockDim.x) {
+        const int t = b0 + i / W, c = i % W;
+        float acc = 0.0f;
+        for (int s = 0; s < b0; ++s) acc = fmaf(lower[t * R + s], x[s * W + c], acc);
+        x[t * W + c] -= acc;
+      }
+      __syncthreads();
     }
+    for (int c = threadIdx.x; c < W; c += blockDim.x) {
+      for (int t = b0; t < bend; ++t) {
+        float acc = x[t * W + c];
+        for (int s = b0; s < t; ++s) acc = fmaf(-lower[t * R + s], x[s * W + c], acc);
+        x[t * W + c] = beta[t] * acc;
+      }
+    }
+    __syncthreads();
   }
 }
 
