@@ -4,8 +4,9 @@
 //!
 //! Kernels, all with the one parameter list of [`crate::abi`] (FAVOR+'s projection is the
 //! `proj` pointer, read in place from global memory):
-//! - linear attention, `forward`: `attnc_intra` (per chunk), `attnc_scan` (per column block of
-//!   the state, chunks in order), `attnc_output` (per chunk): the plan's [`Phases`];
+//! - linear attention, `forward`: `attnc_intra` (per chunk; delta rules only: additive and gated
+//!   updates compute each chunk's contribution inside the scan), `attnc_scan` (per column block
+//!   of the state, chunks in order), `attnc_output` (per chunk): the plan's [`Phases`];
 //! - linear attention, `step`: `attnc_step` (per batch x head): the plan's step routine;
 //! - softmax, `forward`: `attnc_softmax` (per query tile): the plan's tiled program;
 //! - `update = momentum(..)`, `forward`: `attnc_step` over the whole sequence (the fused
@@ -160,11 +161,15 @@ struct Printer<'a> {
 
 impl Printer<'_> {
     fn phases(&self, p: &Phases<CudaPlace>, work: usize, src: &mut String) -> Vec<KernelInfo> {
-        vec![
-            self.parallel("attnc_intra", &p.intra, work, src),
-            self.sequential("attnc_scan", &p.scan, work, src),
-            self.parallel("attnc_output", &p.output, work, src),
-        ]
+        // Additive and gated updates fuse phase (a) into the scan: no intra kernel.
+        let intra = p.intra.passes.iter().any(|ops| !ops.is_empty());
+        let mut kernels = Vec::new();
+        if intra {
+            kernels.push(self.parallel("attnc_intra", &p.intra, work, src));
+        }
+        kernels.push(self.sequential("attnc_scan", &p.scan, work, src));
+        kernels.push(self.parallel("attnc_output", &p.output, work, src));
+        kernels
     }
 
     /// Phases (a) and (c): one chunk per block.

@@ -28,6 +28,10 @@ pub struct LinearPrograms {
     pub scan: Vec<BuiltOp>,
     /// Phase (c).
     pub output: Vec<BuiltOp>,
+    /// Additive and gated updates on CUDA: phase (b) with each chunk's contribution computed
+    /// inside it (flash-linear-attention's `chunk_fwd_h`), so there is no phase (a) and each
+    /// chunk's state goes to memory once.
+    pub fused_scan: Option<Vec<BuiltOp>>,
     /// `rpe = toeplitz` on CUDA: per chunk, the features of q and k and the values, spilled to
     /// the workspace for the FFT kernel; and whether it is causal.
     pub rpe: Option<(Vec<BuiltOp>, bool)>,
@@ -510,6 +514,47 @@ fn accumulate(spec: &Spec, save_incoming: bool) -> Vec<BuiltOp> {
     ops
 }
 
+/// Phase (b) of additive and gated updates with phase (a) inside it, per chunk in order:
+///
+/// ```text
+/// Kt = K^T diag(exp(G_last - G));  slot <- (S, z) (causal);  S = exp(G_last) S + Kt V;  z += sum_t K_t
+/// ```
+///
+/// Per column block of the state, each block computes the chunk's key features again (cheap
+/// beside the product) and never writes a contribution: the state is written once per chunk.
+fn fused_scan(spec: &Spec) -> Vec<BuiltOp> {
+    let mut ops = features(spec, Tile::K, Input::K);
+    ops.push(load(Tile::V, Input::V));
+    ops.push(Op::Transpose {
+        src: Tile::K,
+        dst: Tile::Kt,
+    });
+    if spec.has_gate() {
+        ops.extend(gates());
+        ops.push(Op::DecayColsToEnd {
+            dst: Tile::Kt,
+            gates: Tile::G,
+        });
+    }
+    if spec.mask == Mask::Causal {
+        ops.push(Op::SaveChunkState {
+            s: Tile::S,
+            z: z_of(spec, Tile::Z),
+        });
+    }
+    if spec.has_gate() {
+        ops.push(Op::DecayAll {
+            dst: Tile::S,
+            gates: Tile::G,
+        });
+    }
+    ops.push(matmul(Tile::S, Tile::Kt, Tile::V, Tri::Full, true));
+    if normalized(spec) {
+        ops.push(key_sum(Tile::Z));
+    }
+    ops
+}
+
 /// Causal additive and gated updates:
 ///
 /// ```text
@@ -661,6 +706,8 @@ pub fn linear(spec: &Spec) -> LinearPrograms {
         intra,
         scan,
         output,
+        fused_scan: matches!(spec.update, Update::Additive | Update::Gated)
+            .then(|| fused_scan(spec)),
         rpe: (spec.rpe == Rpe::Toeplitz).then(|| (rpe_features(spec), spec.mask == Mask::Causal)),
     }
 }

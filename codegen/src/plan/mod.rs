@@ -345,15 +345,20 @@ fn linear<T: Target>(
     p: &build::LinearPrograms,
     problems: &mut Vec<PlanError>,
 ) -> Linear<T::Place> {
-    let spilled: Vec<BuiltOp> = p.intra.iter().chain(&p.scan).cloned().collect();
+    // A target that fuses phase (a) into the scan runs no phase (a) at all.
+    let (intra_ops, scan_ops): (&[BuiltOp], &[BuiltOp]) = match &p.fused_scan {
+        Some(fused) if T::FUSED_SCAN => (&[], fused),
+        _ => (&p.intra, &p.scan),
+    };
+    let spilled: Vec<BuiltOp> = intra_ops.iter().chain(scan_ops).cloned().collect();
     let spills = SpillLayout::new(sig, &spilled);
     let phase = |kind, ops: &[BuiltOp], problems: &mut Vec<PlanError>| {
         routine::<T>(sig, kind, &[spills.assign(ops)], problems)
     };
-    let intra = phase(RoutineKind::Intra, &p.intra, problems);
-    let scan = phase(RoutineKind::Scan, &p.scan, problems);
+    let intra = phase(RoutineKind::Intra, intra_ops, problems);
+    let scan = phase(RoutineKind::Scan, scan_ops, problems);
     let output = phase(RoutineKind::Output, &p.output, problems);
-    let light_scan = !p.scan.iter().any(|op| matches!(op, Op::MatMul { .. }));
+    let light_scan = !scan_ops.iter().any(|op| matches!(op, Op::MatMul { .. }));
     Linear {
         forward: routine::<T>(sig, RoutineKind::Forward, &p.passes, problems),
         step: routine::<T>(

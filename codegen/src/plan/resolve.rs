@@ -355,6 +355,9 @@ pub trait Target {
     fn value_cols(kind: RoutineKind, dv: usize) -> usize;
     /// Whether a load the chunk program only reads may read its input in place.
     const LOADS_IN_PLACE: bool;
+    /// Whether phase (a) of additive and gated updates runs inside the scan
+    /// ([`super::build::LinearPrograms::fused_scan`]).
+    const FUSED_SCAN: bool;
 }
 
 /// The CPU: the carried state in the task's buffers, small tiles on the stack, chunk tiles on
@@ -365,6 +368,8 @@ impl Target for Cpu {
     type Place = CpuPlace;
     // The inputs are contiguous (tokens, d) rows per head, exactly a tile's layout.
     const LOADS_IN_PLACE: bool = true;
+    // Phase (a) in parallel over chunks keeps every core busy at small batch x heads.
+    const FUSED_SCAN: bool = false;
 
     // Stack arrays: the compiler reuses their storage itself.
     fn place(
@@ -410,6 +415,8 @@ pub struct Cuda;
 impl Target for Cuda {
     // Every tile is staged in shared memory.
     const LOADS_IN_PLACE: bool = false;
+    // Blocks per (batch, head, column block) fill a GPU; the state goes to memory once per chunk.
+    const FUSED_SCAN: bool = true;
     type Place = CudaPlace;
 
     fn place(
