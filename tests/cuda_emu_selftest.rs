@@ -13,12 +13,11 @@ const D: usize = 4; // dk = dv = f
 
 /// Kernel 1, one block per (chunk, bh): reverses the chunk of q through dynamic shared memory
 /// into out and leaves the chunk's sum in `work`. Kernel 2, one block per bh: block-wide sums
-/// (a tree in ATTNC_SHARED memory, several barriers) of v and of kernel 1's chunk sums, added to
+/// (a tree in dynamic shared memory, several barriers; blocks run two at a time) of v and of kernel 1's chunk sums, added to
 /// the state, and one value of `proj` (so the 13 pointers are checked in order). The last
 /// kernels break the rules on purpose.
 const SOURCE: &str = r#"
 #ifndef ATTNC_HOST_EMULATION
-#define ATTNC_SHARED __shared__
 #define ATTNC_DYN_SMEM(name) extern __shared__ float name[]
 #endif
 
@@ -47,8 +46,7 @@ extern "C" __global__ void selftest_reverse(ATTNC_PARAMS) {
 }
 
 template <int T>
-__device__ __forceinline__ float block_sum(float x) {
-  ATTNC_SHARED float red[256];
+__device__ __forceinline__ float block_sum(float* red, float x) {
   red[threadIdx.x] = x;
   __syncthreads();
   for (int stride = T / 2; stride > 0; stride >>= 1) {
@@ -61,13 +59,14 @@ __device__ __forceinline__ float block_sum(float x) {
 }
 
 extern "C" __global__ void selftest_sum(ATTNC_PARAMS) {
+  ATTNC_DYN_SMEM(red);
   const int C = 8, D = 4;
   int bh = blockIdx.x;
   float part = 0.0f;
   for (int i = threadIdx.x; i < n * D; i += blockDim.x) part += v[(size_t)bh * n * D + i];
-  float total = block_sum<64>(part);
+  float total = block_sum<64>(red, part);
   int chunks = (n + C - 1) / C;
-  float chunk_total = block_sum<64>(threadIdx.x < chunks ? work[bh * chunks + threadIdx.x] : 0.0f);
+  float chunk_total = block_sum<64>(red, threadIdx.x < chunks ? work[bh * chunks + threadIdx.x] : 0.0f);
   if (threadIdx.x == 0) {
     s[bh * D * D + 0] += total;
     s[bh * D * D + 1] = chunk_total;
@@ -86,6 +85,20 @@ extern "C" __global__ void selftest_overrun(ATTNC_PARAMS) {
   if (threadIdx.x == 0) out[(size_t)gridDim.y * n * 4 + 1] = 1.0f;
 }
 
+// Two blocks that each wait for the other's flag: they finish only if both are resident at
+// once (as on a GPU), not one after the other. The wait is bounded, so a sequential emulation
+// reports -1 instead of hanging.
+extern "C" __global__ void selftest_resident(ATTNC_PARAMS) {
+  volatile float* flag = work;
+  const int me = blockIdx.x, other = 1 - me;
+  if (threadIdx.x == 0) {
+    flag[me] = 1.0f;
+    long spins = 0;
+    while (flag[other] != 1.0f && spins < 400000000L) ++spins;
+    out[me] = flag[other] == 1.0f ? 1.0f : -1.0f;
+  }
+}
+
 extern "C" __global__ void selftest_smem_overrun(ATTNC_PARAMS) {
   ATTNC_DYN_SMEM(tile);
   tile[threadIdx.x + 4] = 0.0f;
@@ -102,7 +115,7 @@ const KERNELS: &[KernelInfo] = &[
     KernelInfo {
         name: "selftest_sum",
         grid: Grid::Heads,
-        smem_bytes: 0,
+        smem_bytes: (THREADS * 4) as u32,
         scratch_floats: 0,
     },
 ];
@@ -203,6 +216,27 @@ fn kernels_run_in_order_with_shared_memory_and_barriers() {
     // The cached binary gives the same answer.
     let again = cuda_emu::run(&launch, SOURCE, &launch.forward, bh, heads, n, &x).unwrap();
     assert_eq!(again.out, got.out);
+}
+
+#[test]
+fn blocks_of_a_launch_run_at_the_same_time() {
+    if !cuda_emu::available_or_skip("blocks_of_a_launch_run_at_the_same_time") {
+        return;
+    }
+    static RESIDENT: [KernelInfo; 1] = [KernelInfo {
+        name: "selftest_resident",
+        grid: Grid::Heads,
+        smem_bytes: 0,
+        scratch_floats: 0,
+    }];
+    let (heads, bh, n) = (2, 2, 9);
+    let launch = launch(&RESIDENT);
+    let got = cuda_emu::run(&launch, SOURCE, &RESIDENT, bh, heads, n, &inputs(bh, n)).unwrap();
+    assert_eq!(
+        &got.out[..2],
+        &[1.0, 1.0],
+        "each block saw the other's flag"
+    );
 }
 
 fn run_err(kernels: &'static [KernelInfo], source: &str) -> String {

@@ -1,12 +1,12 @@
 // Host emulation of the CUDA subset the attnc emitter generates (tests only).
 //
 // Force-included (`-include`) before a generated source and before harness.cpp, which runs the
-// kernels: the blocks of a grid one after another (in a shuffled order), the threads of a block
-// in parallel on real threads, `__syncthreads()` being a barrier over them. See
+// kernels: a few blocks of a grid at once (handed out in a shuffled order), the threads of a
+// block in parallel on real threads, `__syncthreads()` being a barrier over them. See
 // tests/common/cuda_emu.rs.
 #pragma once
 
-// The generated source's own CUDA definitions of ATTNC_SHARED / ATTNC_DYN_SMEM step aside.
+// The generated source's own CUDA definition of ATTNC_DYN_SMEM steps aside.
 #define ATTNC_HOST_EMULATION 1
 
 #include <math.h>  // expf, logf, ..., INFINITY in the global namespace, as CUDA has them
@@ -18,23 +18,20 @@
 #define __host__
 #define __forceinline__
 
-// Blocks run one at a time, so a function-static array is exactly "one copy per block, shared
-// by its threads". (It is not refilled between blocks: stale values from the previous block
-// stay, which on a GPU would be garbage anyway.)
-#define ATTNC_SHARED static
-
-// Dynamic shared memory: one process-wide buffer, refilled with NaN before every block so that
-// reading shared memory the block never wrote shows up in the results.
-#define ATTNC_DYN_SMEM(name) float* const name = attnc_dyn_smem
+// Dynamic shared memory: each running block's own buffer (harness.cpp runs a few blocks at once),
+// refilled with NaN before every block so that reading shared memory the block never wrote
+// shows up in the results. (Function-static __shared__ arrays have no emulation: the generated
+// code uses dynamic shared memory only.)
+#define ATTNC_DYN_SMEM(name) float* const name = attnc_dyn_smem_ptr
 inline constexpr std::size_t attnc_dyn_smem_bytes = 256 * 1024;
-alignas(16) inline float attnc_dyn_smem[attnc_dyn_smem_bytes / sizeof(float)];
+inline thread_local float* attnc_dyn_smem_ptr;  // set by the harness per worker
 
 // CUDA's dim3, unsigned like the built-ins (so `threadIdx.x - 1` wraps as on a GPU).
 struct attnc_dim3 {
   unsigned int x, y, z;
 };
 inline thread_local attnc_dim3 threadIdx;  // per worker thread
-inline attnc_dim3 blockIdx;                // set by the harness before each block
+inline thread_local attnc_dim3 blockIdx;   // per worker: the block its team runs
 inline attnc_dim3 blockDim;
 inline attnc_dim3 gridDim;
 

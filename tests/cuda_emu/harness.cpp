@@ -93,104 +93,130 @@ struct Buffer {
   float* data() { return mem.data() + kGuard; }
 };
 
-// The launch now running. Only the barrier's completion step writes it, while every worker
-// waits, so the workers read it without further locking.
+// Blocks that run at once, each on its own team of threads with its own barriers and shared
+// memory, as an SM runs several resident blocks: their steps interleave, so a kernel whose blocks
+// race on global memory can fail here.
+constexpr uint32_t kTeams = 2;
+
+// The launch now running (set before the teams start; `next` hands out blocks).
 struct Running {
   const Launch* k = nullptr;
   float* args[kBuffers] = {};
   int n = 0, heads = 0;
-  uint64_t next = 0, total = 0;  // blocks
-  std::vector<uint64_t> order;    // the blocks in the order they run
-  bool done = false, failed = false;
-  std::atomic<uint32_t> returned{0};  // workers that left the kernel in this block
+  uint64_t total = 0;           // blocks
+  std::vector<uint64_t> order;  // the blocks in the order they are handed out
+  std::atomic<uint64_t> next{0};
+  std::atomic<bool> failed{false};
 } run;
 
-// Runs once per barrier phase. Workers arrive at the barrier either inside the kernel
+struct Team;
+
+// Runs once per barrier phase of a team. Workers arrive at the barrier either inside the kernel
 // (__syncthreads) or after returning from it (counted in `returned`): all returned means the
-// block is over, so set up the next one; some returned means __syncthreads was reached by only
+// block is over, so take the next one; some returned means __syncthreads was reached by only
 // some threads, which is undefined on a GPU and would deadlock here, so stop with an error.
 struct OnPhase {
-  void operator()() noexcept {
-    if (run.done) return;
-    const Launch& k = *run.k;
-    uint32_t returned = run.returned.load();
-    if (returned == 0) return;  // an ordinary __syncthreads()
-    const char* error = nullptr;
-    size_t used = (k.smem_bytes + 3) / 4;
-    if (returned != k.threads)
-      error = "__syncthreads() reached by only some of the block's threads";
-    else if (run.next > 0 && !is_sentinel(attnc_dyn_smem + used, kSmemFloats - used))
-      error = "wrote dynamic shared memory beyond its smem_bytes";
-    if (error) {
-      std::fprintf(stderr, "attnc-emu: kernel %s, block (%u, %u, %u): %s\n", k.name.c_str(),
-                   blockIdx.x, blockIdx.y, blockIdx.z, error);
-      run.done = run.failed = true;
-      return;
-    }
-    if (run.next == run.total) {
-      run.done = true;
-      return;
-    }
-    uint64_t b = run.order[run.next++];
-    blockIdx = {uint32_t(b % k.grid[0]), uint32_t(b / k.grid[0] % k.grid[1]),
-                uint32_t(b / k.grid[0] / k.grid[1])};
-    fill_sentinel(attnc_dyn_smem, kSmemFloats);
-    run.returned.store(0);
-  }
+  Team* team;
+  void operator()() noexcept;
 };
 
-std::barrier<OnPhase>* block_barrier;
-
-// One barrier per warp of the running block (the last warp may be partial), for the warp-wide
-// operations (mma.sync), and each warp's exchange area for them.
-std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+// mma.sync's exchange area for one warp.
 struct WarpTiles {
   float a[16][8], b[8][8], c[16][8];
 };
-WarpTiles warp_tiles[kMaxThreads / 32];
 
-void worker(uint32_t t) {
+struct Team {
+  std::unique_ptr<std::barrier<OnPhase>> barrier;
+  // One barrier per warp (the last warp may be partial), for the warp-wide operations.
+  std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+  WarpTiles warp_tiles[kMaxThreads / 32];
+  alignas(16) float smem[kSmemFloats];
+  attnc_dim3 block{};  // the block the team runs now; only OnPhase writes it
+  bool started = false, done = false;
+  std::atomic<uint32_t> returned{0};  // workers that left the kernel in this block
+};
+
+thread_local Team* my_team;
+
+void OnPhase::operator()() noexcept {
+  Team& tm = *team;
+  if (tm.done) return;
+  const Launch& k = *run.k;
+  uint32_t returned = tm.returned.load();
+  if (returned == 0) return;  // an ordinary __syncthreads()
+  const char* error = nullptr;
+  size_t used = (k.smem_bytes + 3) / 4;
+  if (returned != k.threads)
+    error = "__syncthreads() reached by only some of the block's threads";
+  else if (tm.started && !is_sentinel(tm.smem + used, kSmemFloats - used))
+    error = "wrote dynamic shared memory beyond its smem_bytes";
+  if (error) {
+    std::fprintf(stderr, "attnc-emu: kernel %s, block (%u, %u, %u): %s\n", k.name.c_str(),
+                 tm.block.x, tm.block.y, tm.block.z, error);
+    run.failed = true;
+    tm.done = true;
+    return;
+  }
+  uint64_t i = run.next.fetch_add(1);
+  if (run.failed || i >= run.total) {
+    tm.done = true;
+    return;
+  }
+  uint64_t b = run.order[i];
+  tm.block = {uint32_t(b % k.grid[0]), uint32_t(b / k.grid[0] % k.grid[1]),
+              uint32_t(b / k.grid[0] / k.grid[1])};
+  tm.started = true;
+  fill_sentinel(tm.smem, kSmemFloats);
+  tm.returned.store(0);
+}
+
+void worker(Team* tm, uint32_t t) {
+  my_team = tm;
   threadIdx = {t, 0, 0};
+  attnc_dyn_smem_ptr = tm->smem;
   for (;;) {
-    run.returned.fetch_add(1);
-    block_barrier->arrive_and_wait();
-    if (run.done) break;
+    tm->returned.fetch_add(1);
+    tm->barrier->arrive_and_wait();
+    if (tm->done) break;
+    blockIdx = tm->block;
     run.k->fn(run.args[0], run.args[1], run.args[2], run.args[3], run.args[4], run.args[5],
               run.args[6], run.args[7], run.args[8], run.args[9], run.args[10], run.args[11],
               run.args[12], run.args[13], run.args[14], run.args[15], run.args[16], run.args[17],
               run.args[18], run.args[19], run.args[20], run.n, run.heads);
   }
   // Leaving for good: threads still inside the kernel (after an error) must not wait for us.
-  block_barrier->arrive_and_drop();
+  tm->barrier->arrive_and_drop();
 }
 
-// Every block of the grid, in order; the block's threads on `threads` workers.
+// Every block of the grid, shuffled, on kTeams teams of `threads` workers each.
 void launch(const Launch& k, Buffer* buffers, int n, int heads) {
   run.k = &k;
   for (int i = 0; i < kBuffers; ++i) run.args[i] = buffers[i].data();
   run.n = n;
   run.heads = heads;
   run.next = 0;
+  run.failed = false;
   run.total = uint64_t(k.grid[0]) * k.grid[1] * k.grid[2];
-  // A GPU promises no order between the blocks of a launch: run them shuffled (a fixed seed, so
-  // failures reproduce), so a kernel that relies on block 0 running first fails here too.
+  // A GPU promises no order between the blocks of a launch: hand them out shuffled (a fixed
+  // seed), so a kernel that relies on block 0 running first fails here too.
   run.order.resize(run.total);
   std::iota(run.order.begin(), run.order.end(), uint64_t{0});
   std::shuffle(run.order.begin(), run.order.end(), std::mt19937_64(0x5eed + run.total));
-  run.done = run.failed = false;
-  run.returned.store(0);
   blockDim = {k.threads, 1, 1};
   gridDim = {k.grid[0], k.grid[1], k.grid[2]};
-  if (run.total > 0) {
-    std::barrier<OnPhase> barrier(k.threads);
-    block_barrier = &barrier;
-    warp_barriers.clear();
+  std::vector<std::unique_ptr<Team>> teams;
+  for (uint64_t i = 0; i < std::min<uint64_t>(kTeams, run.total); ++i) {
+    auto tm = std::make_unique<Team>();
+    tm->barrier = std::make_unique<std::barrier<OnPhase>>(k.threads, OnPhase{tm.get()});
     for (uint32_t w = 0; w * 32 < k.threads; ++w)
-      warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32u, k.threads - 32 * w)));
-    std::vector<std::thread> pool;
-    for (uint32_t t = 0; t < k.threads; ++t) pool.emplace_back(worker, t);
-    for (auto& th : pool) th.join();
+      tm->warp_barriers.push_back(
+          std::make_unique<std::barrier<>>(std::min(32u, k.threads - 32 * w)));
+    teams.push_back(std::move(tm));
   }
+  std::vector<std::thread> pool;
+  for (auto& tm : teams)
+    for (uint32_t t = 0; t < k.threads; ++t) pool.emplace_back(worker, tm.get(), t);
+  for (auto& th : pool) th.join();
   if (run.failed) std::exit(2);
   for (int i = 0; i < kBuffers; ++i) {
     Buffer& b = buffers[i];
@@ -202,16 +228,16 @@ void launch(const Launch& k, Buffer* buffers, int n, int heads) {
 
 }  // namespace
 
-void __syncthreads() { block_barrier->arrive_and_wait(); }
+void __syncthreads() { my_team->barrier->arrive_and_wait(); }
 
 void attnc_mma_tf32(float (&d)[4], const float (&a)[4], const float (&b)[2]) {
   const unsigned w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   if ((w + 1) * 32 > blockDim.x) fail("mma.sync in a partial warp (threads not a multiple of 32)");
-  WarpTiles& m = warp_tiles[w];
+  WarpTiles& m = my_team->warp_tiles[w];
   for (unsigned i = 0; i < 4; ++i) m.a[g + 8 * (i & 1)][t + 4 * (i >> 1)] = a[i];
   for (unsigned i = 0; i < 2; ++i) m.b[t + 4 * i][g] = b[i];
   for (unsigned i = 0; i < 4; ++i) m.c[g + 8 * (i >> 1)][2 * t + (i & 1)] = d[i];
-  warp_barriers[w]->arrive_and_wait();
+  my_team->warp_barriers[w]->arrive_and_wait();
   for (unsigned i = 0; i < 4; ++i) {
     const unsigned r = g + 8 * (i >> 1), c = 2 * t + (i & 1);
     float s = 0.0f;
@@ -219,7 +245,7 @@ void attnc_mma_tf32(float (&d)[4], const float (&a)[4], const float (&b)[2]) {
     d[i] = m.c[r][c] + s;
   }
   // Nobody posts the next tile until every lane has read this one.
-  warp_barriers[w]->arrive_and_wait();
+  my_team->warp_barriers[w]->arrive_and_wait();
 }
 
 int main(int argc, char** argv) {
