@@ -115,7 +115,7 @@ const KERNELS: &[KernelInfo] = &[
     KernelInfo {
         name: "selftest_sum",
         grid: Grid::Heads,
-        smem_bytes: (THREADS * 4) as u32,
+        smem_bytes: THREADS * 4,
         scratch_floats: 0,
     },
 ];
