@@ -128,6 +128,17 @@ macro_rules! linear_spec {
                         check(spec, &format!("forward z, n = {n}"), &got.z, &want.z);
                     }
                     worst = worst.max(max_rel_err(&out, &want.o));
+                    if n > 2 * c {
+                        // Two blocks per (batch, head) looping over the chunks, as kernels with
+                        // scratch run at scale: the same bits.
+                        let capped = cuda_emu::run(
+                            &launch, Attn::CUDA_SOURCE, &launch.forward, b * h, h, n,
+                            &EmuInputs { grid_cap: Some(2), ..kernel_inputs(spec, &x, &s0, &z0) },
+                        )
+                        .unwrap_or_else(|e| panic!("emulated forward, grid capped: {e}"));
+                        assert_eq!(capped.out, got.out, "grid capped at 2 blocks per (b, h)");
+                        assert_eq!(capped.s, got.s, "grid capped: final state");
+                    }
 
                     // step: the first token, from the same initial state.
                     let x1 = first_token(&x);
@@ -327,6 +338,15 @@ macro_rules! softmax_spec {
                     )
                     .unwrap_or_else(|e| panic!("emulated softmax, n = {n}: {e}"));
                     check(spec, &format!("softmax o, n = {n}"), &got.out, &want);
+                    if n > 2 * c {
+                        // Two blocks per (batch, head), each looping over query tiles.
+                        let capped = cuda_emu::run(
+                            &launch, Attn::CUDA_SOURCE, &launch.forward, b * h, h, n,
+                            &EmuInputs { grid_cap: Some(2), ..kernel_inputs(spec, &x, &[], &[]) },
+                        )
+                        .unwrap_or_else(|e| panic!("emulated softmax, grid capped: {e}"));
+                        assert_eq!(capped.out, got.out, "grid capped at 2 blocks per (b, h)");
+                    }
                 }
             }
         }

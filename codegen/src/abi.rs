@@ -81,10 +81,21 @@ pub struct Signature {
     pub rpe: bool,
 }
 
+/// SMs of the largest GPU a launch plans for (A100 108, H100/H200 132, B200 148).
+pub const MAX_SMS: usize = 160;
+/// Shared memory per SM on sm_90, the most of any architecture, and what each block reserves.
+const SMEM_PER_SM: usize = 228 * 1024;
+const SMEM_RESERVED_PER_BLOCK: usize = 1024;
+/// Threads per SM (sm_80 and later).
+const THREADS_PER_SM: usize = 2048;
+
 /// The grid of one CUDA kernel, as a function of batch x heads (`bh`) and tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Grid {
-    /// One block per (chunk or query tile, batch x head): `(ceil(n / chunk), bh, 1)`.
+    /// One block per (chunk or query tile, batch x head): `(ceil(n / chunk), bh, 1)`; kernels
+    /// loop over chunks with stride `gridDim.x`, so a kernel with global scratch gets no more
+    /// blocks than can be resident at once ([`KernelInfo::resident_blocks`]) and its scratch is
+    /// sized by residency, not by chunks.
     Chunks,
     /// One block per (column block of the state, batch x head): `(blocks, bh, 1)`.
     Columns(u32),
@@ -103,6 +114,16 @@ pub struct KernelInfo {
     pub smem_bytes: u32,
     /// Floats of global scratch per block: tiles too large for shared memory.
     pub scratch_floats: usize,
+}
+
+impl KernelInfo {
+    /// At least as many blocks as any GPU keeps resident at once for this kernel: [`MAX_SMS`]
+    /// times the blocks per SM that sm_90's shared memory and thread limits allow.
+    pub fn resident_blocks(&self, threads: u32) -> usize {
+        let by_smem = SMEM_PER_SM / (self.smem_bytes as usize + SMEM_RESERVED_PER_BLOCK);
+        let by_threads = THREADS_PER_SM / (threads.max(1) as usize);
+        MAX_SMS * by_smem.min(by_threads).max(1)
+    }
 }
 
 /// A spec's CUDA launch configuration, computed at build time.
@@ -143,9 +164,14 @@ impl CudaLaunch {
 
     /// The grid of a kernel for `bh` = batch x heads and `n` tokens.
     pub fn grid(&self, kernel: &KernelInfo, bh: usize, n: usize) -> (u32, u32, u32) {
+        let chunks = self.chunks(n);
+        let x = match kernel.scratch_floats {
+            0 => chunks,
+            _ => chunks.min((kernel.resident_blocks(self.threads) / bh.max(1)).max(1)),
+        };
         let bh = bh as u32;
         match kernel.grid {
-            Grid::Chunks => (self.chunks(n) as u32, bh, 1),
+            Grid::Chunks => (x as u32, bh, 1),
             Grid::Columns(blocks) => (blocks, bh, 1),
             Grid::Heads => (bh, 1, 1),
         }

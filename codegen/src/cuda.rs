@@ -193,13 +193,14 @@ impl Printer<'_> {
             }
         };
         self.preamble(name, doc, &r.frame, work, src);
-        src.push_str("  const int c = blockIdx.x;\n");
-        src.push_str("  const int c0 = c * C, rows = attnc::imin(C, n - c0);\n");
-        chunk_pointers("  ", src);
+        // gridDim.x is the chunk count, or fewer blocks (kernels with scratch: Grid::Chunks).
+        src.push_str("  for (int c = blockIdx.x; c < chunks; c += gridDim.x) {\n");
+        src.push_str("    const int c0 = c * C, rows = attnc::imin(C, n - c0);\n");
+        chunk_pointers("    ", src);
         for op in r.passes.iter().flatten() {
-            self.emit_op(op, "  ", src);
+            self.emit_op(op, "    ", src);
         }
-        src.push_str("}\n");
+        src.push_str("  }\n}\n");
         self.info(name, &r.frame)
     }
 
@@ -268,36 +269,37 @@ impl Printer<'_> {
             0,
             src,
         );
-        src.push_str("  const int c = blockIdx.x;\n");
-        src.push_str("  const int c0 = c * C, rows = attnc::imin(C, n - c0);\n");
+        // Query tiles with stride gridDim.x (fewer blocks than tiles when there is scratch).
+        src.push_str("  for (int c = blockIdx.x; c < chunks; c += gridDim.x) {\n");
+        src.push_str("    const int c0 = c * C, rows = attnc::imin(C, n - c0);\n");
         for op in &t.prologue {
-            self.emit_op(op, "  ", src);
-        }
-        if t.causal {
-            src.push_str("  const int key_end = attnc::imin(c0 + rows, n);\n");
-        } else {
-            src.push_str("  const int key_end = n;\n");
-        }
-        src.push_str("  for (int k0 = 0; k0 < key_end; k0 += C) {\n");
-        src.push_str("    const int krows = attnc::imin(C, key_end - k0);\n");
-        for op in &t.body {
             self.emit_op(op, "    ", src);
         }
         if t.causal {
-            src.push_str("    if (k0 == c0) {\n");
+            src.push_str("    const int key_end = attnc::imin(c0 + rows, n);\n");
+        } else {
+            src.push_str("    const int key_end = n;\n");
+        }
+        src.push_str("    for (int k0 = 0; k0 < key_end; k0 += C) {\n");
+        src.push_str("      const int krows = attnc::imin(C, key_end - k0);\n");
+        for op in &t.body {
+            self.emit_op(op, "      ", src);
+        }
+        if t.causal {
+            src.push_str("      if (k0 == c0) {\n");
             for op in &t.diagonal {
-                self.emit_op(op, "      ", src);
+                self.emit_op(op, "        ", src);
             }
-            src.push_str("    }\n");
+            src.push_str("      }\n");
         }
         for op in &t.update {
+            self.emit_op(op, "      ", src);
+        }
+        src.push_str("    }\n");
+        for op in &t.epilogue {
             self.emit_op(op, "    ", src);
         }
-        src.push_str("  }\n");
-        for op in &t.epilogue {
-            self.emit_op(op, "  ", src);
-        }
-        src.push_str("}\n");
+        src.push_str("  }\n}\n");
         self.info(name, &t.frame)
     }
 

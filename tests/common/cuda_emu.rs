@@ -9,7 +9,7 @@
 //! dynamic shared memory or a `__syncthreads()` reached by only some threads are errors.
 #![allow(dead_code)]
 
-use attnc_codegen::abi::{CudaLaunch, KernelInfo};
+use attnc_codegen::abi::{CudaLaunch, Grid, KernelInfo};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -36,6 +36,9 @@ pub struct EmuInputs {
     /// Momentum's m (B, H, F, DV) and n (B, H, F); empty when unused.
     pub mom_s: Vec<f32>,
     pub mom_z: Vec<f32>,
+    /// At most this many blocks along x for per-chunk kernels (`Grid::Chunks`), which then loop
+    /// over chunks, as kernels with scratch do at scale; `None`: the launch's own grid.
+    pub grid_cap: Option<u32>,
 }
 
 /// What the kernels left in `out` (v's length), `s` and `z` (the inputs' lengths; empty when the
@@ -286,7 +289,10 @@ pub fn run(
     let u32s = |job: &mut Vec<u8>, xs: &[u32]| xs.iter().for_each(|x| job.extend(x.to_le_bytes()));
     u32s(&mut job, &[kernels.len() as u32]);
     for k in kernels {
-        let (x, y, z) = launch.grid(k, bh, n);
+        let (mut x, y, z) = launch.grid(k, bh, n);
+        if let (Grid::Chunks, Some(cap)) = (k.grid, inputs.grid_cap) {
+            x = x.min(cap);
+        }
         u32s(&mut job, &[k.name.len() as u32]);
         job.extend(k.name.as_bytes());
         u32s(&mut job, &[x, y, z, launch.threads, k.smem_bytes]);

@@ -318,12 +318,15 @@ fn routine<T: Target>(
 }
 
 /// The op ranges a routine's kernel repeats: every pass per chunk (the sequential forward), the
-/// whole body per chunk (the scan, the step program over a sequence), nothing (one chunk per
-/// block).
+/// whole body per chunk (the scan, the step program over a sequence, and the per-chunk kernels,
+/// whose blocks loop over chunks with stride gridDim.x).
 fn loops(kind: RoutineKind, passes: &[Vec<BuiltOp>]) -> Vec<std::ops::Range<usize>> {
     match kind {
-        RoutineKind::Intra | RoutineKind::Output | RoutineKind::Softmax => Vec::new(),
-        RoutineKind::Scan | RoutineKind::Step => {
+        RoutineKind::Intra
+        | RoutineKind::Output
+        | RoutineKind::Softmax
+        | RoutineKind::Scan
+        | RoutineKind::Step => {
             let len: usize = passes.iter().map(Vec::len).sum();
             std::iter::once(0..len).collect()
         }
@@ -392,14 +395,16 @@ fn softmax<T: Target>(
     problems: &mut Vec<PlanError>,
 ) -> Softmax<T::Place> {
     let sections = [&p.prologue, &p.body, &p.diagonal, &p.update, &p.epilogue];
-    // The key-tile loop: body, diagonal and update repeat; prologue and epilogue run once.
-    let looped =
+    // Query tiles repeat everything; per query tile, the key-tile loop repeats body, diagonal
+    // and update.
+    let all = sections.iter().map(|s| s.len()).sum();
+    let keys =
         p.prologue.len()..p.prologue.len() + p.body.len() + p.diagonal.len() + p.update.len();
     let frame = resolve::frame::<T>(
         sig,
         RoutineKind::Softmax,
         sections.into_iter().flatten(),
-        &[looped],
+        &[0..all, keys],
     );
     let mut resolve = |ops: &[BuiltOp]| {
         resolve::resolve_ops(&frame, ops).unwrap_or_else(|e| {
