@@ -136,6 +136,7 @@ fn kernel_inputs(spec: &Spec, c: &Case, layout: Layout) -> EmuInputs {
         tails: c.tails.clone(),
         mom_s: c.m0.clone(),
         mom_z: c.n0.clone(),
+        grid_cap: None,
     }
 }
 
