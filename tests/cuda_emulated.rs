@@ -277,6 +277,24 @@ linear_spec!(
     chunk = 16
 );
 linear_spec!(chunk64_gated, head_dim = 64, update = gated, chunk = 64);
+// Wide values: phase (c)'s value tiles overflow shared memory at dv = 256, so it splits them
+// into column blocks (Grid::ChunkColumns), each block recomputing the scores and reading z.
+linear_spec!(
+    wide_values_sum,
+    head_dim = 32,
+    value_dim = 256,
+    feature_map = elu_plus_one,
+    normalize = sum,
+    chunk = 32
+);
+linear_spec!(
+    wide_values_delta,
+    head_dim = 32,
+    value_dim = 256,
+    update = delta,
+    qk_norm = l2,
+    chunk = 32
+);
 linear_spec!(
     favor_sum,
     head_dim = 16,
@@ -368,3 +386,17 @@ softmax_spec!(
     qk_norm = l2,
     chunk = 16
 );
+
+/// The wide-value specs above do exercise phase (c)'s column blocks (and nothing spills).
+#[test]
+fn wide_values_split_phase_c_into_column_blocks() {
+    for launch in [
+        &wide_values_sum::Attn::CUDA_LAUNCH,
+        &wide_values_delta::Attn::CUDA_LAUNCH,
+    ] {
+        let output = launch.forward.iter().find(|k| k.name == "attnc_output");
+        let output = output.expect("a phase (c) kernel");
+        assert_eq!(output.grid, attnc::Grid::ChunkColumns(2), "{output:?}");
+        assert_eq!(output.scratch_floats, 0, "{output:?}");
+    }
+}

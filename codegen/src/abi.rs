@@ -99,6 +99,8 @@ pub enum Grid {
     Chunks,
     /// One block per (column block of the state, batch x head): `(blocks, bh, 1)`.
     Columns(u32),
+    /// As [`Grid::Chunks`], once per block of value columns: `(chunks, bh, blocks)`.
+    ChunkColumns(u32),
     /// One block per batch x head: `(bh, 1, 1)`.
     Heads,
 }
@@ -165,13 +167,18 @@ impl CudaLaunch {
     /// The grid of a kernel for `bh` = batch x heads and `n` tokens.
     pub fn grid(&self, kernel: &KernelInfo, bh: usize, n: usize) -> (u32, u32, u32) {
         let chunks = self.chunks(n);
+        let cols = match kernel.grid {
+            Grid::ChunkColumns(blocks) => blocks as usize,
+            _ => 1,
+        };
         let x = match kernel.scratch_floats {
             0 => chunks,
-            _ => chunks.min((kernel.resident_blocks(self.threads) / bh.max(1)).max(1)),
+            _ => chunks.min((kernel.resident_blocks(self.threads) / (bh * cols).max(1)).max(1)),
         };
         let bh = bh as u32;
         match kernel.grid {
             Grid::Chunks => (x as u32, bh, 1),
+            Grid::ChunkColumns(blocks) => (x as u32, bh, blocks),
             Grid::Columns(blocks) => (blocks, bh, 1),
             Grid::Heads => (bh, 1, 1),
         }
@@ -374,6 +381,10 @@ mod tokens {
             let p = private();
             out.extend(match self {
                 Grid::Chunks => quote!(#p::Grid::Chunks),
+                Grid::ChunkColumns(n) => {
+                    let n = Literal::u32_unsuffixed(*n);
+                    quote!(#p::Grid::ChunkColumns(#n))
+                }
                 Grid::Columns(n) => {
                     let n = Literal::u32_unsuffixed(*n);
                     quote!(#p::Grid::Columns(#n))

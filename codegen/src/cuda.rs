@@ -439,17 +439,22 @@ impl Printer<'_> {
             RoutineKind::Scan => ("blockIdx.y", true),
             _ => ("blockIdx.y", false),
         };
+        // Phase (c) split by value columns: blockIdx.z picks the block (every block reads z).
+        let output_columns = frame.kind == RoutineKind::Output && frame.value_cols < sig.dv;
         let _ = writeln!(src, "  const int bh = {bh};");
         // (n - 1) / C + 1, not (n + C - 1) / C: no int overflow for n near INT_MAX.
         src.push_str("  const int chunks = n > 0 ? (n - 1) / C + 1 : 0;\n");
         if scan {
             src.push_str("  const int col0 = blockIdx.x * CB;\n");
             src.push_str("  const bool lead = blockIdx.x == 0;\n");
+        } else if output_columns {
+            src.push_str("  const int col0 = blockIdx.z * CB;\n  const bool lead = true;\n");
         } else {
             src.push_str("  const int col0 = 0;\n  const bool lead = true;\n");
         }
         src.push_str(
-            "  float* block_scratch = scratch + ((long)blockIdx.y * gridDim.x + blockIdx.x) * SCRATCH;\n",
+            "  float* block_scratch = scratch + \
+             (((long)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) * SCRATCH;\n",
         );
         for o in &frame.tiles {
             let name = o.tile.name();

@@ -144,6 +144,9 @@ impl Frame<CudaPlace> {
         match self.kind {
             RoutineKind::Scan => Grid::Columns((dv / self.value_cols.max(1)) as u32),
             RoutineKind::Step | RoutineKind::Forward => Grid::Heads,
+            RoutineKind::Output if self.value_cols < dv => {
+                Grid::ChunkColumns((dv / self.value_cols.max(1)) as u32)
+            }
             RoutineKind::Intra | RoutineKind::Output | RoutineKind::Softmax => Grid::Chunks,
         }
     }
@@ -351,8 +354,9 @@ pub trait Target {
         tiles: Vec<Operand<()>>,
         lifetimes: &BTreeMap<Tile, Lifetime>,
     ) -> (Vec<Operand<Self::Place>>, Memory);
-    /// Value columns of a routine's value tiles.
-    fn value_cols(kind: RoutineKind, dv: usize) -> usize;
+    /// Value columns of a routine's value tiles, in order of preference: the first whose tiles
+    /// all fit the target's near memory is taken, else the first.
+    fn value_cols(kind: RoutineKind, dv: usize) -> Vec<usize>;
     /// Whether a load the chunk program only reads may read its input in place.
     const LOADS_IN_PLACE: bool;
     /// Whether phase (a) of additive and gated updates runs inside the scan
@@ -401,8 +405,8 @@ impl Target for Cpu {
         (out, memory)
     }
 
-    fn value_cols(_: RoutineKind, dv: usize) -> usize {
-        dv
+    fn value_cols(_: RoutineKind, dv: usize) -> Vec<usize> {
+        vec![dv]
     }
 }
 
@@ -451,11 +455,18 @@ impl Target for Cuda {
         (out, memory)
     }
 
-    fn value_cols(kind: RoutineKind, dv: usize) -> usize {
-        if kind == RoutineKind::Scan {
-            column_block(dv)
-        } else {
-            dv
+    // The scan splits its state into column blocks for parallelism. Phase (c) splits its value
+    // tiles (fla's BV blocking) into at most 4 blocks, and only when that keeps every tile out of
+    // scratch: each block recomputes the chunk's scores and reads q and k again.
+    fn value_cols(kind: RoutineKind, dv: usize) -> Vec<usize> {
+        match kind {
+            RoutineKind::Scan => vec![column_block(dv)],
+            RoutineKind::Output => [1, 2, 4]
+                .into_iter()
+                .filter(|b| dv % b == 0 && (dv / b) % 8 == 0)
+                .map(|b| dv / b)
+                .collect(),
+            _ => vec![dv],
         }
     }
 }
@@ -509,26 +520,39 @@ pub fn frame<'a, T: Target>(
     } else {
         sig.chunk
     };
-    let value_cols = T::value_cols(kind, sig.dv);
     let flat: Vec<&BuiltOp> = ops.clone().collect();
     let mut lifetimes = lifetimes(kind, &flat, loops);
-    let tiles: Vec<Operand<()>> = used_tiles(sig, kind, ops)
-        .into_iter()
-        .map(|t| unplaced(sig, kind, t, chunk, value_cols))
-        .collect();
+    let used = used_tiles(sig, kind, ops);
     // Tiles no op touches (a carried state the printer copies in and out) live throughout.
-    for o in &tiles {
-        lifetimes.entry(o.tile).or_insert(Lifetime::ALWAYS);
+    for t in &used {
+        lifetimes.entry(*t).or_insert(Lifetime::ALWAYS);
     }
-    let (tiles, memory) = T::place(kind, tiles, &lifetimes);
-    Frame {
-        kind,
-        chunk,
-        value_cols,
-        tiles,
-        memory,
-        lifetimes,
+    let place = |value_cols: usize| {
+        let tiles: Vec<Operand<()>> = used
+            .iter()
+            .map(|t| unplaced(sig, kind, *t, chunk, value_cols))
+            .collect();
+        let (tiles, memory) = T::place(kind, tiles, &lifetimes);
+        Frame {
+            kind,
+            chunk,
+            value_cols,
+            tiles,
+            memory,
+            lifetimes: lifetimes.clone(),
+        }
+    };
+    let choices = T::value_cols(kind, sig.dv);
+    let first = place(choices.first().copied().unwrap_or(sig.dv));
+    if first.memory.far == 0 {
+        return first;
     }
+    choices
+        .iter()
+        .skip(1)
+        .map(|w| place(*w))
+        .find(|f| f.memory.far == 0)
+        .unwrap_or(first)
 }
 
 /// Resolves ops against a frame. The frame was made from the same ops, so every operand is

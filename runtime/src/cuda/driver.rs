@@ -555,7 +555,7 @@ pub(crate) fn grid(
     n: usize,
 ) -> Result<(u32, u32, u32)> {
     let (x, y) = match kernel.grid {
-        Grid::Chunks => (launch.chunks(n), bh),
+        Grid::Chunks | Grid::ChunkColumns(_) => (launch.chunks(n), bh),
         Grid::Columns(blocks) => (blocks as usize, bh),
         Grid::Heads => (bh, 1),
     };
