@@ -463,7 +463,7 @@ impl Target for Cuda {
             RoutineKind::Scan => vec![column_block(dv)],
             RoutineKind::Output => [1, 2, 4]
                 .into_iter()
-                .filter(|b| dv % b == 0 && (dv / b) % 8 == 0)
+                .filter(|b| dv.is_multiple_of(*b) && (dv / b).is_multiple_of(8))
                 .map(|b| dv / b)
                 .collect(),
             _ => vec![dv],
