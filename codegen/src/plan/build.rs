@@ -452,9 +452,9 @@ fn fill(t: Tile) -> BuiltOp {
     }
 }
 
-/// Phase (a) of additive and gated updates, causal or not: the chunk's own state contribution
-/// `Ds = K^T diag(exp(G_last - G)) V` and `Dz = sum_t K_t`, saved as the chunk's state slot.
-fn contribution(spec: &Spec) -> Vec<BuiltOp> {
+/// The chunk's key features, values and `Kt = K^T diag(exp(G_last - G))` (the cumulative gates
+/// spilled for a later phase when `spill_gates`).
+fn decayed_keys(spec: &Spec, spill_gates: bool) -> Vec<BuiltOp> {
     let mut ops = features(spec, Tile::K, Input::K);
     ops.push(load(Tile::V, Input::V));
     ops.push(Op::Transpose {
@@ -463,12 +463,21 @@ fn contribution(spec: &Spec) -> Vec<BuiltOp> {
     });
     if spec.has_gate() {
         ops.extend(gates());
-        ops.push(spill(Tile::G));
+        if spill_gates {
+            ops.push(spill(Tile::G));
+        }
         ops.push(Op::DecayColsToEnd {
             dst: Tile::Kt,
             gates: Tile::G,
         });
     }
+    ops
+}
+
+/// Phase (a) of additive and gated updates, causal or not: the chunk's own state contribution
+/// `Ds = K^T diag(exp(G_last - G)) V` and `Dz = sum_t K_t`, saved as the chunk's state slot.
+fn contribution(spec: &Spec) -> Vec<BuiltOp> {
+    let mut ops = decayed_keys(spec, true);
     ops.push(matmul(Tile::Ds, Tile::Kt, Tile::V, Tri::Full, false));
     if normalized(spec) {
         ops.push(Op::Zero(Tile::Dz));
@@ -523,19 +532,7 @@ fn accumulate(spec: &Spec, save_incoming: bool) -> Vec<BuiltOp> {
 /// Per column block of the state, each block computes the chunk's key features again (cheap
 /// beside the product) and never writes a contribution: the state is written once per chunk.
 fn fused_scan(spec: &Spec) -> Vec<BuiltOp> {
-    let mut ops = features(spec, Tile::K, Input::K);
-    ops.push(load(Tile::V, Input::V));
-    ops.push(Op::Transpose {
-        src: Tile::K,
-        dst: Tile::Kt,
-    });
-    if spec.has_gate() {
-        ops.extend(gates());
-        ops.push(Op::DecayColsToEnd {
-            dst: Tile::Kt,
-            gates: Tile::G,
-        });
-    }
+    let mut ops = decayed_keys(spec, false);
     if spec.mask == Mask::Causal {
         ops.push(Op::SaveChunkState {
             s: Tile::S,
