@@ -172,7 +172,8 @@ impl Printer<'_> {
         kernels
     }
 
-    /// Phases (a) and (c): one chunk per block.
+    /// Phases (a) and (c): each block takes chunks with stride gridDim.x (one chunk per block
+    /// unless the kernel has scratch, see `Grid::Chunks`).
     fn parallel(
         &self,
         name: &'static str,
