@@ -3,7 +3,6 @@
 // kernel. Tiles are row-major float arrays in shared memory (or, when too large, in a per-block
 // global scratch area); R, W, ... are compile-time tile sizes, `rows` the live token rows.
 #ifndef ATTNC_HOST_EMULATION
-#define ATTNC_SHARED __shared__
 // 16-byte aligned: the products read tiles as float4.
 #define ATTNC_DYN_SMEM(name) extern __shared__ __align__(16) float name[]
 #endif

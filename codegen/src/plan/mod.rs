@@ -321,25 +321,14 @@ fn routine<T: Target>(
 /// whole body per chunk (the scan, the step program over a sequence, and the per-chunk kernels,
 /// whose blocks loop over chunks with stride gridDim.x).
 fn loops(kind: RoutineKind, passes: &[Vec<BuiltOp>]) -> Vec<std::ops::Range<usize>> {
+    let mut start = 0;
+    let per_pass = passes.iter().map(|p| {
+        start += p.len();
+        start - p.len()..start
+    });
     match kind {
-        RoutineKind::Intra
-        | RoutineKind::Output
-        | RoutineKind::Softmax
-        | RoutineKind::Scan
-        | RoutineKind::Step => {
-            let len: usize = passes.iter().map(Vec::len).sum();
-            std::iter::once(0..len).collect()
-        }
-        RoutineKind::Forward => {
-            let mut start = 0;
-            passes
-                .iter()
-                .map(|p| {
-                    start += p.len();
-                    start - p.len()..start
-                })
-                .collect()
-        }
+        RoutineKind::Forward => per_pass.collect(),
+        _ => std::iter::once(0..passes.iter().map(Vec::len).sum()).collect(),
     }
 }
 

@@ -103,6 +103,13 @@ fn linear_cpu(plan: &mut Plan) -> &mut Linear<CpuPlace> {
     }
 }
 
+fn linear_cuda(plan: &mut Plan) -> &mut Linear<CudaPlace> {
+    match &mut plan.cuda {
+        Program::Linear(l) => l,
+        Program::Softmax(_) => panic!("a linear spec"),
+    }
+}
+
 fn messages(plan: &Plan) -> String {
     match plan.validate() {
         Ok(()) => String::new(),
@@ -168,12 +175,10 @@ fn a_fill_of_a_tile_never_spilled_is_reported() {
 #[test]
 fn shared_memory_over_the_budget_is_reported() {
     let mut plan = Plan::new(&Spec::with_head_dim(16));
-    if let Program::Linear(l) = &mut plan.cuda {
-        l.phases.intra.frame.memory.near = SMEM_BUDGET_FLOATS + 1;
-    }
+    linear_cuda(&mut plan).phases.output.frame.memory.near = SMEM_BUDGET_FLOATS + 1;
     let msg = messages(&plan);
     assert!(
-        msg.contains("Intra routine") && msg.contains("shared memory"),
+        msg.contains("Output routine") && msg.contains("shared memory"),
         "{msg}"
     );
 }
@@ -181,12 +186,10 @@ fn shared_memory_over_the_budget_is_reported() {
 #[test]
 fn live_tiles_at_one_address_are_reported() {
     let mut plan = Plan::new(&Spec::with_head_dim(16));
-    if let Program::Linear(l) = &mut plan.cuda {
-        // Q and K are both read by the scores' product.
-        for o in &mut l.phases.output.frame.tiles {
-            if matches!(o.tile, Tile::Q | Tile::K) {
-                o.place = CudaPlace::Shared(0);
-            }
+    // Q and K are both read by the scores' product.
+    for o in &mut linear_cuda(&mut plan).phases.output.frame.tiles {
+        if matches!(o.tile, Tile::Q | Tile::K) {
+            o.place = CudaPlace::Shared(0);
         }
     }
     let msg = messages(&plan);
