@@ -295,16 +295,17 @@ fn errors_are_reported() {
 const PRODUCTS: &str = r#"
 extern "C" __global__ void selftest_products(ATTNC_PARAMS) {
   ATTNC_DYN_SMEM(sm);
+  constexpr int P = attnc::pitch(64), T = 64 * P;  // tiles' rows are P floats apart
   const long base = (long)blockIdx.x * 64 * 64;
   for (int i = threadIdx.x; i < 64 * 64; i += blockDim.x) {
-    sm[i] = q[base + i];
-    sm[4096 + i] = k[base + i];
+    sm[i / 64 * P + i % 64] = q[base + i];
+    sm[T + i / 64 * P + i % 64] = k[base + i];
   }
   __syncthreads();
-  if (blockIdx.x == 0) attnc::gemm<64, 64, 64, attnc::FULL, false>(sm, sm + 4096, sm + 8192, 61, 64);
-  else attnc::gemm<64, 64, 64, attnc::LOWER_A, false>(sm, sm + 4096, sm + 8192, 53, 53);
+  if (blockIdx.x == 0) attnc::gemm<64, 64, 64, attnc::FULL, false>(sm, sm + T, sm + 2 * T, 61, 64);
+  else attnc::gemm<64, 64, 64, attnc::LOWER_A, false>(sm, sm + T, sm + 2 * T, 53, 53);
   __syncthreads();
-  for (int i = threadIdx.x; i < 64 * 64; i += blockDim.x) out[base + i] = sm[8192 + i];
+  for (int i = threadIdx.x; i < 64 * 64; i += blockDim.x) out[base + i] = sm[2 * T + i / 64 * P + i % 64];
 }
 "#;
 
@@ -320,7 +321,7 @@ fn products(defines: &str, a: &[f32], b: &[f32]) -> Vec<f32> {
     static KERNEL: [KernelInfo; 1] = [KernelInfo {
         name: "selftest_products",
         grid: Grid::Heads,
-        smem_bytes: 3 * 64 * 64 * 4,
+        smem_bytes: 3 * 64 * 68 * 4,
         scratch_floats: 0,
     }];
     let mut launch = launch(&KERNEL);

@@ -32,34 +32,6 @@ fn initial_state(spec: &Spec, bh: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
     (s, z)
 }
 
-/// The inputs in the kernels' layout.
-fn kernel_inputs(spec: &Spec, x: &Inputs, s: &[f32], z: &[f32]) -> EmuInputs {
-    let lay = |data: &[f32], d: usize| match spec.layout {
-        Layout::Bhnd => data.to_vec(),
-        Layout::Bnhd => to_bnhd(data, x.b, x.h, x.n, d),
-    };
-    EmuInputs {
-        q: lay(&x.q, x.dk),
-        k: lay(&x.k, x.dk),
-        v: lay(&x.v, x.dv),
-        beta: if spec.has_beta() {
-            lay(&x.beta, 1)
-        } else {
-            Vec::new()
-        },
-        g: if spec.has_gate() {
-            lay(&x.g, 1)
-        } else {
-            Vec::new()
-        },
-        // FAVOR+'s projection: (F, DK) as the user passes it, in any layout.
-        proj: x.proj.clone(),
-        s: s.to_vec(),
-        z: z.to_vec(),
-        ..EmuInputs::default()
-    }
-}
-
 /// The first token of every (batch, head), as a one-token problem.
 fn first_token(x: &Inputs) -> Inputs {
     let pick = |data: &[f32], d: usize| -> Vec<f32> {
@@ -115,7 +87,7 @@ macro_rules! linear_spec {
                     let want = reference(spec, &x, Some(&s0), z0_opt);
                     let got = cuda_emu::run(
                         &launch, Attn::CUDA_SOURCE, &launch.forward, b * h, h, n,
-                        &kernel_inputs(spec, &x, &s0, &z0),
+                        &cuda_emu::inputs(spec, &x, &s0, &z0),
                     )
                     .unwrap_or_else(|e| panic!("emulated forward, n = {n}: {e}"));
                     let out = match spec.layout {
@@ -133,7 +105,7 @@ macro_rules! linear_spec {
                         // scratch run at scale: the same bits.
                         let capped = cuda_emu::run(
                             &launch, Attn::CUDA_SOURCE, &launch.forward, b * h, h, n,
-                            &EmuInputs { grid_cap: Some(2), ..kernel_inputs(spec, &x, &s0, &z0) },
+                            &EmuInputs { grid_cap: Some(2), ..cuda_emu::inputs(spec, &x, &s0, &z0) },
                         )
                         .unwrap_or_else(|e| panic!("emulated forward, grid capped: {e}"));
                         assert_eq!(capped.out, got.out, "grid capped at 2 blocks per (b, h)");
@@ -147,7 +119,7 @@ macro_rules! linear_spec {
                     step_spec.layout = Layout::Bhnd;
                     let got = cuda_emu::run(
                         &launch, Attn::CUDA_SOURCE, &launch.step, b * h, h, 1,
-                        &kernel_inputs(&step_spec, &x1, &s0, &z0),
+                        &cuda_emu::inputs(&step_spec, &x1, &s0, &z0),
                     )
                     .unwrap_or_else(|e| panic!("emulated step: {e}"));
                     check(spec, "step o", &got.out, &want.o);
@@ -352,7 +324,7 @@ macro_rules! softmax_spec {
                         .collect();
                     let got = cuda_emu::run(
                         &launch, Attn::CUDA_SOURCE, &launch.forward, b * h, h, n,
-                        &kernel_inputs(spec, &x, &[], &[]),
+                        &cuda_emu::inputs(spec, &x, &[], &[]),
                     )
                     .unwrap_or_else(|e| panic!("emulated softmax, n = {n}: {e}"));
                     check(spec, &format!("softmax o, n = {n}"), &got.out, &want);
@@ -360,7 +332,7 @@ macro_rules! softmax_spec {
                         // Two blocks per (batch, head), each looping over query tiles.
                         let capped = cuda_emu::run(
                             &launch, Attn::CUDA_SOURCE, &launch.forward, b * h, h, n,
-                            &EmuInputs { grid_cap: Some(2), ..kernel_inputs(spec, &x, &[], &[]) },
+                            &EmuInputs { grid_cap: Some(2), ..cuda_emu::inputs(spec, &x, &[], &[]) },
                         )
                         .unwrap_or_else(|e| panic!("emulated softmax, grid capped: {e}"));
                         assert_eq!(capped.out, got.out, "grid capped at 2 blocks per (b, h)");

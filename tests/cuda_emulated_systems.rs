@@ -117,26 +117,16 @@ fn oracle_of(spec: &Spec, c: &Case) -> Want {
 
 /// The kernels' buffers: token tensors in `layout`.
 fn kernel_inputs(spec: &Spec, c: &Case, layout: Layout) -> EmuInputs {
-    let x = &c.x;
-    let lay = |data: &[f32], d: usize| match layout {
-        Layout::Bhnd => data.to_vec(),
-        Layout::Bnhd => to_bnhd(data, x.b, x.h, x.n, d),
+    let laid_out = Spec {
+        layout,
+        ..spec.clone()
     };
-    let used = |on: bool, data: &[f32]| if on { lay(data, 1) } else { Vec::new() };
     EmuInputs {
-        q: lay(&x.q, x.dk),
-        k: lay(&x.k, x.dk),
-        v: lay(&x.v, x.dv),
-        beta: used(spec.has_beta(), &x.beta),
-        g: used(spec.has_gate(), &x.g),
-        proj: x.proj.clone(),
-        s: c.s0.clone(),
-        z: c.z0.clone(),
         conv: c.weights.clone(),
         tails: c.tails.clone(),
         mom_s: c.m0.clone(),
         mom_z: c.n0.clone(),
-        grid_cap: None,
+        ..cuda_emu::inputs(&laid_out, &c.x, &c.s0, &c.z0)
     }
 }
 

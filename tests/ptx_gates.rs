@@ -10,12 +10,20 @@
 //! - **Occupancy**: at least 2 blocks of 256 threads fit one sm_90 SM by registers (64K per SM)
 //!   and shared memory (228 KiB per SM, 1 KiB reserved per block).
 //! - **Workspace**: a `forward` call's workspaces at (B 8, H 16, N 4096) stay within 3.25 KiB per
-//!   token x head (runs without NVRTC).
+//!   token x head, and no kernel puts tiles in global scratch (runs without NVRTC).
+//! - **Bank conflicts**: run in the host emulation with its bank counter (a C++ compiler, no
+//!   NVRTC), no warp instruction of the tile library on shared memory touches more than 2
+//!   distinct words of one bank in one phase, in any kernel of the example specs.
 //!
 //! Each test prints its table (`-- --nocapture`); BENCHMARKS.md and the issue notes quote it.
 
+mod common;
+
 use attnc::prelude::*;
+use attnc::spec::Normalize;
 use attnc::CudaLaunch;
+use common::cuda_emu;
+use common::{Inputs, Rng};
 use std::collections::BTreeMap;
 
 const ARCH: &str = "sm_90";
@@ -93,12 +101,98 @@ fn specs() -> Vec<(&'static str, &'static CudaLaunch, &'static str)> {
     ]
 }
 
-/// The template arguments of every `attnc::gemm<...>` call in a source.
+/// The spec of an example spec named in [`specs`].
+fn spec_of(name: &str) -> &'static Spec {
+    match name {
+        "linear elu+1 sum" => LinearAttention::spec(),
+        "retention gated l2" => Retention::spec(),
+        "bidirectional bnhd" => Bidirectional::spec(),
+        "deltanet" => DeltaNet::spec(),
+        "gated deltanet" => GatedDeltaNet::spec(),
+        "performer" => Performer::spec(),
+        "softmax" => Softmax::spec(),
+        "gated deltanet d128" => GatedDeltaNet128::spec(),
+        _ => GatedDeltaNetConv::spec(),
+    }
+}
+
+/// Most distinct words of one bank that one warp instruction may touch in one phase.
+const MAX_BANK_WAYS: u32 = 2;
+
+/// Every kernel of every example spec (`forward` over two chunks of one head, and `step`), run
+/// in the host emulation with bank counting. Per (kernel, op) of the tile library: warp
+/// instructions, wavefronts per instruction (ideal: 1 for 4-byte accesses, 2 for float2, 4 for
+/// float4), and the worst phase.
+#[test]
+fn shared_memory_accesses_are_at_most_two_way() {
+    if !cuda_emu::available_or_skip("shared_memory_accesses_are_at_most_two_way") {
+        return;
+    }
+    let mut failures = Vec::new();
+    println!(
+        "{:<22} {:<14} {:<20} {:>9} {:>8} {:>6}",
+        "spec", "kernel", "op", "instrs", "waves/i", "worst"
+    );
+    for (name, launch, source) in specs() {
+        let spec = spec_of(name);
+        let mut sites: BTreeMap<(String, String), (u64, u64, u32)> = BTreeMap::new();
+        for (kernels, n) in [(&launch.forward, 2 * spec.chunk), (&launch.step, 1)] {
+            let inputs = bank_inputs(spec, n);
+            let got = cuda_emu::run(launch, source, kernels, 1, 1, n, &inputs)
+                .unwrap_or_else(|e| panic!("{name}, n = {n}: {e}"));
+            for site in got.banks {
+                if site.worst > MAX_BANK_WAYS {
+                    failures.push(format!(
+                        "{name}: {}, {} (line {} of the source): {}-way",
+                        site.kernel, site.op, site.line, site.worst
+                    ));
+                }
+                let e = sites.entry((site.kernel, site.op)).or_default();
+                e.0 += site.instructions;
+                e.1 += site.wavefronts;
+                e.2 = e.2.max(site.worst);
+            }
+        }
+        for ((kernel, op), (instrs, waves, worst)) in sites {
+            println!(
+                "{name:<22} {kernel:<14} {op:<20} {instrs:>9} {:>8.2} {worst:>6}",
+                waves as f64 / instrs.max(1) as f64
+            );
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// One head of random inputs for `spec` at `n` tokens, with an initial state (and short_conv's
+/// weights and tails), counting bank conflicts.
+fn bank_inputs(spec: &Spec, n: usize) -> cuda_emu::EmuInputs {
+    let x = Inputs::random(1, 1, n, spec.head_dim, spec.value_dim, 11).for_spec(spec, 5);
+    let (f, dv) = (spec.feature_dim(), spec.value_dim);
+    let mut rng = Rng::new(12);
+    let s0 = rng.normals(f * dv);
+    let z0 = match spec.normalize {
+        Normalize::Sum => (0..f).map(|_| 0.5 + rng.uniform()).collect(),
+        _ => Vec::new(),
+    };
+    let mut inputs = cuda_emu::inputs(spec, &x, &s0, &z0);
+    if let Some(w) = spec.short_conv {
+        let dims = [spec.head_dim, spec.head_dim, dv];
+        inputs.conv = dims.map(|d| rng.normals(d * w).iter().map(|x| 0.5 * x).collect());
+        inputs.tails = dims.map(|d| rng.normals((w - 1) * d));
+    }
+    inputs.count_banks = true;
+    inputs
+}
+
+/// Every product a source calls, as `gemm<M, K, N, TRI, ACC>` or `gemm_bt<...>` (the product
+/// that reads its right operand transposed).
 fn gemm_shapes(source: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for part in source.split("attnc::gemm<").skip(1) {
-        if let Some(end) = part.find(">(") {
-            out.push(part[..end].to_string());
+    for name in ["gemm", "gemm_bt"] {
+        for part in source.split(&format!("attnc::{name}<")).skip(1) {
+            if let Some(end) = part.find(">(") {
+                out.push(format!("{name}<{}>", &part[..end]));
+            }
         }
     }
     out
@@ -117,9 +211,10 @@ fn counts(ptx: &str, entry: &str) -> (usize, usize, usize) {
     (fma, mma, lds)
 }
 
-/// (M, K, N) of a gemm's template arguments.
+/// (M, K, N) of a product's template arguments.
 fn dims(shape: &str) -> [usize; 3] {
-    let mut d = shape.split(',').map(|x| x.trim().parse().unwrap_or(1));
+    let args = shape.split_once('<').map_or(shape, |(_, args)| args);
+    let mut d = args.split(',').map(|x| x.trim().parse().unwrap_or(1));
     [(); 3].map(|_| d.next().unwrap_or(1))
 }
 
@@ -143,9 +238,9 @@ fn products_use_tensor_cores_or_register_tiles() {
         kernels.push_str(&format!(
             "extern \"C\" __global__ void product_{i}(int rows, int depth) {{\n\
              \x20 ATTNC_DYN_SMEM(sm);\n\
-             \x20 attnc::gemm<{shape}>(sm, sm + {ak}, sm + {bk}, rows, depth);\n}}\n",
-            ak = (m * k).next_multiple_of(4),
-            bk = (m * k).next_multiple_of(4) + (k * n).next_multiple_of(4),
+             \x20 attnc::{shape}(sm, sm + {ak}, sm + {bk}, rows, depth);\n}}\n",
+            ak = m * (k + 4),
+            bk = m * (k + 4) + k.max(n) * (k.max(n) + 4),
         ));
     }
     let prelude = attnc_codegen::cuda::PRELUDE;
@@ -156,8 +251,8 @@ fn products_use_tensor_cores_or_register_tiles() {
     let (tensor, simt) = (compile(""), compile("#define ATTNC_NO_MMA 1\n"));
     let mut failures = Vec::new();
     println!(
-        "{:<40} {:>5} {:>6} {:>9} | {:>5} {:>6} {:>6}  used by",
-        "gemm<M, K, N, TRI, ACC>", "mma", "ld.sh", "mma/ld.sh", "fma", "ld.sh", "fma/ld"
+        "{:<44} {:>5} {:>6} {:>9} | {:>5} {:>6} {:>6}  used by",
+        "product<M, K, N, TRI, ACC>", "mma", "ld.sh", "mma/ld.sh", "fma", "ld.sh", "fma/ld"
     );
     for (i, (shape, users)) in shapes.iter().enumerate() {
         let entry = format!("product_{i}");
@@ -166,17 +261,15 @@ fn products_use_tensor_cores_or_register_tiles() {
         let ratio = fma as f64 / simt_lds.max(1) as f64;
         let [m, k, n] = dims(shape);
         println!(
-            "{shape:<40} {mma:>5} {lds:>6} {:>9.2} | {fma:>5} {simt_lds:>6} {ratio:>6.2}  {}",
+            "{shape:<44} {mma:>5} {lds:>6} {:>9.2} | {fma:>5} {simt_lds:>6} {ratio:>6.2}  {}",
             mma as f64 / lds.max(1) as f64,
             users.join(", ")
         );
         if m % 16 == 0 && k % 8 == 0 && n % 8 == 0 && mma == 0 {
-            failures.push(format!("gemm<{shape}>: no mma.sync"));
+            failures.push(format!("{shape}: no mma.sync"));
         }
         if [m, k, n].iter().all(|d| d % 4 == 0) && ratio < MIN_FMA_PER_LOAD {
-            failures.push(format!(
-                "gemm<{shape}>, SIMT: {ratio:.2} fma per shared load"
-            ));
+            failures.push(format!("{shape}, SIMT: {ratio:.2} fma per shared load"));
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
@@ -254,6 +347,7 @@ fn kernels_do_not_spill_and_two_blocks_fit_an_sm() {
 fn workspace_bytes_per_token_and_head_are_bounded() {
     let (bh, n) = (8 * 16, 4096);
     let mut worst = (0.0f64, "");
+    let mut spilled = Vec::new();
     for (name, launch, _) in specs() {
         let w = launch.workspace(&launch.forward, bh, n);
         let floats = w.chunk_s + w.chunk_z + w.work + w.scratch;
@@ -273,7 +367,18 @@ fn workspace_bytes_per_token_and_head_are_bounded() {
         if per > worst.0 {
             worst = (per, name);
         }
+        for k in launch.forward.iter().chain(launch.step.iter()) {
+            if k.scratch_floats > 0 {
+                spilled.push(format!(
+                    "{name}: {} puts {} KiB of tiles in scratch",
+                    k.name,
+                    k.scratch_floats * 4 / 1024
+                ));
+            }
+        }
     }
+    // Every tile of the example specs (Gated DeltaNet at d = 128 included) in shared memory.
+    assert!(spilled.is_empty(), "{spilled:#?}");
     assert!(
         worst.0 <= 3328.0,
         "{}: {:.0} bytes per token x head",

@@ -184,24 +184,15 @@ impl CudaLaunch {
         }
     }
 
-    /// The largest scratch any kernel needs per block, in floats.
-    pub fn scratch_per_block(&self) -> usize {
-        self.forward
-            .iter()
-            .chain(self.step.iter())
-            .map(|k| k.scratch_floats)
-            .max()
-            .unwrap_or(0)
-    }
-
     /// Workspace sizes for a call running `kernels` on `bh` = batch x heads and `n` tokens.
     pub fn workspace(&self, kernels: &[KernelInfo], bh: usize, n: usize) -> Workspace {
         let chunks = self.chunks(n);
-        let blocks = kernels
+        // Each kernel indexes its own blocks' scratch; the kernels run one after another.
+        let scratch = kernels
             .iter()
             .map(|k| {
                 let (x, y, z) = self.grid(k, bh, n);
-                x as usize * y as usize * z as usize
+                x as usize * y as usize * z as usize * k.scratch_floats
             })
             .max()
             .unwrap_or(0);
@@ -215,7 +206,7 @@ impl CudaLaunch {
             chunk_s: states * sig.f * sig.dv,
             chunk_z: if sig.normalized { states * sig.f } else { 0 },
             work: bh * chunks * self.work_per_chunk,
-            scratch: (blocks * self.scratch_per_block()).max(rpe),
+            scratch: scratch.max(rpe),
         }
     }
 

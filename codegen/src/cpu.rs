@@ -429,6 +429,10 @@ fn op(op: &CpuOp) -> TokenStream {
                 tile::gemm(isa, #a, #b, #d, tile::Product { rows: #rows, depth: #depth, tri: #tri, accumulate: #accumulate });
             }
         }
+        // Never in a CPU plan (the validator reports one): the CPU keeps `Kt` and transposes.
+        Op::MatMulBt { .. } => {
+            quote! { ::core::compile_error!("attnc: planner bug: a transposed product on the CPU"); }
+        }
         Op::RowSums { dst, src } => reduce("row_sums", src, dst),
         Op::DotRows {
             dst,

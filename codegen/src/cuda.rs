@@ -222,7 +222,9 @@ impl Printer<'_> {
         };
         let normalized = self.plan.signature.normalized;
         self.preamble(name, doc, &r.frame, work, src);
-        src.push_str("  attnc::copy_2d<F, CB>(t_s, CB, s + (long)bh * F * DV + col0, DV);\n");
+        src.push_str(
+            "  attnc::copy_2d<F, CB>(t_s, attnc::pitch(CB), s + (long)bh * F * DV + col0, DV);\n",
+        );
         if normalized {
             src.push_str("  if (lead) attnc::copy<F>(t_z, z + (long)bh * F);\n");
         }
@@ -230,7 +232,7 @@ impl Printer<'_> {
         let momentum_z = r.frame.get(Tile::Mz).is_some();
         if momentum {
             src.push_str(
-                "  attnc::copy_2d<F, CB>(t_m, CB, mom_s + (long)bh * F * DV + col0, DV);\n",
+                "  attnc::copy_2d<F, CB>(t_m, attnc::pitch(CB), mom_s + (long)bh * F * DV + col0, DV);\n",
             );
         }
         if momentum_z {
@@ -244,13 +246,15 @@ impl Printer<'_> {
             self.emit_op(op, "    ", src);
         }
         src.push_str("  }\n");
-        src.push_str("  attnc::copy_2d<F, CB>(s + (long)bh * F * DV + col0, DV, t_s, CB);\n");
+        src.push_str(
+            "  attnc::copy_2d<F, CB>(s + (long)bh * F * DV + col0, DV, t_s, attnc::pitch(CB));\n",
+        );
         if normalized {
             src.push_str("  if (lead) attnc::copy<F>(z + (long)bh * F, t_z);\n");
         }
         if momentum {
             src.push_str(
-                "  attnc::copy_2d<F, CB>(mom_s + (long)bh * F * DV + col0, DV, t_m, CB);\n",
+                "  attnc::copy_2d<F, CB>(mom_s + (long)bh * F * DV + col0, DV, t_m, attnc::pitch(CB));\n",
             );
         }
         if momentum_z {
@@ -658,22 +662,14 @@ fn call(op: &CudaOp) -> String {
             b,
             tri,
             accumulate,
-        } => {
-            let ((m, kd), nn) = (dims(a), b.cols.n);
-            let tri = match tri {
-                crate::abi::Tri::Full => "attnc::FULL",
-                crate::abi::Tri::LowerOut => "attnc::LOWER_OUT",
-                crate::abi::Tri::LowerA => "attnc::LOWER_A",
-            };
-            format!(
-                "attnc::gemm<{m}, {kd}, {nn}, {tri}, {accumulate}>({}, {}, {}, {}, {});",
-                n(a),
-                n(b),
-                n(dst),
-                extent(a.live_rows),
-                extent(a.live_cols)
-            )
-        }
+        } => product("gemm", (a, b, dst), b.cols.n, *tri, *accumulate),
+        Op::MatMulBt {
+            dst,
+            a,
+            b,
+            tri,
+            accumulate,
+        } => product("gemm_bt", (a, b, dst), b.rows.n, *tri, *accumulate),
         Op::RowSums { dst, src } => {
             let (r, w) = dims(src);
             format!("attnc::row_sums<{r}, {w}>({}, rows, {});", n(src), n(dst))
@@ -733,7 +729,7 @@ fn call(op: &CudaOp) -> String {
         }
         Op::DecayAll { dst, gates } => format!(
             "attnc::decay_all<{}>({}, {}, rows);",
-            dst.len(),
+            dst.cuda_footprint(),
             n(dst),
             n(gates)
         ),
@@ -835,22 +831,37 @@ fn call(op: &CudaOp) -> String {
                 n(t)
             )
         }
-        Op::Copy { dst, src } => format!("attnc::copy<{}>({}, {});", dst.len(), n(dst), n(src)),
-        Op::Zero(t) => format!("attnc::zero<{}>({});", t.len(), n(t)),
-        Op::AddTo { dst, src } => {
-            format!("attnc::add_to<{}>({}, {});", dst.len(), n(dst), n(src))
-        }
+        // Whole tiles, their rows' padding included.
+        Op::Copy { dst, src } => format!(
+            "attnc::copy<{}>({}, {});",
+            dst.cuda_footprint(),
+            n(dst),
+            n(src)
+        ),
+        Op::Zero(t) => format!("attnc::zero<{}>({});", t.cuda_footprint(), n(t)),
+        Op::AddTo { dst, src } => format!(
+            "attnc::add_to<{}>({}, {});",
+            dst.cuda_footprint(),
+            n(dst),
+            n(src)
+        ),
         Op::Spill { t, slot } => slot_copy(t, slot, true),
         Op::Fill { t, slot } => slot_copy(t, slot, false),
         Op::SaveChunkState { s, z } => {
-            let mut call = format!("attnc::copy_2d<F, CB>(state_s + col0, DV, {}, CB);", n(s));
+            let mut call = format!(
+                "attnc::copy_2d<F, CB>(state_s + col0, DV, {}, attnc::pitch(CB));",
+                n(s)
+            );
             if let Some(z) = z {
                 let _ = write!(call, " if (lead) attnc::copy<F>(state_z, {});", n(z));
             }
             call
         }
         Op::LoadChunkState { s, z } => {
-            let mut call = format!("attnc::copy_2d<F, CB>({}, CB, state_s + col0, DV);", n(s));
+            let mut call = format!(
+                "attnc::copy_2d<F, CB>({}, attnc::pitch(CB), state_s + col0, DV);",
+                n(s)
+            );
             if let Some(z) = z {
                 let _ = write!(call, " if (lead) attnc::copy<F>({}, state_z);", n(z));
             }
@@ -858,7 +869,7 @@ fn call(op: &CudaOp) -> String {
         }
         Op::ReadState { s, z } => {
             let mut call = format!(
-                "attnc::copy_2d<F, CB>({}, CB, s + (long)bh * F * DV + col0, DV);",
+                "attnc::copy_2d<F, CB>({}, attnc::pitch(CB), s + (long)bh * F * DV + col0, DV);",
                 n(s)
             );
             if let Some(z) = z {
@@ -873,15 +884,40 @@ fn call(op: &CudaOp) -> String {
     }
 }
 
+/// `attnc::{name}<M, K, N, TRI, ACC>(a, b, dst, rows, depth)`: a product of `n` columns.
+fn product(
+    name: &str,
+    (a, b, dst): (&CudaOperand, &CudaOperand, &CudaOperand),
+    n_cols: usize,
+    tri: crate::abi::Tri,
+    accumulate: bool,
+) -> String {
+    let (m, kd) = dims(a);
+    let tri = match tri {
+        crate::abi::Tri::Full => "attnc::FULL",
+        crate::abi::Tri::LowerOut => "attnc::LOWER_OUT",
+        crate::abi::Tri::LowerA => "attnc::LOWER_A",
+    };
+    format!(
+        "attnc::{name}<{m}, {kd}, {n_cols}, {tri}, {accumulate}>({}, {}, {}, {}, {});",
+        n(a),
+        n(b),
+        n(dst),
+        extent(a.live_rows),
+        extent(a.live_cols)
+    )
+}
+
 /// A spilled tile to (`spill`) or from its place in this chunk's workspace slot, whose rows are
 /// `slot.row_len` long (the full width of a column-blocked tile).
 fn slot_copy(t: &CudaOperand, slot: &crate::plan::Slot, spill: bool) -> String {
     let (r, w) = dims(t);
     let (tile, at, full) = (n(t), slot_of(t, slot.offset), slot.row_len);
+    let pitch = crate::plan::ir::cuda_pitch(w);
     if spill {
-        format!("attnc::copy_2d<{r}, {w}>({at}, {full}, {tile}, {w});")
+        format!("attnc::copy_2d<{r}, {w}>({at}, {full}, {tile}, {pitch});")
     } else {
-        format!("attnc::copy_2d<{r}, {w}>({tile}, {w}, {at}, {full});")
+        format!("attnc::copy_2d<{r}, {w}>({tile}, {pitch}, {at}, {full});")
     }
 }
 

@@ -1,10 +1,15 @@
 // ---- attnc CUDA tile library (the same tile ops the CPU emitter lowers to attnc_runtime::tile) --
 // Every op is called by all threads of the block and is followed by __syncthreads() in the
 // kernel. Tiles are row-major float arrays in shared memory (or, when too large, in a per-block
-// global scratch area); R, W, ... are compile-time tile sizes, `rows` the live token rows.
+// global scratch area), rows pitch(W) floats apart; R, W, ... are compile-time tile sizes,
+// `rows` the live token rows. ATTNC_SH marks an access to a tile: nothing on a GPU, a record for
+// the host emulation's bank-conflict counter; ATTNC_SH_IF one that only lanes where `live` make
+// (a predicated load: the others sit the instruction out).
 #ifndef ATTNC_HOST_EMULATION
 // 16-byte aligned: the products read tiles as float4.
 #define ATTNC_DYN_SMEM(name) extern __shared__ __align__(16) float name[]
+#define ATTNC_SH(...) (__VA_ARGS__)
+#define ATTNC_SH_IF(live, ...) (__VA_ARGS__)
 #endif
 
 namespace attnc {
@@ -13,6 +18,15 @@ namespace attnc {
 __device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000); }
 
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
+
+// The distance between rows of a tile W columns wide, in floats: the least P >= W with P = 4
+// (mod 8) when W is a multiple of 4 (at least 8), else W. Shared memory has 32 banks of 4 bytes;
+// rows a multiple of 32 floats apart put a column of a tile in one bank. With P = 4 (mod 8) the
+// tensor-core A fragment (8 rows x 4 columns per warp) reads 32 banks and the B fragment (4 rows x
+// 8 columns) at most 2 per bank. attnc_codegen's cuda_pitch is the same rule.
+__host__ __device__ constexpr int pitch(int w) {
+  return w % 4 != 0 || w < 8 ? w : w + (12 - w % 8) % 8;
+}
 
 // Row-per-thread loops visit column (cc + r) mod w at step cc rather than cc: at each step the
 // threads of a warp read 32 different banks instead of one (rows of a tile are w floats apart,
@@ -62,7 +76,8 @@ template <int R, int W, typename T>
 __device__ void load_rows(float* dst, Tok<T> src, int col0, int t0, int rows) {
   for (int i = threadIdx.x; i < R * W; i += blockDim.x) {
     const int r = i / W, c = i - r * W;
-    dst[i] = r < rows ? src.base[(long)(t0 + r) * src.stride + col0 + c] : 0.0f;
+    *ATTNC_SH(dst + r * pitch(W) + c) =
+        r < rows ? src.base[(long)(t0 + r) * src.stride + col0 + c] : 0.0f;
   }
 }
 
@@ -78,11 +93,12 @@ template <int R, int W>
 __device__ void store_rows(const float* src, Tok<float> dst, int col0, int t0, int rows) {
   for (int i = threadIdx.x; i < R * W; i += blockDim.x) {
     const int r = i / W, c = i - r * W;
-    if (r < rows) dst.base[(long)(t0 + r) * dst.stride + col0 + c] = src[i];
+    if (r < rows) dst.base[(long)(t0 + r) * dst.stride + col0 + c] = *ATTNC_SH(src + r * pitch(W) + c);
   }
 }
 
-// dst (R x W, leading dim dld) <- src (R x W, leading dim sld): tiles to and from workspaces.
+// dst (R x W, leading dim dld) <- src (R x W, leading dim sld): tiles to and from workspaces
+// (a tile's leading dim is its pitch).
 template <int R, int W>
 __device__ void copy_2d(float* dst, long dld, const float* src, long sld) {
   for (int i = threadIdx.x; i < R * W; i += blockDim.x) {
@@ -91,6 +107,7 @@ __device__ void copy_2d(float* dst, long dld, const float* src, long sld) {
   }
 }
 
+// Whole tiles of the same shape (N counts the rows' padding too), or vectors.
 template <int N>
 __device__ void copy(float* dst, const float* src) {
   for (int i = threadIdx.x; i < N; i += blockDim.x) dst[i] = src[i];
@@ -112,23 +129,26 @@ __device__ void l2norm_rows(float* x, int rows, float eps) {
   for (int r = threadIdx.x; r < rows; r += blockDim.x) {
     float s = 0.0f;
     for (int cc = 0; cc < W; ++cc) {
-      const float v = x[r * W + skew(cc, r, W)];
+      const float v = *ATTNC_SH(x + r * pitch(W) + skew(cc, r, W));
       s = fmaf(v, v, s);
     }
     const float inv = 1.0f / sqrtf(s + eps);
-    for (int cc = 0; cc < W; ++cc) x[r * W + skew(cc, r, W)] *= inv;
+    for (int cc = 0; cc < W; ++cc) *ATTNC_SH(x + r * pitch(W) + skew(cc, r, W)) *= inv;
   }
 }
 
 // x <- phi(x) on live rows.
 template <int R, int W, typename Phi>
 __device__ void map_rows(float* x, int rows, Phi phi) {
-  for (int i = threadIdx.x; i < rows * W; i += blockDim.x) x[i] = phi(x[i]);
+  for (int i = threadIdx.x; i < rows * W; i += blockDim.x) {
+    float* e = ATTNC_SH(x + i / W * pitch(W) + i % W);
+    *e = phi(*e);
+  }
 }
 
 template <int R, int W>
 __device__ void scale_rows(float* x, int rows, float s) {
-  for (int i = threadIdx.x; i < rows * W; i += blockDim.x) x[i] *= s;
+  for (int i = threadIdx.x; i < rows * W; i += blockDim.x) *ATTNC_SH(x + i / W * pitch(W) + i % W) *= s;
 }
 
 // Based's Taylor map: [1, x / D^(1/4), x_i^2 / (sqrt(D) sqrt(2)), x_i x_j / sqrt(D) for i < j]
@@ -139,18 +159,21 @@ __device__ void taylor2_rows(const float* x, int rows, float* out) {
   const float inv_rrd = 1.0f / sqrtf(rd), inv_diag = 1.0f / (rd * sqrtf(2.0f)), inv_rd = 1.0f / rd;
   for (int i = threadIdx.x; i < R * F; i += blockDim.x) {
     const int r = i / F, j = i - r * F;
-    const float* xr = x + r * D;
+    const float* xr = x + r * pitch(D);
     float v;
     if (r >= rows) v = 0.0f;
     else if (j == 0) v = 1.0f;
-    else if (j <= D) v = xr[j - 1] * inv_rrd;
-    else if (j <= 2 * D) v = xr[j - 1 - D] * xr[j - 1 - D] * inv_diag;
+    else if (j <= D) v = *ATTNC_SH(xr + j - 1) * inv_rrd;
+    else if (j <= 2 * D) {
+      const float e = *ATTNC_SH(xr + j - 1 - D);
+      v = e * e * inv_diag;
+    }
     else {
       int p = j - 1 - 2 * D, a = 0;
       while (p >= D - 1 - a) { p -= D - 1 - a; ++a; }
-      v = xr[a] * xr[a + 1 + p] * inv_rd;
+      v = *ATTNC_SH(xr + a) * *ATTNC_SH(xr + a + 1 + p) * inv_rd;
     }
-    out[i] = v;
+    *ATTNC_SH(out + r * pitch(F) + j) = v;
   }
 }
 
@@ -161,14 +184,14 @@ __device__ void dpfp_rows(const float* x, int rows, float* out) {
     const int r = i / F, idx = i - r * F;
     float v = 0.0f;
     if (r < rows) {
-      const float* xr = x + r * D;
+      const float* xr = x + r * pitch(D);
       const int j = idx / (2 * D) + 1, a = idx % (2 * D);
       const int b = (a + 2 * D - j % (2 * D)) % (2 * D);
       const float ra = a < D ? fmaxf(xr[a], 0.0f) : fmaxf(-xr[a - D], 0.0f);
       const float rb = b < D ? fmaxf(xr[b], 0.0f) : fmaxf(-xr[b - D], 0.0f);
       v = ra * rb;
     }
-    out[i] = v;
+    *ATTNC_SH(out + r * pitch(F) + idx) = v;
   }
 }
 
@@ -182,7 +205,7 @@ __device__ void favor_rows(const float* x, int rows, const float* w, float* out)
     const int r = i / F, j = i - r * F;
     float v = 0.0f;
     if (r < rows) {
-      const float* xr = x + r * D;
+      const float* xr = x + r * pitch(D);
       const float* wj = w + (long)j * D;
       float dot = 0.0f, sq = 0.0f;
       for (int c = 0; c < D; ++c) {
@@ -191,7 +214,7 @@ __device__ void favor_rows(const float* x, int rows, const float* w, float* out)
       }
       v = expf(fmaf(s, dot, -0.5f * s * s * sq)) * inv_sqrt_f;
     }
-    out[i] = v;
+    *ATTNC_SH(out + r * pitch(F) + j) = v;
   }
 }
 
@@ -219,35 +242,43 @@ __device__ void cumsum(float* g, int rows) {
 template <int R, int W>
 __device__ void transpose(const float* src, int rows, float* dst) {
   // Diagonal order: thread i takes t = i mod R and k = (i / R + t) mod W, so a warp reads
-  // src[t][k] and writes dst[k][t] at 32 different banks each (R, W multiples of 32).
+  // src[t][k] and writes dst[k][t] at 32 different banks each (R, W multiples of 32: rows
+  // pitch = 4 (mod 32) apart, the address steps by pitch + 1, odd, from lane to lane).
   for (int i = threadIdx.x; i < R * W; i += blockDim.x) {
     const int t = i % R, k = (i / R + t) % W;
-    dst[k * R + t] = t < rows ? src[t * W + k] : 0.0f;
+    *ATTNC_SH(dst + k * pitch(R) + t) = t < rows ? *ATTNC_SH(src + t * pitch(W) + k) : 0.0f;
   }
 }
 
 enum { FULL = 0, LOWER_OUT = 1, LOWER_A = 2 };
 
-// dst (M x N) (= or +=) a (M x K) . b (K x N) over the first `rows` rows and `depth` of K.
-// LOWER_OUT: only j <= i is computed, the rest set to zero; LOWER_A: a is lower triangular.
-// Rows past `rows` are zeroed (or left, when accumulating). Every output sums its k in order
-// with fmaf, so both forms below give the same bits.
-template <int M, int K, int N, int TRI, bool ACC>
+// Entry (k, j) of a product's right operand: b is K x N, or N x K when BT (a key tile read in
+// place of its transpose).
+template <bool BT, int K, int N>
+__device__ __forceinline__ const float* b_at(const float* b, int k, int j) {
+  return BT ? b + j * pitch(K) + k : b + k * pitch(N) + j;
+}
+
+// dst (M x N) (= or +=) a (M x K) . b (K x N; with BT, b is N x K and the product is a . b^T)
+// over the first `rows` rows and `depth` of K. LOWER_OUT: only j <= i is computed, the rest set
+// to zero; LOWER_A: a is lower triangular. Rows past `rows` are zeroed (or left, when
+// accumulating). Every output sums its k in order with fmaf, so both SIMT forms below give the
+// same bits.
+template <int M, int K, int N, int TRI, bool ACC, bool BT>
 __device__ void gemm_scalar(const float* a, const float* b, float* dst, int rows, int depth) {
+  constexpr int PA = pitch(K), PB = pitch(N);
   for (int i = threadIdx.x; i < M * N; i += blockDim.x) {
     const int r = i / N, j = i - r * N;
-    if (r >= rows) {
-      if (!ACC) dst[i] = 0.0f;
-      continue;
-    }
-    if (TRI == LOWER_OUT && j > r) {
-      if (!ACC) dst[i] = 0.0f;
+    float* out = ATTNC_SH(dst + r * PB + j);
+    if (r >= rows || (TRI == LOWER_OUT && j > r)) {
+      if (!ACC) *out = 0.0f;
       continue;
     }
     const int kend = TRI == LOWER_A ? imin(depth, r + 1) : depth;
     float acc = 0.0f;
-    for (int k = 0; k < kend; ++k) acc = fmaf(a[r * K + k], b[k * N + j], acc);
-    dst[i] = ACC ? dst[i] + acc : acc;
+    for (int k = 0; k < kend; ++k)
+      acc = fmaf(*ATTNC_SH(a + r * PA + k), *ATTNC_SH(b_at<BT, K, N>(b, k, j)), acc);
+    *out = ACC ? *out + acc : acc;
   }
 }
 
@@ -272,12 +303,13 @@ __device__ __forceinline__ void micro_step(float (&acc)[4][4], const float (&av)
 }
 
 // The register-tiled product: each thread owns 4 x 4 outputs; per 4 steps of k it reads four
-// float4 of a (one per row) and four of b (one per k) for 64 fmaf. Consecutive threads take
-// consecutive column quads, so a warp's b reads are contiguous and its a reads broadcast. Needs
-// M, K, N multiples of 4 and 16-byte aligned tiles (tile places are SLOT_ALIGN-aligned).
-template <int M, int K, int N, int TRI, bool ACC>
+// float4 of a (one per row) and four of b (one per k, or with BT one per column) for 64 fmaf.
+// Consecutive threads take consecutive column quads, so a warp's b reads are contiguous (not
+// with BT) and its a reads broadcast. Needs M, K, N multiples of 4 and 16-byte aligned tiles
+// (tile places are SLOT_ALIGN-aligned, pitches multiples of 4).
+template <int M, int K, int N, int TRI, bool ACC, bool BT>
 __device__ void gemm_tiled(const float* a, const float* b, float* dst, int rows, int depth) {
-  constexpr int QN = N / 4, TILES = (M / 4) * QN;
+  constexpr int QN = N / 4, TILES = (M / 4) * QN, PA = pitch(K), PB = pitch(N);
   for (int u = threadIdx.x; u < TILES; u += blockDim.x) {
     const int r0 = (u / QN) * 4, c0 = (u - (u / QN) * QN) * 4;
     float acc[4][4] = {};
@@ -288,27 +320,41 @@ __device__ void gemm_tiled(const float* a, const float* b, float* dst, int rows,
       for (int k = 0; k < k4; k += 4) {
         float4 ar[4];
 #pragma unroll
-        for (int ii = 0; ii < 4; ++ii) ar[ii] = *reinterpret_cast<const float4*>(a + (r0 + ii) * K + k);
+        for (int ii = 0; ii < 4; ++ii)
+          ar[ii] = *ATTNC_SH(reinterpret_cast<const float4*>(a + (r0 + ii) * PA + k));
+        float4 br[4];  // with BT: four columns' k..k+3
+        if (BT) {
+#pragma unroll
+          for (int jj = 0; jj < 4; ++jj)
+            br[jj] = *ATTNC_SH(reinterpret_cast<const float4*>(b_at<BT, K, N>(b, k, c0 + jj)));
+        }
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
-          const float4 bv = *reinterpret_cast<const float4*>(b + (k + kk) * N + c0);
+          const float4 bv =
+              BT ? make_float4(lane(br[0], kk), lane(br[1], kk), lane(br[2], kk), lane(br[3], kk))
+                 : *ATTNC_SH(reinterpret_cast<const float4*>(b_at<BT, K, N>(b, k + kk, c0)));
           const float av[4] = {lane(ar[0], kk), lane(ar[1], kk), lane(ar[2], kk), lane(ar[3], kk)};
           micro_step<TRI>(acc, av, bv, r0, k + kk);
         }
       }
 #pragma unroll 1
       for (int k = k4; k < kend; ++k) {
-        const float av[4] = {a[r0 * K + k], a[(r0 + 1) * K + k], a[(r0 + 2) * K + k],
-                             a[(r0 + 3) * K + k]};
-        micro_step<TRI>(acc, av, *reinterpret_cast<const float4*>(b + k * N + c0), r0, k);
+        float av[4], bj[4];
+#pragma unroll
+        for (int ii = 0; ii < 4; ++ii) {
+          av[ii] = *ATTNC_SH(a + (r0 + ii) * PA + k);
+          bj[ii] = *ATTNC_SH(b_at<BT, K, N>(b, k, c0 + ii));
+        }
+        micro_step<TRI>(acc, av, make_float4(bj[0], bj[1], bj[2], bj[3]), r0, k);
       }
     }
 #pragma unroll
     for (int ii = 0; ii < 4; ++ii) {
       const int r = r0 + ii;
-      float* out = dst + r * N + c0;
+      float* out = dst + r * PB + c0;
+      float4* out4 = ATTNC_SH(reinterpret_cast<float4*>(out));
       if (r >= rows) {
-        if (!ACC) *reinterpret_cast<float4*>(out) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (!ACC) *out4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       } else if (TRI == LOWER_OUT) {
 #pragma unroll
         for (int jj = 0; jj < 4; ++jj) {
@@ -321,10 +367,10 @@ __device__ void gemm_tiled(const float* a, const float* b, float* dst, int rows,
       } else {
         float4 o = make_float4(acc[ii][0], acc[ii][1], acc[ii][2], acc[ii][3]);
         if (ACC) {
-          const float4 d = *reinterpret_cast<const float4*>(out);
+          const float4 d = *out4;
           o = make_float4(d.x + o.x, d.y + o.y, d.z + o.z, d.w + o.w);
         }
-        *reinterpret_cast<float4*>(out) = o;
+        *out4 = o;
       }
     }
   }
@@ -381,10 +427,10 @@ __device__ __forceinline__ void split_tf32(float x, float& hi, float& lo) {
 // `depth` (and above the diagonal under LOWER_A) enter as zeros, so no uninitialised value
 // reaches a sum. Loops are warp-uniform, as mma.sync requires. Needs M % 16, K % 8, N % 8 = 0
 // and whole warps.
-template <int M, int K, int N, int TRI, bool ACC>
+template <int M, int K, int N, int TRI, bool ACC, bool BT>
 __device__ void gemm_mma(const float* a, const float* b, float* dst, int rows, int depth) {
   constexpr int NT = N % 32 == 0 ? 4 : N % 16 == 0 ? 2 : 1;
-  constexpr int QN = N / (8 * NT), TILES = (M / 16) * QN;
+  constexpr int QN = N / (8 * NT), TILES = (M / 16) * QN, PA = pitch(K), PB = pitch(N);
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   for (int u = threadIdx.x / 32; u < TILES; u += blockDim.x / 32) {
     const int r0 = (u / QN) * 16, c0 = (u % QN) * 8 * NT;
@@ -398,7 +444,8 @@ __device__ void gemm_mma(const float* a, const float* b, float* dst, int rows, i
         for (int i = 0; i < 4; ++i) {
           const int r = r0 + g + 8 * (i & 1), k = k0 + t + 4 * (i >> 1);
           const bool live = r < rows && k < kend && !(TRI == LOWER_A && k > r);
-          split_tf32(live ? a[r * K + k] : 0.0f, ahi[i], alo[i]);
+          const float* at = ATTNC_SH_IF(live, a + r * PA + k);
+          split_tf32(live ? *at : 0.0f, ahi[i], alo[i]);
         }
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
@@ -406,7 +453,8 @@ __device__ void gemm_mma(const float* a, const float* b, float* dst, int rows, i
 #pragma unroll
           for (int i = 0; i < 2; ++i) {
             const int k = k0 + t + 4 * i;
-            split_tf32(k < kend ? b[k * N + c0 + 8 * j + g] : 0.0f, bhi[i], blo[i]);
+            const float* at = ATTNC_SH_IF(k < kend, b_at<BT, K, N>(b, k, c0 + 8 * j + g));
+            split_tf32(k < kend ? *at : 0.0f, bhi[i], blo[i]);
           }
           if (ATTNC_MMA_PASSES == 3) {
             attnc_mma_tf32(acc[j], alo, bhi);
@@ -423,22 +471,24 @@ __device__ void gemm_mma(const float* a, const float* b, float* dst, int rows, i
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int r = r0 + g + 8 * h, c = c0 + 8 * j + 2 * t;
-        float* out = dst + r * N + c;
+        float* out = dst + r * PB + c;
         if (r < rows && TRI != LOWER_OUT) {
+          float2* out2 = ATTNC_SH(reinterpret_cast<float2*>(out));
           float2 v = make_float2(acc[j][2 * h], acc[j][2 * h + 1]);
           if (ACC) {
-            const float2 d = *reinterpret_cast<const float2*>(out);
+            const float2 d = *out2;
             v = make_float2(d.x + v.x, d.y + v.y);
           }
-          *reinterpret_cast<float2*>(out) = v;
+          *out2 = v;
           continue;
         }
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
+          float* o = ATTNC_SH(out + e);
           if (r >= rows || (TRI == LOWER_OUT && c + e > r)) {
-            if (!ACC) out[e] = 0.0f;
+            if (!ACC) *o = 0.0f;
           } else {
-            out[e] = ACC ? out[e] + acc[j][2 * h + e] : acc[j][2 * h + e];
+            *o = ACC ? *o + acc[j][2 * h + e] : acc[j][2 * h + e];
           }
         }
       }
@@ -448,27 +498,35 @@ __device__ void gemm_mma(const float* a, const float* b, float* dst, int rows, i
 #endif
 
 // Tensor cores where the shape allows, else the register-tiled SIMT product, else one output
-// per thread.
-template <int M, int K, int N, int TRI, bool ACC>
+// per thread. BT: b is stored N x K (gemm_bt).
+template <int M, int K, int N, int TRI, bool ACC, bool BT = false>
 __device__ void gemm(const float* a, const float* b, float* dst, int rows, int depth) {
 #ifdef ATTNC_MMA
   if constexpr (M % 16 == 0 && K % 8 == 0 && N % 8 == 0) {
-    gemm_mma<M, K, N, TRI, ACC>(a, b, dst, rows, depth);
+    gemm_mma<M, K, N, TRI, ACC, BT>(a, b, dst, rows, depth);
     return;
   }
 #endif
   if constexpr (M % 4 == 0 && K % 4 == 0 && N % 4 == 0) {
-    gemm_tiled<M, K, N, TRI, ACC>(a, b, dst, rows, depth);
+    gemm_tiled<M, K, N, TRI, ACC, BT>(a, b, dst, rows, depth);
   } else {
-    gemm_scalar<M, K, N, TRI, ACC>(a, b, dst, rows, depth);
+    gemm_scalar<M, K, N, TRI, ACC, BT>(a, b, dst, rows, depth);
   }
+}
+
+// dst (= or +=) a (M x K) . b^T, b stored N x K: a product over the key tile itself where the
+// plan would otherwise transpose it first. In the tensor-core B fragment a lane reads
+// b[g][t + 4i]: rows pitch(K) = 4 (mod 8) apart, 32 banks.
+template <int M, int K, int N, int TRI, bool ACC>
+__device__ void gemm_bt(const float* a, const float* b, float* dst, int rows, int depth) {
+  gemm<M, K, N, TRI, ACC, true>(a, b, dst, rows, depth);
 }
 
 template <int R, int W>
 __device__ void row_sums(const float* a, int rows, float* out) {
   for (int r = threadIdx.x; r < rows; r += blockDim.x) {
     float s = 0.0f;
-    for (int cc = 0; cc < W; ++cc) s += a[r * W + skew(cc, r, W)];
+    for (int cc = 0; cc < W; ++cc) s += *ATTNC_SH(a + r * pitch(W) + skew(cc, r, W));
     out[r] = s;
   }
 }
@@ -479,7 +537,7 @@ __device__ void dot_rows(const float* x, const float* z, int rows, float* out) {
     float s = 0.0f;
     for (int cc = 0; cc < W; ++cc) {
       const int c = skew(cc, r, W);
-      s = fmaf(x[r * W + c], z[c], s);
+      s = fmaf(*ATTNC_SH(x + r * pitch(W) + c), *ATTNC_SH(z + c), s);
     }
     out[r] = ACC ? out[r] + s : s;
   }
@@ -489,14 +547,15 @@ template <int R, int W>
 __device__ void add_col_sums(const float* k, int rows, float* z) {
   for (int c = threadIdx.x; c < W; c += blockDim.x) {
     float s = z[c];
-    for (int r = 0; r < rows; ++r) s += k[r * W + c];
+    for (int r = 0; r < rows; ++r) s += *ATTNC_SH(k + r * pitch(W) + c);
     z[c] = s;
   }
 }
 
 template <int R, int W>
 __device__ void divide_rows(float* o, const float* den, int rows, float eps) {
-  for (int i = threadIdx.x; i < rows * W; i += blockDim.x) o[i] *= 1.0f / (den[i / W] + eps);
+  for (int i = threadIdx.x; i < rows * W; i += blockDim.x)
+    *ATTNC_SH(o + i / W * pitch(W) + i % W) *= 1.0f / (den[i / W] + eps);
 }
 
 // a[t][s] *= exp(G_t - G_s) for s <= t.
@@ -504,14 +563,15 @@ template <int R>
 __device__ void decay_scores(float* a, const float* g, int rows) {
   for (int i = threadIdx.x; i < rows * R; i += blockDim.x) {
     const int t = i / R, s = i - t * R;
-    if (s <= t) a[i] *= expf(g[t] - g[s]);
+    if (s <= t) *ATTNC_SH(a + t * pitch(R) + s) *= expf(g[t] - g[s]);
   }
 }
 
 // x[t] *= exp(G_t).
 template <int R, int W>
 __device__ void decay_rows(float* x, const float* g, int rows) {
-  for (int i = threadIdx.x; i < rows * W; i += blockDim.x) x[i] *= expf(g[i / W]);
+  for (int i = threadIdx.x; i < rows * W; i += blockDim.x)
+    *ATTNC_SH(x + i / W * pitch(W) + i % W) *= expf(g[i / W]);
 }
 
 // kt (F x R): column s *= exp(G_last - G_s); columns past `rows` become zero.
@@ -521,11 +581,12 @@ __device__ void decay_cols_to_end(float* kt, const float* g, int rows) {
   const float last = g[rows - 1];
   for (int i = threadIdx.x; i < F * R; i += blockDim.x) {
     const int s = i % R;
-    kt[i] = s < rows ? kt[i] * expf(last - g[s]) : 0.0f;
+    float* e = ATTNC_SH(kt + i / R * pitch(R) + s);
+    *e = s < rows ? *e * expf(last - g[s]) : 0.0f;
   }
 }
 
-// x *= exp(G_last), the whole tile.
+// x *= exp(G_last), the whole tile (N counts the rows' padding too).
 template <int N>
 __device__ void decay_all(float* x, const float* g, int rows) {
   if (rows <= 0) return;
@@ -536,7 +597,10 @@ __device__ void decay_all(float* x, const float* g, int rows) {
 // dst <- src - dst on live rows.
 template <int R, int W>
 __device__ void sub_from(float* dst, const float* src, int rows) {
-  for (int i = threadIdx.x; i < rows * W; i += blockDim.x) dst[i] = src[i] - dst[i];
+  for (int i = threadIdx.x; i < rows * W; i += blockDim.x) {
+    const int at = i / W * pitch(W) + i % W;
+    *ATTNC_SH(dst + at) = *ATTNC_SH(src + at) - dst[at];
+  }
 }
 
 // Forward substitution, in place: X_t = beta_t (R_t - sum_{s<t} L_ts X_s), by blocks of 16
@@ -547,23 +611,25 @@ __device__ void sub_from(float* dst, const float* src, int rows) {
 // chain of a 64-row chunk is 48 + 4 x 120 fmaf instead of 2016.
 template <int R, int W>
 __device__ void solve(float* x, const float* lower, const float* beta, int rows) {
-  constexpr int BLOCK = 16;
+  constexpr int BLOCK = 16, PX = pitch(W), PL = pitch(R);
   for (int b0 = 0; b0 < rows; b0 += BLOCK) {
     const int bend = imin(b0 + BLOCK, rows);
     if (b0 > 0) {
       for (int i = threadIdx.x; i < (bend - b0) * W; i += blockDim.x) {
         const int t = b0 + i / W, c = i % W;
         float acc = 0.0f;
-        for (int s = 0; s < b0; ++s) acc = fmaf(lower[t * R + s], x[s * W + c], acc);
-        x[t * W + c] -= acc;
+        for (int s = 0; s < b0; ++s)
+          acc = fmaf(*ATTNC_SH(lower + t * PL + s), *ATTNC_SH(x + s * PX + c), acc);
+        *ATTNC_SH(x + t * PX + c) -= acc;
       }
       __syncthreads();
     }
     for (int c = threadIdx.x; c < W; c += blockDim.x) {
       for (int t = b0; t < bend; ++t) {
-        float acc = x[t * W + c];
-        for (int s = b0; s < t; ++s) acc = fmaf(-lower[t * R + s], x[s * W + c], acc);
-        x[t * W + c] = beta[t] * acc;
+        float acc = *ATTNC_SH(x + t * PX + c);
+        for (int s = b0; s < t; ++s)
+          acc = fmaf(-*ATTNC_SH(lower + t * PL + s), *ATTNC_SH(x + s * PX + c), acc);
+        x[t * PX + c] = beta[t] * acc;
       }
     }
     __syncthreads();
@@ -580,8 +646,9 @@ __device__ void step_update(float* s, const float* k, const float* v, const floa
     const float vc = v[c];
     float acc = 0.0f;
     for (int f = 0; f < F; ++f) {
-      const float x = fmaf(k[f], vc, d * s[f * DV + c]);
-      s[f * DV + c] = x;
+      float* e = ATTNC_SH(s + f * pitch(DV) + c);
+      const float x = fmaf(k[f], vc, d * *e);
+      *e = x;
       acc = fmaf(q[f], x, acc);
     }
     o[c] = acc;
@@ -598,7 +665,7 @@ __device__ void momentum_step(float* s, float* m, const float* k, const float* v
     const float vc = v[c];
     float acc = 0.0f;
     for (int f = 0; f < F; ++f) {
-      const int i = f * DV + c;
+      const int i = f * pitch(DV) + c;
       float x;
       if (mu == 0.0f) {
         m[i] = k[f] * vc;
@@ -643,7 +710,7 @@ __device__ void load_rows_conv(float* dst, Tok<const float> src, int col0, int t
       }
       acc = acc / (1.0f + expf(-acc));
     }
-    dst[i] = acc;
+    *ATTNC_SH(dst + r * pitch(W) + c - col0) = acc;
   }
 }
 
@@ -782,7 +849,7 @@ __device__ void rpe_divide(Tok<float> out, const float* den, int c0, int rows, f
 // Softmax: running maxima -inf, running sums and the accumulator zero.
 template <int R, int W>
 __device__ void softmax_init(float* m, float* l, float* o) {
-  for (int i = threadIdx.x; i < R * W; i += blockDim.x) o[i] = 0.0f;
+  for (int i = threadIdx.x; i < R * pitch(W); i += blockDim.x) o[i] = 0.0f;
   for (int r = threadIdx.x; r < R; r += blockDim.x) { m[r] = neg_inf(); l[r] = 0.0f; }
 }
 
@@ -790,7 +857,7 @@ template <int R>
 __device__ void mask_above_diagonal(float* a, int rows) {
   for (int i = threadIdx.x; i < rows * R; i += blockDim.x) {
     const int t = i / R, s = i - t * R;
-    if (s > t) a[i] = neg_inf();
+    if (s > t) *ATTNC_SH(a + t * pitch(R) + s) = neg_inf();
   }
 }
 
@@ -799,27 +866,29 @@ __device__ void mask_above_diagonal(float* a, int rows) {
 template <int R, int W>
 __device__ void online_softmax(float* a, int rows, int cols, float* m, float* l, float* o) {
   for (int r = threadIdx.x; r < rows; r += blockDim.x) {
-    float* row = a + r * R;
+    float* row = a + r * pitch(R);
     float tile_max = neg_inf();
     for (int ss = 0; ss < R; ++ss) {
       const int s = skew(ss, r, R);
-      if (s < cols) tile_max = fmaxf(tile_max, row[s]);
+      const float* at = ATTNC_SH_IF(s < cols, row + s);
+      if (s < cols) tile_max = fmaxf(tile_max, *at);
     }
     const float new_max = fmaxf(m[r], tile_max);
     if (new_max == neg_inf()) {
-      for (int ss = 0; ss < R; ++ss) row[skew(ss, r, R)] = 0.0f;
+      for (int ss = 0; ss < R; ++ss) *ATTNC_SH(row + skew(ss, r, R)) = 0.0f;
       continue;
     }
     const float alpha = expf(m[r] - new_max);
     float sum = 0.0f;
     for (int ss = 0; ss < R; ++ss) {
       const int s = skew(ss, r, R);
-      const float p = s < cols ? expf(row[s] - new_max) : 0.0f;
-      row[s] = p;
+      float* e = ATTNC_SH(row + s);
+      const float p = s < cols ? expf(*e - new_max) : 0.0f;
+      *e = p;
       sum += p;
     }
     l[r] = l[r] * alpha + sum;
-    for (int cc = 0; cc < W; ++cc) o[r * W + skew(cc, r, W)] *= alpha;
+    for (int cc = 0; cc < W; ++cc) *ATTNC_SH(o + r * pitch(W) + skew(cc, r, W)) *= alpha;
     m[r] = new_max;
   }
 }

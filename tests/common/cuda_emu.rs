@@ -9,6 +9,8 @@
 //! dynamic shared memory or a `__syncthreads()` reached by only some threads are errors.
 #![allow(dead_code)]
 
+use super::{to_bnhd, Inputs};
+use attnc::spec::{Layout, Spec};
 use attnc_codegen::abi::{CudaLaunch, Grid, KernelInfo};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -39,6 +41,21 @@ pub struct EmuInputs {
     /// At most this many blocks along x for per-chunk kernels (`Grid::Chunks`), which then loop
     /// over chunks, as kernels with scratch do at scale; `None`: the launch's own grid.
     pub grid_cap: Option<u32>,
+    /// Count shared-memory bank conflicts ([`EmuOutputs::banks`]); slower.
+    pub count_banks: bool,
+}
+
+/// Bank conflicts at one access site of the tile library in one kernel (counted when
+/// [`EmuInputs::count_banks`]): its warp instructions, the wavefronts they took (one per phase
+/// when conflict-free) and the most one phase of one instruction took ("n-way").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BankSite {
+    pub kernel: String,
+    pub op: String,
+    pub line: u32,
+    pub instructions: u64,
+    pub wavefronts: u64,
+    pub worst: u32,
 }
 
 /// What the kernels left in `out` (v's length), `s` and `z` (the inputs' lengths; empty when the
@@ -52,6 +69,36 @@ pub struct EmuOutputs {
     pub tails: [Vec<f32>; 3],
     pub mom_s: Vec<f32>,
     pub mom_z: Vec<f32>,
+    /// Per access site, when [`EmuInputs::count_banks`]; else empty.
+    pub banks: Vec<BankSite>,
+}
+
+/// `x` and the initial state (`s`, and `z` or empty) in the kernels' layout, for `spec`.
+pub fn inputs(spec: &Spec, x: &Inputs, s: &[f32], z: &[f32]) -> EmuInputs {
+    let lay = |data: &[f32], d: usize| match spec.layout {
+        Layout::Bhnd => data.to_vec(),
+        Layout::Bnhd => to_bnhd(data, x.b, x.h, x.n, d),
+    };
+    EmuInputs {
+        q: lay(&x.q, x.dk),
+        k: lay(&x.k, x.dk),
+        v: lay(&x.v, x.dv),
+        beta: if spec.has_beta() {
+            lay(&x.beta, 1)
+        } else {
+            Vec::new()
+        },
+        g: if spec.has_gate() {
+            lay(&x.g, 1)
+        } else {
+            Vec::new()
+        },
+        // FAVOR+'s projection: (F, DK) as the user passes it, in any layout.
+        proj: x.proj.clone(),
+        s: s.to_vec(),
+        z: z.to_vec(),
+        ..EmuInputs::default()
+    }
 }
 
 const SHIM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cuda_emu/attnc_emu.h");
@@ -307,11 +354,23 @@ pub fn run(
 
     let tmp = unique(&cache_dir()?, 0);
     let (job_path, out_path) = (tmp.with_extension("job"), tmp.with_extension("out"));
+    let banks_path = inputs.count_banks.then(|| tmp.with_extension("banks"));
     io("writing", &job_path, std::fs::write(&job_path, job))?;
-    let result = execute(&bin, &job_path, &out_path);
+    let result = execute(&bin, &job_path, &out_path, banks_path.as_deref());
     let _ = std::fs::remove_file(&job_path);
-    let bytes = result.and_then(|()| io("reading", &out_path, std::fs::read(&out_path)));
+    let bytes = result
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|()| io("reading", &out_path, std::fs::read(&out_path)));
     let _ = std::fs::remove_file(&out_path);
+    let banks = match &banks_path {
+        Some(path) => {
+            let text = result.and_then(|()| io("reading", path, std::fs::read_to_string(path)));
+            let _ = std::fs::remove_file(path);
+            parse_banks(&text?)?
+        }
+        None => Vec::new(),
+    };
     let mut back = parse_output(&bytes?)?;
     let mut take = |index: u32, len: usize| {
         let mut x = back[index as usize].take().unwrap_or_default();
@@ -325,12 +384,34 @@ pub fn run(
         tails: [0, 1, 2].map(|i| take(TAILS[i], inputs.tails[i].len())),
         mom_s: take(MOM_S, inputs.mom_s.len()),
         mom_z: take(MOM_Z, inputs.mom_z.len()),
+        banks,
     })
+}
+
+/// The harness's bank report: tab-separated kernel, op, line, instructions, wavefronts, worst.
+fn parse_banks(text: &str) -> Result<Vec<BankSite>, String> {
+    text.lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split('\t').collect();
+            let bad = || format!("bad line in the bank report: {line:?}");
+            let [kernel, op, at, instructions, wavefronts, worst] = f[..] else {
+                return Err(bad());
+            };
+            Ok(BankSite {
+                kernel: kernel.into(),
+                op: op.into(),
+                line: at.parse().map_err(|_| bad())?,
+                instructions: instructions.parse().map_err(|_| bad())?,
+                wavefronts: wavefronts.parse().map_err(|_| bad())?,
+                worst: worst.parse().map_err(|_| bad())?,
+            })
+        })
+        .collect()
 }
 
 /// Runs the binary, killing it after ATTNC_EMU_TIMEOUT_S seconds (600 by default): a kernel
 /// that loops forever should fail the test, not hang it.
-fn execute(bin: &Path, job: &Path, out: &Path) -> Result<(), String> {
+fn execute(bin: &Path, job: &Path, out: &Path, banks: Option<&Path>) -> Result<(), String> {
     let timeout = std::env::var("ATTNC_EMU_TIMEOUT_S")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -338,6 +419,7 @@ fn execute(bin: &Path, job: &Path, out: &Path) -> Result<(), String> {
     let mut child = Command::new(bin)
         .arg(job)
         .arg(out)
+        .args(banks)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

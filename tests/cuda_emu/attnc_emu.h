@@ -70,6 +70,27 @@ inline float attnc_tf32(float x) {
   return x;
 }
 
+// Bank-conflict counting, when the job asks for it (harness.cpp): each access the tile library
+// marks with ATTNC_SH is recorded per thread (shared memory only), and when a block ends its
+// records become warp instructions: a thread's k-th access at one source line is one instruction
+// with every other lane's k-th access there.
+inline bool attnc_count_banks = false;
+void attnc_record_access(const void* p, unsigned bytes, const char* op, int line);
+template <class T>
+inline T* attnc_sh(T* p, const char* op, int line) {
+  if (attnc_count_banks) attnc_record_access(p, sizeof(T), op, line);
+  return p;
+}
+#define ATTNC_SH(...) attnc_sh((__VA_ARGS__), __func__, __LINE__)
+// A predicated access: lanes where `live` is false take part in the instruction without touching
+// a bank (recorded with no bytes, so the warp's instructions still line up).
+template <class T>
+inline T* attnc_sh_if(bool live, T* p, const char* op, int line) {
+  if (attnc_count_banks) attnc_record_access(p, live ? sizeof(T) : 0, op, line);
+  return p;
+}
+#define ATTNC_SH_IF(live, ...) attnc_sh_if((live), (__VA_ARGS__), __func__, __LINE__)
+
 // mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 with d as both C and D, in the PTX ISA's
 // fragment layout; defined in harness.cpp. Every lane of the warp must call it together: each
 // posts its fragments, waits for its warp, computes its four outputs from the whole tiles

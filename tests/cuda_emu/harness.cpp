@@ -1,6 +1,6 @@
 // Runs the kernels of a generated CUDA source on the CPU (compiled with attnc_emu.h included).
 //
-// Usage: <bin> JOB OUT. JOB (written by tests/common/cuda_emu.rs), all little endian:
+// Usage: <bin> JOB OUT [BANKS]. JOB (written by tests/common/cuda_emu.rs), all little endian:
 //   "ATTNCJOB" (8 bytes)
 //   u32 kernel_count, then per kernel:
 //     u32 name_len, name bytes, u32 grid_x, u32 grid_y, u32 grid_z, u32 threads, u32 smem_bytes
@@ -9,6 +9,11 @@
 //   conv_q conv_k conv_v tail_q tail_k tail_v mom_s mom_z), each:
 //     u32 write_back (0/1), u64 len, len x f32
 // OUT gets, for each buffer with write_back = 1 in that order: u32 index, u64 len, len x f32.
+// BANKS, when given, turns on bank-conflict counting and gets one line per (kernel, access site
+// of the tile library): "kernel<TAB>op<TAB>line<TAB>instructions<TAB>wavefronts<TAB>worst", where
+// an instruction of a warp takes as many wavefronts per phase (32 lanes for 4-byte accesses, 16
+// for 8, 8 for 16) as the most distinct 4-byte words it touches in one of the 32 banks, and
+// worst is the most any instruction took in one phase (1: conflict-free; a broadcast is free).
 // Any error: a message on stderr and exit status 2.
 #include <dlfcn.h>
 
@@ -19,7 +24,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <numeric>
 #include <random>
 #include <string>
@@ -120,6 +127,22 @@ struct OnPhase {
   void operator()() noexcept;
 };
 
+// One recorded shared-memory access (bank-conflict counting).
+struct Access {
+  const char* op;
+  int line;
+  uint32_t word;   // 4-byte word offset in the block's shared memory
+  uint32_t bytes;  // 4, 8 or 16; 0 for a lane predicated off
+};
+
+// Per (kernel, op, line): warp instructions, their wavefronts, the worst phase.
+struct SiteStats {
+  uint64_t instructions = 0, wavefronts = 0;
+  uint32_t worst = 0;
+};
+std::mutex stats_mutex;
+std::map<std::tuple<std::string, std::string, int>, SiteStats> bank_stats;
+
 // mma.sync's exchange area for one warp.
 struct WarpTiles {
   float a[16][8], b[8][8], c[16][8];
@@ -134,9 +157,75 @@ struct Team {
   attnc_dim3 block{};  // the block the team runs now; only OnPhase writes it
   bool started = false, done = false;
   std::atomic<uint32_t> returned{0};  // workers that left the kernel in this block
+  std::vector<Access> log[kMaxThreads];  // per thread, this block (bank-conflict counting)
 };
 
 thread_local Team* my_team;
+
+// Wavefronts of one phase: the most distinct words in one bank (lanes reading the same word
+// share it).
+uint32_t phase_wavefronts(const std::vector<const Access*>& phase) {
+  std::vector<uint32_t> words[32];
+  for (const Access* a : phase)
+    for (uint32_t w = a->word; w < a->word + a->bytes / 4; ++w) {
+      auto& bank = words[w % 32];
+      if (std::find(bank.begin(), bank.end(), w) == bank.end()) bank.push_back(w);
+    }
+  size_t most = 0;
+  for (auto& bank : words) most = std::max(most, bank.size());
+  return uint32_t(most);
+}
+
+// Turns the block's access records into warp instructions and adds them to bank_stats.
+void count_banks(Team& tm, const std::string& kernel, uint32_t threads) {
+  std::map<std::tuple<std::string, std::string, int>, SiteStats> block;
+  for (uint32_t w0 = 0; w0 < threads; w0 += 32) {
+    const uint32_t lanes = std::min(32u, threads - w0);
+    // Per site, per lane: that lane's accesses there, in order.
+    std::map<std::pair<const char*, int>, std::vector<std::vector<const Access*>>> sites;
+    for (uint32_t l = 0; l < lanes; ++l)
+      for (const Access& a : tm.log[w0 + l]) {
+        auto& per_lane = sites[{a.op, a.line}];
+        per_lane.resize(lanes);
+        per_lane[l].push_back(&a);
+      }
+    for (auto& [site, per_lane] : sites) {
+      size_t depth = 0;
+      for (auto& v : per_lane) depth = std::max(depth, v.size());
+      SiteStats& st = block[{kernel, site.first, site.second}];
+      for (size_t k = 0; k < depth; ++k) {
+        std::vector<const Access*> phase;
+        uint32_t per_phase = 32;
+        for (uint32_t l = 0; l < lanes; ++l) {
+          if (l % per_phase == 0 && !phase.empty()) {
+            const uint32_t w = phase_wavefronts(phase);
+            st.wavefronts += w;
+            st.worst = std::max(st.worst, w);
+            phase.clear();
+          }
+          if (k < per_lane[l].size() && per_lane[l][k]->bytes > 0) {
+            phase.push_back(per_lane[l][k]);
+            per_phase = 128 / per_lane[l][k]->bytes;
+          }
+        }
+        if (!phase.empty()) {
+          const uint32_t w = phase_wavefronts(phase);
+          st.wavefronts += w;
+          st.worst = std::max(st.worst, w);
+        }
+        ++st.instructions;
+      }
+    }
+  }
+  for (uint32_t t = 0; t < threads; ++t) tm.log[t].clear();
+  std::lock_guard<std::mutex> lock(stats_mutex);
+  for (auto& [key, st] : block) {
+    SiteStats& all = bank_stats[key];
+    all.instructions += st.instructions;
+    all.wavefronts += st.wavefronts;
+    all.worst = std::max(all.worst, st.worst);
+  }
+}
 
 void OnPhase::operator()() noexcept {
   Team& tm = *team;
@@ -157,6 +246,7 @@ void OnPhase::operator()() noexcept {
     tm.done = true;
     return;
   }
+  if (attnc_count_banks && tm.started) count_banks(tm, k.name, k.threads);
   uint64_t i = run.next.fetch_add(1);
   if (run.failed || i >= run.total) {
     tm.done = true;
@@ -230,6 +320,14 @@ void launch(const Launch& k, Buffer* buffers, int n, int heads) {
 
 void __syncthreads() { my_team->barrier->arrive_and_wait(); }
 
+void attnc_record_access(const void* p, unsigned bytes, const char* op, int line) {
+  Team* tm = my_team;
+  const char* base = reinterpret_cast<const char*>(tm->smem);
+  const char* at = static_cast<const char*>(p);
+  if (at < base || at >= base + sizeof tm->smem) return;  // a tile in global scratch
+  tm->log[threadIdx.x].push_back({op, line, uint32_t((at - base) / 4), bytes});
+}
+
 void attnc_mma_tf32(float (&d)[4], const float (&a)[4], const float (&b)[2]) {
   const unsigned w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   if ((w + 1) * 32 > blockDim.x) fail("mma.sync in a partial warp (threads not a multiple of 32)");
@@ -249,7 +347,8 @@ void attnc_mma_tf32(float (&d)[4], const float (&a)[4], const float (&b)[2]) {
 }
 
 int main(int argc, char** argv) {
-  if (argc != 3) fail("usage: harness JOB OUT");
+  if (argc != 3 && argc != 4) fail("usage: harness JOB OUT [BANKS]");
+  attnc_count_banks = argc == 4;
   FILE* f = std::fopen(argv[1], "rb");
   if (!f) fail(std::string("cannot open job file ") + argv[1]);
   Reader r{f};
@@ -301,5 +400,15 @@ int main(int argc, char** argv) {
     std::fwrite(b.data(), 4, b.len, o);
   }
   if (std::fclose(o) != 0) fail(std::string("cannot write ") + argv[2]);
+  if (attnc_count_banks) {
+    FILE* b = std::fopen(argv[3], "w");
+    if (!b) fail(std::string("cannot create ") + argv[3]);
+    for (auto& [key, st] : bank_stats)
+      std::fprintf(b, "%s\t%s\t%d\t%llu\t%llu\t%u\n", std::get<0>(key).c_str(),
+                   std::get<1>(key).c_str(), std::get<2>(key),
+                   (unsigned long long)st.instructions, (unsigned long long)st.wavefronts,
+                   st.worst);
+    if (std::fclose(b) != 0) fail(std::string("cannot write ") + argv[3]);
+  }
   return 0;
 }

@@ -597,7 +597,6 @@ fn delta_phases(spec: &Spec) -> [Vec<BuiltOp>; 3] {
 fn delta_intra(spec: &Spec) -> Vec<BuiltOp> {
     let gated = spec.has_gate();
     let mut ops = features(spec, Tile::K, Input::K);
-    ops.push(load(Tile::V, Input::V));
     ops.push(load(Tile::Beta, Input::Beta));
     if gated {
         ops.extend(gates());
@@ -608,6 +607,15 @@ fn delta_intra(spec: &Spec) -> Vec<BuiltOp> {
         dst: Tile::Kt,
     });
     ops.push(matmul(Tile::Kk, Tile::K, Tile::Kt, Tri::LowerOut, false));
+    // Kt's last use comes first, and the values load late: fewer tiles alive at once (shared
+    // memory on CUDA).
+    if gated {
+        ops.push(Op::DecayColsToEnd {
+            dst: Tile::Kt,
+            gates: Tile::G,
+        });
+    }
+    ops.push(spill(Tile::Kt));
     ops.push(Op::Copy {
         dst: Tile::W,
         src: Tile::K,
@@ -621,15 +629,8 @@ fn delta_intra(spec: &Spec) -> Vec<BuiltOp> {
             dst: Tile::W,
             gates: Tile::G,
         });
-        ops.push(Op::DecayColsToEnd {
-            dst: Tile::Kt,
-            gates: Tile::G,
-        });
     }
-    ops.push(Op::Copy {
-        dst: Tile::U,
-        src: Tile::V,
-    });
+    ops.push(load(Tile::U, Input::V));
     for dst in [Tile::W, Tile::U] {
         ops.push(Op::Solve {
             dst,
@@ -637,7 +638,7 @@ fn delta_intra(spec: &Spec) -> Vec<BuiltOp> {
             beta: Tile::Beta,
         });
     }
-    ops.extend([Tile::W, Tile::U, Tile::Kt].map(spill));
+    ops.extend([Tile::W, Tile::U].map(spill));
     ops
 }
 

@@ -295,6 +295,21 @@ pub enum Op<T> {
         /// Add to `dst` instead of overwriting it.
         accumulate: bool,
     },
+    /// `dst (= or +=) a · bᵀ`, `b` stored as it is (N x K): the product over a key tile that a
+    /// target with [`super::resolve::Target::READS_TRANSPOSED`] puts in place of a `Transpose`
+    /// and a [`Op::MatMul`] (see [`super::fold_transposes`]).
+    MatMulBt {
+        /// Output.
+        dst: T,
+        /// Left operand.
+        a: T,
+        /// Right operand, transposed.
+        b: T,
+        /// Triangular structure.
+        tri: Tri,
+        /// Add to `dst` instead of overwriting it.
+        accumulate: bool,
+    },
     /// `dst[t] <- sum_s src[t][s]`.
     RowSums {
         /// Destination vector.
@@ -533,6 +548,13 @@ impl<T: Copy> Op<T> {
                 b,
                 accumulate,
                 ..
+            }
+            | Op::MatMulBt {
+                dst,
+                a,
+                b,
+                accumulate,
+                ..
             } => vec![(a, R), (b, R), (dst, acc(accumulate))],
             Op::RowSums { dst, src } => vec![(src, R), (dst, W)],
             Op::DotRows {
@@ -619,6 +641,19 @@ impl<T: Copy> Op<T> {
                 tri,
                 accumulate,
             } => Op::MatMul {
+                dst: f(dst)?,
+                a: f(a)?,
+                b: f(b)?,
+                tri,
+                accumulate,
+            },
+            Op::MatMulBt {
+                dst,
+                a,
+                b,
+                tri,
+                accumulate,
+            } => Op::MatMulBt {
                 dst: f(dst)?,
                 a: f(a)?,
                 b: f(b)?,
@@ -757,6 +792,20 @@ impl<T: Copy> Op<T> {
     }
 }
 
+/// The distance between rows of a CUDA tile `cols` wide, in floats: the least `p >= cols` with
+/// `p = 4 (mod 8)` when `cols` is a multiple of 4 (at least 8), else `cols`. Shared memory has 32
+/// banks of 4 bytes, and rows a multiple of 32 floats apart would put a column in one bank: with
+/// this pitch a tensor-core A fragment (8 rows x 4 columns) reads 32 banks and a B fragment (4
+/// rows x 8 columns) at most two words per bank. The CUDA tile library's `attnc::pitch` is the
+/// same rule.
+pub fn cuda_pitch(cols: usize) -> usize {
+    if !cols.is_multiple_of(4) || cols < 8 {
+        cols
+    } else {
+        cols + (12 - cols % 8) % 8
+    }
+}
+
 /// A resolved operand: the tile and every fact about it a printer needs. `P` is the target's
 /// memory place ([`CpuPlace`] or [`CudaPlace`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -779,6 +828,11 @@ impl<P> Operand<P> {
     /// Floats in the tile.
     pub fn len(&self) -> usize {
         self.rows.n * self.cols.n
+    }
+
+    /// Floats the tile takes in a CUDA block: its rows [`cuda_pitch`] floats apart.
+    pub fn cuda_footprint(&self) -> usize {
+        self.rows.n * cuda_pitch(self.cols.n)
     }
 
     /// Whether the tile holds no floats (never, for a planned tile).

@@ -290,6 +290,86 @@ pub fn tokens_first(sig: &Signature) -> bool {
     sig.layout == Layout::Bnhd
 }
 
+/// Products read a key tile in place of its transpose: for each `Transpose { src, dst }`, the
+/// products that read `dst` as their right operand before anything else reads it become
+/// [`Op::MatMulBt`] over `src`, and the transpose moves down to that other reader, or goes when
+/// there is none; only while `src` stays unchanged over the moved span, and `dst` is not read
+/// before the transpose (a loop-carried value). A transpose that goes saves its tile and its
+/// pass; one that moves keeps its tile alive for a shorter span. `sections` are the program's op
+/// lists in program order; the result keeps their boundaries.
+pub fn fold_transposes(sections: &[Vec<BuiltOp>]) -> Vec<Vec<BuiltOp>> {
+    let all: Vec<&BuiltOp> = sections.iter().flatten().collect();
+    let touches = |op: &BuiltOp, t: Tile| op.operands().iter().any(|(x, _)| *x == t);
+    // Per op: the tile a product reads transposed; the transposes moved to just before it.
+    let mut reads: Vec<Option<Tile>> = vec![None; all.len()];
+    let mut moved_here: Vec<Vec<BuiltOp>> = vec![Vec::new(); all.len()];
+    let mut drop = vec![false; all.len()];
+    for (i, op) in all.iter().enumerate() {
+        let Op::Transpose { src, dst } = **op else {
+            continue;
+        };
+        let uses: Vec<usize> = (0..all.len())
+            .filter(|&j| j != i && touches(all[j], dst))
+            .collect();
+        if uses.iter().any(|&j| j < i) {
+            continue;
+        }
+        let right_operand_only = |j: usize| matches!(*all[j], Op::MatMul { a, b, dst: d, .. } if b == dst && a != dst && d != dst);
+        let products: Vec<usize> = uses
+            .iter()
+            .copied()
+            .take_while(|&j| right_operand_only(j))
+            .collect();
+        let other = uses.get(products.len()).copied();
+        let end = other.unwrap_or_else(|| products.last().copied().unwrap_or(i));
+        let src_unchanged = all[i + 1..end].iter().all(|o| {
+            o.operands()
+                .iter()
+                .all(|(t, access)| *t != src || *access == Access::Read)
+        });
+        if products.is_empty() || !src_unchanged {
+            continue;
+        }
+        drop[i] = true;
+        products.iter().for_each(|&j| reads[j] = Some(src));
+        if let Some(j) = other {
+            moved_here[j].push((*op).clone());
+        }
+    }
+    let mut index = 0..;
+    sections
+        .iter()
+        .map(|ops| {
+            let mut out = Vec::with_capacity(ops.len());
+            for op in ops {
+                let i = index.next().unwrap_or_default();
+                out.append(&mut moved_here[i]);
+                match (op, reads[i]) {
+                    _ if drop[i] => {}
+                    (
+                        &Op::MatMul {
+                            dst,
+                            a,
+                            tri,
+                            accumulate,
+                            ..
+                        },
+                        Some(b),
+                    ) => out.push(Op::MatMulBt {
+                        dst,
+                        a,
+                        b,
+                        tri,
+                        accumulate,
+                    }),
+                    _ => out.push(op.clone()),
+                }
+            }
+            out
+        })
+        .collect()
+}
+
 /// A routine: its frame on target `T` and its passes resolved against it.
 fn routine<T: Target>(
     sig: &Signature,
@@ -297,6 +377,13 @@ fn routine<T: Target>(
     passes: &[Vec<BuiltOp>],
     problems: &mut Vec<PlanError>,
 ) -> Routine<T::Place> {
+    let folded;
+    let passes = if T::READS_TRANSPOSED {
+        folded = fold_transposes(passes);
+        &folded[..]
+    } else {
+        passes
+    };
     let frame = resolve::frame::<T>(sig, kind, passes.iter().flatten(), &loops(kind, passes));
     let marked;
     let passes = if T::LOADS_IN_PLACE {
@@ -350,7 +437,9 @@ fn linear<T: Target>(
     let intra = phase(RoutineKind::Intra, intra_ops, problems);
     let scan = phase(RoutineKind::Scan, scan_ops, problems);
     let output = phase(RoutineKind::Output, &p.output, problems);
-    let light_scan = !scan_ops.iter().any(|op| matches!(op, Op::MatMul { .. }));
+    let light_scan = !scan_ops
+        .iter()
+        .any(|op| matches!(op, Op::MatMul { .. } | Op::MatMulBt { .. }));
     Linear {
         forward: routine::<T>(sig, RoutineKind::Forward, &p.passes, problems),
         step: routine::<T>(
@@ -383,16 +472,22 @@ fn softmax<T: Target>(
     p: &build::SoftmaxProgram,
     problems: &mut Vec<PlanError>,
 ) -> Softmax<T::Place> {
-    let sections = [&p.prologue, &p.body, &p.diagonal, &p.update, &p.epilogue];
+    let written = [&p.prologue, &p.body, &p.diagonal, &p.update, &p.epilogue].map(|s| s.to_vec());
+    // (fold_transposes keeps the five sections; were it not to, the program stays unfolded.)
+    let sections: [Vec<BuiltOp>; 5] = if T::READS_TRANSPOSED {
+        fold_transposes(&written).try_into().unwrap_or(written)
+    } else {
+        written
+    };
+    let [prologue, body, diagonal, update, epilogue] = &sections;
     // Query tiles repeat everything; per query tile, the key-tile loop repeats body, diagonal
     // and update.
-    let all = sections.iter().map(|s| s.len()).sum();
-    let keys =
-        p.prologue.len()..p.prologue.len() + p.body.len() + p.diagonal.len() + p.update.len();
+    let all = sections.iter().map(Vec::len).sum();
+    let keys = prologue.len()..prologue.len() + body.len() + diagonal.len() + update.len();
     let frame = resolve::frame::<T>(
         sig,
         RoutineKind::Softmax,
-        sections.into_iter().flatten(),
+        sections.iter().flatten(),
         &[0..all, keys],
     );
     let mut resolve = |ops: &[BuiltOp]| {
@@ -401,8 +496,8 @@ fn softmax<T: Target>(
             Vec::new()
         })
     };
-    let (prologue, body, diagonal) = (resolve(&p.prologue), resolve(&p.body), resolve(&p.diagonal));
-    let (update, epilogue) = (resolve(&p.update), resolve(&p.epilogue));
+    let (prologue, body, diagonal) = (resolve(prologue), resolve(body), resolve(diagonal));
+    let (update, epilogue) = (resolve(update), resolve(epilogue));
     Softmax {
         frame,
         causal: p.causal,

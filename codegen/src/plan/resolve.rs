@@ -362,6 +362,8 @@ pub trait Target {
     /// Whether phase (a) of additive and gated updates runs inside the scan
     /// ([`super::build::LinearPrograms::fused_scan`]).
     const FUSED_SCAN: bool;
+    /// Whether products read a key tile in place of its transpose ([`super::fold_transposes`]).
+    const READS_TRANSPOSED: bool;
 }
 
 /// The CPU: the carried state in the task's buffers, small tiles on the stack, chunk tiles on
@@ -374,6 +376,8 @@ impl Target for Cpu {
     const LOADS_IN_PLACE: bool = true;
     // Phase (a) in parallel over chunks keeps every core busy at small batch x heads.
     const FUSED_SCAN: bool = false;
+    // The CPU tile library transposes once and streams the transposed tile.
+    const READS_TRANSPOSED: bool = false;
 
     // Stack arrays: the compiler reuses their storage itself.
     fn place(
@@ -410,10 +414,9 @@ impl Target for Cpu {
     }
 }
 
-/// CUDA: tiles whose lifetimes are disjoint share addresses. Largest first, each tile takes the
-/// lowest address where it overlaps no tile alive at the same time (first fit), in shared
-/// memory while it stays within [`SMEM_BUDGET_FLOATS`], else in the block's scratch; declared
-/// in name order.
+/// CUDA: tiles whose lifetimes are disjoint share addresses (first fit: shared memory within
+/// [`SMEM_BUDGET_FLOATS`], else the block's scratch), placed largest first or first alive first,
+/// whichever needs less; declared in name order.
 pub struct Cuda;
 
 impl Target for Cuda {
@@ -421,38 +424,32 @@ impl Target for Cuda {
     const LOADS_IN_PLACE: bool = false;
     // Blocks per (batch, head, column block) fill a GPU; the state goes to memory once per chunk.
     const FUSED_SCAN: bool = true;
+    // Tensor-core B fragments read a key tile's rows as well as a transposed tile's columns.
+    const READS_TRANSPOSED: bool = true;
     type Place = CudaPlace;
 
+    // Two orders, largest first and first alive first; the one with less scratch (then less
+    // shared memory) wins.
     fn place(
         _: RoutineKind,
-        mut tiles: Vec<Operand<()>>,
+        tiles: Vec<Operand<()>>,
         lifetimes: &BTreeMap<Tile, Lifetime>,
     ) -> (Vec<Operand<CudaPlace>>, Memory) {
-        tiles.sort_by_key(|o| (std::cmp::Reverse(o.len()), o.tile));
-        let mut memory = Memory::default();
-        let mut shared: Vec<Span> = Vec::new();
-        let mut scratch: Vec<Span> = Vec::new();
-        let mut out: Vec<Operand<CudaPlace>> = tiles
-            .into_iter()
-            .map(|o| {
-                let len = o.len().next_multiple_of(SLOT_ALIGN);
-                let life = lifetimes.get(&o.tile).copied().unwrap_or(Lifetime::ALWAYS);
-                let at = first_fit(&shared, len, life);
-                let place = if at + len <= SMEM_BUDGET_FLOATS {
-                    shared.push(Span { at, len, life });
-                    memory.near = memory.near.max(at + len);
-                    CudaPlace::Shared(at)
-                } else {
-                    let at = first_fit(&scratch, len, life);
-                    scratch.push(Span { at, len, life });
-                    memory.far = memory.far.max(at + len);
-                    CudaPlace::Scratch(at)
-                };
-                placed(o, place)
-            })
-            .collect();
-        out.sort_by_key(|o| o.tile.name());
-        (out, memory)
+        let life = |o: &Operand<()>| lifetimes.get(&o.tile).copied().unwrap_or(Lifetime::ALWAYS);
+        let mut by_size = tiles.clone();
+        by_size.sort_by_key(|o| (std::cmp::Reverse(o.cuda_footprint()), o.tile));
+        let mut by_first_use = tiles;
+        by_first_use
+            .sort_by_key(|o| (life(o).first, std::cmp::Reverse(o.cuda_footprint()), o.tile));
+        let (a, b) = (
+            first_fit_all(by_size, lifetimes),
+            first_fit_all(by_first_use, lifetimes),
+        );
+        if (b.1.far, b.1.near) < (a.1.far, a.1.near) {
+            b
+        } else {
+            a
+        }
     }
 
     // The scan splits its state into column blocks for parallelism. Phase (c) splits its value
@@ -460,7 +457,13 @@ impl Target for Cuda {
     // scratch: each block recomputes the chunk's scores and reads q and k again.
     fn value_cols(kind: RoutineKind, dv: usize) -> Vec<usize> {
         match kind {
-            RoutineKind::Scan => vec![column_block(dv)],
+            // Halved once when the state's block and the chunk's tiles overflow shared memory
+            // (Gated DeltaNet at d = 128).
+            RoutineKind::Scan => {
+                let cb = column_block(dv);
+                let half = (cb / 2 >= 8 && dv.is_multiple_of(cb / 2)).then_some(cb / 2);
+                std::iter::once(cb).chain(half).collect()
+            }
             RoutineKind::Output => [1, 2, 4]
                 .into_iter()
                 .filter(|b| dv.is_multiple_of(*b) && (dv / b).is_multiple_of(8))
@@ -469,6 +472,39 @@ impl Target for Cuda {
             _ => vec![dv],
         }
     }
+}
+
+/// CUDA places in the given order, each tile at the lowest address where it overlaps no tile
+/// alive at the same time: in shared memory while within [`SMEM_BUDGET_FLOATS`], else in the
+/// block's scratch. Returned in name order.
+fn first_fit_all(
+    tiles: Vec<Operand<()>>,
+    lifetimes: &BTreeMap<Tile, Lifetime>,
+) -> (Vec<Operand<CudaPlace>>, Memory) {
+    let mut memory = Memory::default();
+    let mut shared: Vec<Span> = Vec::new();
+    let mut scratch: Vec<Span> = Vec::new();
+    let mut out: Vec<Operand<CudaPlace>> = tiles
+        .into_iter()
+        .map(|o| {
+            let len = o.cuda_footprint().next_multiple_of(SLOT_ALIGN);
+            let life = lifetimes.get(&o.tile).copied().unwrap_or(Lifetime::ALWAYS);
+            let at = first_fit(&shared, len, life);
+            let place = if at + len <= SMEM_BUDGET_FLOATS {
+                shared.push(Span { at, len, life });
+                memory.near = memory.near.max(at + len);
+                CudaPlace::Shared(at)
+            } else {
+                let at = first_fit(&scratch, len, life);
+                scratch.push(Span { at, len, life });
+                memory.far = memory.far.max(at + len);
+                CudaPlace::Scratch(at)
+            };
+            placed(o, place)
+        })
+        .collect();
+    out.sort_by_key(|o| o.tile.name());
+    (out, memory)
 }
 
 /// A placed tile: its addresses and its lifetime.

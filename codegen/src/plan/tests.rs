@@ -208,9 +208,17 @@ fn lifetimes_follow_the_loops() {
     let loop_end = t.prologue.len() + t.body.len() + t.diagonal.len() + t.update.len() - 1;
     // Loaded before the key loop and read in it: alive to the loop's end, not its last read.
     assert_eq!(life(Tile::Q).last, loop_end);
-    // K lives from its load to the transpose, inside one trip; so K and the scores may share.
-    assert!(!life(Tile::K).overlaps(&life(Tile::A)));
+    // CUDA's scores' product reads K in place of Kt (no transpose): K lives until it.
+    assert!(t.frame.get(Tile::Kt).is_none());
+    assert!(life(Tile::K).overlaps(&life(Tile::A)));
     assert!(life(Tile::Q).overlaps(&life(Tile::A)));
+    // The CPU's K lives from its load to the transpose, inside one trip: K and the scores may
+    // share.
+    let Program::Softmax(cpu) = &plan.cpu else {
+        panic!("a softmax spec")
+    };
+    let cpu_life = |tile| cpu.frame.lifetimes[&tile];
+    assert!(!cpu_life(Tile::K).overlaps(&cpu_life(Tile::A)));
     // The carried state of a scan is alive throughout.
     let Program::Linear(l) = &Plan::new(&Spec::with_head_dim(16)).cuda else {
         panic!("a linear spec")
@@ -227,11 +235,11 @@ fn spill_slots_are_aligned_and_packed_in_order_of_first_spill() {
         panic!("a linear spec")
     };
     let order: Vec<Tile> = l.phases.spills.slots.iter().map(|(t, _)| *t).collect();
-    assert_eq!(order, [Tile::G, Tile::W, Tile::U, Tile::Kt, Tile::X]);
+    assert_eq!(order, [Tile::G, Tile::Kt, Tile::W, Tile::U, Tile::X]);
     for (_, slot) in &l.phases.spills.slots {
         assert_eq!(slot.offset % SLOT_ALIGN, 0);
     }
-    // G (64) + W (64 x 16) + U (64 x 16) + Kt (16 x 64) + X (64 x 16).
+    // G (64) + Kt (16 x 64) + W (64 x 16) + U (64 x 16) + X (64 x 16).
     assert_eq!(l.phases.spills.work_per_chunk, 64 + 4 * 64 * 16);
 }
 
@@ -409,4 +417,88 @@ fn loads_read_in_place_only_what_the_chunk_never_writes() {
             }
         }
     }
+}
+
+/// Words of a warp's 32 addresses that fall in the busiest of the 32 banks.
+fn bank_ways(words: impl Iterator<Item = usize>) -> usize {
+    let mut banks = vec![std::collections::BTreeSet::new(); 32];
+    for w in words {
+        banks[w % 32].insert(w);
+    }
+    banks.iter().map(|b| b.len()).max().unwrap_or(0)
+}
+
+#[test]
+fn the_cuda_pitch_spreads_tensor_core_fragments_over_the_banks() {
+    for cols in (8..=256).step_by(4) {
+        let p = ir::cuda_pitch(cols);
+        assert!(
+            p >= cols && p < cols + 8 && p.is_multiple_of(4),
+            "pitch {p} for {cols}"
+        );
+        // Lane 4g + t reads A[g][t] and B[t][g] (m16n8k8 .tf32 fragments, one register each).
+        let a = bank_ways((0..32).map(|l| (l / 4) * p + l % 4));
+        let b = bank_ways((0..32).map(|l| (l % 4) * p + l / 4));
+        assert_eq!(a, 1, "A fragment, {cols} columns (pitch {p})");
+        assert!(b <= 2, "B fragment, {cols} columns (pitch {p}): {b}-way");
+    }
+    // Narrow or odd widths keep their width (vectors, 4-wide tiles, odd head dims).
+    for cols in [1, 3, 4, 6, 13] {
+        assert_eq!(ir::cuda_pitch(cols), cols);
+    }
+}
+
+#[test]
+fn transposes_read_only_by_products_fold_into_them() {
+    let t = |src, dst| Op::Transpose { src, dst };
+    let scores = Op::MatMul {
+        dst: Tile::A,
+        a: Tile::Q,
+        b: Tile::Kt,
+        tri: crate::abi::Tri::LowerOut,
+        accumulate: false,
+    };
+    // Kt only as a right operand, K unchanged: the transpose goes, the product reads K.
+    let folded = fold_transposes(&[vec![t(Tile::K, Tile::Kt)], vec![scores.clone()]]);
+    assert_eq!(folded[0], vec![]);
+    assert!(matches!(
+        folded[1][..],
+        [Op::MatMulBt {
+            a: Tile::Q,
+            b: Tile::K,
+            dst: Tile::A,
+            ..
+        }]
+    ));
+    // Kt also decayed (or spilled, or a left operand) after the product: the transpose moves
+    // down to the decay, the product reads K.
+    let decayed = Op::DecayColsToEnd {
+        dst: Tile::Kt,
+        gates: Tile::G,
+    };
+    let moved = fold_transposes(&[vec![t(Tile::K, Tile::Kt), scores.clone(), decayed.clone()]]);
+    assert!(matches!(
+        moved[0][..],
+        [
+            Op::MatMulBt { b: Tile::K, .. },
+            Op::Transpose {
+                src: Tile::K,
+                dst: Tile::Kt
+            },
+            Op::DecayColsToEnd { .. }
+        ]
+    ));
+    // Read by something else first: kept.
+    let kept = vec![t(Tile::K, Tile::Kt), decayed, scores.clone()];
+    assert_eq!(fold_transposes(std::slice::from_ref(&kept)), vec![kept]);
+    // K rewritten between the transpose and the product: kept.
+    let kept = vec![
+        t(Tile::K, Tile::Kt),
+        Op::Scale {
+            t: Tile::K,
+            factor: 2.0,
+        },
+        scores,
+    ];
+    assert_eq!(fold_transposes(std::slice::from_ref(&kept)), vec![kept]);
 }

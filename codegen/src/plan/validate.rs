@@ -46,6 +46,7 @@ impl Plan {
                 ));
             }
         });
+        check_cpu_products(&self.cpu, &mut errors);
         check_program(&self.signature, &self.cuda, &mut errors, |frame, errors| {
             check_cuda_frame(&self.signature, frame, errors)
         });
@@ -87,6 +88,22 @@ fn check_program<P: Copy + PartialEq>(
             check_ops(&s.frame, sections(s), errors);
             target(&s.frame, errors);
         }
+    }
+}
+
+/// The CPU tile library has no transposed product: its plans keep `Kt` and transpose.
+fn check_cpu_products<P: Copy>(program: &Program<P>, errors: &mut Vec<PlanError>) {
+    let transposed = |op: &ResolvedOp<P>| matches!(op, Op::MatMulBt { .. });
+    let found = match program {
+        Program::Linear(linear) => {
+            routines(linear).any(|r| r.passes.iter().flatten().any(transposed))
+        }
+        Program::Softmax(s) => sections(s).any(transposed),
+    };
+    if found {
+        errors.push(PlanError(
+            "a CPU routine has a transposed product (MatMulBt), which only CUDA prints".into(),
+        ));
     }
 }
 
@@ -186,8 +203,15 @@ fn shape_problem<P: Copy>(op: &ResolvedOp<P>) -> Option<String> {
             let ((m, k), (k2, n), (m2, n2)) = (dims(a), dims(b), dims(dst));
             k == k2 && m == m2 && n == n2
         }
+        Op::MatMulBt { dst, a, b, .. } => {
+            let ((m, k), (n, k2), (m2, n2)) = (dims(a), dims(b), dims(dst));
+            k == k2 && m == m2 && n == n2
+        }
         Op::Transpose { src, dst } => dims(src) == (dims(dst).1, dims(dst).0),
-        Op::Copy { dst, src } | Op::AddTo { dst, src } => dst.len() == src.len(),
+        // Same shape, not only the same length: CUDA copies whole tiles with their rows' padding.
+        Op::Copy { dst, src } | Op::AddTo { dst, src } => {
+            (dst.rows.n, dst.cols.n) == (src.rows.n, src.cols.n)
+        }
         Op::SubFrom { dst, src } => dims(dst) == dims(src),
         Op::Solve { dst, lower, beta } => {
             lower.rows.n == lower.cols.n && dst.rows.n == lower.rows.n && beta.len() == dst.rows.n
@@ -271,8 +295,8 @@ fn check_cuda_frame(sig: &Signature, frame: &Frame<CudaPlace>, errors: &mut Vec<
     for (i, a) in frame.tiles.iter().enumerate() {
         for b in frame.tiles.iter().skip(i + 1) {
             let span = |o: &Operand<CudaPlace>| match o.place {
-                CudaPlace::Shared(at) => (true, at, at + o.len()),
-                CudaPlace::Scratch(at) => (false, at, at + o.len()),
+                CudaPlace::Shared(at) => (true, at, at + o.cuda_footprint()),
+                CudaPlace::Scratch(at) => (false, at, at + o.cuda_footprint()),
             };
             let ((ma, sa, ea), (mb, sb, eb)) = (span(a), span(b));
             if ma == mb && sa < eb && sb < ea && life(a.tile).overlaps(&life(b.tile)) {
@@ -307,6 +331,7 @@ fn name<T>(op: &Op<T>) -> &'static str {
         Op::CumSum(_) => "CumSum",
         Op::Transpose { .. } => "Transpose",
         Op::MatMul { .. } => "MatMul",
+        Op::MatMulBt { .. } => "MatMulBt",
         Op::RowSums { .. } => "RowSums",
         Op::DotRows { .. } => "DotRows",
         Op::AddColSums { .. } => "AddColSums",
