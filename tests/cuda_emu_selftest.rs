@@ -291,7 +291,9 @@ fn errors_are_reported() {
 /// The products of the prelude (`attnc::gemm`), on the three paths a GPU can take: tensor cores
 /// with 3xTF32 (sm_80+, the default), plain TF32 (`ATTNC_MMA_PASSES 1`) and the SIMT fallback
 /// (`ATTNC_NO_MMA`). Block 0 computes `q k` (64 x 64 x 64) over 61 live rows; block 1 the
-/// lower-triangular form (`a` masked to k <= row) over 53 rows and depth 53.
+/// lower-triangular form (`a` masked to k <= row) over 53 rows and depth 53; block 2 `q kᵀ`
+/// reading k as stored (`gemm_bt`, the scores' product) over 59 rows and depth 62, lower part
+/// only (LOWER_OUT).
 const PRODUCTS: &str = r#"
 extern "C" __global__ void selftest_products(ATTNC_PARAMS) {
   ATTNC_DYN_SMEM(sm);
@@ -303,7 +305,8 @@ extern "C" __global__ void selftest_products(ATTNC_PARAMS) {
   }
   __syncthreads();
   if (blockIdx.x == 0) attnc::gemm<64, 64, 64, attnc::FULL, false>(sm, sm + T, sm + 2 * T, 61, 64);
-  else attnc::gemm<64, 64, 64, attnc::LOWER_A, false>(sm, sm + T, sm + 2 * T, 53, 53);
+  else if (blockIdx.x == 1) attnc::gemm<64, 64, 64, attnc::LOWER_A, false>(sm, sm + T, sm + 2 * T, 53, 53);
+  else attnc::gemm_bt<64, 64, 64, attnc::LOWER_OUT, false>(sm, sm + T, sm + 2 * T, 59, 62);
   __syncthreads();
   for (int i = threadIdx.x; i < 64 * 64; i += blockDim.x) out[base + i] = sm[2 * T + i / 64 * P + i % 64];
 }
@@ -339,24 +342,40 @@ fn products(defines: &str, a: &[f32], b: &[f32]) -> Vec<f32> {
         q: a.to_vec(),
         k: b.to_vec(),
         v: vec![0.0; a.len()],
-        s: vec![0.0; 2 * 64 * 64],
+        s: vec![0.0; BLOCKS * 64 * 64],
         ..EmuInputs::default()
     };
-    cuda_emu::run(&launch, &source, &KERNEL, 2, 2, 64, &x)
+    cuda_emu::run(&launch, &source, &KERNEL, BLOCKS, BLOCKS, 64, &x)
         .unwrap()
         .out
 }
 
-/// The same two products in f64, with their masks (rows past the live ones are zero).
+/// Blocks of PRODUCTS, one product each.
+const BLOCKS: usize = 3;
+
+/// The same three products in f64, with their masks (rows past the live ones, and block 2's
+/// entries above the diagonal, are zero).
 fn products_f64(a: &[f32], b: &[f32]) -> Vec<f64> {
-    let mut out = vec![0.0; 2 * 64 * 64];
-    for (blk, (rows, depth, lower)) in [(61, 64, false), (53, 53, true)].into_iter().enumerate() {
+    let mut out = vec![0.0; BLOCKS * 64 * 64];
+    let blocks = [
+        (61, 64, false, false),
+        (53, 53, true, false),
+        (59, 62, false, true),
+    ];
+    for (blk, (rows, depth, lower_a, bt)) in blocks.into_iter().enumerate() {
         let base = blk * 64 * 64;
         for r in 0..rows {
-            for c in 0..64 {
-                let kend = if lower { depth.min(r + 1) } else { depth };
+            for c in 0..if bt { r + 1 } else { 64 } {
+                let kend = if lower_a { depth.min(r + 1) } else { depth };
+                let b_at = |k: usize| {
+                    if bt {
+                        b[base + c * 64 + k]
+                    } else {
+                        b[base + k * 64 + c]
+                    }
+                };
                 out[base + r * 64 + c] = (0..kend)
-                    .map(|k| a[base + r * 64 + k] as f64 * b[base + k * 64 + c] as f64)
+                    .map(|k| a[base + r * 64 + k] as f64 * b_at(k) as f64)
                     .sum();
             }
         }
@@ -395,7 +414,7 @@ fn products_on_tensor_cores_match_their_contract() {
             .map(|_| (rng.uniform() * 17.0).floor() - 8.0)
             .collect()
     };
-    let (a, b) = (ints(2 * 64 * 64), ints(2 * 64 * 64));
+    let (a, b) = (ints(BLOCKS * 64 * 64), ints(BLOCKS * 64 * 64));
     let want: Vec<f32> = products_f64(&a, &b).iter().map(|x| *x as f32).collect();
     for (name, defines) in paths {
         assert_eq!(products(defines, &a, &b), want, "{name}: integer products");
@@ -403,7 +422,7 @@ fn products_on_tensor_cores_match_their_contract() {
     // Random normals: 3xTF32 and SIMT at fp32's accuracy, plain TF32 visibly coarser (so the
     // tensor-core path is the one that ran) yet within its documented tolerance.
     let mut rng = common::Rng::new(12);
-    let (a, b) = (rng.normals(2 * 64 * 64), rng.normals(2 * 64 * 64));
+    let (a, b) = (rng.normals(BLOCKS * 64 * 64), rng.normals(BLOCKS * 64 * 64));
     let want = products_f64(&a, &b);
     let errors: Vec<f64> = paths
         .iter()
