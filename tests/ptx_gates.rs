@@ -13,7 +13,8 @@
 //!   token x head, and no kernel puts tiles in global scratch (runs without NVRTC).
 //! - **Bank conflicts**: run in the host emulation with its bank counter (a C++ compiler, no
 //!   NVRTC), no warp instruction of the tile library on shared memory touches more than 2
-//!   distinct words of one bank in one phase, in any kernel of the example specs.
+//!   distinct words of one bank in one phase, in any kernel of the example specs, with the
+//!   products on tensor cores and on the SIMT fallback.
 //!
 //! Each test prints its table (`-- --nocapture`); BENCHMARKS.md and the issue notes quote it.
 
@@ -119,8 +120,13 @@ fn spec_of(name: &str) -> &'static Spec {
 /// Most distinct words of one bank that one warp instruction may touch in one phase.
 const MAX_BANK_WAYS: u32 = 2;
 
+/// The products' two paths: tensor cores (sm_80+, the default) and the SIMT register tiles
+/// (older GPUs, or `ATTNC_NO_MMA`).
+const PRODUCT_PATHS: [(&str, &str); 2] = [("mma", ""), ("simt", "#define ATTNC_NO_MMA 1\n")];
+
 /// Every kernel of every example spec (`forward` over two chunks of one head, and `step`), run
-/// in the host emulation with bank counting. Per (kernel, op) of the tile library: warp
+/// in the host emulation with bank counting, on both product paths ([`PRODUCT_PATHS`]; the
+/// table sums them, the gate holds for each). Per (kernel, op) of the tile library: warp
 /// instructions, wavefronts per instruction (ideal: 1 for 4-byte accesses, 2 for float2, 4 for
 /// float4), and the worst phase.
 #[test]
@@ -138,19 +144,22 @@ fn shared_memory_accesses_are_at_most_two_way() {
         let mut sites: BTreeMap<(String, String), (u64, u64, u32)> = BTreeMap::new();
         for (kernels, n) in [(&launch.forward, 2 * spec.chunk), (&launch.step, 1)] {
             let inputs = bank_inputs(spec, n);
-            let got = cuda_emu::run(launch, source, kernels, 1, 1, n, &inputs)
-                .unwrap_or_else(|e| panic!("{name}, n = {n}: {e}"));
-            for site in got.banks {
-                if site.worst > MAX_BANK_WAYS {
-                    failures.push(format!(
-                        "{name}: {}, {} (line {} of the source): {}-way",
-                        site.kernel, site.op, site.line, site.worst
-                    ));
+            for (path, defines) in PRODUCT_PATHS {
+                let source = format!("{defines}{source}");
+                let got = cuda_emu::run(launch, &source, kernels, 1, 1, n, &inputs)
+                    .unwrap_or_else(|e| panic!("{name}, {path}, n = {n}: {e}"));
+                for site in got.banks {
+                    if site.worst > MAX_BANK_WAYS {
+                        failures.push(format!(
+                            "{name}, {path}: {}, {} (line {} of the source): {}-way",
+                            site.kernel, site.op, site.line, site.worst
+                        ));
+                    }
+                    let e = sites.entry((site.kernel, site.op)).or_default();
+                    e.0 += site.instructions;
+                    e.1 += site.wavefronts;
+                    e.2 = e.2.max(site.worst);
                 }
-                let e = sites.entry((site.kernel, site.op)).or_default();
-                e.0 += site.instructions;
-                e.1 += site.wavefronts;
-                e.2 = e.2.max(site.worst);
             }
         }
         for ((kernel, op), (instrs, waves, worst)) in sites {

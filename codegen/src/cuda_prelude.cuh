@@ -304,14 +304,18 @@ __device__ __forceinline__ void micro_step(float (&acc)[4][4], const float (&av)
 
 // The register-tiled product: each thread owns 4 x 4 outputs; per 4 steps of k it reads four
 // float4 of a (one per row) and four of b (one per k, or with BT one per column) for 64 fmaf.
-// Consecutive threads take consecutive column quads, so a warp's b reads are contiguous (not
-// with BT) and its a reads broadcast. Needs M, K, N multiples of 4 and 16-byte aligned tiles
-// (tile places are SLOT_ALIGN-aligned, pitches multiples of 4).
+// A thread's columns are a quad c0..c0+3, consecutive threads taking consecutive quads (a
+// warp's b reads contiguous, its a reads broadcast). With BT they are q, q + N/4, q + 2N/4,
+// q + 3N/4 instead: the rows of b a quarter-warp reads as float4 are then consecutive, pitch(K)
+// = 4 (mod 8) floats apart, 8 different groups of 4 banks (rows 4 apart would fall in 2 groups:
+// 4-way). Needs M, K, N multiples of 4 and 16-byte aligned tiles (tile places are
+// SLOT_ALIGN-aligned, pitches multiples of 4).
 template <int M, int K, int N, int TRI, bool ACC, bool BT>
 __device__ void gemm_tiled(const float* a, const float* b, float* dst, int rows, int depth) {
   constexpr int QN = N / 4, TILES = (M / 4) * QN, PA = pitch(K), PB = pitch(N);
+  constexpr int STEP = BT ? QN : 1;  // between a thread's columns
   for (int u = threadIdx.x; u < TILES; u += blockDim.x) {
-    const int r0 = (u / QN) * 4, c0 = (u - (u / QN) * QN) * 4;
+    const int r0 = (u / QN) * 4, q = u - (u / QN) * QN, c0 = BT ? q : 4 * q;
     float acc[4][4] = {};
     const bool above = TRI == LOWER_OUT && c0 > r0 + 3;  // every output above the diagonal
     const int kend = TRI == LOWER_A ? imin(depth, r0 + 4) : depth;
@@ -326,7 +330,8 @@ __device__ void gemm_tiled(const float* a, const float* b, float* dst, int rows,
         if (BT) {
 #pragma unroll
           for (int jj = 0; jj < 4; ++jj)
-            br[jj] = *ATTNC_SH(reinterpret_cast<const float4*>(b_at<BT, K, N>(b, k, c0 + jj)));
+            br[jj] = *ATTNC_SH(
+                reinterpret_cast<const float4*>(b_at<BT, K, N>(b, k, c0 + jj * STEP)));
         }
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
@@ -343,7 +348,7 @@ __device__ void gemm_tiled(const float* a, const float* b, float* dst, int rows,
 #pragma unroll
         for (int ii = 0; ii < 4; ++ii) {
           av[ii] = *ATTNC_SH(a + (r0 + ii) * PA + k);
-          bj[ii] = *ATTNC_SH(b_at<BT, K, N>(b, k, c0 + ii));
+          bj[ii] = *ATTNC_SH(b_at<BT, K, N>(b, k, c0 + ii * STEP));
         }
         micro_step<TRI>(acc, av, make_float4(bj[0], bj[1], bj[2], bj[3]), r0, k);
       }
@@ -351,27 +356,31 @@ __device__ void gemm_tiled(const float* a, const float* b, float* dst, int rows,
 #pragma unroll
     for (int ii = 0; ii < 4; ++ii) {
       const int r = r0 + ii;
-      float* out = dst + r * PB + c0;
-      float4* out4 = ATTNC_SH(reinterpret_cast<float4*>(out));
-      if (r >= rows) {
-        if (!ACC) *out4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      } else if (TRI == LOWER_OUT) {
+      if (BT || TRI == LOWER_OUT) {
+        // Column by column: spread columns (BT) or the diagonal's mask.
 #pragma unroll
         for (int jj = 0; jj < 4; ++jj) {
-          if (c0 + jj > r) {
-            if (!ACC) out[jj] = 0.0f;
+          const int c = c0 + jj * STEP;
+          float* o = ATTNC_SH(dst + r * PB + c);
+          if (r >= rows || (TRI == LOWER_OUT && c > r)) {
+            if (!ACC) *o = 0.0f;
           } else {
-            out[jj] = ACC ? out[jj] + acc[ii][jj] : acc[ii][jj];
+            *o = ACC ? *o + acc[ii][jj] : acc[ii][jj];
           }
         }
-      } else {
-        float4 o = make_float4(acc[ii][0], acc[ii][1], acc[ii][2], acc[ii][3]);
-        if (ACC) {
-          const float4 d = *out4;
-          o = make_float4(d.x + o.x, d.y + o.y, d.z + o.z, d.w + o.w);
-        }
-        *out4 = o;
+        continue;
       }
+      float4* out4 = ATTNC_SH(reinterpret_cast<float4*>(dst + r * PB + c0));
+      if (r >= rows) {
+        if (!ACC) *out4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        continue;
+      }
+      float4 o = make_float4(acc[ii][0], acc[ii][1], acc[ii][2], acc[ii][3]);
+      if (ACC) {
+        const float4 d = *out4;
+        o = make_float4(d.x + o.x, d.y + o.y, d.z + o.z, d.w + o.w);
+      }
+      *out4 = o;
     }
   }
 }
