@@ -320,14 +320,18 @@ pub fn fold_transposes(sections: &[Vec<BuiltOp>]) -> Vec<Vec<BuiltOp>> {
             .copied()
             .take_while(|&j| right_operand_only(j))
             .collect();
+        let Some(&last_product) = products.last() else {
+            continue;
+        };
         let other = uses.get(products.len()).copied();
-        let end = other.unwrap_or_else(|| products.last().copied().unwrap_or(i));
+        // `src` must hold the same values until the last product, or until the moved transpose.
+        let end = other.unwrap_or(last_product);
         let src_unchanged = all[i + 1..end].iter().all(|o| {
             o.operands()
                 .iter()
                 .all(|(t, access)| *t != src || *access == Access::Read)
         });
-        if products.is_empty() || !src_unchanged {
+        if !src_unchanged {
             continue;
         }
         drop[i] = true;
@@ -336,13 +340,13 @@ pub fn fold_transposes(sections: &[Vec<BuiltOp>]) -> Vec<Vec<BuiltOp>> {
             moved_here[j].push((*op).clone());
         }
     }
-    let mut index = 0..;
+    // Rebuilt section by section; `first` is the flat index of a section's first op.
+    let mut first = 0;
     sections
         .iter()
         .map(|ops| {
             let mut out = Vec::with_capacity(ops.len());
-            for op in ops {
-                let i = index.next().unwrap_or_default();
+            for (i, op) in (first..).zip(ops) {
                 out.append(&mut moved_here[i]);
                 match (op, reads[i]) {
                     _ if drop[i] => {}
@@ -365,6 +369,7 @@ pub fn fold_transposes(sections: &[Vec<BuiltOp>]) -> Vec<Vec<BuiltOp>> {
                     _ => out.push(op.clone()),
                 }
             }
+            first += ops.len();
             out
         })
         .collect()

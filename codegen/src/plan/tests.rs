@@ -491,6 +491,9 @@ fn transposes_read_only_by_products_fold_into_them() {
     // Read by something else first: kept.
     let kept = vec![t(Tile::K, Tile::Kt), decayed, scores.clone()];
     assert_eq!(fold_transposes(std::slice::from_ref(&kept)), vec![kept]);
+    // Never read: left alone.
+    let unread = vec![t(Tile::K, Tile::Kt)];
+    assert_eq!(fold_transposes(std::slice::from_ref(&unread)), vec![unread]);
     // K rewritten between the transpose and the product: kept.
     let kept = vec![
         t(Tile::K, Tile::Kt),
