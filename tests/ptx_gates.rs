@@ -63,58 +63,38 @@ struct GatedDeltaNet128;
 #[attention(head_dim = 64, update = gated_delta, qk_norm = l2, short_conv = 4, chunk = 64)]
 struct GatedDeltaNetConv;
 
-/// The example specs: name, launch, source.
-fn specs() -> Vec<(&'static str, &'static CudaLaunch, &'static str)> {
-    vec![
+/// One example spec: its name in the tables, the spec, its launch and its CUDA source.
+type Example = (
+    &'static str,
+    &'static Spec,
+    &'static CudaLaunch,
+    &'static str,
+);
+
+macro_rules! example {
+    ($name:literal, $attn:ty) => {
         (
-            "linear elu+1 sum",
-            &LinearAttention::CUDA_LAUNCH,
-            LinearAttention::CUDA_SOURCE,
-        ),
-        (
-            "retention gated l2",
-            &Retention::CUDA_LAUNCH,
-            Retention::CUDA_SOURCE,
-        ),
-        (
-            "bidirectional bnhd",
-            &Bidirectional::CUDA_LAUNCH,
-            Bidirectional::CUDA_SOURCE,
-        ),
-        ("deltanet", &DeltaNet::CUDA_LAUNCH, DeltaNet::CUDA_SOURCE),
-        (
-            "gated deltanet",
-            &GatedDeltaNet::CUDA_LAUNCH,
-            GatedDeltaNet::CUDA_SOURCE,
-        ),
-        ("performer", &Performer::CUDA_LAUNCH, Performer::CUDA_SOURCE),
-        ("softmax", &Softmax::CUDA_LAUNCH, Softmax::CUDA_SOURCE),
-        (
-            "gated deltanet d128",
-            &GatedDeltaNet128::CUDA_LAUNCH,
-            GatedDeltaNet128::CUDA_SOURCE,
-        ),
-        (
-            "gated deltanet conv",
-            &GatedDeltaNetConv::CUDA_LAUNCH,
-            GatedDeltaNetConv::CUDA_SOURCE,
-        ),
-    ]
+            $name,
+            <$attn>::spec(),
+            &<$attn>::CUDA_LAUNCH,
+            <$attn>::CUDA_SOURCE,
+        )
+    };
 }
 
-/// The spec of an example spec named in [`specs`].
-fn spec_of(name: &str) -> &'static Spec {
-    match name {
-        "linear elu+1 sum" => LinearAttention::spec(),
-        "retention gated l2" => Retention::spec(),
-        "bidirectional bnhd" => Bidirectional::spec(),
-        "deltanet" => DeltaNet::spec(),
-        "gated deltanet" => GatedDeltaNet::spec(),
-        "performer" => Performer::spec(),
-        "softmax" => Softmax::spec(),
-        "gated deltanet d128" => GatedDeltaNet128::spec(),
-        _ => GatedDeltaNetConv::spec(),
-    }
+/// The example specs.
+fn specs() -> Vec<Example> {
+    vec![
+        example!("linear elu+1 sum", LinearAttention),
+        example!("retention gated l2", Retention),
+        example!("bidirectional bnhd", Bidirectional),
+        example!("deltanet", DeltaNet),
+        example!("gated deltanet", GatedDeltaNet),
+        example!("performer", Performer),
+        example!("softmax", Softmax),
+        example!("gated deltanet d128", GatedDeltaNet128),
+        example!("gated deltanet conv", GatedDeltaNetConv),
+    ]
 }
 
 /// Most distinct words of one bank that one warp instruction may touch in one phase.
@@ -139,8 +119,7 @@ fn shared_memory_accesses_are_at_most_two_way() {
         "{:<22} {:<14} {:<20} {:>9} {:>8} {:>6}",
         "spec", "kernel", "op", "instrs", "waves/i", "worst"
     );
-    for (name, launch, source) in specs() {
-        let spec = spec_of(name);
+    for (name, spec, launch, source) in specs() {
         let mut sites: BTreeMap<(String, String), (u64, u64, u32)> = BTreeMap::new();
         for (kernels, n) in [(&launch.forward, 2 * spec.chunk), (&launch.step, 1)] {
             let inputs = bank_inputs(spec, n);
@@ -236,7 +215,7 @@ fn products_use_tensor_cores_or_register_tiles() {
         return;
     }
     let mut shapes: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-    for (name, _, source) in specs() {
+    for (name, _, _, source) in specs() {
         for s in gemm_shapes(source) {
             shapes.entry(s).or_default().push(name);
         }
@@ -323,7 +302,7 @@ fn kernels_do_not_spill_and_two_blocks_fit_an_sm() {
         "{:<22} {:<18} {:>5} {:>7} {:>9} {:>7}",
         "spec", "kernel", "regs", "spills", "smem (B)", "blk/SM"
     );
-    for (name, launch, source) in specs() {
+    for (name, _, launch, source) in specs() {
         let (_, log) = attnc::cuda::compile_report(source, ARCH).expect("the spec compiles");
         let report = ptxas_report(&log);
         for k in launch.forward.iter().chain(launch.step.iter()) {
@@ -357,7 +336,7 @@ fn workspace_bytes_per_token_and_head_are_bounded() {
     let (bh, n) = (8 * 16, 4096);
     let mut worst = (0.0f64, "");
     let mut spilled = Vec::new();
-    for (name, launch, _) in specs() {
+    for (name, _, launch, _) in specs() {
         let w = launch.workspace(&launch.forward, bh, n);
         let floats = w.chunk_s + w.chunk_z + w.work + w.scratch;
         let per = 4.0 * floats as f64 / (bh * n) as f64;
