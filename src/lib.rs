@@ -44,7 +44,7 @@ pub use attnc_codegen::abi::{BackwardAlgorithm, BackwardPlan};
 pub use attnc_codegen::spec::{self, Spec};
 #[doc = include_str!("../docs/keys.md")]
 pub use attnc_dsl::attention;
-pub use attnc_runtime::cuda::launch::{CudaLaunch, Grid, KernelInfo};
+pub use attnc_runtime::cuda::launch::{ClassKernels, CudaLaunch, Grid, KernelInfo, SmemClass};
 pub use attnc_runtime::cuda::{CudaDevice, CudaExtState, CudaState, CudaTensor};
 pub use attnc_runtime::systems::ExtDecodeState;
 pub use attnc_runtime::{
@@ -121,7 +121,8 @@ pub mod showcase;
 #[doc(hidden)]
 pub mod __private {
     pub use attnc_codegen::abi::{
-        BackwardAlgorithm, BackwardPlan, CudaLaunch, Grid, KernelInfo, Layout, Signature, Tri,
+        BackwardAlgorithm, BackwardPlan, ClassKernels, CudaLaunch, Grid, KernelInfo, Layout,
+        Signature, SmemClass, Tri,
     };
     pub use attnc_codegen::deriv::eval_derivative;
     pub use attnc_runtime::api::{contiguous, forward, forward_tiled, output_tensor, step};

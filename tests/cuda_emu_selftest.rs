@@ -3,7 +3,9 @@
 
 mod common;
 
-use attnc_codegen::abi::{CudaLaunch, Grid, KernelInfo, Layout, Signature};
+use attnc_codegen::abi::{
+    ClassKernels, CudaLaunch, Grid, KernelInfo, Layout, Signature, SmemClass,
+};
 use common::cuda_emu::{self, EmuInputs};
 use std::borrow::Cow;
 
@@ -108,12 +110,14 @@ extern "C" __global__ void selftest_smem_overrun(ATTNC_PARAMS) {
 const KERNELS: &[KernelInfo] = &[
     KernelInfo {
         name: "selftest_reverse",
+        class: SmemClass::Sm90,
         grid: Grid::Chunks,
         smem_bytes: (CHUNK * D * 4) as u32,
         scratch_floats: 0,
     },
     KernelInfo {
         name: "selftest_sum",
+        class: SmemClass::Sm90,
         grid: Grid::Heads,
         smem_bytes: THREADS * 4,
         scratch_floats: 0,
@@ -138,8 +142,11 @@ fn launch(forward: &'static [KernelInfo]) -> CudaLaunch {
             rpe: false,
         },
         threads: THREADS,
-        forward: Cow::Borrowed(forward),
-        step: Cow::Borrowed(&[]),
+        classes: Cow::Owned(vec![ClassKernels {
+            class: SmemClass::Sm90,
+            forward: Cow::Borrowed(forward),
+            step: Cow::Borrowed(&[]),
+        }]),
         work_per_chunk: 1,
         chunk_states: false,
     }
@@ -180,7 +187,7 @@ fn kernels_run_in_order_with_shared_memory_and_barriers() {
     let (heads, bh, n) = (3, 6, 21);
     let x = inputs(bh, n);
     let launch = launch(KERNELS);
-    let got = cuda_emu::run(&launch, SOURCE, &launch.forward, bh, heads, n, &x).unwrap();
+    let got = cuda_emu::run(&launch, SOURCE, KERNELS, bh, heads, n, &x).unwrap();
 
     let chunks = n.div_ceil(CHUNK);
     let mut out = vec![0.0; x.v.len()];
@@ -214,7 +221,7 @@ fn kernels_run_in_order_with_shared_memory_and_barriers() {
     }
 
     // The cached binary gives the same answer.
-    let again = cuda_emu::run(&launch, SOURCE, &launch.forward, bh, heads, n, &x).unwrap();
+    let again = cuda_emu::run(&launch, SOURCE, KERNELS, bh, heads, n, &x).unwrap();
     assert_eq!(again.out, got.out);
 }
 
@@ -225,6 +232,7 @@ fn blocks_of_a_launch_run_at_the_same_time() {
     }
     static RESIDENT: [KernelInfo; 1] = [KernelInfo {
         name: "selftest_resident",
+        class: SmemClass::Sm90,
         grid: Grid::Heads,
         smem_bytes: 0,
         scratch_floats: 0,
@@ -251,6 +259,7 @@ fn run_err(kernels: &'static [KernelInfo], source: &str) -> String {
 const fn one(name: &'static str, smem_bytes: u32) -> [KernelInfo; 1] {
     [KernelInfo {
         name,
+        class: SmemClass::Sm90,
         grid: Grid::Chunks,
         smem_bytes,
         scratch_floats: 0,
@@ -323,6 +332,7 @@ fn params() -> &'static str {
 fn products(defines: &str, a: &[f32], b: &[f32]) -> Vec<f32> {
     static KERNEL: [KernelInfo; 1] = [KernelInfo {
         name: "selftest_products",
+        class: SmemClass::Sm90,
         grid: Grid::Heads,
         smem_bytes: 3 * 64 * 68 * 4,
         scratch_floats: 0,

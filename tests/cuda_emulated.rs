@@ -85,11 +85,13 @@ macro_rules! linear_spec {
                     let (s0, z0) = initial_state(spec, b * h, 7 + i as u64);
                     let z0_opt = (!z0.is_empty()).then_some(&z0[..]);
                     let want = reference(spec, &x, Some(&s0), z0_opt);
+                    // Each version of the kernels (per shared-memory class) that differs.
+                    for class in cuda_emu::distinct_classes(&launch) {
                     let got = cuda_emu::run(
-                        &launch, Attn::CUDA_SOURCE, &launch.forward, b * h, h, n,
+                        &launch, Attn::CUDA_SOURCE, &class.forward, b * h, h, n,
                         &cuda_emu::inputs(spec, &x, &s0, &z0),
                     )
-                    .unwrap_or_else(|e| panic!("emulated forward, n = {n}: {e}"));
+                    .unwrap_or_else(|e| panic!("emulated forward, {:?}, n = {n}: {e}", class.class));
                     let out = match spec.layout {
                         Layout::Bhnd => got.out.clone(),
                         Layout::Bnhd => from_bnhd(&got.out, b, h, n, Attn::VALUE_DIM),
@@ -104,12 +106,13 @@ macro_rules! linear_spec {
                         // Two blocks per (batch, head) looping over the chunks, as kernels with
                         // scratch run at scale: the same bits.
                         let capped = cuda_emu::run(
-                            &launch, Attn::CUDA_SOURCE, &launch.forward, b * h, h, n,
+                            &launch, Attn::CUDA_SOURCE, &class.forward, b * h, h, n,
                             &EmuInputs { grid_cap: Some(2), ..cuda_emu::inputs(spec, &x, &s0, &z0) },
                         )
                         .unwrap_or_else(|e| panic!("emulated forward, grid capped: {e}"));
                         assert_eq!(capped.out, got.out, "grid capped at 2 blocks per (b, h)");
                         assert_eq!(capped.s, got.s, "grid capped: final state");
+                    }
                     }
 
                     // step: the first token, from the same initial state.
@@ -117,15 +120,17 @@ macro_rules! linear_spec {
                     let want = reference(spec, &x1, Some(&s0), z0_opt);
                     let mut step_spec = spec.clone();
                     step_spec.layout = Layout::Bhnd;
+                    for class in cuda_emu::distinct_classes(&launch) {
                     let got = cuda_emu::run(
-                        &launch, Attn::CUDA_SOURCE, &launch.step, b * h, h, 1,
+                        &launch, Attn::CUDA_SOURCE, &class.step, b * h, h, 1,
                         &cuda_emu::inputs(&step_spec, &x1, &s0, &z0),
                     )
-                    .unwrap_or_else(|e| panic!("emulated step: {e}"));
+                    .unwrap_or_else(|e| panic!("emulated step, {:?}: {e}", class.class));
                     check(spec, "step o", &got.out, &want.o);
                     check(spec, "step S", &got.s, &want.s);
                     if !z0.is_empty() {
                         check(spec, "step z", &got.z, &want.z);
+                    }
                     }
                 }
                 println!("{}: emulated CUDA forward max-rel error {worst:.2e}", stringify!($m));
@@ -322,20 +327,22 @@ macro_rules! softmax_spec {
                         .into_iter()
                         .map(f64::from)
                         .collect();
+                    for class in cuda_emu::distinct_classes(&launch) {
                     let got = cuda_emu::run(
-                        &launch, Attn::CUDA_SOURCE, &launch.forward, b * h, h, n,
+                        &launch, Attn::CUDA_SOURCE, &class.forward, b * h, h, n,
                         &cuda_emu::inputs(spec, &x, &[], &[]),
                     )
-                    .unwrap_or_else(|e| panic!("emulated softmax, n = {n}: {e}"));
+                    .unwrap_or_else(|e| panic!("emulated softmax, {:?}, n = {n}: {e}", class.class));
                     check(spec, &format!("softmax o, n = {n}"), &got.out, &want);
                     if n > 2 * c {
                         // Two blocks per (batch, head), each looping over query tiles.
                         let capped = cuda_emu::run(
-                            &launch, Attn::CUDA_SOURCE, &launch.forward, b * h, h, n,
+                            &launch, Attn::CUDA_SOURCE, &class.forward, b * h, h, n,
                             &EmuInputs { grid_cap: Some(2), ..cuda_emu::inputs(spec, &x, &[], &[]) },
                         )
                         .unwrap_or_else(|e| panic!("emulated softmax, grid capped: {e}"));
                         assert_eq!(capped.out, got.out, "grid capped at 2 blocks per (b, h)");
+                    }
                     }
                 }
             }
@@ -366,7 +373,10 @@ fn wide_values_split_phase_c_into_column_blocks() {
         &wide_values_sum::Attn::CUDA_LAUNCH,
         &wide_values_delta::Attn::CUDA_LAUNCH,
     ] {
-        let output = launch.forward.iter().find(|k| k.name == "attnc_output");
+        let sm90 = launch
+            .kernels(attnc::SmemClass::Sm90)
+            .expect("sm_90 kernels");
+        let output = sm90.forward.iter().find(|k| k.name == "attnc_output");
         let output = output.expect("a phase (c) kernel");
         assert_eq!(output.grid, attnc::Grid::ChunkColumns(2), "{output:?}");
         assert_eq!(output.scratch_floats, 0, "{output:?}");

@@ -210,22 +210,25 @@ macro_rules! systems_spec {
                 for (i, n) in [1, c - 1, c + 1, 3 * c + 7].into_iter().enumerate() {
                     let cs = case(spec, (b, h, n), 40 + i as u64);
                     let want = oracle_of(spec, &cs);
-                    let got = cuda_emu::run(
-                        &launch, Attn::CUDA_SOURCE, &launch.forward, b * h, h, n,
-                        &kernel_inputs(spec, &cs, spec.layout),
-                    )
-                    .unwrap_or_else(|e| panic!("emulated forward, n = {n}: {e}"));
-                    let err = check_all(&format!("forward, n = {n}"), spec, &cs, &got, &want);
-                    worst = worst.max(err);
-
                     let one = first_token(&cs);
-                    let want = oracle_of(spec, &one);
-                    let got = cuda_emu::run(
-                        &launch, Attn::CUDA_SOURCE, &launch.step, b * h, h, 1,
-                        &kernel_inputs(spec, &one, Layout::Bhnd),
-                    )
-                    .unwrap_or_else(|e| panic!("emulated step: {e}"));
-                    check_all("step", spec, &one, &got, &want);
+                    let want_one = oracle_of(spec, &one);
+                    // Each version of the kernels (per shared-memory class) that differs.
+                    for class in cuda_emu::distinct_classes(&launch) {
+                        let got = cuda_emu::run(
+                            &launch, Attn::CUDA_SOURCE, &class.forward, b * h, h, n,
+                            &kernel_inputs(spec, &cs, spec.layout),
+                        )
+                        .unwrap_or_else(|e| panic!("emulated forward, n = {n}: {e}"));
+                        let err = check_all(&format!("forward, n = {n}"), spec, &cs, &got, &want);
+                        worst = worst.max(err);
+
+                        let got = cuda_emu::run(
+                            &launch, Attn::CUDA_SOURCE, &class.step, b * h, h, 1,
+                            &kernel_inputs(spec, &one, Layout::Bhnd),
+                        )
+                        .unwrap_or_else(|e| panic!("emulated step: {e}"));
+                        check_all("step", spec, &one, &got, &want_one);
+                    }
                 }
                 println!("{}: emulated CUDA forward max-rel error {worst:.2e}", stringify!($m));
             }
@@ -294,6 +297,13 @@ pub struct MomentumZero;
 #[attention(head_dim = 16, chunk = 16)]
 pub struct Additive;
 
+/// The sm_90 class's kernels (the systems' specs are small: every class has the same).
+fn sm90(launch: &attnc::CudaLaunch) -> &attnc::ClassKernels {
+    launch
+        .kernels(attnc::SmemClass::Sm90)
+        .expect("sm_90 kernels")
+}
+
 #[test]
 fn momentum_zero_steps_like_additive_bit_for_bit() {
     if !cuda_emu::available_or_skip("momentum_zero_steps_like_additive") {
@@ -305,7 +315,7 @@ fn momentum_zero_steps_like_additive_bit_for_bit() {
     let zero = cuda_emu::run(
         &MomentumZero::CUDA_LAUNCH,
         MomentumZero::CUDA_SOURCE,
-        &MomentumZero::CUDA_LAUNCH.step,
+        &sm90(&MomentumZero::CUDA_LAUNCH).step,
         4,
         2,
         1,
@@ -316,7 +326,7 @@ fn momentum_zero_steps_like_additive_bit_for_bit() {
     let additive = cuda_emu::run(
         &Additive::CUDA_LAUNCH,
         Additive::CUDA_SOURCE,
-        &Additive::CUDA_LAUNCH.step,
+        &sm90(&Additive::CUDA_LAUNCH).step,
         4,
         2,
         1,
@@ -373,7 +383,7 @@ macro_rules! rpe_spec {
                     let mut inputs = kernel_inputs(spec, &cs, spec.layout);
                     inputs.proj = bias.clone();
                     let got = cuda_emu::run(
-                        &launch, Attn::CUDA_SOURCE, &launch.forward, b * h, h, n, &inputs,
+                        &launch, Attn::CUDA_SOURCE, &sm90(&launch).forward, b * h, h, n, &inputs,
                     )
                     .unwrap_or_else(|e| panic!("emulated rpe forward, n = {n}: {e}"));
                     let out = match spec.layout {

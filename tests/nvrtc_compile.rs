@@ -1,5 +1,6 @@
-//! Every spec's CUDA C compiles with NVRTC for sm_80 and sm_90, through the runtime's own
-//! compile path (`attnc::cuda::compile_ptx_uncached`), on machines without a GPU.
+//! Every spec's CUDA C compiles with NVRTC for sm_75 (the SIMT products), sm_80 and sm_90, and
+//! for sm_86 where its kernels differ by shared-memory class, through the runtime's own compile
+//! path (`attnc::cuda::compile_ptx_uncached`), on machines without a GPU.
 //!
 //! The specs: every `#[attention(...)]` attribute and every spec-declaring macro call
 //! (`check_spec!`, `linear_spec!`, `softmax_spec!`) in examples/ and tests/, found by parsing
@@ -190,12 +191,14 @@ fn nvrtc_or_skip(test: &str) -> bool {
     false
 }
 
-fn compile_all(arch: &str) {
+/// Compiles every spec's source for `arch`, or those `pick` keeps.
+fn compile_all(arch: &str, pick: fn(&str) -> bool) {
     if !nvrtc_or_skip(&format!("nvrtc_compile {arch}")) {
         return;
     }
     let all = sources();
     assert!(all.len() >= 60, "only {} specs found", all.len());
+    let all: Vec<_> = all.into_iter().filter(|(_, s)| pick(s)).collect();
     let mut failures = Vec::new();
     for (attr, source) in &all {
         if let Err(e) = attnc::cuda::compile_ptx_uncached(source, arch) {
@@ -213,13 +216,24 @@ fn compile_all(arch: &str) {
 }
 
 #[test]
+fn every_spec_compiles_for_sm75() {
+    compile_all("sm_75", |_| true);
+}
+
+#[test]
 fn every_spec_compiles_for_sm80() {
-    compile_all("sm_80");
+    compile_all("sm_80", |_| true);
+}
+
+/// sm_86 compiles the same code as sm_80 but where a kernel has a version per class.
+#[test]
+fn specs_with_kernels_per_class_compile_for_sm86() {
+    compile_all("sm_86", |source| source.contains("ATTNC_SMEM_CLASS =="));
 }
 
 #[test]
 fn every_spec_compiles_for_sm90() {
-    compile_all("sm_90");
+    compile_all("sm_90", |_| true);
 }
 
 #[test]
@@ -257,7 +271,16 @@ fn cuda_source_constant_is_the_emitters_output() {
     let plan = Plan::new(&spec);
     let emitted = attnc_codegen::cuda::emit(&plan, &spec.to_string());
     assert_eq!(Gdn::CUDA_SOURCE, emitted.source);
-    assert_eq!(Gdn::CUDA_LAUNCH.forward.len(), 3);
+    for class in attnc::SmemClass::ALL {
+        let kernels = Gdn::CUDA_LAUNCH
+            .kernels(class)
+            .expect("every class has kernels");
+        assert_eq!(kernels.forward.len(), 3, "{class:?}");
+        assert!(
+            kernels.forward.iter().all(|k| k.class == class),
+            "{class:?}"
+        );
+    }
     assert_eq!(Gdn::CUDA_LAUNCH, emitted.launch);
 }
 

@@ -83,11 +83,177 @@ pub struct Signature {
 
 /// SMs of the largest GPU a launch plans for (A100 108, H100/H200 132, B200 148).
 pub const MAX_SMS: usize = 160;
-/// Shared memory per SM on sm_90, the most of any architecture, and what each block reserves.
-const SMEM_PER_SM: usize = 228 * 1024;
-const SMEM_RESERVED_PER_BLOCK: usize = 1024;
-/// Threads per SM (sm_80 and later).
-const THREADS_PER_SM: usize = 2048;
+
+/// GPUs grouped by their shared memory per SM. Each class gets kernels planned for its own
+/// budget ([`SmemClass::budgets`]): the generated source holds one version of a kernel per
+/// class where their plans differ, selected by `ATTNC_SMEM_CLASS` ([`SmemClass::cuda_arch`]),
+/// which the source derives from `__CUDA_ARCH__` by the table [`SmemClass::preprocessor_table`]
+/// prints, the same table the runtime reads the device's class from ([`SmemClass::of_arch`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SmemClass {
+    /// sm_90, sm_100 and sm_103 (H100, H200, B200): 228 KiB per SM, 227 KiB per block.
+    Sm90,
+    /// sm_80 and sm_87 (A100, Orin): 164 KiB per SM, 163 KiB per block.
+    Sm80,
+    /// sm_86, sm_89, sm_120 and any newer arch not listed (RTX 30/40/50, L4, L40): 100 KiB per
+    /// SM, 99 KiB per block, 1536 threads per SM.
+    Sm86,
+    /// sm_75 and older (T4, RTX 20): 64 KiB per SM and per block, 1024 threads per SM.
+    Sm75,
+}
+
+impl SmemClass {
+    /// Every class, in the order the architecture table is read (the first whose ranges hold
+    /// the arch wins).
+    pub const ALL: [SmemClass; 4] = [
+        SmemClass::Sm90,
+        SmemClass::Sm80,
+        SmemClass::Sm86,
+        SmemClass::Sm75,
+    ];
+
+    /// The `__CUDA_ARCH__` values (major x 100 + minor x 10) of the class, as half-open ranges,
+    /// read in [`SmemClass::ALL`]'s order.
+    fn arch_ranges(self) -> &'static [(u32, u32)] {
+        match self {
+            SmemClass::Sm90 => &[(900, 1100)],
+            SmemClass::Sm80 => &[(800, 810), (870, 880)],
+            SmemClass::Sm86 => &[(800, u32::MAX)],
+            SmemClass::Sm75 => &[(0, 800)],
+        }
+    }
+
+    /// The class of a `__CUDA_ARCH__` value (900 for sm_90).
+    pub fn of_cuda_arch(arch: u32) -> SmemClass {
+        SmemClass::ALL
+            .into_iter()
+            .find(|c| {
+                c.arch_ranges()
+                    .iter()
+                    .any(|(lo, hi)| (*lo..*hi).contains(&arch))
+            })
+            .unwrap_or(SmemClass::Sm75)
+    }
+
+    /// The class of an NVRTC architecture name (`sm_90`, `sm_90a`, `compute_86`, `sm_120`);
+    /// `None` when it does not read as one.
+    pub fn of_arch(arch: &str) -> Option<SmemClass> {
+        let rest = arch
+            .strip_prefix("sm_")
+            .or_else(|| arch.strip_prefix("compute_"))?;
+        let digits = rest.trim_end_matches(|c: char| c.is_ascii_lowercase());
+        let suffix = rest.len() - digits.len();
+        if !(2..=3).contains(&digits.len()) || !digits.chars().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        if suffix > 1 {
+            return None;
+        }
+        // "90" is 9.0, "120" is 12.0: the last digit is the minor version.
+        digits
+            .parse::<u32>()
+            .ok()
+            .map(|v| Self::of_cuda_arch(v * 10))
+    }
+
+    /// The value `ATTNC_SMEM_CLASS` takes for this class in the generated source: the
+    /// `__CUDA_ARCH__` of its first architecture.
+    pub fn cuda_arch(self) -> u32 {
+        match self {
+            SmemClass::Sm90 => 900,
+            SmemClass::Sm80 => 800,
+            SmemClass::Sm86 => 860,
+            SmemClass::Sm75 => 750,
+        }
+    }
+
+    /// Shared memory per SM, bytes.
+    pub fn smem_per_sm(self) -> usize {
+        match self {
+            SmemClass::Sm90 => 228 * 1024,
+            SmemClass::Sm80 => 164 * 1024,
+            SmemClass::Sm86 => 100 * 1024,
+            SmemClass::Sm75 => 64 * 1024,
+        }
+    }
+
+    /// The most dynamic shared memory one block may opt into, bytes.
+    pub fn max_block_smem(self) -> usize {
+        match self {
+            SmemClass::Sm75 => 64 * 1024,
+            _ => self.smem_per_sm() - 1024,
+        }
+    }
+
+    /// Shared memory the hardware reserves per resident block, bytes (1 KiB from sm_80 on).
+    pub fn reserved_per_block(self) -> usize {
+        match self {
+            SmemClass::Sm75 => 0,
+            _ => 1024,
+        }
+    }
+
+    /// Threads one SM holds.
+    pub fn threads_per_sm(self) -> usize {
+        match self {
+            SmemClass::Sm90 | SmemClass::Sm80 => 2048,
+            SmemClass::Sm86 => 1536,
+            SmemClass::Sm75 => 1024,
+        }
+    }
+
+    /// Blocks of `threads` threads using `smem_bytes` of dynamic shared memory that one SM
+    /// holds at once (0 when one block does not fit).
+    pub fn blocks_per_sm(self, smem_bytes: usize, threads: u32) -> usize {
+        if smem_bytes > self.max_block_smem() {
+            return 0;
+        }
+        let by_smem = self.smem_per_sm() / (smem_bytes + self.reserved_per_block()).max(1);
+        let by_threads = self.threads_per_sm() / (threads.max(1) as usize);
+        by_smem.min(by_threads)
+    }
+
+    /// The shared-memory budgets a block's tiles are planned for, bytes, in order of preference:
+    /// two blocks per SM (so one block's barriers and loads overlap the other's work), then the
+    /// most one block may have. The planner takes the first under which a kernel needs no
+    /// global scratch.
+    pub fn budgets(self) -> [usize; 2] {
+        let two = (self.smem_per_sm() / 2 - self.reserved_per_block()).min(self.max_block_smem());
+        [two, self.max_block_smem()]
+    }
+
+    /// The preprocessor lines that define `ATTNC_SMEM_CLASS` from `__CUDA_ARCH__` (unless the
+    /// compiler's options define it), printed from the table [`SmemClass::of_cuda_arch`] reads.
+    pub fn preprocessor_table() -> String {
+        let mut out = String::from(
+            "// The shared-memory class of the architecture compiled for: kernels whose plans differ by\n\
+             // class come in one version per class (attnc's runtime reads the same table).\n\
+             #ifndef ATTNC_SMEM_CLASS\n#if !defined(__CUDA_ARCH__)\n",
+        );
+        out.push_str(&format!(
+            "#define ATTNC_SMEM_CLASS {}\n",
+            SmemClass::ALL[0].cuda_arch()
+        ));
+        for c in SmemClass::ALL {
+            let cond: Vec<String> = c
+                .arch_ranges()
+                .iter()
+                .map(|&(lo, hi)| match (lo, hi) {
+                    (0, hi) => format!("__CUDA_ARCH__ < {hi}"),
+                    (lo, u32::MAX) => format!("__CUDA_ARCH__ >= {lo}"),
+                    (lo, hi) => format!("(__CUDA_ARCH__ >= {lo} && __CUDA_ARCH__ < {hi})"),
+                })
+                .collect();
+            out.push_str(&format!(
+                "#elif {}\n#define ATTNC_SMEM_CLASS {}\n",
+                cond.join(" || "),
+                c.cuda_arch()
+            ));
+        }
+        out.push_str("#endif\n#endif\n");
+        out
+    }
+}
 
 /// The grid of one CUDA kernel, as a function of batch x heads (`bh`) and tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,6 +276,8 @@ pub enum Grid {
 pub struct KernelInfo {
     /// The `extern "C"` name in the source.
     pub name: &'static str,
+    /// The shared-memory class this version of the kernel is planned for.
+    pub class: SmemClass,
     /// Its grid.
     pub grid: Grid,
     /// Dynamic shared memory per block, bytes (above 48 KiB it needs the opt-in attribute).
@@ -119,13 +287,27 @@ pub struct KernelInfo {
 }
 
 impl KernelInfo {
-    /// At least as many blocks as any GPU keeps resident at once for this kernel: [`MAX_SMS`]
-    /// times the blocks per SM that sm_90's shared memory and thread limits allow.
+    /// At least as many blocks as any GPU of its class keeps resident at once for this kernel:
+    /// [`MAX_SMS`] times the blocks per SM the class's shared memory and thread limits allow.
     pub fn resident_blocks(&self, threads: u32) -> usize {
-        let by_smem = SMEM_PER_SM / (self.smem_bytes as usize + SMEM_RESERVED_PER_BLOCK);
-        let by_threads = THREADS_PER_SM / (threads.max(1) as usize);
-        MAX_SMS * by_smem.min(by_threads).max(1)
+        MAX_SMS * self.blocks_per_sm(threads).max(1)
     }
+
+    /// Blocks of this kernel one SM of its class holds at once.
+    pub fn blocks_per_sm(&self, threads: u32) -> usize {
+        self.class.blocks_per_sm(self.smem_bytes as usize, threads)
+    }
+}
+
+/// The kernels of one shared-memory class.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassKernels {
+    /// The class.
+    pub class: SmemClass,
+    /// The kernels of `forward`, launched in this order on one stream.
+    pub forward: Cow<'static, [KernelInfo]>,
+    /// The kernels of `step` (one token; `n = 1`), in order. Empty for softmax.
+    pub step: Cow<'static, [KernelInfo]>,
 }
 
 /// A spec's CUDA launch configuration, computed at build time.
@@ -135,10 +317,9 @@ pub struct CudaLaunch {
     pub signature: Signature,
     /// Threads per block (one dimension), for every kernel.
     pub threads: u32,
-    /// The kernels of `forward`, launched in this order on one stream.
-    pub forward: Cow<'static, [KernelInfo]>,
-    /// The kernels of `step` (one token; `n = 1`), in order. Empty for softmax.
-    pub step: Cow<'static, [KernelInfo]>,
+    /// The kernels of `forward` and `step` for each shared-memory class, in
+    /// [`SmemClass::ALL`]'s order ([`CudaLaunch::kernels`]).
+    pub classes: Cow<'static, [ClassKernels]>,
     /// Floats per (batch, head, chunk) in `work`: tiles one phase leaves for the next.
     pub work_per_chunk: usize,
     /// Whether `chunk_s` (and `chunk_z` when normalised) hold one state per chunk.
@@ -159,6 +340,12 @@ pub struct Workspace {
 }
 
 impl CudaLaunch {
+    /// The kernels for a GPU of `class`; `None` only if the launch lacks the class (a
+    /// description not made by attnc's emitter).
+    pub fn kernels(&self, class: SmemClass) -> Option<&ClassKernels> {
+        self.classes.iter().find(|k| k.class == class)
+    }
+
     /// Chunks (or query tiles) of a sequence of `n` tokens.
     pub fn chunks(&self, n: usize) -> usize {
         n.div_ceil(self.signature.chunk.max(1))
@@ -385,15 +572,45 @@ mod tokens {
         }
     }
 
+    impl ToTokens for SmemClass {
+        fn to_tokens(&self, out: &mut TokenStream) {
+            let p = private();
+            out.extend(match self {
+                SmemClass::Sm90 => quote!(#p::SmemClass::Sm90),
+                SmemClass::Sm80 => quote!(#p::SmemClass::Sm80),
+                SmemClass::Sm86 => quote!(#p::SmemClass::Sm86),
+                SmemClass::Sm75 => quote!(#p::SmemClass::Sm75),
+            });
+        }
+    }
+
     impl ToTokens for KernelInfo {
         fn to_tokens(&self, out: &mut TokenStream) {
             let p = private();
             let name = Literal::string(self.name);
-            let grid = self.grid;
+            let (class, grid) = (self.class, self.grid);
             let smem = Literal::u32_unsuffixed(self.smem_bytes);
             let scratch = Literal::usize_unsuffixed(self.scratch_floats);
             out.extend(quote! {
-                #p::KernelInfo { name: #name, grid: #grid, smem_bytes: #smem, scratch_floats: #scratch }
+                #p::KernelInfo {
+                    name: #name, class: #class, grid: #grid, smem_bytes: #smem,
+                    scratch_floats: #scratch,
+                }
+            });
+        }
+    }
+
+    impl ToTokens for ClassKernels {
+        fn to_tokens(&self, out: &mut TokenStream) {
+            let p = private();
+            let class = self.class;
+            let (forward, step) = (self.forward.iter(), self.step.iter());
+            out.extend(quote! {
+                #p::ClassKernels {
+                    class: #class,
+                    forward: #p::Cow::Borrowed(&[#(#forward),*]),
+                    step: #p::Cow::Borrowed(&[#(#step),*]),
+                }
             });
         }
     }
@@ -403,15 +620,14 @@ mod tokens {
             let p = private();
             let sig = self.signature;
             let threads = Literal::u32_unsuffixed(self.threads);
-            let (forward, step) = (self.forward.iter(), self.step.iter());
+            let classes = self.classes.iter();
             let work = Literal::usize_unsuffixed(self.work_per_chunk);
             let states = self.chunk_states;
             out.extend(quote! {
                 #p::CudaLaunch {
                     signature: #sig,
                     threads: #threads,
-                    forward: #p::Cow::Borrowed(&[#(#forward),*]),
-                    step: #p::Cow::Borrowed(&[#(#step),*]),
+                    classes: #p::Cow::Borrowed(&[#(#classes),*]),
                     work_per_chunk: #work,
                     chunk_states: #states,
                 }
@@ -427,12 +643,14 @@ mod tests {
     const KERNELS: &[KernelInfo] = &[
         KernelInfo {
             name: "attnc_intra",
+            class: SmemClass::Sm90,
             grid: Grid::Chunks,
             smem_bytes: 0,
             scratch_floats: 3,
         },
         KernelInfo {
             name: "attnc_scan",
+            class: SmemClass::Sm90,
             grid: Grid::Columns(2),
             smem_bytes: 0,
             scratch_floats: 1,
@@ -458,8 +676,7 @@ mod tests {
                 rpe: false,
             },
             threads: 256,
-            forward: Cow::Borrowed(KERNELS),
-            step: Cow::Borrowed(&[]),
+            classes: Cow::Borrowed(&[]),
             work_per_chunk: 10,
             chunk_states: true,
         };
@@ -491,8 +708,7 @@ mod tests {
                 rpe: true,
             },
             threads: 256,
-            forward: Cow::Borrowed(&[]),
-            step: Cow::Borrowed(&[]),
+            classes: Cow::Borrowed(&[]),
             work_per_chunk: 0,
             chunk_states: false,
         };
@@ -507,5 +723,65 @@ mod tests {
         }
         l.signature.rpe = false;
         assert_eq!(l.workspace(&[], 8, 4096).scratch, 0);
+    }
+
+    #[test]
+    fn architectures_map_to_their_shared_memory_class() {
+        let cases = [
+            ("sm_70", SmemClass::Sm75),
+            ("sm_75", SmemClass::Sm75),
+            ("sm_80", SmemClass::Sm80),
+            ("sm_86", SmemClass::Sm86),
+            ("sm_87", SmemClass::Sm80),
+            ("sm_89", SmemClass::Sm86),
+            ("sm_90", SmemClass::Sm90),
+            ("sm_90a", SmemClass::Sm90),
+            ("compute_90", SmemClass::Sm90),
+            ("sm_100", SmemClass::Sm90),
+            ("sm_120", SmemClass::Sm86),
+            ("sm_130", SmemClass::Sm86),
+        ];
+        for (arch, class) in cases {
+            assert_eq!(SmemClass::of_arch(arch), Some(class), "{arch}");
+        }
+        for bad in [
+            "sm90", "sm_9", "sm_1000", "gfx90a", "sm_9x", "sm_90ab", "sm_9A",
+        ] {
+            assert_eq!(SmemClass::of_arch(bad), None, "{bad}");
+        }
+        // Each class's own value maps back to it.
+        for c in SmemClass::ALL {
+            assert_eq!(SmemClass::of_cuda_arch(c.cuda_arch()), c);
+        }
+    }
+
+    #[test]
+    fn two_block_budgets_fit_two_blocks_and_the_largest_fits_one() {
+        for c in SmemClass::ALL {
+            let [two, one] = c.budgets();
+            assert!(c.blocks_per_sm(two, 256) >= 2, "{c:?}: {two}");
+            assert!(
+                c.blocks_per_sm(two + 1024, 256) < 2 || two == one,
+                "{c:?}: {two}"
+            );
+            assert_eq!(c.blocks_per_sm(one, 256), 1, "{c:?}");
+            assert_eq!(c.blocks_per_sm(one + 4, 256), 0, "{c:?}");
+        }
+        // The numbers the planner works with (KiB): 113/227, 81/163, 49/99, 32/64.
+        let kib = SmemClass::ALL.map(|c| c.budgets().map(|b| b / 1024));
+        assert_eq!(kib, [[113, 227], [81, 163], [49, 99], [32, 64]]);
+    }
+
+    #[test]
+    fn the_preprocessor_table_spells_the_same_ranges() {
+        let t = SmemClass::preprocessor_table();
+        assert!(t.contains(
+            "#elif (__CUDA_ARCH__ >= 800 && __CUDA_ARCH__ < 810) || \
+             (__CUDA_ARCH__ >= 870 && __CUDA_ARCH__ < 880)\n#define ATTNC_SMEM_CLASS 800"
+        ));
+        assert!(t.contains("#elif __CUDA_ARCH__ >= 800\n#define ATTNC_SMEM_CLASS 860"));
+        assert!(t.contains("#elif __CUDA_ARCH__ < 800\n#define ATTNC_SMEM_CLASS 750"));
+        assert_eq!(t.matches("#if").count(), 2);
+        assert_eq!(t.matches("#endif").count(), 2);
     }
 }

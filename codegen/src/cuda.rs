@@ -17,7 +17,7 @@
 //! Every fact printed here (shapes, live rows, shared-memory and scratch places, slots, launch
 //! sizes) comes from the plan.
 
-use crate::abi::{CudaLaunch, KernelInfo};
+use crate::abi::{ClassKernels, CudaLaunch, KernelInfo, SmemClass};
 use crate::back::{self, binary_symbol, ExprSyntax};
 use crate::plan::{
     tokens_first, CudaPlace, Expansion, Extent, Frame, Input, Op, Operand, Phases, Plan, Program,
@@ -73,52 +73,117 @@ pub fn emit(plan: &Plan, spec_text: &str) -> CudaProgram {
     src.push_str(PRELUDE);
     src.push('\n');
     src.push_str(&phi_functor(plan));
-    let printer = Printer {
-        plan,
-        bnhd: tokens_first(sig),
-    };
-    let (forward, step, work_per_chunk): (Vec<KernelInfo>, Vec<KernelInfo>, usize) =
-        match &plan.cuda {
-            Program::Linear(l) if l.rpe.is_some() => match &l.rpe {
-                Some(r) => printer.rpe(r, &mut src),
-                None => (Vec::new(), Vec::new(), 0),
-            },
-            Program::Linear(l) => {
-                let work = l.phases.spills.work_per_chunk;
-                // Momentum's forward is its step program over the whole sequence (fused
-                // recurrent).
-                let phases = (!sig.momentum).then(|| printer.phases(&l.phases, work, &mut src));
-                let step = printer.sequential("attnc_step", &l.step, work, &mut src);
-                let mut forward = phases.unwrap_or_else(|| vec![step]);
-                let mut step = vec![step];
-                if sig.conv > 0 {
-                    let tail = conv_tail_kernel(sig, printer.bnhd, &mut src);
-                    forward.push(tail);
-                    step.push(tail);
-                }
-                (forward, step, work)
-            }
-            Program::Softmax(s) => (vec![printer.softmax(s, &mut src)], Vec::new(), 0),
-        };
+    let bnhd = tokens_first(sig);
+    let classes: Vec<ClassOut> = plan
+        .cuda
+        .iter()
+        .map(|(class, program)| {
+            let printer = Printer {
+                plan,
+                bnhd,
+                class: *class,
+            };
+            printer.program(program)
+        })
+        .collect();
+    print_kernels(&classes, &mut src);
+    // The spill layout comes from the ops, not the placement: every class has the same.
+    let work_per_chunk = classes.first().map_or(0, |c| c.work);
+    let classes = classes
+        .into_iter()
+        .map(|c| ClassKernels {
+            class: c.class,
+            forward: Cow::Owned(c.forward.into_iter().map(|k| k.info).collect()),
+            step: Cow::Owned(c.step.into_iter().map(|k| k.info).collect()),
+        })
+        .collect::<Vec<_>>();
     CudaProgram {
         source: src,
         launch: CudaLaunch {
             signature: *sig,
             threads: CUDA_THREADS,
-            forward: Cow::Owned(forward),
-            step: Cow::Owned(step),
+            classes: Cow::Owned(classes),
             work_per_chunk,
             chunk_states: !plan.is_softmax() && !sig.momentum && !sig.rpe,
         },
     }
 }
 
+/// One printed kernel: its text and launch facts.
+#[derive(Clone)]
+struct Kernel {
+    info: KernelInfo,
+    text: String,
+}
+
+/// The kernels of one shared-memory class's program.
+struct ClassOut {
+    class: SmemClass,
+    forward: Vec<Kernel>,
+    step: Vec<Kernel>,
+    /// Floats per (batch, head, chunk) of `work`.
+    work: usize,
+}
+
+/// Prints every kernel once: a kernel whose text is the same for every class as it is, one
+/// that differs as one version per group of classes with the same text, each under
+/// `#if ATTNC_SMEM_CLASS == ...` (the source then starts with the class table).
+fn print_kernels(classes: &[ClassOut], src: &mut String) {
+    let mut names: Vec<&'static str> = Vec::new();
+    for c in classes {
+        for k in c.forward.iter().chain(&c.step) {
+            if !names.contains(&k.info.name) {
+                names.push(k.info.name);
+            }
+        }
+    }
+    let mut table_printed = false;
+    for name in names {
+        // (classes, text) groups, in class order.
+        let mut groups: Vec<(Vec<SmemClass>, &str)> = Vec::new();
+        for c in classes {
+            let Some(k) = c
+                .forward
+                .iter()
+                .chain(&c.step)
+                .find(|k| k.info.name == name)
+            else {
+                continue;
+            };
+            match groups.iter_mut().find(|(_, text)| *text == k.text) {
+                Some((members, _)) => members.push(c.class),
+                None => groups.push((vec![c.class], &k.text)),
+            }
+        }
+        if let [(_, text)] = groups.as_slice() {
+            src.push_str(text);
+            continue;
+        }
+        if !table_printed {
+            src.push('\n');
+            src.push_str(&SmemClass::preprocessor_table());
+            table_printed = true;
+        }
+        for (i, (members, text)) in groups.iter().enumerate() {
+            let cond: Vec<String> = members
+                .iter()
+                .map(|c| format!("ATTNC_SMEM_CLASS == {}", c.cuda_arch()))
+                .collect();
+            let directive = if i == 0 { "#if" } else { "#elif" };
+            let _ = write!(src, "\n{directive} {}", cond.join(" || "));
+            src.push_str(text);
+        }
+        src.push_str("#endif\n");
+    }
+}
+
 /// `short_conv`'s last kernel, after every load has read the incoming tails: the tails become
 /// the last w - 1 raw rows of q, k and v.
-fn conv_tail_kernel(sig: &crate::abi::Signature, bnhd: bool, src: &mut String) -> KernelInfo {
+fn conv_tail_kernel(sig: &crate::abi::Signature, bnhd: bool, class: SmemClass) -> Kernel {
     let name = "attnc_conv_tail";
+    let mut text = String::new();
     let _ = writeln!(
-        src,
+        text,
         "\n// short_conv, one block per batch x head: the carried tails become the last w - 1 raw \
          rows of q, k and v.\n\
          extern \"C\" __global__ void {name}({PARAMS}) {{\n\
@@ -137,11 +202,15 @@ fn conv_tail_kernel(sig: &crate::abi::Signature, bnhd: bool, src: &mut String) -
         dv = sig.dv,
         kw = sig.conv,
     );
-    KernelInfo {
-        name,
-        grid: crate::abi::Grid::Heads,
-        smem_bytes: 0,
-        scratch_floats: 0,
+    Kernel {
+        info: KernelInfo {
+            name,
+            class,
+            grid: crate::abi::Grid::Heads,
+            smem_bytes: 0,
+            scratch_floats: 0,
+        },
+        text,
     }
 }
 
@@ -154,33 +223,63 @@ fn phi_functor(plan: &Plan) -> String {
     )
 }
 
+/// Prints one class's program.
 struct Printer<'a> {
     plan: &'a Plan,
     bnhd: bool,
+    class: SmemClass,
 }
 
 impl Printer<'_> {
-    fn phases(&self, p: &Phases<CudaPlace>, work: usize, src: &mut String) -> Vec<KernelInfo> {
+    /// The kernels of `program` for `forward` and `step`.
+    fn program(&self, program: &Program<CudaPlace>) -> ClassOut {
+        let sig = &self.plan.signature;
+        let (forward, step, work) = match program {
+            Program::Linear(l) => match &l.rpe {
+                Some(r) => self.rpe(r),
+                None => {
+                    let work = l.phases.spills.work_per_chunk;
+                    // Momentum's forward is its step program over the whole sequence (fused
+                    // recurrent).
+                    let phases = (!sig.momentum).then(|| self.phases(&l.phases, work));
+                    let step = self.sequential("attnc_step", &l.step, work);
+                    let mut forward = phases.unwrap_or_else(|| vec![step.clone()]);
+                    let mut step = vec![step];
+                    if sig.conv > 0 {
+                        let tail = conv_tail_kernel(sig, self.bnhd, self.class);
+                        forward.push(tail.clone());
+                        step.push(tail);
+                    }
+                    (forward, step, work)
+                }
+            },
+            Program::Softmax(s) => (vec![self.softmax(s)], Vec::new(), 0),
+        };
+        ClassOut {
+            class: self.class,
+            forward,
+            step,
+            work,
+        }
+    }
+
+    fn phases(&self, p: &Phases<CudaPlace>, work: usize) -> Vec<Kernel> {
         // Additive and gated updates fuse phase (a) into the scan: no intra kernel.
         let intra = p.intra.passes.iter().any(|ops| !ops.is_empty());
         let mut kernels = Vec::new();
         if intra {
-            kernels.push(self.parallel("attnc_intra", &p.intra, work, src));
+            kernels.push(self.parallel("attnc_intra", &p.intra, work));
         }
-        kernels.push(self.sequential("attnc_scan", &p.scan, work, src));
-        kernels.push(self.parallel("attnc_output", &p.output, work, src));
+        kernels.push(self.sequential("attnc_scan", &p.scan, work));
+        kernels.push(self.parallel("attnc_output", &p.output, work));
         kernels
     }
 
     /// Phases (a) and (c): each block takes chunks with stride gridDim.x (one chunk per block
     /// unless the kernel has scratch, see `Grid::Chunks`).
-    fn parallel(
-        &self,
-        name: &'static str,
-        r: &Routine<CudaPlace>,
-        work: usize,
-        src: &mut String,
-    ) -> KernelInfo {
+    fn parallel(&self, name: &'static str, r: &Routine<CudaPlace>, work: usize) -> Kernel {
+        let mut text = String::new();
+        let src = &mut text;
         let doc = match (self.plan.signature.rpe, r.frame.kind == RoutineKind::Intra) {
             (true, _) => {
                 "rpe = toeplitz, one block per (chunk, batch x head): q~, k~ and v to the chunk's \
@@ -202,18 +301,14 @@ impl Printer<'_> {
             self.emit_op(op, "    ", src);
         }
         src.push_str("  }\n}\n");
-        self.info(name, &r.frame)
+        self.kernel(name, &r.frame, text)
     }
 
     /// Phase (b) and the step routine: chunks in order, the state carried in `t_s` (and
     /// `t_z`), read from `s` (`z`) first and written back last.
-    fn sequential(
-        &self,
-        name: &'static str,
-        r: &Routine<CudaPlace>,
-        work: usize,
-        src: &mut String,
-    ) -> KernelInfo {
+    fn sequential(&self, name: &'static str, r: &Routine<CudaPlace>, work: usize) -> Kernel {
+        let mut text = String::new();
+        let src = &mut text;
         let scan = r.frame.kind == RoutineKind::Scan;
         let doc = if scan {
             "Phase (b), one block per (column block of the state, batch x head): chunks in order."
@@ -261,12 +356,14 @@ impl Printer<'_> {
             src.push_str("  if (lead) attnc::copy<F>(mom_z + (long)bh * F, t_mz);\n");
         }
         src.push_str("}\n");
-        self.info(name, &r.frame)
+        self.kernel(name, &r.frame, text)
     }
 
     /// Softmax: one query tile per block, its key tiles in order.
-    fn softmax(&self, t: &Softmax<CudaPlace>, src: &mut String) -> KernelInfo {
+    fn softmax(&self, t: &Softmax<CudaPlace>) -> Kernel {
         let name = "attnc_softmax";
+        let mut text = String::new();
+        let src = &mut text;
         self.preamble(
             name,
             "Exact softmax attention, one block per (query tile, batch x head): online softmax over key tiles.",
@@ -305,7 +402,7 @@ impl Printer<'_> {
             self.emit_op(op, "    ", src);
         }
         src.push_str("  }\n}\n");
-        self.info(name, &t.frame)
+        self.kernel(name, &t.frame, text)
     }
 
     /// One op as one call and a barrier.
@@ -334,19 +431,16 @@ impl Printer<'_> {
     /// `rpe = toeplitz`'s `forward` (no step): the features program spills q~, k~ and v per
     /// chunk; one block per (pair of value columns, batch x head) convolves them with the
     /// Toeplitz weights by FFT (`attnc::rpe_columns`); with the normaliser a last kernel divides.
-    fn rpe(
-        &self,
-        r: &crate::plan::Rpe<CudaPlace>,
-        src: &mut String,
-    ) -> (Vec<KernelInfo>, Vec<KernelInfo>, usize) {
+    fn rpe(&self, r: &crate::plan::Rpe<CudaPlace>) -> (Vec<Kernel>, Vec<Kernel>, usize) {
         let (features, spills, causal) = (&r.features, &r.spills, r.causal);
         let sig = &self.plan.signature;
         let work = spills.work_per_chunk;
-        let mut forward = vec![self.parallel("attnc_rpe_features", features, work, src)];
+        let mut forward = vec![self.parallel("attnc_rpe_features", features, work)];
         let at = |t| spills.slot(t).map_or(0, |s| s.offset);
         let pairs = (sig.dv + usize::from(sig.normalized)).div_ceil(2);
+        let mut text = String::new();
         let _ = writeln!(
-            src,
+            text,
             "\n// rpe = toeplitz, one block per (pair of value columns, batch x head): each column \
              of k~_f v (f < F) convolved with\n// the Toeplitz weights exp(bias) by FFT (f64), \
              weighted by q~_f and summed.\n\
@@ -369,15 +463,20 @@ impl Printer<'_> {
             norm = sig.normalized,
             bnhd = self.bnhd,
         );
-        forward.push(KernelInfo {
-            name: "attnc_rpe_fft",
-            grid: crate::abi::Grid::Columns(pairs as u32),
-            smem_bytes: 0,
-            scratch_floats: 0,
+        forward.push(Kernel {
+            info: KernelInfo {
+                name: "attnc_rpe_fft",
+                class: self.class,
+                grid: crate::abi::Grid::Columns(pairs as u32),
+                smem_bytes: 0,
+                scratch_floats: 0,
+            },
+            text,
         });
         if sig.normalized {
+            let mut text = String::new();
             let _ = writeln!(
-                src,
+                text,
                 "\n// rpe = toeplitz with normalize = sum, one block per (chunk, batch x head): \
                  outputs over their denominators.\n\
                  extern \"C\" __global__ void attnc_rpe_divide({PARAMS}) {{\n\
@@ -393,23 +492,31 @@ impl Printer<'_> {
                 bnhd = self.bnhd,
                 eps = float(crate::plan::NORMALIZER_EPS),
             );
-            forward.push(KernelInfo {
-                name: "attnc_rpe_divide",
-                grid: crate::abi::Grid::Chunks,
-                smem_bytes: 0,
-                scratch_floats: 0,
+            forward.push(Kernel {
+                info: KernelInfo {
+                    name: "attnc_rpe_divide",
+                    class: self.class,
+                    grid: crate::abi::Grid::Chunks,
+                    smem_bytes: 0,
+                    scratch_floats: 0,
+                },
+                text,
             });
         }
         (forward, Vec::new(), work)
     }
 
-    /// A kernel's launch facts, from its frame.
-    fn info(&self, name: &'static str, frame: &Frame<CudaPlace>) -> KernelInfo {
-        KernelInfo {
-            name,
-            grid: frame.grid(self.plan.signature.dv),
-            smem_bytes: (frame.memory.near * 4) as u32,
-            scratch_floats: frame.memory.far,
+    /// A printed kernel with its launch facts, from its frame.
+    fn kernel(&self, name: &'static str, frame: &Frame<CudaPlace>, text: String) -> Kernel {
+        Kernel {
+            info: KernelInfo {
+                name,
+                class: self.class,
+                grid: frame.grid(self.plan.signature.dv),
+                smem_bytes: (frame.memory.near * 4) as u32,
+                scratch_floats: frame.memory.far,
+            },
+            text,
         }
     }
 

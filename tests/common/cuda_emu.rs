@@ -11,7 +11,7 @@
 
 use super::{to_bnhd, Inputs};
 use attnc::spec::{Layout, Spec};
-use attnc_codegen::abi::{CudaLaunch, Grid, KernelInfo};
+use attnc_codegen::abi::{ClassKernels, CudaLaunch, Grid, KernelInfo, SmemClass};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -278,6 +278,28 @@ fn check_inputs(launch: &CudaLaunch, bh: usize, n: usize, x: &EmuInputs) -> Resu
     Ok(())
 }
 
+/// The classes whose kernels differ (in shared memory, scratch or grid) from every class
+/// before them: the others run the same kernels.
+pub fn distinct_classes(launch: &CudaLaunch) -> Vec<&ClassKernels> {
+    let facts = |c: &ClassKernels| -> Vec<(&str, Grid, u32, usize)> {
+        c.forward
+            .iter()
+            .chain(c.step.iter())
+            .map(|k| (k.name, k.grid, k.smem_bytes, k.scratch_floats))
+            .collect()
+    };
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    for c in launch.classes.iter() {
+        let f = facts(c);
+        if !seen.contains(&f) {
+            seen.push(f);
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Compiles `source` (cached by a hash of source in env!("CARGO_TARGET_TMPDIR")/cuda_emu/) with
 /// the shim and harness, then runs `kernels` in order for `bh` = batch*heads, `heads`, `n`
 /// tokens. `out` has v's length.
@@ -291,7 +313,16 @@ pub fn run(
     inputs: &EmuInputs,
 ) -> Result<EmuOutputs, String> {
     check_inputs(launch, bh, n, inputs)?;
-    let bin = compile(source)?;
+    // The kernels' shared-memory class selects their versions in the source, as __CUDA_ARCH__
+    // does on a GPU.
+    let class = kernels.first().map_or(SmemClass::Sm90, |k| k.class);
+    if kernels.iter().any(|k| k.class != class) {
+        return Err("the kernels of one run come from one shared-memory class".into());
+    }
+    let bin = compile(&format!(
+        "#define ATTNC_SMEM_CLASS {}\n{source}",
+        class.cuda_arch()
+    ))?;
 
     // Unused or empty pointers still get a valid (NaN) allocation, as the launch contract says.
     fn or_nan(x: &[f32]) -> &[f32] {

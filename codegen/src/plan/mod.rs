@@ -21,11 +21,11 @@ pub use ir::{
 };
 pub use resolve::{
     column_block, Cpu, Cuda, Frame, Lifetime, Memory, RoutineKind, SpillLayout, Target,
-    CUDA_THREADS, SLOT_ALIGN, SMEM_BUDGET_FLOATS, STACK_TILE_MAX,
+    CUDA_THREADS, SLOT_ALIGN, STACK_TILE_MAX,
 };
 pub use validate::PlanError;
 
-use crate::abi::{BackwardAlgorithm, BackwardPlan, Layout, Signature};
+use crate::abi::{BackwardAlgorithm, BackwardPlan, Layout, Signature, SmemClass};
 use crate::spec::{
     BinOp, BinaryFn, CmpOp, Cond, Expr, FeatureMap, Normalize, Precision, Spec, UnaryFn,
 };
@@ -144,8 +144,10 @@ pub struct Plan {
     pub backward: BackwardPlan,
     /// The CPU's programs.
     pub cpu: Program<CpuPlace>,
-    /// CUDA's programs.
-    pub cuda: Program<CudaPlace>,
+    /// CUDA's programs, one per shared-memory class, in [`SmemClass::ALL`]'s order: each
+    /// class's tiles are placed for its budgets, so a kernel that fits two blocks per SM on
+    /// sm_90 may split its value columns, or take one block per SM, on sm_80.
+    pub cuda: Vec<(SmemClass, Program<CudaPlace>)>,
     /// The arithmetic of CUDA's products on tensor cores.
     pub precision: Precision,
     /// Problems found while resolving (planner bugs; reported by [`Plan::validate`]).
@@ -157,33 +159,32 @@ impl Plan {
     pub fn new(spec: &Spec) -> Plan {
         let signature = signature(spec);
         let mut problems = Vec::new();
+        let classes = SmemClass::ALL.map(|class| Cuda { class });
         let (cpu, cuda) = if spec.feature_map == FeatureMap::Softmax {
             let program = build::softmax(spec);
+            let cuda = classes
+                .iter()
+                .map(|c| {
+                    let p = softmax(c, &signature, &program, &mut problems);
+                    (c.class, Program::Softmax(Box::new(p)))
+                })
+                .collect();
             (
-                Program::Softmax(Box::new(softmax::<Cpu>(
-                    &signature,
-                    &program,
-                    &mut problems,
-                ))),
-                Program::Softmax(Box::new(softmax::<Cuda>(
-                    &signature,
-                    &program,
-                    &mut problems,
-                ))),
+                Program::Softmax(Box::new(softmax(&Cpu, &signature, &program, &mut problems))),
+                cuda,
             )
         } else {
             let programs = build::linear(spec);
+            let cuda = classes
+                .iter()
+                .map(|c| {
+                    let p = linear(c, &signature, &programs, &mut problems);
+                    (c.class, Program::Linear(Box::new(p)))
+                })
+                .collect();
             (
-                Program::Linear(Box::new(linear::<Cpu>(
-                    &signature,
-                    &programs,
-                    &mut problems,
-                ))),
-                Program::Linear(Box::new(linear::<Cuda>(
-                    &signature,
-                    &programs,
-                    &mut problems,
-                ))),
+                Program::Linear(Box::new(linear(&Cpu, &signature, &programs, &mut problems))),
+                cuda,
             )
         };
         let dphi = crate::deriv::feature_map_derivative(&spec.feature_map);
@@ -201,6 +202,11 @@ impl Plan {
             precision: spec.precision,
             problems,
         }
+    }
+
+    /// CUDA's program for GPUs of `class`.
+    pub fn cuda_for(&self, class: SmemClass) -> Option<&Program<CudaPlace>> {
+        self.cuda.iter().find(|(c, _)| *c == class).map(|(_, p)| p)
     }
 
     /// Whether the spec is exact softmax attention (no recurrent state, `forward` only).
@@ -377,6 +383,7 @@ pub fn fold_transposes(sections: &[Vec<BuiltOp>]) -> Vec<Vec<BuiltOp>> {
 
 /// A routine: its frame on target `T` and its passes resolved against it.
 fn routine<T: Target>(
+    target: &T,
     sig: &Signature,
     kind: RoutineKind,
     passes: &[Vec<BuiltOp>],
@@ -389,7 +396,13 @@ fn routine<T: Target>(
     } else {
         passes
     };
-    let frame = resolve::frame::<T>(sig, kind, passes.iter().flatten(), &loops(kind, passes));
+    let frame = resolve::frame(
+        target,
+        sig,
+        kind,
+        passes.iter().flatten(),
+        &loops(kind, passes),
+    );
     let marked;
     let passes = if T::LOADS_IN_PLACE {
         marked = in_place_loads(passes);
@@ -425,6 +438,7 @@ fn loops(kind: RoutineKind, passes: &[Vec<BuiltOp>]) -> Vec<std::ops::Range<usiz
 }
 
 fn linear<T: Target>(
+    target: &T,
     sig: &Signature,
     p: &build::LinearPrograms,
     problems: &mut Vec<PlanError>,
@@ -437,7 +451,7 @@ fn linear<T: Target>(
     let spilled: Vec<BuiltOp> = intra_ops.iter().chain(scan_ops).cloned().collect();
     let spills = SpillLayout::new(sig, &spilled);
     let phase = |kind, ops: &[BuiltOp], problems: &mut Vec<PlanError>| {
-        routine::<T>(sig, kind, &[spills.assign(ops)], problems)
+        routine(target, sig, kind, &[spills.assign(ops)], problems)
     };
     let intra = phase(RoutineKind::Intra, intra_ops, problems);
     let scan = phase(RoutineKind::Scan, scan_ops, problems);
@@ -446,8 +460,9 @@ fn linear<T: Target>(
         .iter()
         .any(|op| matches!(op, Op::MatMul { .. } | Op::MatMulBt { .. }));
     Linear {
-        forward: routine::<T>(sig, RoutineKind::Forward, &p.passes, problems),
-        step: routine::<T>(
+        forward: routine(target, sig, RoutineKind::Forward, &p.passes, problems),
+        step: routine(
+            target,
             sig,
             RoutineKind::Step,
             std::slice::from_ref(&p.step),
@@ -464,7 +479,7 @@ fn linear<T: Target>(
             let spills = SpillLayout::new(sig, ops);
             let ops = spills.assign(ops);
             Rpe {
-                features: routine::<T>(sig, RoutineKind::Intra, &[ops], problems),
+                features: routine(target, sig, RoutineKind::Intra, &[ops], problems),
                 spills,
                 causal: *causal,
             }
@@ -473,6 +488,7 @@ fn linear<T: Target>(
 }
 
 fn softmax<T: Target>(
+    target: &T,
     sig: &Signature,
     p: &build::SoftmaxProgram,
     problems: &mut Vec<PlanError>,
@@ -489,7 +505,8 @@ fn softmax<T: Target>(
     // and update.
     let all = sections.iter().map(Vec::len).sum();
     let keys = prologue.len()..prologue.len() + body.len() + diagonal.len() + update.len();
-    let frame = resolve::frame::<T>(
+    let frame = resolve::frame(
+        target,
         sig,
         RoutineKind::Softmax,
         sections.iter().flatten(),

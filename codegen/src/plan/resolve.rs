@@ -3,16 +3,12 @@
 
 use super::build::BuiltOp;
 use super::ir::{Access, CpuPlace, CudaPlace, Dim, DimOf, Extent, Op, Operand, Slot, Tile};
-use crate::abi::{Grid, Signature};
+use crate::abi::{Grid, Signature, SmemClass};
 use std::collections::BTreeMap;
 use std::ops::Range;
 
 /// Threads per CUDA block, every kernel.
 pub const CUDA_THREADS: u32 = 256;
-
-/// Shared memory one CUDA block may use for tiles, in floats (96 KiB: fits sm_80, sm_86/89,
-/// sm_90). Tiles beyond it go to the block's global scratch.
-pub const SMEM_BUDGET_FLOATS: usize = 96 * 1024 / 4;
 
 /// CPU tiles of at most this many floats are stack arrays; larger ones are heap tiles.
 pub const STACK_TILE_MAX: usize = 2048;
@@ -348,15 +344,21 @@ const CPU_ORDER: [Tile; 22] = [
 pub trait Target {
     /// Where a tile lives.
     type Place: Copy + std::fmt::Debug + PartialEq;
-    /// Places a routine's tiles; returns them in declaration order, with the footprint.
+    /// Places a routine's tiles with `budget` floats of near memory; returns them in
+    /// declaration order, with the footprint.
     fn place(
+        &self,
         kind: RoutineKind,
         tiles: Vec<Operand<()>>,
         lifetimes: &BTreeMap<Tile, Lifetime>,
+        budget: usize,
     ) -> (Vec<Operand<Self::Place>>, Memory);
-    /// Value columns of a routine's value tiles, in order of preference: the first whose tiles
-    /// all fit the target's near memory is taken, else the first.
-    fn value_cols(kind: RoutineKind, dv: usize) -> Vec<usize>;
+    /// Value columns of a routine's value tiles, in order of preference.
+    fn value_cols(&self, kind: RoutineKind, dv: usize) -> Vec<usize>;
+    /// Near-memory budgets in floats, in order of preference. A frame takes the first
+    /// (budget, value columns) pair, budgets first, under which its tiles all fit near memory;
+    /// when none does, the first value columns under the last budget.
+    fn budgets(&self) -> Vec<usize>;
     /// Whether a load the chunk program only reads may read its input in place.
     const LOADS_IN_PLACE: bool;
     /// Whether phase (a) of additive and gated updates runs inside the scan
@@ -381,9 +383,11 @@ impl Target for Cpu {
 
     // Stack arrays: the compiler reuses their storage itself.
     fn place(
+        &self,
         kind: RoutineKind,
         tiles: Vec<Operand<()>>,
         _: &BTreeMap<Tile, Lifetime>,
+        _: usize,
     ) -> (Vec<Operand<CpuPlace>>, Memory) {
         let mut memory = Memory::default();
         let mut out = Vec::new();
@@ -409,15 +413,25 @@ impl Target for Cpu {
         (out, memory)
     }
 
-    fn value_cols(_: RoutineKind, dv: usize) -> Vec<usize> {
+    fn value_cols(&self, _: RoutineKind, dv: usize) -> Vec<usize> {
         vec![dv]
+    }
+
+    // Tiles above STACK_TILE_MAX go to the heap whatever the budget.
+    fn budgets(&self) -> Vec<usize> {
+        vec![usize::MAX]
     }
 }
 
-/// CUDA: tiles whose lifetimes are disjoint share addresses (first fit: shared memory within
-/// [`SMEM_BUDGET_FLOATS`], else the block's scratch), placed largest first or first alive first,
-/// whichever needs less; declared in name order.
-pub struct Cuda;
+/// CUDA on GPUs of one shared-memory class: tiles whose lifetimes are disjoint share addresses
+/// (first fit: shared memory within the budget, else the block's scratch), placed largest first
+/// or first alive first, whichever needs less; declared in name order. The budgets are the
+/// class's ([`SmemClass::budgets`]): two blocks per SM if the kernel fits, else one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cuda {
+    /// The GPUs planned for.
+    pub class: SmemClass,
+}
 
 impl Target for Cuda {
     // Every tile is staged in shared memory.
@@ -431,9 +445,11 @@ impl Target for Cuda {
     // Two orders, largest first and first alive first; the one with less scratch (then less
     // shared memory) wins.
     fn place(
+        &self,
         _: RoutineKind,
         tiles: Vec<Operand<()>>,
         lifetimes: &BTreeMap<Tile, Lifetime>,
+        budget: usize,
     ) -> (Vec<Operand<CudaPlace>>, Memory) {
         let life = |o: &Operand<()>| lifetimes.get(&o.tile).copied().unwrap_or(Lifetime::ALWAYS);
         let mut by_size = tiles.clone();
@@ -442,8 +458,8 @@ impl Target for Cuda {
         by_first_use
             .sort_by_key(|o| (life(o).first, std::cmp::Reverse(o.cuda_footprint()), o.tile));
         let (a, b) = (
-            first_fit_all(by_size, lifetimes),
-            first_fit_all(by_first_use, lifetimes),
+            first_fit_all(by_size, lifetimes, budget),
+            first_fit_all(by_first_use, lifetimes, budget),
         );
         if (b.1.far, b.1.near) < (a.1.far, a.1.near) {
             b
@@ -455,7 +471,11 @@ impl Target for Cuda {
     // The scan splits its state into column blocks for parallelism. Phase (c) splits its value
     // tiles (fla's BV blocking) into at most 4 blocks, and only when that keeps every tile out of
     // scratch: each block recomputes the chunk's scores and reads q and k again.
-    fn value_cols(kind: RoutineKind, dv: usize) -> Vec<usize> {
+    fn budgets(&self) -> Vec<usize> {
+        self.class.budgets().map(|bytes| bytes / 4).to_vec()
+    }
+
+    fn value_cols(&self, kind: RoutineKind, dv: usize) -> Vec<usize> {
         match kind {
             // Halved once when the state's block and the chunk's tiles overflow shared memory
             // (Gated DeltaNet at d = 128).
@@ -475,11 +495,12 @@ impl Target for Cuda {
 }
 
 /// CUDA places in the given order, each tile at the lowest address where it overlaps no tile
-/// alive at the same time: in shared memory while within [`SMEM_BUDGET_FLOATS`], else in the
-/// block's scratch. Returned in name order.
+/// alive at the same time: in shared memory while within `budget` floats, else in the block's
+/// scratch. Returned in name order.
 fn first_fit_all(
     tiles: Vec<Operand<()>>,
     lifetimes: &BTreeMap<Tile, Lifetime>,
+    budget: usize,
 ) -> (Vec<Operand<CudaPlace>>, Memory) {
     let mut memory = Memory::default();
     let mut shared: Vec<Span> = Vec::new();
@@ -490,7 +511,7 @@ fn first_fit_all(
             let len = o.cuda_footprint().next_multiple_of(SLOT_ALIGN);
             let life = lifetimes.get(&o.tile).copied().unwrap_or(Lifetime::ALWAYS);
             let at = first_fit(&shared, len, life);
-            let place = if at + len <= SMEM_BUDGET_FLOATS {
+            let place = if at + len <= budget {
                 shared.push(Span { at, len, life });
                 memory.near = memory.near.max(at + len);
                 CudaPlace::Shared(at)
@@ -542,10 +563,12 @@ pub fn column_block(dv: usize) -> usize {
         .unwrap_or(dv)
 }
 
-/// A routine's frame on target `T`: its tiles resolved and placed.
+/// A routine's frame on `target`: its tiles resolved and placed, under the first of the
+/// target's (budget, value columns) choices that needs no far memory ([`Target::budgets`]).
 ///
 /// `ops` are the routine's ops in program order; `loops` the ranges of them its kernel repeats.
 pub fn frame<'a, T: Target>(
+    target: &T,
     sig: &Signature,
     kind: RoutineKind,
     ops: impl Iterator<Item = &'a BuiltOp> + Clone,
@@ -563,12 +586,12 @@ pub fn frame<'a, T: Target>(
     for t in &used {
         lifetimes.entry(*t).or_insert(Lifetime::ALWAYS);
     }
-    let place = |value_cols: usize| {
+    let place = |value_cols: usize, budget: usize| {
         let tiles: Vec<Operand<()>> = used
             .iter()
             .map(|t| unplaced(sig, kind, *t, chunk, value_cols))
             .collect();
-        let (tiles, memory) = T::place(kind, tiles, &lifetimes);
+        let (tiles, memory) = target.place(kind, tiles, &lifetimes, budget);
         Frame {
             kind,
             chunk,
@@ -578,17 +601,19 @@ pub fn frame<'a, T: Target>(
             lifetimes: lifetimes.clone(),
         }
     };
-    let choices = T::value_cols(kind, sig.dv);
-    let first = place(choices.first().copied().unwrap_or(sig.dv));
-    if first.memory.far == 0 {
-        return first;
-    }
-    choices
+    let widths = target.value_cols(kind, sig.dv);
+    let budgets = target.budgets();
+    let fits = budgets
         .iter()
-        .skip(1)
-        .map(|w| place(*w))
-        .find(|f| f.memory.far == 0)
-        .unwrap_or(first)
+        .flat_map(|b| widths.iter().map(move |w| (*w, *b)))
+        .map(|(w, b)| place(w, b))
+        .find(|f| f.memory.far == 0);
+    fits.unwrap_or_else(|| {
+        place(
+            widths.first().copied().unwrap_or(sig.dv),
+            budgets.last().copied().unwrap_or(0),
+        )
+    })
 }
 
 /// Resolves ops against a frame. The frame was made from the same ops, so every operand is

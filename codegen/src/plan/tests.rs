@@ -104,10 +104,16 @@ fn linear_cpu(plan: &mut Plan) -> &mut Linear<CpuPlace> {
 }
 
 fn linear_cuda(plan: &mut Plan) -> &mut Linear<CudaPlace> {
-    match &mut plan.cuda {
-        Program::Linear(l) => l,
-        Program::Softmax(_) => panic!("a linear spec"),
+    match plan.cuda.first_mut() {
+        Some((_, Program::Linear(l))) => l,
+        _ => panic!("a linear spec"),
     }
+}
+
+/// The sm_90 class's program.
+fn sm90(plan: &Plan) -> &Program<CudaPlace> {
+    plan.cuda_for(SmemClass::Sm90)
+        .expect("every class is planned")
 }
 
 fn messages(plan: &Plan) -> String {
@@ -175,7 +181,7 @@ fn a_fill_of_a_tile_never_spilled_is_reported() {
 #[test]
 fn shared_memory_over_the_budget_is_reported() {
     let mut plan = Plan::new(&Spec::with_head_dim(16));
-    linear_cuda(&mut plan).phases.output.frame.memory.near = SMEM_BUDGET_FLOATS + 1;
+    linear_cuda(&mut plan).phases.output.frame.memory.near = 227 * 1024 / 4 + 1;
     let msg = messages(&plan);
     assert!(
         msg.contains("Output routine") && msg.contains("shared memory"),
@@ -201,7 +207,7 @@ fn lifetimes_follow_the_loops() {
     let mut spec = Spec::with_head_dim(16);
     spec.feature_map = FeatureMap::Softmax;
     let plan = Plan::new(&spec);
-    let Program::Softmax(t) = &plan.cuda else {
+    let Program::Softmax(t) = sm90(&plan) else {
         panic!("a softmax spec")
     };
     let life = |tile| t.frame.lifetimes[&tile];
@@ -220,7 +226,8 @@ fn lifetimes_follow_the_loops() {
     let cpu_life = |tile| cpu.frame.lifetimes[&tile];
     assert!(!cpu_life(Tile::K).overlaps(&cpu_life(Tile::A)));
     // The carried state of a scan is alive throughout.
-    let Program::Linear(l) = &Plan::new(&Spec::with_head_dim(16)).cuda else {
+    let plan = Plan::new(&Spec::with_head_dim(16));
+    let Program::Linear(l) = sm90(&plan) else {
         panic!("a linear spec")
     };
     assert_eq!(l.phases.scan.frame.lifetimes[&Tile::S], Lifetime::ALWAYS);
@@ -293,7 +300,7 @@ fn cuda_scan_blocks_value_columns_and_tiles_share_no_memory() {
     let mut spec = Spec::with_head_dim(64);
     spec.value_dim = 48;
     let plan = Plan::new(&spec);
-    let Program::Linear(l) = &plan.cuda else {
+    let Program::Linear(l) = sm90(&plan) else {
         panic!("a linear spec")
     };
     assert_eq!(l.phases.scan.frame.value_cols, 16);
@@ -376,7 +383,7 @@ fn loads_read_in_place_only_what_the_chunk_never_writes() {
     // Plain: q is scaled in its tile (copied), k and v are only read (in place); CUDA stages
     // every tile in shared memory.
     let plan = Plan::new(&Spec::with_head_dim(64));
-    let (Program::Linear(cpu), Program::Linear(cuda)) = (&plan.cpu, &plan.cuda) else {
+    let (Program::Linear(cpu), Program::Linear(cuda)) = (&plan.cpu, sm90(&plan)) else {
         panic!("a linear spec");
     };
     assert_eq!(

@@ -2,9 +2,9 @@
 //! it is written, a product of mismatched shapes, overlapping slots, or a launch over the limits.
 
 use super::ir::{Access, CudaPlace, Op, Operand, Slot, Tile};
-use super::resolve::{Frame, Lifetime, Memory, RoutineKind, SMEM_BUDGET_FLOATS};
+use super::resolve::{Frame, Lifetime, Memory, RoutineKind};
 use super::{Linear, Plan, Program, ResolvedOp, Routine, Softmax, CUDA_THREADS};
-use crate::abi::Signature;
+use crate::abi::{Signature, SmemClass};
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -22,9 +22,6 @@ impl std::error::Error for PlanError {}
 
 /// Bytes of stack one CPU routine may use for its tiles (rayon's worker threads have 2 MiB).
 pub const CPU_STACK_MAX_BYTES: usize = 256 * 1024;
-
-/// Dynamic shared memory a CUDA block may opt into on the oldest supported arch (sm_80).
-const CUDA_SMEM_MAX_BYTES: usize = 163 * 1024;
 
 /// The largest grid dimension y or z of a CUDA launch.
 const CUDA_GRID_YZ_MAX: usize = 65_535;
@@ -47,9 +44,14 @@ impl Plan {
             }
         });
         check_cpu_products(&self.cpu, &mut errors);
-        check_program(&self.signature, &self.cuda, &mut errors, |frame, errors| {
-            check_cuda_frame(&self.signature, frame, errors)
-        });
+        for class in SmemClass::ALL {
+            match self.cuda_for(class) {
+                Some(program) => check_program(&self.signature, program, &mut errors, |f, e| {
+                    check_cuda_frame(&self.signature, class, f, e)
+                }),
+                None => errors.push(PlanError(format!("no CUDA program for {class:?}"))),
+            }
+        }
         if CUDA_THREADS > 1024 || !CUDA_THREADS.is_multiple_of(32) {
             errors.push(PlanError(format!(
                 "{CUDA_THREADS} threads per block: must be a multiple of 32, at most 1024"
@@ -280,14 +282,19 @@ fn slot_len<P>(l: &Linear<P>, t: Tile, slot: Slot) -> usize {
         .map_or(0, |o| o.rows.n * slot.row_len)
 }
 
-/// CUDA: shared memory within the budget and the hardware limit, places disjoint, column
+/// CUDA: shared memory within what a block of the class may have, places disjoint, column
 /// blocks that tile the value columns, grids within the launch limits.
-fn check_cuda_frame(sig: &Signature, frame: &Frame<CudaPlace>, errors: &mut Vec<PlanError>) {
+fn check_cuda_frame(
+    sig: &Signature,
+    class: SmemClass,
+    frame: &Frame<CudaPlace>,
+    errors: &mut Vec<PlanError>,
+) {
     let Memory { near, .. } = frame.memory;
-    if near > SMEM_BUDGET_FLOATS || near * 4 > CUDA_SMEM_MAX_BYTES {
+    if near * 4 > class.max_block_smem() {
         errors.push(err(
             frame.kind,
-            format!("{} bytes of shared memory", near * 4),
+            format!("{} bytes of shared memory on {class:?}", near * 4),
         ));
     }
     // Two tiles may share addresses only if they never hold values at the same time.

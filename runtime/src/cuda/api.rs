@@ -5,7 +5,7 @@
 //! with the one parameter list every attnc kernel has (see [`super::launch`]).
 
 use super::backend::Buf;
-use super::launch::{CudaLaunch, KernelInfo};
+use super::launch::{ClassKernels, CudaLaunch, KernelInfo};
 use super::{CudaDevice, CudaState, CudaTensor};
 use crate::check::{Problem, ScalarRule};
 use crate::error::{Error, Result};
@@ -84,7 +84,7 @@ fn check_spec(
     f_dv: (usize, usize),
     (beta, g): (bool, bool),
     proj: Option<[usize; 2]>,
-    kernels: &[KernelInfo],
+    kernels: fn(&ClassKernels) -> &[KernelInfo],
 ) -> Result<()> {
     if f_dv != (launch.signature.f, launch.signature.dv) {
         return Err(Error::Internal(
@@ -110,7 +110,7 @@ fn check_spec(
         }
         _ => {}
     }
-    if kernels.is_empty() {
+    if launch.classes.is_empty() || launch.classes.iter().any(|c| kernels(c).is_empty()) {
         return Err(Error::Internal(
             "this spec has no CUDA kernels for this call",
         ));
@@ -125,7 +125,7 @@ pub(crate) fn check_forward(launch: &CudaLaunch, x: &ForwardShapes) -> Result<Pr
         x.f_dv,
         (x.beta.is_some(), x.g.is_some()),
         x.proj,
-        &launch.forward,
+        |c| &c.forward,
     )?;
     let p = Problem::from_q(launch.signature.layout, x.q)?;
     if x.out_bh != (p.batch, p.heads) {
@@ -168,7 +168,7 @@ pub(crate) fn check_step(launch: &CudaLaunch, x: &StepShapes) -> Result<Problem>
         x.f_dv,
         (x.beta.is_some(), x.g.is_some()),
         x.proj,
-        &launch.step,
+        |c| &c.step,
     )?;
     let [batch, heads, _] = x.q;
     let p = Problem::step(batch, heads);
@@ -451,9 +451,12 @@ pub(crate) fn launch_call(
         Some(t) => checked_scalars(ctx, p, names[1], ScalarRule::LogDecay, t, per_token)?,
         None => None,
     };
+    let class = c.launch.kernels(c.dev.smem_class()).ok_or(Error::Internal(
+        "the spec's launch has no kernels for this GPU's shared-memory class",
+    ))?;
     let (kernels, n) = match c.forward {
-        true => (&c.launch.forward, p.tokens),
-        false => (&c.launch.step, 1),
+        true => (&class.forward, p.tokens),
+        false => (&class.step, 1),
     };
     let bh = p.batch * p.heads;
     let mut out = ctx.zeros(c.out_len)?;

@@ -22,4 +22,4 @@
 //! (`attnc_codegen::abi` has their shapes). Pointers a spec does not use may be any valid
 //! allocation.
 
-pub use attnc_codegen::abi::{CudaLaunch, Grid, KernelInfo, Workspace};
+pub use attnc_codegen::abi::{ClassKernels, CudaLaunch, Grid, KernelInfo, SmemClass, Workspace};

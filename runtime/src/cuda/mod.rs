@@ -172,6 +172,14 @@ impl CudaDevice {
         &self.inner.arch
     }
 
+    /// The device's shared-memory class: which version of each kernel runs on it (the
+    /// generated source selects the same one from `__CUDA_ARCH__`).
+    pub fn smem_class(&self) -> launch::SmemClass {
+        // The arch is made from the compute capability; an unreadable one gets the smallest
+        // budgets, whose kernels fit every GPU.
+        launch::SmemClass::of_arch(self.arch()).unwrap_or(launch::SmemClass::Sm75)
+    }
+
     pub(crate) fn ctx(&self) -> &backend::Ctx {
         &self.inner.ctx
     }
@@ -372,15 +380,7 @@ pub(crate) fn nvrtc_options(arch: &str) -> Vec<String> {
 
 /// Checks that `arch` reads like an NVRTC GPU architecture (`sm_80`, `sm_90a`, `compute_89`).
 pub(crate) fn check_arch(arch: &str) -> Result<()> {
-    let number = arch
-        .strip_prefix("sm_")
-        .or_else(|| arch.strip_prefix("compute_"));
-    let ok = number.is_some_and(|rest| {
-        let digits = rest.trim_end_matches(|c: char| c.is_ascii_lowercase());
-        (2..=3).contains(&digits.len())
-            && digits.chars().all(|c| c.is_ascii_digit())
-            && rest.len() - digits.len() <= 1
-    });
+    let ok = launch::SmemClass::of_arch(arch).is_some();
     if ok {
         Ok(())
     } else {

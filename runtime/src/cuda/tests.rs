@@ -7,7 +7,7 @@
 
 use super::api::{check_forward, check_step, ForwardShapes, StepShapes};
 use super::cache::{cache_dir_from, cached, compile_in, key};
-use super::launch::{CudaLaunch, Grid, KernelInfo};
+use super::launch::{ClassKernels, CudaLaunch, Grid, KernelInfo, SmemClass};
 use super::*;
 use crate::cpu::marshal::contiguous_data;
 use crate::Device;
@@ -517,14 +517,29 @@ fn compile_ptx_cache_child() {
 // ---------------------------------------------------------------------------------------------
 // Argument checks of the entry points
 
+/// The same kernels for every shared-memory class (these tests' kernels are written by hand, for
+/// whatever GPU runs them).
+fn every_class(
+    forward: &'static [KernelInfo],
+    step: &'static [KernelInfo],
+) -> Cow<'static, [ClassKernels]> {
+    let kernels = |class| ClassKernels {
+        class,
+        forward: Cow::Borrowed(forward),
+        step: Cow::Borrowed(step),
+    };
+    Cow::Owned(SmemClass::ALL.map(kernels).to_vec())
+}
+
 const KERNELS: &[KernelInfo] = &[KernelInfo {
     name: "attnc_chunk",
+    class: SmemClass::Sm90,
     grid: Grid::Chunks,
     smem_bytes: 0,
     scratch_floats: 0,
 }];
 
-const fn launch(layout: Layout, normalized: bool, uses_beta: bool) -> CudaLaunch {
+fn launch(layout: Layout, normalized: bool, uses_beta: bool) -> CudaLaunch {
     CudaLaunch {
         signature: Signature {
             layout,
@@ -542,8 +557,7 @@ const fn launch(layout: Layout, normalized: bool, uses_beta: bool) -> CudaLaunch
             rpe: false,
         },
         threads: 128,
-        forward: Cow::Borrowed(KERNELS),
-        step: Cow::Borrowed(KERNELS),
+        classes: every_class(KERNELS, KERNELS),
         work_per_chunk: 0,
         chunk_states: false,
     }
@@ -744,7 +758,7 @@ fn step_checks_match_the_cpu_errors() {
         Err(Error::StateMismatch { got_batch: 1, .. })
     ));
     let no_step = CudaLaunch {
-        step: Cow::Borrowed(&[]),
+        classes: every_class(KERNELS, &[]),
         ..l
     };
     assert!(matches!(check_step(&no_step, &ok), Err(Error::Internal(_))));
@@ -756,6 +770,7 @@ fn grids_respect_cuda_limits() {
     let l = launch(Layout::Bhnd, false, false);
     let heads_grid = KernelInfo {
         name: "h",
+        class: SmemClass::Sm90,
         grid: Grid::Heads,
         smem_bytes: 0,
         scratch_floats: 0,
@@ -854,40 +869,44 @@ extern "C" __global__ void attnc_test_chunks(
 const TEST_FORWARD: &[KernelInfo] = &[
     KernelInfo {
         name: "attnc_test_heads",
+        class: SmemClass::Sm90,
         grid: Grid::Heads,
         smem_bytes: 0,
         scratch_floats: 1,
     },
     KernelInfo {
         name: "attnc_test_chunks",
+        class: SmemClass::Sm90,
         grid: Grid::Chunks,
         smem_bytes: 64 * 1024,
         scratch_floats: 1,
     },
 ];
 
-const TEST_LAUNCH: CudaLaunch = CudaLaunch {
-    signature: Signature {
-        layout: Layout::Bhnd,
-        chunk: 4,
-        dk: 2,
-        dv: 3,
-        f: 2,
-        normalized: true,
-        uses_beta: true,
-        uses_gates: true,
-        uses_projection: true,
-        heads: None,
-        conv: 0,
-        momentum: false,
-        rpe: false,
-    },
-    threads: 64,
-    forward: Cow::Borrowed(TEST_FORWARD),
-    step: Cow::Borrowed(TEST_FORWARD.split_at(1).0),
-    work_per_chunk: 1,
-    chunk_states: true,
-};
+/// The test kernels' launch.
+fn test_launch() -> CudaLaunch {
+    CudaLaunch {
+        signature: Signature {
+            layout: Layout::Bhnd,
+            chunk: 4,
+            dk: 2,
+            dv: 3,
+            f: 2,
+            normalized: true,
+            uses_beta: true,
+            uses_gates: true,
+            uses_projection: true,
+            heads: None,
+            conv: 0,
+            momentum: false,
+            rpe: false,
+        },
+        threads: 64,
+        classes: every_class(TEST_FORWARD, TEST_FORWARD.split_at(1).0),
+        work_per_chunk: 1,
+        chunk_states: true,
+    }
+}
 
 #[test]
 fn test_kernels_compile() {
@@ -976,7 +995,7 @@ fn gpu_launches_follow_the_contract() {
     };
 
     let (out, state) = forward_cuda::<usize, H, _, _, _, _, 2, 3>(
-        &TEST_LAUNCH,
+        &test_launch(),
         TEST_KERNELS,
         (b, H::default()),
         &qd,
@@ -996,7 +1015,7 @@ fn gpu_launches_follow_the_contract() {
 
     // From a given state: the kernels see it on entry; the caller's copy is untouched.
     let (_, state2) = forward_cuda::<usize, H, _, _, _, _, 2, 3>(
-        &TEST_LAUNCH,
+        &test_launch(),
         TEST_KERNELS,
         (b, H::default()),
         &qd,
@@ -1035,7 +1054,7 @@ fn gpu_launches_follow_the_contract() {
         .upload(&cpu.tensor_from_vec(seq(b * 3, 1.0), (b, H::default())))
         .unwrap();
     let ot = step_cuda(
-        &TEST_LAUNCH,
+        &test_launch(),
         TEST_KERNELS,
         &mut st,
         &qt,
@@ -1066,7 +1085,7 @@ fn gpu_launches_follow_the_contract() {
 
     // Errors leave the state alone.
     let err = step_cuda(
-        &TEST_LAUNCH,
+        &test_launch(),
         TEST_KERNELS,
         &mut st,
         &qt,
