@@ -6,11 +6,14 @@
 //!   issues at least 4 `fma.rn.f32` per shared-memory load instruction (a float4 load counts
 //!   as one).
 //! - **No spills**: ptxas (`--ptxas-options=-v` through NVRTC) reports 0 bytes of spill stores
-//!   and loads for every kernel of every example spec on sm_90.
-//! - **Occupancy**: at least 2 blocks of 256 threads fit one sm_90 SM by registers (64K per SM)
-//!   and shared memory (228 KiB per SM, 1 KiB reserved per block).
+//!   and loads for every kernel of every example spec, each shared-memory class's kernels
+//!   compiled for its architecture (sm_90, sm_80, sm_86, sm_75).
+//! - **Occupancy**: at least 2 blocks of 256 threads fit one SM by registers (64K per SM),
+//!   shared memory and threads (the class's limits, 1 KiB reserved per block from sm_80 on): on
+//!   sm_90 every kernel, on sm_80 all but [`SM80_ONE_BLOCK`]; at least 1 everywhere.
 //! - **Workspace**: a `forward` call's workspaces at (B 8, H 16, N 4096) stay within 3.25 KiB per
-//!   token x head, and no kernel puts tiles in global scratch (runs without NVRTC).
+//!   token x head on every class, and no kernel puts tiles in global scratch but on sm_75 (runs
+//!   without NVRTC).
 //! - **Bank conflicts**: run in the host emulation with its bank counter (a C++ compiler, no
 //!   NVRTC), no warp instruction of the tile library on shared memory touches more than 2
 //!   distinct words of one bank in one phase, in any kernel of the example specs, with the
