@@ -5,6 +5,10 @@
 //! Runs where `CudaDevice::new(0)` succeeds (a driver, a GPU and NVRTC); elsewhere each test
 //! prints a SKIP line, or fails when `ATTNC_REQUIRE_CUDA=1` (set it on GPU machines so a broken
 //! driver set-up cannot pass silently). CI has no GPU.
+//!
+//! `ATTNC_TEST_ARCH=sm_80` (or sm_86, sm_75) runs the kernels of that architecture's
+//! shared-memory class on the GPU at hand (`CudaDevice::targeting`), so one GPU tests every
+//! class's kernels: `bench/gpu/run.sh` runs the suite once per class.
 
 mod common;
 
@@ -14,7 +18,11 @@ use common::{max_rel_err, Inputs, Rng};
 const TOL: f64 = 1e-4;
 
 fn gpu_or_skip(test: &str) -> Option<CudaDevice> {
-    match CudaDevice::new(0) {
+    let opened = CudaDevice::new(0).and_then(|dev| match std::env::var("ATTNC_TEST_ARCH") {
+        Ok(arch) => dev.targeting(&arch),
+        Err(_) => Ok(dev),
+    });
+    match opened {
         Ok(dev) => Some(dev),
         Err(e) => {
             let required = std::env::var("ATTNC_REQUIRE_CUDA").is_ok_and(|v| v == "1");

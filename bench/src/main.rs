@@ -4,6 +4,7 @@
 //! cargo run --release -p attnc-bench              # the full run (BENCHMARKS.md), ~4 minutes
 //! cargo run --release -p attnc-bench -- --quick   # a smoke run at small N
 //! cargo run --release -p attnc-bench -- --gpu     # the CUDA forward on GPU 0 (src/gpu.rs)
+//! cargo run --release -p attnc-bench -- --gpu --arch sm_80  # sm_80's kernels on that GPU
 //! ```
 //!
 //! Times attnc's `forward` (chunk 32, 64, 128; 1 and 2 threads), its recurrent `step` looped over
@@ -30,6 +31,7 @@ use std::time::Instant;
 struct Opts {
     quick: bool,
     gpu: bool,
+    arch: Option<String>,
     out: PathBuf,
     dfdx_max_n: usize,
 }
@@ -38,6 +40,7 @@ fn opts() -> Result<Opts, String> {
     let mut o = Opts {
         quick: false,
         gpu: false,
+        arch: None,
         out: PathBuf::from("bench-out"),
         dfdx_max_n: 4096,
     };
@@ -46,6 +49,7 @@ fn opts() -> Result<Opts, String> {
         match a.as_str() {
             "--quick" => o.quick = true,
             "--gpu" => o.gpu = true,
+            "--arch" => o.arch = Some(args.next().ok_or("--arch needs one like sm_80")?),
             "--out" => o.out = args.next().ok_or("--out needs a folder")?.into(),
             "--dfdx-max-n" => {
                 o.dfdx_max_n = args
@@ -55,7 +59,8 @@ fn opts() -> Result<Opts, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown option {other}; use --quick, --gpu, --out DIR, --dfdx-max-n N"
+                    "unknown option {other}; use --quick, --gpu, --arch sm_XX, --out DIR, \
+                     --dfdx-max-n N"
                 ))
             }
         }
@@ -104,7 +109,7 @@ fn main() {
         std::process::exit(2);
     }
     if o.gpu {
-        match gpu::run() {
+        match gpu::run(o.arch.as_deref()) {
             Ok(table) => {
                 println!("{table}");
                 if let Err(e) = std::fs::write(o.out.join("gpu.md"), &table) {

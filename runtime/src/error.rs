@@ -91,7 +91,9 @@ pub enum Error {
     /// `ATTNC_CPU_ISA` names an unknown or unavailable instruction set.
     #[error("{0}")]
     Isa(String),
-    /// `ATTNC_DEVICE` names an unknown or unavailable device.
+    /// A device cannot be used as asked: `ATTNC_DEVICE` names an unknown or unavailable one,
+    /// there is no usable GPU, or `CudaDevice::targeting` names an architecture the GPU
+    /// cannot run.
     #[error("{0}")]
     Device(String),
     /// A CUDA driver call failed (allocation, copy, module load, launch, synchronisation).

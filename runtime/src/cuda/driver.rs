@@ -494,7 +494,12 @@ impl Ctx {
         self.ctx
             .bind_to_thread()
             .map_err(|e| cuda_error("binding the CUDA context", e))?;
-        let key = (dev.ordinal(), source.as_ptr() as usize, source.len());
+        let key = (
+            dev.ordinal(),
+            dev.arch().to_string(),
+            source.as_ptr() as usize,
+            source.len(),
+        );
         // The lock is held while compiling so that threads wanting the same module wait for
         // one compilation rather than each running NVRTC.
         let mut modules = modules().lock().unwrap_or_else(PoisonError::into_inner);
@@ -620,8 +625,9 @@ impl Loaded {
     }
 }
 
-/// Loaded modules by (device ordinal, address and length of the `'static` source).
-type ModuleKey = (usize, usize, usize);
+/// Loaded modules by (device ordinal, target architecture, address and length of the
+/// `'static` source).
+type ModuleKey = (usize, String, usize, usize);
 
 fn modules() -> &'static Mutex<HashMap<ModuleKey, Loaded>> {
     static MODULES: OnceLock<Mutex<HashMap<ModuleKey, Loaded>>> = OnceLock::new();

@@ -107,6 +107,9 @@ impl Unavailable {
 #[derive(Clone)]
 pub struct CudaDevice {
     inner: Arc<Inner>,
+    /// The architecture kernels are compiled for: the GPU's own, or an older one chosen with
+    /// [`CudaDevice::targeting`].
+    target: Arc<str>,
 }
 
 struct Inner {
@@ -122,11 +125,13 @@ impl fmt::Debug for CudaDevice {
             .field("ordinal", &self.inner.ordinal)
             .field("name", &self.inner.name)
             .field("arch", &self.inner.arch)
+            .field("target", &self.target)
             .finish()
     }
 }
 
-/// Two handles are equal when they name the same GPU (same ordinal, name and architecture).
+/// Two handles are equal when they name the same GPU (same ordinal and name) and compile for
+/// the same architecture.
 impl PartialEq for CudaDevice {
     fn eq(&self, other: &Self) -> bool {
         (self.ordinal(), self.name(), self.arch()) == (other.ordinal(), other.name(), other.arch())
@@ -148,6 +153,7 @@ impl CudaDevice {
     pub(crate) fn open(ordinal: usize) -> std::result::Result<CudaDevice, Unavailable> {
         let opened = backend::open(ordinal)?;
         Ok(CudaDevice {
+            target: Arc::from(opened.arch.as_str()),
             inner: Arc::new(Inner {
                 ordinal,
                 name: opened.name,
@@ -167,13 +173,57 @@ impl CudaDevice {
         &self.inner.name
     }
 
-    /// The architecture NVRTC compiles for, from the compute capability: "sm_90" for 9.0.
+    /// The architecture NVRTC compiles for: the GPU's own from its compute capability ("sm_90"
+    /// for 9.0), unless this handle was made by [`CudaDevice::targeting`].
     pub fn arch(&self) -> &str {
+        &self.target
+    }
+
+    /// The GPU's own architecture, from its compute capability ("sm_90" for 9.0).
+    pub fn native_arch(&self) -> &str {
         &self.inner.arch
     }
 
-    /// The device's shared-memory class: which version of each kernel runs on it (the
-    /// generated source selects the same one from `__CUDA_ARCH__`).
+    /// A handle to the same GPU (same context, stream and buffers) whose kernels are compiled
+    /// for the older architecture `arch` ("sm_80"), so they are the versions that GPU class
+    /// runs: its shared-memory budgets ([`CudaDevice::smem_class`]), and the SIMT products
+    /// instead of tensor cores below sm_80. The driver runs PTX of an older architecture on a
+    /// newer GPU, so one GPU can test the kernels every class gets.
+    ///
+    /// `arch` is `sm_` and the compute capability's digits ("sm_75", "sm_86", "sm_90"); an
+    /// error when it does not read as one or is newer than the GPU's own.
+    ///
+    /// ```no_run
+    /// # mod attnc { pub use attnc_runtime::cuda::CudaDevice; }
+    /// # fn main() -> Result<(), attnc_runtime::Error> {
+    /// let h100 = attnc::CudaDevice::new(0)?;
+    /// let as_a100 = h100.targeting("sm_80")?; // the kernels an A100 runs, on the H100
+    /// assert_eq!(as_a100.smem_class(), attnc_runtime::cuda::launch::SmemClass::Sm80);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn targeting(&self, arch: &str) -> Result<CudaDevice> {
+        let own = self.native_arch();
+        match (plain_arch_number(arch), plain_arch_number(own)) {
+            (Some(wanted), Some(have)) if wanted <= have => Ok(CudaDevice {
+                inner: Arc::clone(&self.inner),
+                target: Arc::from(arch),
+            }),
+            (Some(_), _) => Err(Error::Device(format!(
+                "cannot target {arch} on {} ({own}): PTX runs only on its own architecture \
+                 or newer; pick one at or below {own}",
+                self.name()
+            ))),
+            (None, _) => Err(Error::Device(format!(
+                "{arch:?} is not an architecture to target: pass `sm_` and the compute \
+                 capability's digits, like \"sm_80\""
+            ))),
+        }
+    }
+
+    /// The shared-memory class of the architecture kernels are compiled for ([`Self::arch`]):
+    /// which version of each kernel runs (the generated source selects the same one from
+    /// `__CUDA_ARCH__`).
     pub fn smem_class(&self) -> launch::SmemClass {
         // The arch is made from the compute capability; an unreadable one gets the smallest
         // budgets, whose kernels fit every GPU.
@@ -379,6 +429,14 @@ pub(crate) fn nvrtc_options(arch: &str) -> Vec<String> {
 }
 
 /// Checks that `arch` reads like an NVRTC GPU architecture (`sm_80`, `sm_90a`, `compute_89`).
+/// The number of a plain architecture name: 80 for "sm_80", 120 for "sm_120"; `None` for
+/// anything else (suffixed "sm_90a" runs only on its own GPU, so it cannot be targeted).
+fn plain_arch_number(arch: &str) -> Option<u32> {
+    let digits = arch.strip_prefix("sm_")?;
+    let plain = (2..=3).contains(&digits.len()) && digits.chars().all(|c| c.is_ascii_digit());
+    plain.then(|| digits.parse().ok()).flatten()
+}
+
 pub(crate) fn check_arch(arch: &str) -> Result<()> {
     let ok = launch::SmemClass::of_arch(arch).is_some();
     if ok {

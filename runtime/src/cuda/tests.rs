@@ -334,6 +334,17 @@ fn without_nvrtc_compiling_is_an_error() {
 }
 
 #[test]
+fn only_plain_architectures_can_be_targeted() {
+    for (arch, number) in [("sm_75", 75), ("sm_80", 80), ("sm_86", 86), ("sm_120", 120)] {
+        assert_eq!(plain_arch_number(arch), Some(number), "{arch}");
+    }
+    // Suffixed PTX runs on its own GPU only; compute_ names virtual targets, not GPUs.
+    for bad in ["sm_90a", "compute_80", "sm_8", "sm_1000", "sm_8x", "80", ""] {
+        assert_eq!(plain_arch_number(bad), None, "{bad}");
+    }
+}
+
+#[test]
 fn architectures_are_checked_before_nvrtc() {
     for good in [
         "sm_80",
