@@ -309,11 +309,8 @@ const CLASS_ARCHS: [(SmemClass, &str, bool); 4] = [
 ];
 
 /// sm_80 kernels that hold one block per SM: their tiles, all staged in shared memory, exceed
-/// 81 KiB at every value-column blocking (softmax keeps its scores and output accumulator in
-/// shared memory, not in registers as FlashAttention-2 does; d = 128's chunk tiles are 33 KiB
-/// each).
-const SM80_ONE_BLOCK: [(&str, &str); 4] = [
-    ("softmax", "attnc_softmax"),
+/// 81 KiB at every value-column blocking (d = 128's chunk tiles are 33 KiB each).
+const SM80_ONE_BLOCK: [(&str, &str); 3] = [
     ("gated deltanet d128", "attnc_intra"),
     ("gated deltanet d128", "attnc_scan"),
     ("gated deltanet d128", "attnc_output"),

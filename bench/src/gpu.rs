@@ -62,11 +62,9 @@ fn time(dev: &CudaDevice, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 /// The three variants at one shape and one `precision` (the products' tensor-core mode).
 macro_rules! variant_rows {
     ($dev:expr, $rows:expr, $x:expr, $d:literal, ($b:expr, $h:expr, $n:expr), $prec:ident) => {{
-        #[attention(head_dim = $d, feature_map = elu_plus_one, normalize = sum, chunk = 64,
-                        precision = $prec)]
+        #[attention(head_dim = $d, feature_map = elu_plus_one, normalize = sum, chunk = 64, precision = $prec)]
         struct Linear;
-        #[attention(head_dim = $d, update = gated_delta, qk_norm = l2, chunk = 64,
-                        precision = $prec)]
+        #[attention(head_dim = $d, update = gated_delta, qk_norm = l2, chunk = 64, precision = $prec)]
         struct GatedDeltaNet;
         #[attention(head_dim = $d, feature_map = softmax, chunk = 64, precision = $prec)]
         struct Softmax;

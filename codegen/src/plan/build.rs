@@ -188,12 +188,14 @@ fn decay_scores_and_queries() -> [BuiltOp; 2] {
     ]
 }
 
-/// `O = A values + Q S`: the chunk's own tokens plus the incoming state.
-fn outputs(values: Tile) -> [BuiltOp; 2] {
-    [
-        matmul(Tile::O, Tile::A, values, Tri::LowerA, false),
-        matmul(Tile::O, Tile::Q, Tile::S, Tri::Full, true),
-    ]
+/// `O = Q S + A values`: the incoming state, then the chunk's own tokens. `fetch` (the values'
+/// load, in phase (c)) comes between the two products, when Q and K are dead, so on CUDA the
+/// values take their place: four 64 x 64 tiles alive at once instead of five.
+fn outputs(values: Tile, fetch: Option<BuiltOp>) -> Vec<BuiltOp> {
+    let mut ops = vec![matmul(Tile::O, Tile::Q, Tile::S, Tri::Full, false)];
+    ops.extend(fetch);
+    ops.push(matmul(Tile::O, Tile::A, values, Tri::LowerA, true));
+    ops
 }
 
 /// `O /= den + eps`.
@@ -223,8 +225,8 @@ fn state_update(spec: &Spec, values: Tile) -> Vec<BuiltOp> {
 }
 
 /// The outputs of a causal additive or gated chunk from its incoming state (S, z), up to the
-/// store; shared by the sequential pass and phase (c).
-fn causal_outputs(spec: &Spec) -> Vec<BuiltOp> {
+/// store; shared by the sequential pass and phase (c) (which loads V late, as `fetch`).
+fn causal_outputs(spec: &Spec, fetch: Option<BuiltOp>) -> Vec<BuiltOp> {
     let mut ops = Vec::new();
     if normalized(spec) {
         ops.extend(denominators());
@@ -232,7 +234,7 @@ fn causal_outputs(spec: &Spec) -> Vec<BuiltOp> {
     if spec.has_gate() {
         ops.extend(decay_scores_and_queries());
     }
-    ops.extend(outputs(Tile::V));
+    ops.extend(outputs(Tile::V, fetch));
     if normalized(spec) {
         ops.push(divide());
     }
@@ -245,13 +247,13 @@ fn causal_outputs(spec: &Spec) -> Vec<BuiltOp> {
 /// A   = tril(Q K^T)                          scores, token t sees s <= t
 /// den = rowsum(A) + Q z;  z += sum_t K_t     normaliser
 /// A  *= exp(G_t - G_s)                       gated: decay between tokens inside the chunk
-/// O   = A V + diag(exp G) Q S                intra-chunk + incoming state
+/// O   = diag(exp G) Q S + A V                incoming state + intra-chunk
 /// O  /= den + 1e-6
 /// S   = exp(G_last) S + (K^T diag(exp(G_last - G))) V
 /// ```
 fn causal_pass(spec: &Spec) -> Vec<BuiltOp> {
     let mut ops = scores(spec, true);
-    let mut outputs = causal_outputs(spec);
+    let mut outputs = causal_outputs(spec, None);
     if normalized(spec) {
         // z advances once the denominators have read the incoming z.
         outputs.insert(2, key_sum(Tile::Z));
@@ -303,7 +305,7 @@ fn delta_pass(spec: &Spec) -> Vec<BuiltOp> {
         lower: Tile::Kk,
         beta: Tile::Beta,
     });
-    ops.extend(outputs(Tile::U));
+    ops.extend(outputs(Tile::U, None));
     ops.extend(state_update(spec, Tile::U));
     ops.push(Op::Store(Tile::O));
     ops
@@ -560,12 +562,12 @@ fn fused_scan(spec: &Spec) -> Vec<BuiltOp> {
 /// (c) (S, z) <- slot;  the causal pass's outputs from them
 /// ```
 fn causal_phases(spec: &Spec) -> [Vec<BuiltOp>; 3] {
-    let mut output = scores(spec, true);
+    let mut output = scores(spec, false);
     output.push(Op::LoadChunkState {
         s: Tile::S,
         z: z_of(spec, Tile::Z),
     });
-    output.extend(causal_outputs(spec));
+    output.extend(causal_outputs(spec, Some(load(Tile::V, Input::V))));
     output.push(Op::Store(Tile::O));
     [contribution(spec), accumulate(spec, true), output]
 }
@@ -588,7 +590,7 @@ fn bidirectional_phases(spec: &Spec) -> [Vec<BuiltOp>; 3] {
 /// ```text
 /// (a) L = (K K^T) ⊙ Γ;  W, U by substitution;  Kt = K^T diag(exp(G_last - G))   -> spilled
 /// (b) X = U - W S   (the corrected values);  slot <- S;  S = exp(G_last) S + Kt X
-/// (c) S <- slot;  O = (tril(Q K^T) ⊙ Γ) X + diag(exp G) Q S
+/// (c) S <- slot;  O = diag(exp G) Q S + (tril(Q K^T) ⊙ Γ) X
 /// ```
 fn delta_phases(spec: &Spec) -> [Vec<BuiltOp>; 3] {
     [delta_intra(spec), delta_scan(spec), delta_output(spec)]
@@ -672,12 +674,11 @@ fn delta_output(spec: &Spec) -> Vec<BuiltOp> {
     if spec.has_gate() {
         ops.extend(decay_scores_and_queries());
     }
-    ops.push(fill(Tile::X));
     ops.push(Op::LoadChunkState {
         s: Tile::S,
         z: None,
     });
-    ops.extend(outputs(Tile::X));
+    ops.extend(outputs(Tile::X, Some(fill(Tile::X))));
     ops.push(Op::Store(Tile::O));
     ops
 }
@@ -751,13 +752,16 @@ pub fn softmax(spec: &Spec) -> SoftmaxProgram {
             eps: L2_EPS,
         });
     }
+    // V is loaded after the scores, so that on CUDA (where the product reads K itself) V can
+    // take K's place in shared memory: four 64 x 64 tiles instead of five, two blocks per SM
+    // on sm_80.
     body.extend([
-        load(Tile::V, Input::V),
         Op::Transpose {
             src: Tile::K,
             dst: Tile::Kt,
         },
         matmul(Tile::A, Tile::Q, Tile::Kt, Tri::Full, false),
+        load(Tile::V, Input::V),
     ]);
     let update = vec![
         Op::OnlineSoftmax {
