@@ -496,7 +496,7 @@ impl Ctx {
             .map_err(|e| cuda_error("binding the CUDA context", e))?;
         let key = (
             dev.ordinal(),
-            dev.arch().to_string(),
+            Arc::clone(&dev.target),
             source.as_ptr() as usize,
             source.len(),
         );
@@ -627,7 +627,7 @@ impl Loaded {
 
 /// Loaded modules by (device ordinal, target architecture, address and length of the
 /// `'static` source).
-type ModuleKey = (usize, String, usize, usize);
+type ModuleKey = (usize, Arc<str>, usize, usize);
 
 fn modules() -> &'static Mutex<HashMap<ModuleKey, Loaded>> {
     static MODULES: OnceLock<Mutex<HashMap<ModuleKey, Loaded>>> = OnceLock::new();

@@ -428,7 +428,6 @@ pub(crate) fn nvrtc_options(arch: &str) -> Vec<String> {
     vec![format!("--gpu-architecture={arch}"), "-std=c++17".into()]
 }
 
-/// Checks that `arch` reads like an NVRTC GPU architecture (`sm_80`, `sm_90a`, `compute_89`).
 /// The number of a plain architecture name: 80 for "sm_80", 120 for "sm_120"; `None` for
 /// anything else (suffixed "sm_90a" runs only on its own GPU, so it cannot be targeted).
 fn plain_arch_number(arch: &str) -> Option<u32> {
@@ -437,6 +436,7 @@ fn plain_arch_number(arch: &str) -> Option<u32> {
     plain.then(|| digits.parse().ok()).flatten()
 }
 
+/// Checks that `arch` reads like an NVRTC GPU architecture (`sm_80`, `sm_90a`, `compute_89`).
 pub(crate) fn check_arch(arch: &str) -> Result<()> {
     let ok = launch::SmemClass::of_arch(arch).is_some();
     if ok {
